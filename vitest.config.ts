@@ -1,0 +1,15 @@
+import { defineConfig } from 'vitest/config';
+
+// Unit tests live beside the code (functions/, runtime/); integration and end-to-end tests
+// in test/. Integration tests start real processes (simulator, nats-server), hence the
+// generous timeouts; two cores, so forks are capped.
+export default defineConfig({
+  test: {
+    include: ['functions/**/*.test.ts', 'runtime/**/*.test.ts', 'test/**/*.test.ts'],
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    pool: 'forks',
+    poolOptions: { forks: { maxForks: 2, minForks: 1 } },
+    reporters: ['default'],
+  },
+});
