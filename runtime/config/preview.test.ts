@@ -1,0 +1,135 @@
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadSettings, type LoadedSettings } from './load.js';
+import { formatPreview, previewJson, previewText, type PreviewSelection } from './preview.js';
+
+const root = mkdtempSync(join(tmpdir(), 'vmbackup-preview-'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+const passwordFile = join(root, 'password');
+writeFileSync(passwordFile, 'hunter2\n');
+chmodSync(passwordFile, 0o600);
+
+function load(argv: string[], env: Record<string, string> = {}): LoadedSettings {
+  return loadSettings({ argv, env, home: join(root, 'home'), cwd: root, systemConfig: join(root, 'etc', 'vmbackup.cfg'), defaultBaseDir: join(root, 'vb') });
+}
+
+const selection: PreviewSelection = {
+  excludes: [{ name: 'DEV-phishing-test' }, { name: 'PRD-PRINTER1' }],
+  vdiExports: [{ vm: { name: 'DEV-web3' }, maxBackups: 7, disks: ['xvda', 'xvdb'] }],
+  vmExports: [
+    { vm: { name: 'PRD-print4' }, maxBackups: 5 },
+    { vm: { name: 'web, old' }, maxBackups: 4 },
+    { vm: { name: ' padded ' }, maxBackups: 4 },
+  ],
+  warnings: [{ entry: 'NOPE-.*', list: 'vm_exports', message: 'matches no VM' }],
+};
+
+const empty: PreviewSelection = { excludes: [], vdiExports: [], vmExports: [], warnings: [] };
+
+describe('previewText', () => {
+  it("prints VmBackup's settings block, the added settings and the three lists with counts", () => {
+    const loaded = load(['-b', '/mnt/VmBackup', '-C', '-p', '--password-file', passwordFile, '--xapi', 'master:8443']);
+    expect(previewText(loaded, selection)).toBe(
+      [
+        'vmbackup running with these settings:',
+        '  backup_dir        = /mnt/VmBackup/exports',
+        '  space_threshold   = 20',
+        '  share_type        = nfs',
+        '  compress          = gzip',
+        '  max_backups       = 4',
+        '  vdi_export_format = raw',
+        '  pool_backup       = true',
+        '  host_backup       = false',
+        '  xapi_url          = https://master:8443',
+        '  username          = root',
+        `  password          = (set from file ${passwordFile})`,
+        '  concurrency       = 2',
+        '  config files      = (none)',
+        '  excludes (cnt) = 2',
+        '    DEV-phishing-test',
+        '    PRD-PRINTER1',
+        '  vdi-exports (cnt) = 1',
+        '    DEV-web3  (max_backups 7, disks xvda;xvdb)',
+        '  vm-exports (cnt) = 3',
+        '    PRD-print4  (max_backups 5)',
+        '    web, old  (max_backups 4)',
+        '    " padded "  (max_backups 4)',
+        '  warnings (cnt) = 1',
+        '    vm_exports entry "NOPE-.*": matches no VM',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('shows where the password comes from, or that it is not set, never the password', () => {
+    const fromEnv = load([], { VMBACKUP_PASSWORD: 'swordfish' });
+    const text = previewText(fromEnv, empty);
+    expect(text).toContain('  password          = (set from environment VMBACKUP_PASSWORD)\n');
+    expect(text).not.toContain('swordfish');
+    expect(previewText(load([]), empty)).toContain('  password          = (not set)\n');
+  });
+
+  it('lists zero counts and the config warnings it is given', () => {
+    const loaded = { ...load(['--xapi', 'http://m']), files: ['/etc/vmbackup.cfg', '/root/vmbackup.cfg'] };
+    const text = previewText(loaded, empty);
+    expect(text).toContain('  config files      = /etc/vmbackup.cfg, /root/vmbackup.cfg\n');
+    expect(text).toContain('  excludes (cnt) = 0\n  vdi-exports (cnt) = 0\n  vm-exports (cnt) = 0\n');
+    expect(text).toContain('  warnings (cnt) = 1\n    xapi_url = http://m on the command line (--xapi): http sends the password in cleartext; use https\n');
+  });
+});
+
+describe('previewJson', () => {
+  it('has exactly settings, excludes, vdi_exports, vm_exports and warnings', () => {
+    const loaded = load(['-b', '/mnt/VmBackup', '--password-file', passwordFile, '-F', 'vhd']);
+    const json = previewJson(loaded, selection);
+    expect(Object.keys(json)).toEqual(['settings', 'excludes', 'vdi_exports', 'vm_exports', 'warnings']);
+    expect(json.excludes).toEqual(['DEV-phishing-test', 'PRD-PRINTER1']);
+    expect(json.vdi_exports).toEqual([{ vm: 'DEV-web3', max_backups: 7, disks: ['xvda', 'xvdb'] }]);
+    expect(json.vm_exports).toEqual([
+      { vm: 'PRD-print4', max_backups: 5 },
+      { vm: 'web, old', max_backups: 4 },
+      { vm: ' padded ', max_backups: 4 },
+    ]);
+    expect(json.warnings).toEqual(['vm_exports entry "NOPE-.*": matches no VM']);
+    expect(json.settings).toEqual({
+      base_dir: '/mnt/VmBackup',
+      backup_dir: '/mnt/VmBackup/exports',
+      share_type: 'nfs',
+      mount_check: false,
+      space_threshold: 20,
+      max_backups: 4,
+      compress: 'none',
+      vdi_export_format: 'vhd',
+      pool_backup: false,
+      host_backup: false,
+      log_level: 'info',
+      vm_exports: ['.*'],
+      vdi_exports: [],
+      excludes: [],
+      xapi_url: 'https://localhost',
+      username: 'root',
+      password_file: passwordFile,
+      password: `(set from file ${passwordFile})`,
+      tls_ca_file: null,
+      insecure: false,
+      concurrency: 2,
+      halted_without_snapshot: true,
+      vm_retries: 1,
+      export_idle_timeout: 300,
+      lock_stale_hours: 24,
+    });
+  });
+
+  it('formatPreview prints JSON with --json and text without, never the password', () => {
+    const loaded = load(['--password-file', passwordFile]);
+    const json = formatPreview(loaded, selection, { json: true });
+    expect(JSON.parse(json)).toEqual(previewJson(loaded, selection));
+    expect(json.endsWith('}\n')).toBe(true);
+    expect(formatPreview(loaded, selection)).toBe(previewText(loaded, selection));
+    for (const out of [json, formatPreview(loaded, selection)]) expect(out).not.toContain('hunter2');
+    expect(JSON.parse(formatPreview(load([]), empty, { json: true })).settings.password).toBeNull();
+  });
+});

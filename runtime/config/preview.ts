@@ -1,0 +1,123 @@
+import type { LoadedSettings, SettingKey } from './load.js';
+import { Settings } from './schema.js';
+
+/**
+ * `vmbackup --preview`: the settings and what the selection made of the pool, as text in
+ * VmBackup's layout or as JSON. The password never appears, only where it comes from.
+ *
+ * @example
+ *   const text = previewText(loaded, selection);       // VmBackup-style block
+ *   const json = JSON.stringify(previewJson(loaded, selection));
+ */
+
+/**
+ * What the selection (functions/plan/select.ts) decided, as this formatter needs it. Each
+ * list is in the order it is shown; `maxBackups` is already resolved (no -1).
+ */
+export interface PreviewSelection {
+  excludes: { name: string }[];
+  vdiExports: { vm: { name: string }; maxBackups: number; disks: string[] }[];
+  vmExports: { vm: { name: string }; maxBackups: number }[];
+  warnings: { entry: string; list: string; message: string }[];
+}
+
+/** The part of loadSettings' result the preview shows; `files` and `warnings` are optional. */
+export type PreviewInput = Pick<LoadedSettings, 'settings' | 'sources'> & Partial<Pick<LoadedSettings, 'files' | 'warnings'>>;
+
+/**
+ * `--preview --json`. `settings` has every key of the schema, in its order (null when unset);
+ * `settings.password` is replaced by where it comes from, or null.
+ */
+export interface PreviewJson {
+  settings: Record<string, unknown>;
+  excludes: string[];
+  vdi_exports: { vm: string; max_backups: number; disks: string[] }[];
+  vm_exports: { vm: string; max_backups: number }[];
+  warnings: string[];
+}
+
+/** `(set from file /etc/vmbackup/password)`, `(set from environment VMBACKUP_PASSWORD)`, or undefined. */
+export function passwordNote(input: Pick<LoadedSettings, 'settings' | 'sources'>): string | undefined {
+  if (input.settings.password === undefined) return undefined;
+  const source = input.sources.password;
+  if (source === 'env') return '(set from environment VMBACKUP_PASSWORD)';
+  if (source.startsWith('file:')) return `(set from file ${source.slice('file:'.length)})`;
+  return '(set)';
+}
+
+// Names are shown as they are, unless the reader could not tell where they start and end.
+function showName(name: string): string {
+  return name === '' || /^\s|\s$|[\u0000-\u001f\u007f]/.test(name) ? JSON.stringify(name) : name;
+}
+
+function selectionWarning(w: PreviewSelection['warnings'][number]): string {
+  return `${w.list} entry ${JSON.stringify(w.entry)}: ${w.message}`;
+}
+
+const BLOCK: readonly SettingKey[] = [
+  'backup_dir',
+  'space_threshold',
+  'share_type',
+  'compress',
+  'max_backups',
+  'vdi_export_format',
+  'pool_backup',
+  'host_backup',
+  'xapi_url',
+  'username',
+  'password',
+  'concurrency',
+];
+
+/**
+ * The text preview, in VmBackup's layout (`  key = value`, then `  <list> (cnt) = N`), one VM
+ * per line so that names with commas stay readable. Ends with a newline.
+ *
+ * @example
+ *   vmbackup running with these settings:
+ *     backup_dir        = /mnt/VmBackup/exports
+ *     ...
+ *     vm-exports (cnt) = 1
+ *       PRD-web1  (max_backups 4)
+ */
+export function previewText(input: PreviewInput, selection: PreviewSelection): string {
+  const { settings } = input;
+  const width = Math.max(...BLOCK.map((k) => k.length), 'config files'.length);
+  const row = (label: string, value: string): string => `  ${label.padEnd(width)} = ${value}`;
+  const lines = ['vmbackup running with these settings:'];
+  for (const key of BLOCK) {
+    const value = key === 'password' ? passwordNote(input) ?? '(not set)' : String(settings[key]);
+    lines.push(row(key, value));
+  }
+  if (input.files) lines.push(row('config files', input.files.length > 0 ? input.files.join(', ') : '(none)'));
+
+  const list = (title: string, items: string[]): void => {
+    lines.push(`  ${title} (cnt) = ${items.length}`);
+    for (const item of items) lines.push(`    ${item}`);
+  };
+  list('excludes', selection.excludes.map((vm) => showName(vm.name)));
+  list('vdi-exports', selection.vdiExports.map((e) => `${showName(e.vm.name)}  (max_backups ${e.maxBackups}, disks ${e.disks.join(';')})`));
+  list('vm-exports', selection.vmExports.map((e) => `${showName(e.vm.name)}  (max_backups ${e.maxBackups})`));
+  const warnings = [...(input.warnings ?? []), ...selection.warnings.map(selectionWarning)];
+  if (warnings.length > 0) list('warnings', warnings);
+  return `${lines.join('\n')}\n`;
+}
+
+/** The JSON preview: `{settings, excludes, vdi_exports, vm_exports, warnings}`. */
+export function previewJson(input: PreviewInput, selection: PreviewSelection): PreviewJson {
+  const settings: Record<string, unknown> = {};
+  for (const key of Object.keys(Settings.shape) as SettingKey[]) settings[key] = input.settings[key] ?? null;
+  settings.password = passwordNote(input) ?? null;
+  return {
+    settings,
+    excludes: selection.excludes.map((vm) => vm.name),
+    vdi_exports: selection.vdiExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, disks: [...e.disks] })),
+    vm_exports: selection.vmExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups })),
+    warnings: [...(input.warnings ?? []), ...selection.warnings.map(selectionWarning)],
+  };
+}
+
+/** Text or JSON (pretty-printed, with a trailing newline), as `--json` asks. */
+export function formatPreview(input: PreviewInput, selection: PreviewSelection, options: { json?: boolean } = {}): string {
+  return options.json ? `${JSON.stringify(previewJson(input, selection), null, 2)}\n` : previewText(input, selection);
+}

@@ -1,0 +1,72 @@
+import { z } from 'zod';
+
+/**
+ * The whole configuration of vmbackup, as one schema. Parsed once at start-up from (lowest to
+ * highest precedence) the defaults below, the config files (`<base>/etc/vmbackup.cfg`,
+ * `/etc/vmbackup.cfg`, `~/vmbackup.cfg`, `-c FILE`), the environment (`VMBACKUP_*`) and the
+ * command line. Keys are VmBackup's, plus the ones a management node needs.
+ *
+ * @example
+ *   [vmbackup]
+ *   backup_dir = /mnt/VmBackup/exports
+ *   max_backups = 4
+ *   vm_exports = PRD-.*:7, DEV-web1
+ *   xapi_url = https://pool-master.example
+ *   password_file = /etc/vmbackup/password
+ */
+export const LogLevel = z.enum(['debug', 'info', 'warning', 'error', 'critical']);
+export type LogLevel = z.infer<typeof LogLevel>;
+
+export const Compression = z.enum(['none', 'gzip', 'zstd']);
+export type Compression = z.infer<typeof Compression>;
+
+export const VdiFormat = z.enum(['raw', 'vhd']);
+export type VdiFormat = z.infer<typeof VdiFormat>;
+
+export const Settings = z.object({
+  /** VmBackup's base directory: holds etc/, logs/ and, by default, exports/. */
+  base_dir: z.string().min(1).default('/mnt/VmBackup'),
+  /** Where backups go. Default `<base_dir>/exports`. */
+  backup_dir: z.string().min(1),
+  /** Kept for VmBackup configs; `nfs` or `smb`. Used by `mount_check`. */
+  share_type: z.enum(['nfs', 'smb']).default('nfs'),
+  /** When true, refuse to run unless backup_dir is on a mounted share of `share_type`. */
+  mount_check: z.boolean().default(false),
+  /** Percent of the backup filesystem that must stay free; checked before each VM. */
+  space_threshold: z.number().int().min(1).max(99).default(20),
+  /** Backup sets kept per VM (one set = one VM's backup in one run, whatever its disks). */
+  max_backups: z.number().int().min(1).default(4),
+  /** Compression of vm-exports: VmBackup's `compress = true` means gzip. */
+  compress: Compression.default('none'),
+  /** Format of vdi-exports. */
+  vdi_export_format: VdiFormat.default('raw'),
+  pool_backup: z.boolean().default(false),
+  host_backup: z.boolean().default(false),
+  log_level: LogLevel.default('info'),
+  /** Selection entries, `NAME[:MAX[:DISK;DISK]]`; see functions/plan. */
+  vm_exports: z.array(z.string()).default([]),
+  vdi_exports: z.array(z.string()).default([]),
+  excludes: z.array(z.string()).default([]),
+  /** XAPI of the pool (the master, or any member: HOST_IS_SLAVE is followed). */
+  xapi_url: z.string().url().default('https://localhost'),
+  username: z.string().min(1).default('root'),
+  /** The password is read from this file (first line) or env VMBACKUP_PASSWORD. */
+  password_file: z.string().optional(),
+  /** Resolved secret; never logged (see runtime/log.ts redaction). */
+  password: z.string().optional(),
+  /** PEM file of the CA that signed the pool's certificate. */
+  tls_ca_file: z.string().optional(),
+  /** Skip TLS certificate checks (say so loudly). */
+  insecure: z.boolean().default(false),
+  /** VMs backed up at the same time. */
+  concurrency: z.number().int().min(1).max(64).default(2),
+  /** Halted VMs are exported directly (their start blocked meanwhile) instead of snapshotted. */
+  halted_without_snapshot: z.boolean().default(true),
+  /** Retries of a VM's backup within a run after a transient failure (0 = none). */
+  vm_retries: z.number().int().min(0).max(10).default(1),
+  /** Seconds without a byte from XAPI before an export is abandoned. */
+  export_idle_timeout: z.number().int().min(5).default(300),
+  /** Hours after which a lock left by a run on another host is considered stale. */
+  lock_stale_hours: z.number().min(0.01).default(24),
+});
+export type Settings = z.infer<typeof Settings>;
