@@ -1,0 +1,122 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Bus, Settle } from './bus.js';
+
+/**
+ * The behaviour every bus binding must have. memory.test.ts runs it on the in-process bus;
+ * the NATS binding's test runs the same suite against a real nats-server.
+ */
+export function busContract(name: string, make: () => Promise<Bus>, opts: { retryDelayMs?: number } = {}): void {
+  const delay = opts.retryDelayMs ?? 20;
+  describe(`bus contract: ${name}`, () => {
+    let bus: Bus;
+    let prefix: string;
+    beforeEach(async () => {
+      bus = await make();
+      prefix = `t${Math.random().toString(36).slice(2, 8)}`;
+    });
+    afterEach(async () => {
+      await bus.close();
+    });
+
+    it('delivers a job once, and drops a second job with the same id', async () => {
+      const seen: unknown[] = [];
+      const done = deferred();
+      await bus.work(`vmbackup.jobs.${prefix}`, { concurrency: 1 }, async (job) => {
+        seen.push(job.data);
+        if (seen.length === 2) done.resolve();
+        return { kind: 'ack' };
+      });
+      await bus.enqueue(`vmbackup.jobs.${prefix}`, { n: 1 }, { id: `${prefix}-a` });
+      await bus.enqueue(`vmbackup.jobs.${prefix}`, { n: 1 }, { id: `${prefix}-a` });
+      await bus.enqueue(`vmbackup.jobs.${prefix}`, { n: 2 }, { id: `${prefix}-b` });
+      await done.promise;
+      await sleep(100);
+      expect(seen).toEqual([{ n: 1 }, { n: 2 }]);
+    });
+
+    it('never runs more than `concurrency` jobs at once', async () => {
+      let running = 0;
+      let peak = 0;
+      let finished = 0;
+      const done = deferred();
+      await bus.work(`vmbackup.jobs.${prefix}`, { concurrency: 2 }, async () => {
+        running++;
+        peak = Math.max(peak, running);
+        await sleep(30);
+        running--;
+        if (++finished === 6) done.resolve();
+        return { kind: 'ack' };
+      });
+      for (let i = 0; i < 6; i++) await bus.enqueue(`vmbackup.jobs.${prefix}`, { i }, { id: `${prefix}-${i}` });
+      await done.promise;
+      expect(peak).toBe(2);
+    });
+
+    it('redelivers after `retry` with attempt + 1, up to maxDeliver', async () => {
+      const attempts: number[] = [];
+      await bus.work(`vmbackup.jobs.${prefix}`, { concurrency: 1, maxDeliver: 3 }, async (job): Promise<Settle> => {
+        attempts.push(job.attempt);
+        return { kind: 'retry', delayMs: delay };
+      });
+      await bus.enqueue(`vmbackup.jobs.${prefix}`, {}, { id: `${prefix}-r` });
+      await waitFor(() => attempts.length >= 3);
+      await sleep(delay * 10 + 200);
+      expect(attempts).toEqual([1, 2, 3]);
+    });
+
+    it('does not redeliver a terminated job', async () => {
+      let calls = 0;
+      await bus.work(`vmbackup.jobs.${prefix}`, { concurrency: 1, maxDeliver: 5 }, async () => {
+        calls++;
+        return { kind: 'term' };
+      });
+      await bus.enqueue(`vmbackup.jobs.${prefix}`, {}, { id: `${prefix}-t` });
+      await waitFor(() => calls === 1);
+      await sleep(delay * 10 + 200);
+      expect(calls).toBe(1);
+    });
+
+    it('delivers events to matching subscribers, in order, one at a time', async () => {
+      const got: string[] = [];
+      let inHandler = 0;
+      let overlap = false;
+      await bus.subscribe(`vmbackup.events.${prefix}.>`, {}, async (subject) => {
+        if (inHandler++ > 0) overlap = true;
+        await sleep(5);
+        got.push(subject);
+        inHandler--;
+      });
+      const other: string[] = [];
+      await bus.subscribe(`vmbackup.events.${prefix}.*.done`, {}, async (subject) => void other.push(subject));
+      for (const s of ['a.started', 'a.done', 'b.failed', 'b.done']) await bus.publish(`vmbackup.events.${prefix}.${s}`, { s });
+      await waitFor(() => got.length === 4 && other.length === 2);
+      expect(got).toEqual(['a.started', 'a.done', 'b.failed', 'b.done'].map((s) => `vmbackup.events.${prefix}.${s}`));
+      expect(other).toEqual([`vmbackup.events.${prefix}.a.done`, `vmbackup.events.${prefix}.b.done`]);
+      expect(overlap).toBe(false);
+    });
+
+    it('answers requests, and returns no reply when nobody listens', async () => {
+      await bus.reply(`vmbackup.hooks.${prefix}`, async (data) => ({ echo: data }));
+      expect(await bus.request(`vmbackup.hooks.${prefix}`, { x: 1 }, { timeoutMs: 2000 })).toEqual([{ echo: { x: 1 } }]);
+      expect(await bus.request(`vmbackup.hooks.${prefix}-nobody`, {}, { timeoutMs: 200 })).toEqual([]);
+    });
+  });
+}
+
+export function deferred(): { promise: Promise<void>; resolve(): void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export async function waitFor(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const start = Date.now();
+  while (!cond()) {
+    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
+    await sleep(10);
+  }
+}

@@ -1,0 +1,54 @@
+import { z } from 'zod';
+import { ErrorInfoSchema } from './errors.js';
+
+/**
+ * Subjects. Jobs: `vmbackup.jobs.<fn>` (one work queue per function). Events:
+ * `vmbackup.events.<runId>.<fn>.<outcome>` — every phase publishes `started`, then `done` or
+ * `failed`; the end of a run publishes `vmbackup.events.<runId>.run.finished`.
+ */
+export const JOB_PREFIX = 'vmbackup.jobs';
+export const EVENT_PREFIX = 'vmbackup.events';
+
+export function jobSubject(fn: string): string {
+  return `${JOB_PREFIX}.${fn}`;
+}
+
+export function eventSubject(runId: string, fn: string, outcome: string): string {
+  return `${EVENT_PREFIX}.${runId}.${fn}.${outcome}`;
+}
+
+/** All events of one run, or of every run with `*`. */
+export function runEvents(runId = '*'): string {
+  return `${EVENT_PREFIX}.${runId}.>`;
+}
+
+/**
+ * What a phase reports. `done` carries the function's output (validated against its output
+ * schema), `failed` the error and the input that failed, so the job can be re-run from it.
+ *
+ * @example
+ *   { "outcome": "done", "runId": "20261126-083000-7f3a", "jobId": "vm.5c1e…", "fn": "export",
+ *     "try": 1, "attempt": 1, "at": "2026-11-26T08:31:12.345Z", "durationMs": 41000, "output": {…} }
+ */
+const EventBase = z.object({
+  runId: z.string(),
+  jobId: z.string(),
+  fn: z.string(),
+  try: z.number().int(),
+  attempt: z.number().int(),
+  at: z.string(),
+});
+
+export const PhaseStarted = EventBase.extend({ outcome: z.literal('started'), label: z.string().optional() });
+export const PhaseDone = EventBase.extend({ outcome: z.literal('done'), durationMs: z.number(), output: z.unknown() });
+export const PhaseFailed = EventBase.extend({
+  outcome: z.literal('failed'),
+  durationMs: z.number(),
+  error: ErrorInfoSchema,
+  input: z.unknown(),
+});
+export const PhaseEvent = z.discriminatedUnion('outcome', [PhaseStarted, PhaseDone, PhaseFailed]);
+export type PhaseStarted = z.infer<typeof PhaseStarted>;
+export type PhaseDone = z.infer<typeof PhaseDone>;
+export type PhaseFailed = z.infer<typeof PhaseFailed>;
+export type PhaseEvent = z.infer<typeof PhaseEvent>;

@@ -1,0 +1,93 @@
+import type { z } from 'zod';
+import type { Logger } from 'pino';
+import type { XapiClient } from './xapi/client.js';
+
+/**
+ * A subject and the schema of the messages on it, as one value: the publisher and the
+ * handler import the same `Subject`, so a subject string never drifts from its schema.
+ *
+ * @example
+ *   export const PruneJob = subject('vmbackup.jobs.prune', PruneInput);
+ *   await bus.enqueue(PruneJob, { folder: '/backups/web1', maxBackups: 4, ... });
+ */
+export interface Subject<S extends z.ZodType = z.ZodType> {
+  readonly name: string;
+  readonly schema: S;
+}
+
+export function subject<S extends z.ZodType>(name: string, schema: S): Subject<S> {
+  return Object.freeze({ name, schema });
+}
+
+/** The clock, injectable so tests can pin time. */
+export interface Clock {
+  now(): Date;
+}
+
+export const systemClock: Clock = { now: () => new Date() };
+
+/** Where this process runs: recorded in snapshot tags and locks to tell live work from leftovers. */
+export interface Origin {
+  hostname: string;
+  pid: number;
+}
+
+/**
+ * What a handler gets besides its input. Everything with a side effect comes through here;
+ * handlers import no singletons and never read `process.env`.
+ */
+export interface Ctx {
+  /** pino child logger bound to {fn, subject, runId, vm}. */
+  log: Logger;
+  /** A connected XAPI session of the pool; the runtime owns its lifetime (login/logout). */
+  xapi(): Promise<XapiClient>;
+  clock: Clock;
+  origin: Origin;
+  /** Aborted when the runtime shuts down or gives the job up; long I/O must honour it. */
+  signal: AbortSignal;
+  /** Tells the runtime the job is alive (JetStream in-progress ack). Cheap: call it often. */
+  heartbeat(): void;
+  /** 1 for the first delivery of this message, 2 for the first redelivery, … */
+  attempt: number;
+}
+
+/** Retry policy of a function's jobs when the handler throws a non-permanent error. */
+export interface RetryPolicy {
+  /** Total deliveries, first included. */
+  maxDeliver: number;
+  /** Delay before each redelivery, in ms; the last value repeats. */
+  backoffMs: readonly number[];
+}
+
+/**
+ * A function: one phase of a backup, stateless, triggered by a message on its subject.
+ * `handle` receives input already validated against `subject.schema`; what it returns is
+ * validated against `output` and published as the phase's `done` event.
+ */
+export interface FunctionDef<I extends z.ZodType = z.ZodType, O extends z.ZodType = z.ZodType> {
+  readonly name: string;
+  readonly description: string;
+  readonly subject: Subject<I>;
+  readonly output: O;
+  readonly retry: RetryPolicy;
+  handle(input: z.output<I>, ctx: Ctx): Promise<z.input<O>>;
+}
+
+export const defaultRetry: RetryPolicy = { maxDeliver: 3, backoffMs: [1_000, 5_000] };
+
+/** Builds a function definition; the only place a phase's contract is written down. */
+export function defineFunction<I extends z.ZodType, O extends z.ZodType>(def: {
+  name: string;
+  description: string;
+  subject: Subject<I>;
+  output: O;
+  retry?: RetryPolicy;
+  handle(input: z.output<I>, ctx: Ctx): Promise<z.input<O>>;
+}): FunctionDef<I, O> {
+  return Object.freeze({ ...def, retry: def.retry ?? defaultRetry });
+}
+
+/** The input type of a function's message. */
+export type InputOf<F> = F extends FunctionDef<infer I, z.ZodType> ? z.output<I> : never;
+/** The output type of a function. */
+export type OutputOf<F> = F extends FunctionDef<z.ZodType, infer O> ? z.output<O> : never;

@@ -1,0 +1,137 @@
+import type { Logger } from 'pino';
+import type { Bus, Closer, Settle } from './bus/bus.js';
+import { PermanentError, RetryLaterError, errorInfo } from './errors.js';
+import { eventSubject, jobSubject } from './events.js';
+import type { PhaseDone, PhaseFailed, PhaseStarted } from './events.js';
+import type { Clock, Ctx, FunctionDef, Origin } from './function.js';
+import type { XapiClient } from './xapi/client.js';
+
+/** What the runtime gives every handler, besides its input. */
+export interface ServeDeps {
+  bus: Bus;
+  log: Logger;
+  xapi: () => Promise<XapiClient>;
+  clock: Clock;
+  origin: Origin;
+  /** Aborts running handlers when the process shuts down. */
+  signal?: AbortSignal;
+}
+
+export interface ServeOptions {
+  /** Deliveries of one function handled at the same time in this process. */
+  concurrency: (fn: FunctionDef) => number;
+  /** How long a delivery may go without a heartbeat before redelivery (NATS ack_wait). */
+  ackWaitMs?: number;
+}
+
+/**
+ * Binds functions to their subjects on a bus. This is the edge: it decodes and validates
+ * each message, calls `handle` with typed input, validates the output, publishes the phase's
+ * events and maps the outcome to delivery — the one place where a failure is logged:
+ *
+ *   success → publish `done`, ack
+ *   invalid input, PermanentError, or last attempt → publish `failed`, term
+ *   RetryLaterError → nak after its delay;  any other error → nak after the backoff
+ */
+export async function serve(fns: readonly FunctionDef[], deps: ServeDeps, opts: ServeOptions): Promise<Closer> {
+  const closers: Closer[] = [];
+  for (const fn of fns) {
+    closers.push(
+      await deps.bus.work(
+        jobSubject(fn.name),
+        { concurrency: opts.concurrency(fn), maxDeliver: fn.retry.maxDeliver, ...(opts.ackWaitMs !== undefined ? { ackWaitMs: opts.ackWaitMs } : {}) },
+        (delivery) => handleDelivery(fn, delivery, deps),
+      ),
+    );
+  }
+  return { close: async () => void (await Promise.all(closers.map((c) => c.close()))) };
+}
+
+interface JobIds {
+  runId: string;
+  jobId: string;
+  try: number;
+}
+
+function idsOf(data: unknown): JobIds | undefined {
+  if (typeof data !== 'object' || data === null) return undefined;
+  const d = data as Record<string, unknown>;
+  if (typeof d.runId !== 'string' || typeof d.jobId !== 'string') return undefined;
+  return { runId: d.runId, jobId: d.jobId, try: typeof d.try === 'number' ? d.try : 1 };
+}
+
+async function handleDelivery(
+  fn: FunctionDef,
+  delivery: { data: unknown; attempt: number; working(): void; subject: string },
+  deps: ServeDeps,
+): Promise<Settle> {
+  const started = Date.now();
+  const parsed = fn.subject.schema.safeParse(delivery.data);
+  const ids = parsed.success ? (parsed.data as JobIds) : idsOf(delivery.data);
+  const vmName = parsed.success ? (parsed.data as { vm?: { name?: string } }).vm?.name : undefined;
+  const log = deps.log.child({
+    fn: fn.name,
+    subject: delivery.subject,
+    ...(ids !== undefined ? { runId: ids.runId, jobId: ids.jobId, try: ids.try } : {}),
+    ...(vmName !== undefined ? { vm: vmName } : {}),
+    attempt: delivery.attempt,
+  });
+  const base = (at: Date) => ({ runId: ids!.runId, jobId: ids!.jobId, fn: fn.name, try: ids!.try, attempt: delivery.attempt, at: at.toISOString() });
+  const eventId = (outcome: string) => `${ids!.runId}:${ids!.jobId}:${ids!.try}:${fn.name}:${outcome}`;
+
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    const error = new PermanentError('BAD_INPUT', `invalid ${fn.name} message: ${issues}`);
+    log.error({ err: error }, error.message);
+    if (ids !== undefined) {
+      const failed: PhaseFailed = { ...base(deps.clock.now()), outcome: 'failed', durationMs: 0, error: errorInfo(error), input: delivery.data };
+      await deps.bus.publish(eventSubject(ids.runId, fn.name, 'failed'), failed, { id: eventId('failed') });
+    }
+    return { kind: 'term' };
+  }
+
+  const ids2 = ids!;
+  const startedEvent: PhaseStarted = { ...base(deps.clock.now()), outcome: 'started', ...(vmName !== undefined ? { label: vmName } : {}) };
+  await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'started'), startedEvent);
+
+  const abort = new AbortController();
+  const onShutdown = () => abort.abort(deps.signal?.reason);
+  deps.signal?.addEventListener('abort', onShutdown, { once: true });
+  const ctx: Ctx = {
+    log,
+    xapi: deps.xapi,
+    clock: deps.clock,
+    origin: deps.origin,
+    signal: abort.signal,
+    heartbeat: () => delivery.working(),
+    attempt: delivery.attempt,
+  };
+  try {
+    const raw = await fn.handle(parsed.data, ctx);
+    const output = fn.output.parse(raw);
+    const done: PhaseDone = { ...base(deps.clock.now()), outcome: 'done', durationMs: Date.now() - started, output };
+    await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'done'), done, { id: eventId('done') });
+    log.debug({ durationMs: done.durationMs }, `${fn.name} done`);
+    return { kind: 'ack' };
+  } catch (error) {
+    const info = errorInfo(error);
+    if (deps.signal?.aborted === true && !(error instanceof PermanentError)) {
+      // Shutting down: hand the job back at once for another worker (or the next start).
+      log.warn({ code: info.code }, `${fn.name} interrupted by shutdown; job handed back`);
+      return { kind: 'retry', delayMs: 0 };
+    }
+    const last = error instanceof PermanentError || delivery.attempt >= fn.retry.maxDeliver;
+    if (!last) {
+      const delayMs =
+        error instanceof RetryLaterError ? error.delayMs : (fn.retry.backoffMs[Math.min(delivery.attempt - 1, fn.retry.backoffMs.length - 1)] ?? 1_000);
+      log.warn({ err: error, code: info.code, delayMs }, `${fn.name} failed (${info.code}), retrying in ${Math.round(delayMs / 1000)} s: ${info.message}`);
+      return { kind: 'retry', delayMs };
+    }
+    log.error({ err: error, code: info.code }, `${fn.name} failed: ${info.message}`);
+    const failed: PhaseFailed = { ...base(deps.clock.now()), outcome: 'failed', durationMs: Date.now() - started, error: info, input: parsed.data };
+    await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'failed'), failed, { id: eventId('failed') });
+    return { kind: 'term' };
+  } finally {
+    deps.signal?.removeEventListener('abort', onShutdown);
+  }
+}
