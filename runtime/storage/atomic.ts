@@ -1,0 +1,138 @@
+import { createWriteStream } from 'node:fs';
+import { mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Transform } from 'node:stream';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { PermanentError, VmbackupError } from '../errors.js';
+import { loadXxh64 } from '../formats/xxh64.js';
+import { PARTIAL_SUFFIX } from './naming.js';
+
+
+export interface WriteResult {
+  size: number;
+  /** XXH64 of the bytes written, 16 uppercase hex digits. */
+  xxh64: string;
+}
+
+export interface StreamWriteOptions {
+  signal?: AbortSignal;
+  /** Called with the running byte count, at most a few times a second. */
+  onProgress?: (bytes: number) => void;
+  /** Fail with STALLED when the source sends nothing for this long (ms). */
+  idleTimeoutMs?: number;
+  /**
+   * Called once the bytes are on disk, before the rename: the last word on whether they are
+   * whole (e.g. XAPI's task result — an export that XAPI aborts still ends like a normal
+   * close). A throw leaves nothing at `target`.
+   */
+  commit?: (result: WriteResult) => Promise<void>;
+}
+
+/**
+ * Streams `source` into `target` the only safe way: into `<target>.partial`, then fsync,
+ * rename, fsync of the folder. Until the rename nothing at `target` changes; on any failure
+ * the partial file is removed and the error says what happened (ENOSPC → a PermanentError
+ * naming the file). Memory stays flat: one chunk in flight, backpressure from the disk.
+ *
+ * @example
+ *   const { size, xxh64 } = await writeStreamAtomic('/b/web1/backup_20261126-083000.xva', body);
+ */
+export async function writeStreamAtomic(target: string, source: Readable, opts: StreamWriteOptions = {}): Promise<WriteResult> {
+  const partial = target + PARTIAL_SUFFIX;
+  await mkdir(path.dirname(target), { recursive: true });
+  const hasher = (await loadXxh64()).create();
+  let size = 0;
+  let lastProgress = 0;
+  let idleTimer: NodeJS.Timeout | undefined;
+  const meter = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      hasher.update(chunk);
+      size += chunk.length;
+      idleTimer?.refresh();
+      if (opts.onProgress !== undefined) {
+        const now = Date.now();
+        if (now - lastProgress > 250) {
+          lastProgress = now;
+          opts.onProgress(size);
+        }
+      }
+      callback(null, chunk);
+    },
+  });
+  const stall = new AbortController();
+  if (opts.idleTimeoutMs !== undefined) {
+    const ms = opts.idleTimeoutMs;
+    idleTimer = setTimeout(() => stall.abort(new VmbackupError('STALLED', `no data for ${Math.round(ms / 1000)} s while writing ${path.basename(target)}`)), ms);
+  }
+  const signal = opts.signal === undefined ? stall.signal : AbortSignal.any([opts.signal, stall.signal]);
+  let result: WriteResult;
+  try {
+    await pipeline(source, meter, createWriteStream(partial, { flags: 'w', highWaterMark: 1 << 20 }), { signal });
+    await syncFile(partial);
+    result = { size, xxh64: hasher.digest() };
+    await opts.commit?.(result);
+    await rename(partial, target);
+    await syncDir(path.dirname(target));
+  } catch (error) {
+    await rm(partial, { force: true });
+    throw writeError(error, target, signal);
+  } finally {
+    clearTimeout(idleTimer);
+  }
+  opts.onProgress?.(size);
+  return result;
+}
+
+/** Writes a small file atomically (partial, fsync, rename, fsync of the folder). */
+export async function writeFileAtomic(target: string, data: string | Buffer): Promise<WriteResult> {
+  const partial = target + PARTIAL_SUFFIX;
+  await mkdir(path.dirname(target), { recursive: true });
+  const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+  try {
+    await writeFile(partial, bytes);
+    await syncFile(partial);
+    await rename(partial, target);
+    await syncDir(path.dirname(target));
+  } catch (error) {
+    await rm(partial, { force: true });
+    throw writeError(error, target);
+  }
+  return { size: bytes.length, xxh64: (await loadXxh64()).hash(bytes) };
+}
+
+async function syncFile(file: string): Promise<void> {
+  const handle = await open(file, 'r+');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** fsync of a directory makes a rename durable; some filesystems refuse it, which is harmless. */
+async function syncDir(dir: string): Promise<void> {
+  let handle;
+  try {
+    handle = await open(dir, 'r');
+    await handle.sync();
+  } catch {
+    // EINVAL/EISDIR on filesystems without directory fsync (some NFS/SMB mounts).
+  } finally {
+    await handle?.close();
+  }
+}
+
+function writeError(error: unknown, target: string, signal?: AbortSignal): Error {
+  if (signal?.aborted && signal.reason instanceof VmbackupError) return signal.reason;
+  if (error instanceof VmbackupError) return error;
+  const code = (error as { code?: unknown }).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new PermanentError('ENOSPC', `the backup filesystem is full: cannot write ${target} (${String(code)})`, { file: target }, { cause: error });
+  }
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+    return new PermanentError('NOT_WRITABLE', `cannot write ${target} (${String(code)})`, { file: target }, { cause: error });
+  }
+  if (error instanceof Error) return error;
+  return new Error(String(error));
+}
