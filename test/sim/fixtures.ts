@@ -1,0 +1,59 @@
+import type { PoolSpecInput } from './pool-spec.js';
+
+/**
+ * Small pools for tests: two hosts, a shared SR and a local SR on the second host, and VMs
+ * covering the cases a backup meets (running, halted, several disks of each fill, a CD, a
+ * blocked export, an existing snapshot, a duplicate name, a non-ASCII name).
+ *
+ * @example
+ *   const sim = await startSimulator({ pool: smallPool() });
+ */
+export function smallPool(overrides: Partial<PoolSpecInput> = {}): PoolSpecInput {
+  return {
+    credentials: { user: 'root', password: 'secret' },
+    hosts: [{ name_label: 'xcp-a' }, { name_label: 'xcp-b' }],
+    srs: [
+      { name_label: 'NFS storage', size_gib: 100, used_gib: 10, type: 'nfs' },
+      { name_label: 'Local storage b', size_gib: 50, used_gib: 1, shared: false, host: 'xcp-b' },
+    ],
+    vms: [
+      {
+        name_label: 'web1',
+        power_state: 'Running',
+        disks: [
+          { device: 'xvda', size_mib: 4, fill: 'pattern' },
+          { device: 'xvdb', size_mib: 3, fill: 'sparse' },
+        ],
+        vifs: [{ network: 'Pool-wide network associated with eth0', mac: 'de:ad:be:ef:00:01' }],
+        cd: 'guest-tools.iso',
+        other_config: { 'xo:owner': 'ops' },
+        tags: ['prod'],
+      },
+      {
+        name_label: 'db1',
+        power_state: 'Halted',
+        disks: [{ device: 'xvda', size_mib: 2, fill: 'zero' }],
+        vifs: [{ network: 'Backup network', mac: 'de:ad:be:ef:00:02' }],
+        cd: true,
+        snapshots: [{ name_label: 'db1 nightly' }],
+      },
+      {
+        name_label: 'locked',
+        power_state: 'Halted',
+        disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' }],
+        vifs: [],
+        blocked_operations: { export: 'exports are off for this VM', destroy: 'protected' },
+      },
+      {
+        name_label: 'local-b',
+        power_state: 'Halted',
+        disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern', sr: 'Local storage b' }],
+        vifs: [],
+      },
+      { name_label: 'twin', power_state: 'Halted', disks: [], vifs: [] },
+      { name_label: 'twin', power_state: 'Running', disks: [], vifs: [], os_version: null },
+      { name_label: 'Café ünïcode ✓', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'sparse' }], vifs: [] },
+    ],
+    ...overrides,
+  };
+}
