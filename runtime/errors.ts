@@ -61,7 +61,7 @@ export class UsageError extends VmbackupError {
 /** A configuration value is invalid: names the key, the file and the reason. Exit code 2. */
 export class ConfigError extends VmbackupError {
   override name = 'ConfigError';
-  constructor(message: string, data: { key?: string; file?: string; reason?: string } = {}) {
+  constructor(message: string, data: { key?: string; file?: string; reason?: string; detail?: string; [more: string]: unknown } = {}) {
     super('CONFIG', message, data);
   }
 }

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, UsageError } from '../errors.js';
-import { parseEntry } from './entry.js';
+import { parseEntry } from '../../functions/plan/select.js';
 import { loadSettings, normalizeXapiUrl, type ConfigIssue, type LoadedSettings } from './load.js';
 
 const roots: string[] = [];
@@ -223,10 +223,9 @@ describe('loadSettings: VmBackup defects fixed', () => {
     s.write(s.system, cfg('max_backups = 6', 'vm_exports = DEV-MYSQL:-1'));
     const { settings } = s.load(['-E', 'DEV-DB:-1:xvdb']);
     expect(settings.vm_exports).toEqual(['DEV-MYSQL:-1']);
-    const entry = parseEntry(settings.vm_exports[0]!, 'vm_exports');
-    expect(entry.ok && entry.entry.maxBackups).toBe(-1);
-    const vdi = parseEntry(settings.vdi_exports[0]!, 'vdi_exports');
-    expect(vdi.ok && vdi.entry).toEqual({ raw: 'DEV-DB:-1:xvdb', name: 'DEV-DB', maxBackups: -1, disks: ['xvdb'] });
+    // The selection reads -1 as "the global max_backups" (null), not as one backup.
+    expect(parseEntry(settings.vm_exports[0]!).maxBackups).toBeNull();
+    expect(parseEntry(settings.vdi_exports[0]!)).toMatchObject({ name: 'DEV-DB', maxBackups: null, disks: ['xvdb'] });
   });
 
   it.each([
@@ -343,11 +342,9 @@ describe('loadSettings: values', () => {
 
   it('passes on warnings of the files with file and line', () => {
     const s = sandbox();
+    // Disks on a vm_exports entry are the selection's warning (disks-ignored), not the loader's.
     s.write(s.system, cfg('max_backup = 3', 'vm_exports = DEV:2:xvdb'));
-    expect(s.load().warnings).toEqual([
-      `unknown key max_backup in ${s.system} line 2 is ignored (did you mean max_backups?)`,
-      `vm_exports entry "DEV:2:xvdb": disks are ignored (a vm-export saves the whole VM; use vdi_exports for single disks) (${s.system} line 3)`,
-    ]);
+    expect(s.load().warnings).toEqual([`unknown key max_backup in ${s.system} line 2 is ignored (did you mean max_backups?)`]);
   });
 
   it('--help and --version read nothing, so they work with a broken config', () => {
@@ -406,8 +403,8 @@ describe('loadSettings: errors name key, file and line (or option / variable) an
     ['xapi_url = https://root:hunter2@master', 'xapi_url = https://***@master in FILE line 2: must not contain a user or password (use username and password_file)'],
     ['backup_dir = %(nope)s/x', 'backup_dir = %(nope)s/x in FILE line 2: %(nope)s does not name a key'],
     ['backup_dir = %(password)s', 'backup_dir = %(password)s in FILE line 2: %(password)s cannot be used: password is a list or a secret'],
-    ['vm_exports = ok, DEV:0', 'vm_exports entry "DEV:0" in FILE line 2: max_backups 0 must be -1 (the global max_backups) or an integer >= 1'],
-    ['vdi_exports = DEV:2:xv da', 'vdi_exports entry "DEV:2:xv da" in FILE line 2: disk "xv da" is not a device name such as xvda (disks are separated by ";")'],
+    ['vm_exports = ok, DEV:0', 'vm_exports entry "DEV:0" in FILE line 2: max_backups must be -1 or a positive integer, got "0"'],
+    ['vdi_exports = DEV:2:xv da', 'vdi_exports entry "DEV:2:xv da" in FILE line 2: invalid disk name "xv da" (letters and digits only, e.g. xvdb)'],
     ['not a key value line', 'FILE line 2: cannot parse "not a key value line": expected "key = value", "[section]" or a # comment'],
   ])('%s', (line, message) => {
     const s = sandbox();
@@ -425,7 +422,7 @@ describe('loadSettings: errors name key, file and line (or option / variable) an
     [['-l', 'loud'], {}, 'log_level = loud on the command line (-l): must be one of debug, info, warning, error, critical'],
     [['--compression', 'lz4'], {}, 'compress = lz4 on the command line (--compression): must be gzip, zstd or none (or a boolean: true means gzip)'],
     [['--xapi', 'https://master/path'], {}, 'xapi_url = https://master/path on the command line (--xapi): must not have a path, query or fragment: XAPI is at the root of the host'],
-    [['-e', 'DEV:abc'], {}, 'vm_exports entry "DEV:abc" on the command line (-e): max_backups "abc" is not an integer (use -1 for the global max_backups)'],
+    [['-e', 'DEV:abc'], {}, 'vm_exports entry "DEV:abc" on the command line (-e): disks need a MAX field before them: write DEV:-1:abc'],
     [[], { VMBACKUP_CONCURRENCY: '0' }, 'concurrency = 0 in the environment (VMBACKUP_CONCURRENCY): must be an integer from 1 to 64'],
     [[], { VMBACKUP_INSECURE: 'sure' }, 'insecure = sure in the environment (VMBACKUP_INSECURE): must be true or false (also yes/no, on/off, 1/0)'],
   ])('%j %j', (argv, env, message) => {

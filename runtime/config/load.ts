@@ -2,7 +2,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
 import { parseArgs, type ArgKey, type CliFlags } from './args.js';
-import { parseEntry, type ListKey } from './entry.js';
+import { parseEntry } from '../../functions/plan/select.js';
 import { parseIni, splitList } from './ini.js';
 import { Settings } from './schema.js';
 
@@ -78,7 +78,7 @@ const RANK_ENV = 1000;
 const RANK_FLAG = 2000;
 
 const KEYS = Object.keys(Settings.shape) as SettingKey[];
-const LIST_KEYS = ['vm_exports', 'vdi_exports', 'excludes'] as const satisfies readonly (SettingKey & ListKey)[];
+const LIST_KEYS = ['vm_exports', 'vdi_exports', 'excludes'] as const satisfies readonly SettingKey[];
 const PATH_KEYS = new Set<SettingKey>(['base_dir', 'backup_dir', 'password_file', 'tls_ca_file']);
 const SECRET_KEYS = new Set<SettingKey>(['password']);
 const TRUE = /^(1|yes|true|on)$/i;
@@ -411,10 +411,16 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
 
     if (INFO[key].kind === 'list') {
       const items = coerced.value as string[];
+      // Entries are parsed by the selection itself (functions/plan/select.ts), so the config
+      // and the run can never disagree on an entry. A malformed entry (bad MAX, bad disk) is
+      // an error here; an invalid regex is the selection's warning, as in VmBackup.
       for (const item of items) {
-        const parsed = parseEntry(item, key as ListKey);
-        if (!parsed.ok) issue(key, place, parsed.reason, `${key} entry ${JSON.stringify(item)}`);
-        else warnings.push(...parsed.warnings.map((warning) => `${warning} (${place.where})`));
+        try {
+          parseEntry(item);
+        } catch (error) {
+          if (!(error instanceof ConfigError)) throw error;
+          if (error.data.reason === 'invalid-entry') issue(key, place, String(error.data.detail ?? error.message), `${key} entry ${JSON.stringify(item)}`);
+        }
       }
     }
     const checked = Settings.shape[key].safeParse(coerced.value);
