@@ -1,0 +1,356 @@
+import https from 'node:https';
+import type { Readable } from 'node:stream';
+import { Agent, request } from 'undici';
+import { Xapi } from 'xen-api';
+import type { Logger } from 'pino';
+import { ConnectionError, PermanentError, RetryLaterError, VmbackupError } from '../errors.js';
+import type { HostRecord, PoolRecord, RecordType, RecordTypes, Ref } from './records.js';
+
+/**
+ * How to reach a pool. The password is a secret: it is never logged and never put in a
+ * message (workers read it from their own configuration).
+ */
+export interface XapiOptions {
+  url: string;
+  user: string;
+  password: string;
+  /** PEM text of CA certificates to trust, besides the system's. */
+  ca?: string;
+  /** Skip certificate checks. */
+  insecure?: boolean;
+  /** Abandon an HTTP transfer after this long without a byte (ms). */
+  idleTimeoutMs?: number;
+  log?: Logger;
+}
+
+/** A transfer from an XAPI HTTP handler: the body, and the task that completes with it. */
+export interface XapiDownload {
+  body: Readable;
+  /** Resolves when XAPI marks the transfer's task a success; rejects with its error. */
+  task: Promise<unknown>;
+  /** Stops the transfer and cancels its task. */
+  abort(): void;
+}
+
+/** XAPI error codes after which the same call is worth making again later. */
+const RETRY_LATER: Record<string, number> = {
+  TOO_MANY_PENDING_TASKS: 30_000,
+  OTHER_OPERATION_IN_PROGRESS: 10_000,
+  HOST_OFFLINE: 30_000,
+  HOST_STILL_BOOTING: 30_000,
+};
+
+/** XAPI error codes that another attempt cannot fix. */
+const PERMANENT = new Set([
+  'HANDLE_INVALID',
+  'UUID_INVALID',
+  'VM_BAD_POWER_STATE',
+  'OPERATION_BLOCKED',
+  'OPERATION_NOT_ALLOWED',
+  'SR_FULL',
+  'VM_IS_TEMPLATE',
+  'MESSAGE_METHOD_UNKNOWN',
+  'MESSAGE_PARAMETER_COUNT_MISMATCH',
+  'PERMISSION_DENIED',
+  'RBAC_PERMISSION_DENIED',
+]);
+
+interface XenApiError {
+  code: string;
+  params: string[];
+}
+
+function isXenApiError(error: unknown): error is XenApiError {
+  return (
+    error instanceof Error &&
+    typeof (error as { code?: unknown }).code === 'string' &&
+    Array.isArray((error as { params?: unknown }).params)
+  );
+}
+
+/**
+ * Turns an error from the xen-api client into one of ours, keeping XAPI's code and params:
+ * the runtime decides retries from the class, operators read the code.
+ */
+export function mapXapiError(error: unknown, what: string): VmbackupError {
+  if (error instanceof VmbackupError) return error;
+  if (isXenApiError(error)) {
+    const message = `${what}: ${error.code}(${error.params.join(', ')})`;
+    const data = { xapiCode: error.code, params: error.params };
+    const delay = RETRY_LATER[error.code];
+    if (delay !== undefined) return new RetryLaterError(error.code, message, delay, data, { cause: error });
+    if (PERMANENT.has(error.code)) return new PermanentError(error.code, message, data, { cause: error });
+    return new VmbackupError(error.code, message, data, { cause: error });
+  }
+  const code = networkCode(error) ?? 'XAPI_ERROR';
+  const message = `${what}: ${error instanceof Error ? error.message : String(error)}`;
+  return new VmbackupError(code, message, {}, { cause: error });
+}
+
+/** The errno-like code of a network or TLS failure, looking through `cause` chains. */
+function networkCode(error: unknown): string | undefined {
+  for (let e: unknown = error, depth = 0; e !== undefined && e !== null && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+const TLS_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_HAS_EXPIRED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'CERT_UNTRUSTED',
+]);
+
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ETIMEDOUT',
+  'ECONNRESET',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_SOCKET',
+  'EPROTO',
+]);
+
+/** Explains a failed login in the operator's terms: what failed, and what to do about it. */
+export function connectionError(error: unknown, url: string, user: string): ConnectionError {
+  if (isXenApiError(error) && error.code === 'SESSION_AUTHENTICATION_FAILED') {
+    return new ConnectionError('AUTH_FAILED', `XAPI at ${url} refused the credentials of user "${user}" (SESSION_AUTHENTICATION_FAILED)`, { url, user }, { cause: error });
+  }
+  const code = networkCode(error);
+  if (code !== undefined && TLS_CODES.has(code)) {
+    return new ConnectionError(
+      'TLS_UNTRUSTED',
+      `the TLS certificate of ${url} is not trusted (${code}): give its CA with tls_ca_file / --tls-ca-file, or --insecure to skip the check`,
+      { url, tlsCode: code },
+      { cause: error },
+    );
+  }
+  if (code !== undefined && UNREACHABLE_CODES.has(code)) {
+    return new ConnectionError('UNREACHABLE', `cannot reach XAPI at ${url} (${code})`, { url, netCode: code }, { cause: error });
+  }
+  const detail = isXenApiError(error) ? `${error.code}(${error.params.join(', ')})` : error instanceof Error ? error.message : String(error);
+  return new ConnectionError('CONNECT_FAILED', `cannot log in to XAPI at ${url}: ${detail}`, { url }, { cause: error });
+}
+
+/**
+ * xen-api 4.7.6 offers no way to trust a private CA (only `allowUnauthorized`). A pool's
+ * self-signed certificate is the common case on a management node, and turning checks off is
+ * not an answer, so this subclass swaps in HTTP agents that carry the CA. It touches private
+ * fields (`_undiciDispatcher`, `_httpAgent`, `_setUrl`): the version is pinned in
+ * package.json and test/conformance covers it.
+ */
+class PoolXapi extends Xapi {
+  readonly dispatcher: Agent;
+
+  constructor(opts: ConstructorParameters<typeof Xapi>[0], tls: { ca?: string; insecure: boolean; idleTimeoutMs: number }) {
+    super(opts);
+    this.dispatcher = new Agent({
+      bodyTimeout: tls.idleTimeoutMs,
+      headersTimeout: tls.idleTimeoutMs,
+      connect: { rejectUnauthorized: !tls.insecure, ...(tls.ca !== undefined ? { ca: tls.ca } : {}) },
+    });
+    const self = this as unknown as { _undiciDispatcher: Agent; _httpAgent: https.Agent; _setUrl(url: unknown): void; _url: unknown };
+    self._undiciDispatcher = this.dispatcher;
+    self._httpAgent = new https.Agent({ rejectUnauthorized: !tls.insecure, ...(tls.ca !== undefined ? { ca: tls.ca } : {}) });
+    self._setUrl(self._url);
+  }
+}
+
+/**
+ * The typed door to one pool's XAPI. Every XAPI call vmbackup makes goes through here, so
+ * errors are mapped in one place and the session is always logged out (`close`).
+ */
+export class XapiClient {
+  private constructor(
+    private readonly xapi: PoolXapi,
+    readonly url: string,
+  ) {}
+
+  /**
+   * Logs in (following HOST_IS_SLAVE to the master) and returns a connected client.
+   * @throws ConnectionError with a message naming the cause: credentials, TLS, unreachable.
+   */
+  static async connect(opts: XapiOptions): Promise<XapiClient> {
+    const idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
+    const xapi = new PoolXapi(
+      {
+        url: opts.url,
+        auth: { user: opts.user, password: opts.password },
+        allowUnauthorized: opts.insecure === true,
+        // Only tasks are watched: callAsync needs them; everything else is read live, so a
+        // 5,000-VM pool is not mirrored into memory.
+        watchEvents: ['task'],
+        httpInactivityTimeout: idleTimeoutMs,
+        callTimeout: 6 * 60 * 60 * 1000,
+      },
+      { ...(opts.ca !== undefined ? { ca: opts.ca } : {}), insecure: opts.insecure === true, idleTimeoutMs },
+    );
+    // xen-api reports background event-loop trouble as events; keep it in our log, not stderr.
+    xapi.on('eventFetchingError', (error: unknown) => opts.log?.debug({ err: error }, 'xapi event loop error'));
+    try {
+      await xapi.connect();
+    } catch (error) {
+      await xapi.disconnect().catch(() => {});
+      await xapi.dispatcher.close().catch(() => {});
+      throw connectionError(error, opts.url, opts.user);
+    }
+    return new XapiClient(xapi, opts.url);
+  }
+
+  /** Logs the session out and closes connections. Safe to call twice. */
+  async close(): Promise<void> {
+    if (this.xapi.status !== 'disconnected') {
+      const sessionId = this.xapi.status === 'connected' ? this.xapi.sessionId : undefined;
+      // xen-api's disconnect() fires session.logout without waiting for it; wait here, so the
+      // session is really gone when close() resolves (a cron run must not leak sessions).
+      if (sessionId !== undefined) {
+        await (this.xapi as unknown as { _call(m: string, a: unknown[]): Promise<unknown> })
+          ._call('session.logout', [sessionId])
+          .catch(() => {});
+      }
+      await this.xapi.disconnect();
+    }
+    await this.xapi.dispatcher.close().catch(() => {});
+  }
+
+  get pool(): PoolRecord {
+    return this.xapi.pool as unknown as PoolRecord;
+  }
+
+  /** Calls a method with the session prepended; XAPI errors become typed errors. */
+  async call<T = unknown>(method: string, ...args: unknown[]): Promise<T> {
+    try {
+      return await this.xapi.call<T>(method, ...args);
+    } catch (error) {
+      throw mapXapiError(error, method);
+    }
+  }
+
+  /** Calls `Async.<method>` and waits for its task; resolves with the task's result. */
+  async callAsync<T = unknown>(method: string, ...args: unknown[]): Promise<T> {
+    try {
+      return await this.xapi.callAsync<T>(method, ...args);
+    } catch (error) {
+      throw mapXapiError(error, method);
+    }
+  }
+
+  async getRecord<K extends RecordType>(type: K, ref: Ref): Promise<RecordTypes[K]> {
+    try {
+      return (await this.xapi.getRecord(type, ref)) as unknown as RecordTypes[K];
+    } catch (error) {
+      throw mapXapiError(error, `${type}.get_record`);
+    }
+  }
+
+  async getRecordByUuid<K extends RecordType>(type: K, uuid: string): Promise<RecordTypes[K]> {
+    try {
+      return (await this.xapi.getRecordByUuid(type, uuid)) as unknown as RecordTypes[K];
+    } catch (error) {
+      throw mapXapiError(error, `${type}.get_by_uuid`);
+    }
+  }
+
+  async getAllRecords<K extends RecordType>(type: K): Promise<RecordTypes[K][]> {
+    try {
+      return (await this.xapi.getAllRecords(type)) as unknown as RecordTypes[K][];
+    } catch (error) {
+      throw mapXapiError(error, `${type}.get_all_records`);
+    }
+  }
+
+  /**
+   * GETs an HTTP handler of the master (`/export`, `/export_raw_vdi`, `/pool/xmldbdump`), or
+   * of `host` when given (`/host_backup` is answered by the host that receives it), with a
+   * task XAPI completes at the end of the transfer.
+   */
+  async download(pathname: string, query: Record<string, string>, opts: { host?: HostRecord; signal?: AbortSignal } = {}): Promise<XapiDownload> {
+    const what = `GET ${pathname}`;
+    let taskRef: string;
+    try {
+      taskRef = await this.xapi.createTask(`vmbackup ${pathname}`, JSON.stringify(query));
+    } catch (error) {
+      throw mapXapiError(error, 'task.create');
+    }
+    const task = this.xapi.watchTask(taskRef).then(
+      (result) => {
+        void this.xapi.call('task.destroy', taskRef).catch(() => {});
+        return result;
+      },
+      (error: unknown) => {
+        void this.xapi.call('task.destroy', taskRef).catch(() => {});
+        throw mapXapiError(error, `${what} task`);
+      },
+    );
+    task.catch(() => {});
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(opts.signal?.reason);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const abort = () => {
+      controller.abort();
+      void this.xapi.call('task.cancel', taskRef).catch(() => {});
+    };
+    try {
+      const isMaster = opts.host === undefined || opts.host.$ref === this.pool.master;
+      let statusCode: number;
+      let body: Readable;
+      if (isMaster) {
+        // The master's handlers go through xen-api's own getResource (it follows 302s).
+        try {
+          const response = await this.xapi.getResource(pathname, { query, task: taskRef });
+          statusCode = response.statusCode;
+          body = response.body;
+        } catch (error) {
+          const response = (error as { response?: { statusCode: number; body?: Readable } }).response;
+          if (response === undefined) throw error;
+          statusCode = response.statusCode;
+          body = response.body!;
+        }
+      } else {
+        // Another host's handler (e.g. /host_backup). xen-api would address it on the default
+        // port only; keep the port of the configured URL, which is XAPI's 443 in production.
+        const url = new URL(pathname, this.url);
+        url.hostname = opts.host!.address;
+        for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+        url.searchParams.set('session_id', this.xapi.sessionId);
+        url.searchParams.set('task_id', taskRef);
+        const response = await request(url, { method: 'GET', dispatcher: this.xapi.dispatcher, signal: controller.signal, maxRedirections: 0 });
+        statusCode = response.statusCode;
+        body = response.body as unknown as Readable;
+      }
+      controller.signal.addEventListener('abort', () => body.destroy(new VmbackupError('ABORTED', `${what} aborted`)), { once: true });
+      if (statusCode !== 200) {
+        body.resume();
+        abort();
+        const message = `${what} answered HTTP ${statusCode}`;
+        if (statusCode === 401) throw new VmbackupError('HTTP_401', `${message}: session not accepted`, { status: 401 });
+        if (statusCode === 404) throw new PermanentError('HTTP_404', message, { status: 404 });
+        throw new VmbackupError(`HTTP_${statusCode}`, message, { status: statusCode });
+      }
+      body.once('close', () => opts.signal?.removeEventListener('abort', onAbort));
+      return { body, task, abort };
+    } catch (error) {
+      opts.signal?.removeEventListener('abort', onAbort);
+      abort();
+      throw error instanceof VmbackupError ? error : mapXapiError(error, what);
+    }
+  }
+
+  /** The pool's hosts, master first. */
+  async hosts(): Promise<HostRecord[]> {
+    const hosts = await this.getAllRecords('host');
+    const master = this.pool.master;
+    return [...hosts].sort((a, b) => Number(b.$ref === master) - Number(a.$ref === master));
+  }
+
+}
