@@ -1,0 +1,35 @@
+import type { FunctionDef } from '../runtime/function.js';
+import { exportFn } from './export/export.js';
+import { hostBackup } from './host-backup/host-backup.js';
+import { meta } from './meta/meta.js';
+import { plan } from './plan/plan.js';
+import { poolDb } from './pool-db/pool-db.js';
+import { prune } from './prune/prune.js';
+import { snapshot } from './snapshot/snapshot.js';
+
+/**
+ * Every function of vmbackup, by name. Each lives in `functions/<name>/<name>.ts`, where its
+ * subject, input and output schemas and handler are written down together.
+ */
+export const functions = [plan, snapshot, exportFn, meta, prune, poolDb, hostBackup] as const satisfies readonly FunctionDef[];
+
+export type FunctionName = (typeof functions)[number]['name'];
+
+export function functionByName(name: string): FunctionDef | undefined {
+  return functions.find((f) => f.name === name);
+}
+
+/**
+ * The phases a job goes through, in order; each phase's output is the next one's input.
+ *
+ *   vm:          snapshot → export → meta → prune
+ *   pool-db:     pool-db
+ *   host-backup: host-backup
+ */
+export const pipelines = {
+  vm: ['snapshot', 'export', 'meta', 'prune'],
+  'pool-db': ['pool-db'],
+  'host-backup': ['host-backup'],
+} as const satisfies Record<string, readonly FunctionName[]>;
+
+export type JobKind = keyof typeof pipelines;

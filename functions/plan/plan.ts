@@ -1,0 +1,214 @@
+import { access, constants, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { Compression, VdiFormat } from '../../runtime/config/schema.js';
+import { PermanentError } from '../../runtime/errors.js';
+import { jobSubject } from '../../runtime/events.js';
+import { defineFunction, subject } from '../../runtime/function.js';
+import type { Ctx } from '../../runtime/function.js';
+import { pidAlive } from '../../runtime/storage/lock.js';
+import { formatStamp, vmFolderName } from '../../runtime/storage/naming.js';
+import { freeSpace } from '../../runtime/storage/space.js';
+import type { XapiClient } from '../../runtime/xapi/client.js';
+import type { VmRecord } from '../../runtime/xapi/records.js';
+import { TAG, destroySnapshotVdi, destroySnapshotVm, isLeftover, parseBlockReason } from '../../runtime/xapi/snapshots.js';
+import { HostBackupInput } from '../host-backup/host-backup.js';
+import { JobBase, VmRef } from '../job.js';
+import { PoolDbInput } from '../pool-db/pool-db.js';
+import { SnapshotInput } from '../snapshot/snapshot.js';
+import { duplicateNames, selectVms } from './select.js';
+import type { Selection } from './select.js';
+
+/**
+ * The options of one run: what to back up and how. Built from the settings by the command
+ * line or the gateway; carries no secret (connections are the worker's own business).
+ *
+ * @example { "backupDir": "/mnt/VmBackup/exports", "vmExports": [".*"], "vdiExports": [],
+ *            "excludes": ["PRD-PRINT$"], "maxBackups": 4, "compress": "none", "format": "raw",
+ *            "poolBackup": true, "hostBackup": false, "spaceThreshold": 20, "concurrency": 2,
+ *            "vmRetries": 1, "haltedWithoutSnapshot": true, "idleTimeoutS": 300 }
+ */
+export const RunOptions = z.object({
+  backupDir: z.string().min(1),
+  vmExports: z.array(z.string()),
+  vdiExports: z.array(z.string()),
+  excludes: z.array(z.string()),
+  maxBackups: z.number().int().min(1),
+  compress: Compression,
+  format: VdiFormat,
+  poolBackup: z.boolean(),
+  hostBackup: z.boolean(),
+  spaceThreshold: z.number().int().min(1).max(99),
+  concurrency: z.number().int().min(1),
+  vmRetries: z.number().int().min(0),
+  haltedWithoutSnapshot: z.boolean(),
+  idleTimeoutS: z.number().int().min(1),
+  /** Leftover snapshots from another host are removed only after this many hours. */
+  leftoverAgeHours: z.number().min(0).default(24),
+});
+export type RunOptions = z.infer<typeof RunOptions>;
+
+/**
+ * plan — the first step of a run: settings + pool → the list of jobs. Checks that the backup
+ * directory is writable and has more free space than `space_threshold` before anything is
+ * snapshotted, removes leftovers of crashed runs (found by tag, never by name), resolves
+ * excludes → vdi_exports → vm_exports (select.ts), and maps each VM to its folder.
+ *
+ * Subject `vmbackup.jobs.plan`.
+ */
+export const PlanInput = JobBase.extend({
+  options: RunOptions,
+  /** ISO time the run started: names the run's files (`stamp`). */
+  startedAt: z.string(),
+});
+export type PlanInput = z.infer<typeof PlanInput>;
+
+export const SelectionWarning = z.object({ entry: z.string(), list: z.string(), code: z.string().optional(), message: z.string() });
+
+export const PlanOutput = JobBase.extend({
+  pool: z.object({ uuid: z.string(), name: z.string() }),
+  stamp: z.string(),
+  backupDir: z.string(),
+  vmJobs: z.array(SnapshotInput),
+  poolDb: PoolDbInput.optional(),
+  hostJobs: z.array(HostBackupInput),
+  excludes: z.array(VmRef),
+  warnings: z.array(SelectionWarning),
+  /** What was cleaned up from earlier runs (snapshots destroyed, start blocks lifted). */
+  cleaned: z.array(z.string()),
+  concurrency: z.number().int().min(1),
+  vmRetries: z.number().int().min(0),
+});
+export type PlanOutput = z.infer<typeof PlanOutput>;
+
+export const PlanJob = subject(jobSubject('plan'), PlanInput);
+
+export const plan = defineFunction({
+  name: 'plan',
+  description: 'Resolve the run: check the backup dir, clean leftovers, select VMs, make the jobs.',
+  subject: PlanJob,
+  output: PlanOutput,
+  async handle(input, ctx) {
+    const o = input.options;
+    await checkBackupDir(o.backupDir, o.spaceThreshold);
+    const xapi = await ctx.xapi();
+    const all = await xapi.getAllRecords('VM');
+    const cleaned = await cleanLeftovers(xapi, all, input, ctx);
+    const candidates = all.filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot);
+    const poolVms = candidates.map((vm) => ({ uuid: vm.uuid, name: vm.name_label }));
+    const selection = selectVms(poolVms, { excludes: o.excludes, vdiExports: o.vdiExports, vmExports: o.vmExports, maxBackups: o.maxBackups });
+    const stamp = formatStamp(new Date(input.startedAt));
+    const vmJobs = buildVmJobs(selection, poolVms, input, stamp);
+    const hosts = o.hostBackup ? await xapi.hosts() : [];
+    const common = { runId: input.runId, try: 1, backupDir: o.backupDir, stamp, maxBackups: o.maxBackups, idleTimeoutS: o.idleTimeoutS };
+    const pool = xapi.pool;
+    return {
+      runId: input.runId,
+      jobId: input.jobId,
+      try: input.try,
+      pool: { uuid: pool.uuid, name: pool.name_label },
+      stamp,
+      backupDir: o.backupDir,
+      vmJobs,
+      ...(o.poolBackup ? { poolDb: { ...common, jobId: 'pool-db' } } : {}),
+      hostJobs: hosts.map((h) => ({ ...common, jobId: `host.${h.uuid}`, host: { uuid: h.uuid, name: h.name_label } })),
+      excludes: selection.excludes.map((vm) => ({ uuid: vm.uuid, name: vm.name })),
+      warnings: selection.warnings.map((w) => ({ entry: w.entry, list: w.list, code: w.code, message: w.message })),
+      cleaned,
+      concurrency: o.concurrency,
+      vmRetries: o.vmRetries,
+    };
+  },
+});
+
+/** The selection as jobs: one per VM, with its folder (names shared by VMs get a suffix). */
+export function buildVmJobs(selection: Selection, poolVms: { uuid: string; name: string }[], input: PlanInput, stamp: string): SnapshotInput[] {
+  const o = input.options;
+  const shared = duplicateNames(poolVms);
+  const job = (vm: { uuid: string; name: string }, mode: 'vm' | 'vdi', maxBackups: number, disks: string[]): SnapshotInput => ({
+    runId: input.runId,
+    jobId: `vm.${vm.uuid}`,
+    try: 1,
+    vm: { uuid: vm.uuid, name: vm.name },
+    mode,
+    disks,
+    backupDir: o.backupDir,
+    folder: vmFolderName(vm.name, vm.uuid, { shared: shared.has(vm.name) }),
+    stamp,
+    maxBackups,
+    compress: o.compress,
+    format: o.format,
+    spaceThreshold: o.spaceThreshold,
+    haltedWithoutSnapshot: o.haltedWithoutSnapshot,
+    idleTimeoutS: o.idleTimeoutS,
+  });
+  return [
+    ...selection.vdiExports.map((s) => job(s.vm, 'vdi', s.maxBackups, s.disks)),
+    ...selection.vmExports.map((s) => job(s.vm, 'vm', s.maxBackups, [])),
+  ];
+}
+
+/** The backup directory must exist, take a file, and have space_threshold percent free. */
+export async function checkBackupDir(dir: string, spaceThreshold: number): Promise<void> {
+  try {
+    await access(dir, constants.W_OK);
+    // access() can lie on NFS with root squash: write a probe.
+    const probe = path.join(dir, `.vmbackup-probe-${process.pid}`);
+    await writeFile(probe, '');
+    await rm(probe, { force: true });
+  } catch (error) {
+    const code = (error as { code?: string }).code ?? 'EIO';
+    throw new PermanentError('BACKUP_DIR_NOT_WRITABLE', `backup_dir ${dir} is not a writable directory (${code})`, { backupDir: dir, errno: code }, { cause: error });
+  }
+  const space = await freeSpace(dir);
+  if (space.freePercent < spaceThreshold) {
+    throw new PermanentError(
+      'SPACE_LOW',
+      `backup_dir ${dir} has ${space.freePercent.toFixed(1)}% free, below space_threshold ${spaceThreshold}%: nothing backed up`,
+      { backupDir: dir, freePercent: space.freePercent, spaceThreshold },
+    );
+  }
+}
+
+/**
+ * Destroys snapshots (VMs and VDIs) left by crashed runs and lifts start blocks they left on
+ * halted VMs. Only objects carrying vmbackup's tags are considered, and only those whose
+ * owner is gone (isLeftover); a VM *named* like a snapshot is never touched.
+ */
+async function cleanLeftovers(xapi: XapiClient, vms: VmRecord[], input: PlanInput, ctx: Ctx): Promise<string[]> {
+  const cleaned: string[] = [];
+  const rule = { now: ctx.clock.now(), me: ctx.origin, currentRunId: input.runId, maxAgeHours: input.options.leftoverAgeHours, pidAlive };
+  const destroyedVdis = new Set<string>();
+  for (const vm of vms) {
+    if (vm.is_a_snapshot && isLeftover(vm.other_config, rule)) {
+      try {
+        for (const uuid of await destroySnapshotVm(xapi, vm.$ref)) destroyedVdis.add(uuid);
+        cleaned.push(`destroyed leftover snapshot "${vm.name_label}" (${vm.uuid}) of run ${vm.other_config[TAG.run]}`);
+      } catch (error) {
+        ctx.log.warn({ err: error }, `could not destroy leftover snapshot ${vm.uuid}: ${(error as Error).message}`);
+      }
+    }
+    if (!vm.is_a_snapshot && !vm.is_a_template) {
+      for (const op of ['start', 'start_on']) {
+        const tags = parseBlockReason(vm.blocked_operations[op] ?? '');
+        if (tags === undefined || !isLeftover(tags, rule)) continue;
+        await xapi.call('VM.remove_from_blocked_operations', vm.$ref, op);
+        cleaned.push(`lifted the ${op} block left on "${vm.name_label}" by run ${tags[TAG.run]}`);
+      }
+    }
+  }
+  const vdis = await xapi.getAllRecords('VDI');
+  for (const vdi of vdis) {
+    if (!vdi.is_a_snapshot || destroyedVdis.has(vdi.uuid) || !isLeftover(vdi.other_config, rule)) continue;
+    // A VDI snapshot still attached to a snapshot VM goes with that VM.
+    if (vdi.VBDs.length > 0) continue;
+    try {
+      await destroySnapshotVdi(xapi, vdi.$ref);
+      cleaned.push(`destroyed leftover disk snapshot "${vdi.name_label}" (${vdi.uuid}) of run ${vdi.other_config[TAG.run]}`);
+    } catch (error) {
+      ctx.log.warn({ err: error }, `could not destroy leftover disk snapshot ${vdi.uuid}: ${(error as Error).message}`);
+    }
+  }
+  for (const line of cleaned) ctx.log.info(line);
+  return cleaned;
+}

@@ -1,0 +1,109 @@
+import { readdir, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { defineFunction, subject } from '../../runtime/function.js';
+import type { Ctx } from '../../runtime/function.js';
+import { jobSubject } from '../../runtime/events.js';
+import { checkManifest } from '../../runtime/storage/manifest.js';
+import { parseBackupFileName } from '../../runtime/storage/naming.js';
+import { JobBase, VmRef } from '../job.js';
+import { planRetention } from './retention.js';
+import type { FileEntry, ManifestCheck, RetentionPlan } from './retention.js';
+
+/**
+ * prune — keeps `maxBackups` complete backup sets in a VM's folder and deletes the older
+ * ones (retention.ts decides; this only lists, checks manifests, and deletes). Understands
+ * VmBackup's folders (legacy `MMDDYYYY-HHMMSS` names). Never deletes the newest complete set,
+ * a protected set (the run's own), or a file that is not ours.
+ *
+ * Safe under redelivery: it recomputes from what is on disk, so a second run deletes nothing
+ * more. Can be invoked on its own for any folder (`vmbackup invoke prune --input …`).
+ *
+ * Subject `vmbackup.jobs.prune`.
+ *
+ * @example { "runId": "adhoc-1", "jobId": "vm.5c1e…", "backupDir": "/mnt/VmBackup/exports",
+ *            "folder": "DEV-MYSQL", "maxBackups": 4, "vm": {"uuid": "5c1e…", "name": "DEV-MYSQL"} }
+ */
+export const PruneInput = JobBase.extend({
+  vm: VmRef.optional(),
+  backupDir: z.string().min(1),
+  folder: z.string().min(1).refine((f) => !f.includes('/') && f !== '.' && f !== '..', 'folder must be one path component'),
+  maxBackups: z.number().int().min(1),
+  /** Stamps never to delete (the set this run just wrote). */
+  protect: z.array(z.string()).default([]),
+});
+export type PruneInput = z.infer<typeof PruneInput>;
+
+export const Deleted = z.object({ stamp: z.string(), files: z.array(z.string()), reason: z.string() });
+
+export const PruneOutput = PruneInput.extend({
+  kept: z.array(z.string()),
+  deleted: z.array(Deleted),
+  warnings: z.array(z.string()).default([]),
+});
+export type PruneOutput = z.infer<typeof PruneOutput>;
+
+export const PruneJob = subject(jobSubject('prune'), PruneInput);
+
+export const prune = defineFunction({
+  name: 'prune',
+  description: 'Keep max_backups complete backup sets of a VM; delete older and abandoned ones.',
+  subject: PruneJob,
+  output: PruneOutput,
+  async handle(input, ctx) {
+    const dir = path.join(input.backupDir, input.folder);
+    const files = await listFiles(dir);
+    const manifests = new Map<string, ManifestCheck>();
+    const warnings: string[] = [];
+    for (const file of files) {
+      const info = parseBackupFileName(file.name);
+      if (info?.kind !== 'manifest') continue;
+      const status = await checkManifest(dir, file.name);
+      if (status.valid) {
+        manifests.set(info.stamp, { valid: true, runId: status.manifest.runId });
+      } else {
+        manifests.set(info.stamp, { valid: false, reason: status.reason });
+        warnings.push(`${input.folder}: backup set ${info.stamp} is incomplete and does not count (${status.reason})`);
+      }
+    }
+    const plan = planRetention({ files, manifests, maxBackups: input.maxBackups, now: ctx.clock.now().getTime(), protect: input.protect });
+    await applyDeletions(dir, plan, ctx);
+    return {
+      ...input,
+      kept: plan.keep.map((s) => s.stamp),
+      deleted: plan.delete.map((d) => ({ stamp: d.stamp, files: d.files, reason: d.reason })),
+      warnings,
+    };
+  },
+});
+
+/** Regular files of a folder with size and mtime; an absent folder has none. */
+export async function listFiles(dir: string): Promise<FileEntry[]> {
+  let names: string[];
+  try {
+    names = (await readdir(dir, { withFileTypes: true })).filter((d) => d.isFile()).map((d) => d.name);
+  } catch (error) {
+    if ((error as { code?: string }).code === 'ENOENT') return [];
+    throw error;
+  }
+  const files: FileEntry[] = [];
+  for (const name of names) {
+    const s = await stat(path.join(dir, name)).catch(() => undefined);
+    if (s?.isFile()) files.push({ name, size: s.size, mtimeMs: s.mtimeMs });
+  }
+  return files;
+}
+
+/** Deletes what a retention plan says, oldest first, each set's manifest first. */
+export async function applyDeletions(dir: string, plan: RetentionPlan, ctx: Pick<Ctx, 'log'>): Promise<void> {
+  for (const deletion of plan.delete) {
+    // The manifest first: from that moment the set no longer counts, so an interrupted
+    // deletion leaves an incomplete set (cleaned later), never a manifest vouching for less.
+    const ordered = [...deletion.files].sort((a, b) => Number(b.endsWith('.json')) - Number(a.endsWith('.json')));
+    for (const name of ordered) {
+      if (name.includes('/') || name === '.' || name === '..') continue;
+      await rm(path.join(dir, name), { force: true });
+    }
+    ctx.log.info(`${path.basename(dir)}: deleted backup ${deletion.stamp} (${deletion.reason}): ${deletion.files.join(', ')}`);
+  }
+}
