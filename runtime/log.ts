@@ -1,0 +1,111 @@
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { format } from 'node:util';
+import { pino } from 'pino';
+import type { Logger, Level } from 'pino';
+import type { LogLevel } from './config/schema.js';
+
+export type { Logger } from 'pino';
+
+/**
+ * Secrets are redacted by configuration, not by care: any of these paths in any log record
+ * is replaced before it is written, to the file and the console alike.
+ */
+export const REDACT_PATHS = [
+  'password',
+  '*.password',
+  '*.*.password',
+  'settings.password',
+  'auth.password',
+  'session_id',
+  '*.session_id',
+  'sessionId',
+  '*.sessionId',
+  'token',
+  '*.token',
+  '*.*.token',
+  'secret',
+  '*.secret',
+  'authorization',
+  '*.authorization',
+  'headers.authorization',
+  'req.headers.authorization',
+  'err.config.auth',
+];
+
+/** VmBackup's levels mapped to pino's (`critical` has no pino twin: `fatal`). */
+export function pinoLevel(level: LogLevel): Level {
+  return level === 'warning' ? 'warn' : level === 'critical' ? 'fatal' : level;
+}
+
+export interface LogOptions {
+  /** Level of what reaches the console (cron mail). */
+  consoleLevel: LogLevel;
+  /** Directory of the JSON log file `vmbackup.log` (debug and up); none when undefined. */
+  dir?: string;
+  /** Where console lines go (default: stdout). */
+  console?: NodeJS.WritableStream;
+  /** Plain JSON lines on the console instead of readable text (for log shippers). */
+  consoleJson?: boolean;
+}
+
+/**
+ * The process logger: JSON records to `<dir>/vmbackup.log` (everything from debug up), and
+ * readable lines on the console from `consoleLevel` up. Handlers get children of it bound to
+ * `{fn, subject, runId, jobId, vm}`.
+ */
+export function createLogger(opts: LogOptions): Logger {
+  const streams: pino.StreamEntry[] = [];
+  const consoleOut = opts.console ?? process.stdout;
+  streams.push({ level: pinoLevel(opts.consoleLevel), stream: opts.consoleJson === true ? consoleOut : consoleFormatter(consoleOut) });
+  if (opts.dir !== undefined) {
+    mkdirSync(opts.dir, { recursive: true });
+    streams.push({ level: 'debug', stream: pino.destination({ dest: path.join(opts.dir, 'vmbackup.log'), sync: true, mkdir: true }) });
+  }
+  return pino(
+    {
+      level: 'debug',
+      base: { pid: process.pid },
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    pino.multistream(streams),
+  );
+}
+
+/** A logger that drops everything (tests of pure paths, library use). */
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}
+
+/**
+ * Libraries that print with console.* (xen-api reports event-loop trouble with console.warn)
+ * would write into cron mail; route them to the log at debug level instead. Returns a
+ * function that puts the console back.
+ */
+export function captureConsole(log: Logger): () => void {
+  const saved = { log: console.log, warn: console.warn, error: console.error, info: console.info, debug: console.debug };
+  const sink = (...args: unknown[]) => log.debug({ console: true }, format(...args));
+  console.log = console.warn = console.error = console.info = console.debug = sink;
+  return () => Object.assign(console, saved);
+}
+
+const LEVEL_PREFIX: Record<string, string> = { warn: 'WARNING: ', error: 'ERROR: ', fatal: 'CRITICAL: ' };
+
+/** Console lines for people and cron mail: the message, prefixed by severity when it matters. */
+function consoleFormatter(out: NodeJS.WritableStream): Writable {
+  return new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      try {
+        const record = JSON.parse(chunk.toString('utf8')) as { level?: string; msg?: string; err?: { message?: string } };
+        const prefix = LEVEL_PREFIX[record.level ?? ''] ?? '';
+        out.write(`${prefix}${record.msg ?? ''}\n`);
+      } catch {
+        out.write(chunk);
+      }
+      callback();
+    },
+  });
+}

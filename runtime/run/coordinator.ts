@@ -1,0 +1,56 @@
+import type { Logger } from 'pino';
+import type { Bus, Closer } from '../bus/bus.js';
+import { PhaseEvent, eventSubject, jobSubject, runEvents } from '../events.js';
+import type { Clock } from '../function.js';
+import { reduce } from './reduce.js';
+import type { RunStore } from './store.js';
+import { summarize } from './summary.js';
+import type { RunSummary } from './summary.js';
+
+/** Durable name of the coordinator's event consumer. */
+export const COORDINATOR = 'coordinator';
+
+/**
+ * Applies one phase event to its run: reads the state, reduces, queues the next jobs,
+ * publishes the summary when the run ends, then commits the state. Side effects come before
+ * the commit and are idempotent (dedup ids), so a crash anywhere in between is repaired by
+ * the event's redelivery.
+ */
+export async function coordinate(store: RunStore, bus: Bus, event: PhaseEvent, clock: Clock, log: Logger): Promise<void> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const current = await store.header(event.runId);
+    if (current === undefined) {
+      log.warn({ runId: event.runId, fn: event.fn }, `event for unknown run ${event.runId} ignored`);
+      return;
+    }
+    const ids = [event.jobId, ...current.header.pending.slice(0, current.header.concurrency)];
+    const jobs = await store.jobs(event.runId, ids);
+    const t = reduce({ header: current.header, jobs }, event, clock.now());
+    if (t.jobs.length === 0 && t.enqueue.length === 0 && !t.finished) return;
+    for (const e of t.enqueue) await bus.enqueue(jobSubject(e.fn), e.data, { id: e.id });
+    if (t.finished) {
+      const stored = await store.allJobs(event.runId);
+      const changed = new Map(t.jobs.map((j) => [j.jobId, j]));
+      const merged = t.header.jobIds.map((id) => changed.get(id) ?? stored.find((j) => j.jobId === id)).filter((j) => j !== undefined);
+      const summary: RunSummary = summarize(t.header, merged);
+      await bus.publish(eventSubject(event.runId, 'run', 'finished'), summary, { id: `${event.runId}:run:finished` });
+    }
+    if (await store.commit(event.runId, t.header, current.revision, t.jobs)) return;
+  }
+  throw new Error(`run ${event.runId}: state changed under the coordinator ten times in a row`);
+}
+
+/** Subscribes the coordinator to every run's phase events. */
+export async function startCoordinator(store: RunStore, bus: Bus, clock: Clock, log: Logger): Promise<Closer> {
+  return bus.subscribe(runEvents(), { durable: COORDINATOR }, async (_subject, data) => {
+    const event = PhaseEvent.safeParse(data);
+    if (!event.success) return; // run.finished and other non-phase events
+    try {
+      await coordinate(store, bus, event.data, clock, log);
+    } catch (error) {
+      // Thrown back to the bus, which delivers the event again; said once here.
+      log.error({ err: error, runId: event.data.runId, jobId: event.data.jobId }, `coordinator: ${(error as Error).message}`);
+      throw error;
+    }
+  });
+}

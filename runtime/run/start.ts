@@ -1,0 +1,34 @@
+import { randomBytes } from 'node:crypto';
+import type { RunOptions } from '../../functions/plan/plan.js';
+import type { PlanInput } from '../../functions/plan/plan.js';
+import type { Bus } from '../bus/bus.js';
+import { jobSubject } from '../events.js';
+import { formatStamp } from '../storage/naming.js';
+import { enqueueId, newRunHeader } from './reduce.js';
+import type { RunStore } from './store.js';
+
+/** A new run id: the run's UTC stamp and 4 random hex digits, e.g. `20261126-083000-7f3a`. */
+export function newRunId(at: Date): string {
+  return `${formatStamp(at)}-${randomBytes(2).toString('hex')}`;
+}
+
+/**
+ * Submits a run: records its header (status `planning`) and queues its plan job. Returns
+ * false when a run with this id exists already (a repeated trigger), in which case nothing
+ * is queued.
+ */
+export async function startRun(
+  store: RunStore,
+  bus: Bus,
+  run: { runId: string; options: RunOptions; startedAt: Date; trigger?: string },
+): Promise<boolean> {
+  const header = newRunHeader(run.runId, run.startedAt, {
+    concurrency: run.options.concurrency,
+    vmRetries: run.options.vmRetries,
+    ...(run.trigger !== undefined ? { trigger: run.trigger } : {}),
+  });
+  if (!(await store.create(header))) return false;
+  const input: PlanInput = { runId: run.runId, jobId: 'plan', try: 1, options: run.options, startedAt: run.startedAt.toISOString() };
+  await bus.enqueue(jobSubject('plan'), input, { id: enqueueId(run.runId, 'plan', 1, 'plan') });
+  return true;
+}

@@ -1,0 +1,68 @@
+import type { JobState, RunHeader } from './state.js';
+
+/**
+ * Where run state lives. The memory store serves the embedded run; the NATS binding keeps the
+ * same shape in a KV bucket. `commit` is compare-and-set on the header's revision, so two
+ * coordinators can never both advance a run from the same state.
+ */
+export interface RunStore {
+  create(header: RunHeader): Promise<boolean>;
+  header(runId: string): Promise<{ header: RunHeader; revision: number } | undefined>;
+  jobs(runId: string, jobIds: readonly string[]): Promise<Map<string, JobState>>;
+  allJobs(runId: string): Promise<JobState[]>;
+  /** Writes the jobs, then the header if its revision is still `revision`; false on conflict. */
+  commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[]): Promise<boolean>;
+  /** Headers of known runs, newest first. */
+  list(limit?: number): Promise<RunHeader[]>;
+}
+
+export class MemoryRunStore implements RunStore {
+  private readonly headers = new Map<string, { header: RunHeader; revision: number }>();
+  private readonly jobStates = new Map<string, Map<string, JobState>>();
+
+  async create(header: RunHeader): Promise<boolean> {
+    if (this.headers.has(header.runId)) return false;
+    this.headers.set(header.runId, { header: structuredClone(header), revision: 1 });
+    this.jobStates.set(header.runId, new Map());
+    return true;
+  }
+
+  async header(runId: string) {
+    const h = this.headers.get(runId);
+    return h === undefined ? undefined : { header: structuredClone(h.header), revision: h.revision };
+  }
+
+  async jobs(runId: string, jobIds: readonly string[]): Promise<Map<string, JobState>> {
+    const all = this.jobStates.get(runId) ?? new Map<string, JobState>();
+    const out = new Map<string, JobState>();
+    for (const id of jobIds) {
+      const job = all.get(id);
+      if (job !== undefined) out.set(id, structuredClone(job));
+    }
+    return out;
+  }
+
+  async allJobs(runId: string): Promise<JobState[]> {
+    const header = this.headers.get(runId)?.header;
+    const all = this.jobStates.get(runId);
+    if (header === undefined || all === undefined) return [];
+    return header.jobIds.map((id) => all.get(id)).filter((j): j is JobState => j !== undefined).map((j) => structuredClone(j));
+  }
+
+  async commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[]): Promise<boolean> {
+    const current = this.headers.get(runId);
+    if (current === undefined || current.revision !== revision) return false;
+    const all = this.jobStates.get(runId)!;
+    for (const job of jobs) all.set(job.jobId, structuredClone(job));
+    this.headers.set(runId, { header: structuredClone(header), revision: revision + 1 });
+    return true;
+  }
+
+  async list(limit = 50): Promise<RunHeader[]> {
+    return [...this.headers.values()]
+      .map((h) => h.header)
+      .sort((a, b) => b.startedAt.localeCompare(a.startedAt))
+      .slice(0, limit)
+      .map((h) => structuredClone(h));
+  }
+}

@@ -1,0 +1,137 @@
+import path from 'node:path';
+import { z } from 'zod';
+import { ErrorInfoSchema } from '../errors.js';
+import { Category, RunWarning } from './state.js';
+import type { JobState, RunHeader } from './state.js';
+
+/**
+ * The outcome of a run, built only from its jobs' outcomes (the events the coordinator
+ * reduced). Printed as VmBackup's summary, or as JSON with `--json`, and published as the
+ * `run.finished` event.
+ *
+ * Counts per category, VmBackup's way: S = jobs that succeeded, W = warnings, E = jobs that
+ * failed. Exit code: 0 when nothing failed (warnings allowed), 1 when a backup failed, 2 when
+ * the run could not start (`fatal`).
+ */
+export const JobSummary = z.object({
+  jobId: z.string(),
+  category: Category,
+  name: z.string(),
+  vmUuid: z.string().optional(),
+  status: z.enum(['success', 'warning', 'error', 'skipped', 'pending']),
+  tries: z.number().int(),
+  folder: z.string().optional(),
+  files: z.array(z.object({ path: z.string(), size: z.number(), format: z.string() })),
+  bytes: z.number(),
+  durationMs: z.number().optional(),
+  warnings: z.array(z.string()),
+  error: ErrorInfoSchema.optional(),
+});
+export type JobSummary = z.infer<typeof JobSummary>;
+
+export const Counts = z.object({ S: z.number(), W: z.number(), E: z.number() });
+
+export const RunSummary = z.object({
+  runId: z.string(),
+  status: z.enum(['success', 'warning', 'error', 'fatal']),
+  exitCode: z.union([z.literal(0), z.literal(1), z.literal(2)]),
+  startedAt: z.string(),
+  finishedAt: z.string().optional(),
+  pool: z.object({ uuid: z.string(), name: z.string() }).optional(),
+  backupDir: z.string().optional(),
+  categories: z.partialRecord(Category, Counts),
+  jobs: z.array(JobSummary),
+  excludes: z.array(z.string()),
+  warnings: z.array(RunWarning),
+  cleaned: z.array(z.string()),
+  fatal: ErrorInfoSchema.optional(),
+});
+export type RunSummary = z.infer<typeof RunSummary>;
+
+const LIST_CATEGORY: Record<string, z.infer<typeof Category>> = { vdi_exports: 'vdi-export', vm_exports: 'vm-export', excludes: 'vm-export' };
+
+export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSummary {
+  const categories: Record<string, { S: number; W: number; E: number }> = {};
+  const count = (c: string) => (categories[c] ??= { S: 0, W: 0, E: 0 });
+  count('vm-export');
+  count('vdi-export');
+  const summaries: JobSummary[] = jobs.map((job) => {
+    const c = count(job.category);
+    const failed = job.status === 'failed';
+    if (job.status === 'success') c.S += 1;
+    if (failed) c.E += 1;
+    c.W += job.warnings.length;
+    const dir = job.folder !== undefined && header.backupDir !== undefined ? path.join(header.backupDir, job.folder) : header.backupDir;
+    return {
+      jobId: job.jobId,
+      category: job.category,
+      name: job.label,
+      ...(job.vmUuid !== undefined ? { vmUuid: job.vmUuid } : {}),
+      status: failed ? 'error' : job.status === 'success' ? (job.warnings.length > 0 ? 'warning' : 'success') : job.status === 'skipped' ? 'skipped' : 'pending',
+      tries: job.try,
+      ...(job.folder !== undefined ? { folder: job.folder } : {}),
+      files: job.files.map((f) => ({ path: dir !== undefined ? path.join(dir, f.name) : f.name, size: f.size, format: f.format })),
+      bytes: job.bytes,
+      ...(job.startedAt !== undefined && job.finishedAt !== undefined ? { durationMs: Date.parse(job.finishedAt) - Date.parse(job.startedAt) } : {}),
+      warnings: job.warnings,
+      ...(job.error !== undefined ? { error: job.error } : {}),
+    };
+  });
+  for (const w of header.warnings) count(LIST_CATEGORY[w.list ?? ''] ?? 'vm-export').W += 1;
+  const anyError = summaries.some((j) => j.status === 'error' || j.status === 'pending');
+  const anyWarning = Object.values(categories).some((c) => c.W > 0);
+  const status = header.fatal !== undefined ? 'fatal' : anyError ? 'error' : anyWarning ? 'warning' : 'success';
+  return {
+    runId: header.runId,
+    status,
+    exitCode: status === 'fatal' ? 2 : status === 'error' ? 1 : 0,
+    startedAt: header.startedAt,
+    ...(header.finishedAt !== undefined ? { finishedAt: header.finishedAt } : {}),
+    ...(header.pool !== undefined ? { pool: header.pool } : {}),
+    ...(header.backupDir !== undefined ? { backupDir: header.backupDir } : {}),
+    categories,
+    jobs: summaries,
+    excludes: header.excludes,
+    warnings: header.warnings,
+    cleaned: header.cleaned,
+    ...(header.fatal !== undefined ? { fatal: header.fatal } : {}),
+  };
+}
+
+/** VmBackup's verdict line for a category. */
+export function verdict(c: { S: number; W: number; E: number }): string {
+  if (c.E > 0) return c.S > 0 ? '>> Success with Errors <<' : '>> Error <<';
+  if (c.W > 0) return '>> Success with Warnings <<';
+  return '>> Success <<';
+}
+
+const TITLES: Record<string, string> = {
+  'vm-export': 'vm-export',
+  'vdi-export': 'vdi-export',
+  'pool-db': 'pool-db backup',
+  'host-backup': 'host backup',
+};
+
+/** The summary as text for cron mail, in VmBackup's shape. */
+export function formatSummary(summary: RunSummary): string {
+  const lines: string[] = [];
+  lines.push('');
+  lines.push(`*** vmbackup run ${summary.runId}${summary.pool !== undefined ? ` of pool ${summary.pool.name}` : ''} ***`);
+  if (summary.fatal !== undefined) {
+    lines.push(`ERROR: the run could not start: ${summary.fatal.message}`);
+    lines.push('>> Error <<');
+    return lines.join('\n') + '\n';
+  }
+  for (const w of summary.warnings) lines.push(`WARNING: ${w.list !== undefined ? `${w.list}: ` : ''}${w.message}`);
+  for (const line of summary.cleaned) lines.push(`cleaned: ${line}`);
+  for (const job of summary.jobs) {
+    if (job.status === 'error') lines.push(`ERROR: ${job.category} ${job.name}: ${job.error?.message ?? 'failed'}`);
+    for (const w of job.warnings) lines.push(`WARNING: ${job.category} ${job.name}: ${w}`);
+  }
+  for (const [category, counts] of Object.entries(summary.categories)) {
+    lines.push(`VmBackup ${TITLES[category] ?? category} Summary - S:${counts.S} W:${counts.W} E:${counts.E}`);
+    lines.push(verdict(counts));
+  }
+  if (summary.backupDir !== undefined) lines.push(`backups in ${summary.backupDir}`);
+  return lines.join('\n') + '\n';
+}
