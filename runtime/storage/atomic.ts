@@ -1,13 +1,17 @@
-import { createWriteStream } from 'node:fs';
+import { writeSync } from 'node:fs';
 import { mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { Transform } from 'node:stream';
+import { Writable } from 'node:stream';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { PermanentError, VmbackupError } from '../errors.js';
 import { loadXxh64 } from '../formats/xxh64.js';
+import type { Xxh64State } from '../formats/xxh64.js';
 import { PARTIAL_SUFFIX } from './naming.js';
 
+/** Bytes written between background fdatasyncs. */
+const SYNC_EVERY = 128 << 20;
 
 export interface WriteResult {
   size: number;
@@ -33,7 +37,7 @@ export interface StreamWriteOptions {
  * Streams `source` into `target` the only safe way: into `<target>.partial`, then fsync,
  * rename, fsync of the folder. Until the rename nothing at `target` changes; on any failure
  * the partial file is removed and the error says what happened (ENOSPC → a PermanentError
- * naming the file). Memory stays flat: one chunk in flight, backpressure from the disk.
+ * naming the file). Memory stays flat: one chunk at a time, backpressure from the disk.
  *
  * @example
  *   const { size, xxh64 } = await writeStreamAtomic('/b/web1/backup_20261126-083000.xva', body);
@@ -42,46 +46,103 @@ export async function writeStreamAtomic(target: string, source: Readable, opts: 
   const partial = target + PARTIAL_SUFFIX;
   await mkdir(path.dirname(target), { recursive: true });
   const hasher = (await loadXxh64()).create();
-  let size = 0;
-  let lastProgress = 0;
-  let idleTimer: NodeJS.Timeout | undefined;
-  const meter = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      hasher.update(chunk);
-      size += chunk.length;
-      idleTimer?.refresh();
-      if (opts.onProgress !== undefined) {
-        const now = Date.now();
-        if (now - lastProgress > 250) {
-          lastProgress = now;
-          opts.onProgress(size);
-        }
-      }
-      callback(null, chunk);
-    },
-  });
   const stall = new AbortController();
+  let idleTimer: NodeJS.Timeout | undefined;
   if (opts.idleTimeoutMs !== undefined) {
     const ms = opts.idleTimeoutMs;
     idleTimer = setTimeout(() => stall.abort(new VmbackupError('STALLED', `no data for ${Math.round(ms / 1000)} s while writing ${path.basename(target)}`)), ms);
   }
   const signal = opts.signal === undefined ? stall.signal : AbortSignal.any([opts.signal, stall.signal]);
   let result: WriteResult;
+  let handle: FileHandle | undefined;
   try {
-    await pipeline(source, meter, createWriteStream(partial, { flags: 'w', highWaterMark: 1 << 20 }), { signal });
-    await syncFile(partial);
-    result = { size, xxh64: hasher.digest() };
+    handle = await open(partial, 'w');
+    const sink = new FileSink(handle, hasher, (bytes) => {
+      idleTimer?.refresh();
+      opts.onProgress?.(bytes);
+    });
+    await pipeline(source, sink, { signal });
+    await handle.sync();
+    await handle.close();
+    handle = undefined;
+    result = { size: sink.bytes, xxh64: hasher.digest() };
     await opts.commit?.(result);
     await rename(partial, target);
     await syncDir(path.dirname(target));
   } catch (error) {
+    await handle?.close().catch(() => {});
     await rm(partial, { force: true });
     throw writeError(error, target, signal);
   } finally {
     clearTimeout(idleTimer);
   }
-  opts.onProgress?.(size);
+  opts.onProgress?.(result.size);
   return result;
+}
+
+/**
+ * The file end of a transfer: each chunk is written with write(2) on this thread as it
+ * arrives, while it is still in the CPU cache from the socket read. Measured on the 2-core
+ * VMs this runs on, that keeps pace with `curl -o`, whereas Node's fs.WriteStream (a thread
+ * pool hop per chunk) or gathering chunks into large buffers (copies that miss the cache)
+ * reached half of it. A write blocks the event loop for tens of microseconds per 64 KiB.
+ * Every SYNC_EVERY bytes an fdatasync runs in the background, so the fsync before the rename
+ * has little left: the disk works alongside the network instead of after it.
+ */
+class FileSink extends Writable {
+  bytes = 0;
+  private syncing: Promise<void> | undefined;
+  private unsynced = 0;
+  private lastProgress = 0;
+
+  constructor(
+    private readonly file: FileHandle,
+    private readonly hasher: Xxh64State,
+    private readonly progress: (bytes: number) => void,
+  ) {
+    super({ highWaterMark: 1 << 20 });
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    try {
+      this.writeChunk(chunk);
+    } catch (error) {
+      callback(error as Error);
+      return;
+    }
+    callback();
+  }
+
+  override _writev(chunks: { chunk: Buffer }[], callback: (error?: Error | null) => void): void {
+    try {
+      for (const { chunk } of chunks) this.writeChunk(chunk);
+    } catch (error) {
+      callback(error as Error);
+      return;
+    }
+    callback();
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    Promise.resolve(this.syncing).then(() => callback(), callback);
+  }
+
+  private writeChunk(chunk: Buffer): void {
+    this.hasher.update(chunk);
+    let done = 0;
+    while (done < chunk.length) done += writeSync(this.file.fd, chunk, done, chunk.length - done);
+    this.bytes += chunk.length;
+    this.unsynced += chunk.length;
+    if (this.unsynced >= SYNC_EVERY && this.syncing === undefined) {
+      this.unsynced = 0;
+      this.syncing = this.file.datasync().finally(() => (this.syncing = undefined));
+    }
+    const now = Date.now();
+    if (now - this.lastProgress > 250) {
+      this.lastProgress = now;
+      this.progress(this.bytes);
+    }
+  }
 }
 
 /** Writes a small file atomically (partial, fsync, rename, fsync of the folder). */
