@@ -44,8 +44,10 @@ export interface LogOptions {
   consoleLevel: LogLevel;
   /** Directory of the JSON log file `vmbackup.log` (debug and up); none when undefined. */
   dir?: string;
-  /** Where console lines go (default: stdout). */
+  /** Where progress lines go (default: stdout). */
   console?: NodeJS.WritableStream;
+  /** Where warnings and errors go (default: stderr). */
+  consoleErrors?: NodeJS.WritableStream;
   /** Plain JSON lines on the console instead of readable text (for log shippers). */
   consoleJson?: boolean;
 }
@@ -58,7 +60,8 @@ export interface LogOptions {
 export function createLogger(opts: LogOptions): Logger {
   const streams: pino.StreamEntry[] = [];
   const consoleOut = opts.console ?? process.stdout;
-  streams.push({ level: pinoLevel(opts.consoleLevel), stream: opts.consoleJson === true ? consoleOut : consoleFormatter(consoleOut) });
+  const consoleErr = opts.consoleErrors ?? process.stderr;
+  streams.push({ level: pinoLevel(opts.consoleLevel), stream: opts.consoleJson === true ? consoleOut : consoleFormatter(consoleOut, consoleErr) });
   if (opts.dir !== undefined) {
     mkdirSync(opts.dir, { recursive: true });
     streams.push({ level: 'debug', stream: pino.destination({ dest: path.join(opts.dir, 'vmbackup.log'), sync: true, mkdir: true }) });
@@ -94,14 +97,18 @@ export function captureConsole(log: Logger): () => void {
 
 const LEVEL_PREFIX: Record<string, string> = { warn: 'WARNING: ', error: 'ERROR: ', fatal: 'CRITICAL: ' };
 
-/** Console lines for people and cron mail: the message, prefixed by severity when it matters. */
-function consoleFormatter(out: NodeJS.WritableStream): Writable {
+/**
+ * Console lines for people and cron mail: progress on stdout, warnings and errors on stderr,
+ * prefixed by their severity.
+ */
+function consoleFormatter(out: NodeJS.WritableStream, err: NodeJS.WritableStream): Writable {
   return new Writable({
     write(chunk: Buffer, _encoding, callback) {
       try {
         const record = JSON.parse(chunk.toString('utf8')) as { level?: string; msg?: string; err?: { message?: string } };
-        const prefix = LEVEL_PREFIX[record.level ?? ''] ?? '';
-        out.write(`${prefix}${record.msg ?? ''}\n`);
+        const prefix = LEVEL_PREFIX[record.level ?? ''];
+        if (prefix === undefined) out.write(`${record.msg ?? ''}\n`);
+        else err.write(`${prefix}${record.msg ?? ''}\n`);
       } catch {
         out.write(chunk);
       }

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -26,6 +26,7 @@ export interface TlsMaterial {
  */
 export async function makeTls(addresses: string[], dir?: string): Promise<TlsMaterial> {
   const where = dir ?? (await mkdtemp(join(tmpdir(), 'vmbackup-sim-tls-')));
+  await mkdir(where, { recursive: true });
   const f = (name: string) => join(where, name);
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   await run('openssl', [

@@ -1,0 +1,42 @@
+import os from 'node:os';
+import { backupCommand, fail } from './backup.js';
+import type { Io } from './io.js';
+
+/**
+ * `vmbackup [COMMAND] [flags]`. Without a command it is VmBackup's command line (backup or
+ * `--preview`), so cron lines written for VmBackup keep working.
+ */
+const COMMANDS: Record<string, (argv: readonly string[], io: Io) => Promise<number>> = {
+  backup: backupCommand,
+};
+
+export async function main(argv: readonly string[], io: Io): Promise<number> {
+  const [first, ...rest] = argv;
+  if (first !== undefined && !first.startsWith('-')) {
+    const command = COMMANDS[first];
+    if (command === undefined) {
+      io.stderr.write(`vmbackup: unknown command "${first}" (commands: ${Object.keys(COMMANDS).join(', ')}; see vmbackup --help)\n`);
+      return 2;
+    }
+    return command(rest, io);
+  }
+  return backupCommand(argv, io);
+}
+
+/** The process entry (bin/vmbackup.js): runs `main` and exits with its code. */
+export async function runCli(): Promise<void> {
+  const io: Io = { stdout: process.stdout, stderr: process.stderr, env: process.env, home: os.homedir(), cwd: process.cwd() };
+  let code: number;
+  try {
+    code = await main(process.argv.slice(2), io);
+  } catch (error) {
+    try {
+      code = fail(io, error);
+    } catch {
+      process.stderr.write(`vmbackup: internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+      code = 1;
+    }
+  }
+  // xen-api and undici may keep sockets alive a moment; the work is done and logged.
+  process.stdout.write('', () => process.exit(code));
+}
