@@ -38,7 +38,10 @@ export type ArgKey =
   | 'username'
   | 'password_file'
   | 'tls_ca_file'
-  | 'insecure';
+  | 'insecure'
+  | 'nats_url'
+  | 'worker_functions'
+  | 'gateway_listen';
 
 /** Options that are not settings. */
 export interface CliFlags {
@@ -77,7 +80,7 @@ export interface OptionSpec {
   target: Target;
   help: string;
   /** `vmbackup`: VmBackup's own options; `extra`: added by vmbackup. */
-  group: 'vmbackup' | 'extra';
+  group: 'vmbackup' | 'extra' | 'nats';
 }
 
 const D = defaults();
@@ -132,6 +135,9 @@ export const OPTIONS: readonly OptionSpec[] = [
   { long: 'insecure', target: { kind: 'switch', key: 'insecure', value: true }, group: 'extra', help: "Do not check the pool's TLS certificate" },
   { long: 'no-insecure', target: { kind: 'switch', key: 'insecure', value: false }, group: 'extra', help: "Check the pool's TLS certificate (overrides insecure)" },
   { long: 'json', target: { kind: 'flag', name: 'json' }, group: 'extra', help: 'Print JSON instead of text (with --preview)' },
+  { long: 'nats', metavar: 'URL', target: { kind: 'value', key: 'nats_url' }, group: 'nats', help: 'NATS server(s), e.g. nats://127.0.0.1:4222 (worker, run, status, invoke, gateway)' },
+  { long: 'functions', metavar: 'LIST', target: { kind: 'value', key: 'worker_functions', repeat: true }, group: 'nats', help: 'Functions this worker serves, e.g. export,prune (Default: all)' },
+  { long: 'listen', metavar: 'HOST:PORT', target: { kind: 'value', key: 'gateway_listen' }, group: 'nats', help: 'Where the gateway listens (Default: 127.0.0.1:8080)' },
 ];
 
 const BY_SHORT = new Map(OPTIONS.filter((o) => o.short).map((o) => [o.short!, o]));
@@ -321,6 +327,7 @@ export function helpText(options: { prog?: string; version?: string } = {}): str
     ...section('optional arguments', OPTIONS.filter((o) => o.group === 'vmbackup')),
     '',
     ...section('vmbackup options (not in VmBackup)', OPTIONS.filter((o) => o.group === 'extra')),
+    ...section('NATS and gateway options', OPTIONS.filter((o) => o.group === 'nats')),
     '',
     ...epilog.flatMap((p, n) => [...(n > 0 ? [''] : []), ...wrap(p, WIDTH)]),
     '',

@@ -79,7 +79,20 @@ const RANK_FLAG = 2000;
 
 const KEYS = Object.keys(Settings.shape) as SettingKey[];
 const LIST_KEYS = ['vm_exports', 'vdi_exports', 'excludes'] as const satisfies readonly SettingKey[];
-const PATH_KEYS = new Set<SettingKey>(['base_dir', 'backup_dir', 'password_file', 'tls_ca_file']);
+const PATH_KEYS = new Set<SettingKey>([
+  'base_dir',
+  'backup_dir',
+  'password_file',
+  'tls_ca_file',
+  'nats_token_file',
+  'nats_password_file',
+  'nats_creds_file',
+  'nats_tls_ca_file',
+  'nats_tls_cert_file',
+  'nats_tls_key_file',
+  'gateway_tokens_file',
+  'webhook_secret_file',
+]);
 const SECRET_KEYS = new Set<SettingKey>(['password']);
 const TRUE = /^(1|yes|true|on)$/i;
 const FALSE = /^(0|no|false|off)$/i;

@@ -120,6 +120,20 @@ describe('previewJson', () => {
       vm_retries: 1,
       export_idle_timeout: 300,
       lock_stale_hours: 24,
+      nats_url: null,
+      nats_token_file: null,
+      nats_user: null,
+      nats_password_file: null,
+      nats_creds_file: null,
+      nats_tls_ca_file: null,
+      nats_tls_cert_file: null,
+      nats_tls_key_file: null,
+      worker_functions: [],
+      gateway_listen: '127.0.0.1:8080',
+      gateway_tokens_file: null,
+      webhook_secret_file: null,
+      gateway_body_limit: 1048576,
+      alertmanager_label: 'vm',
     });
   });
 

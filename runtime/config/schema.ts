@@ -68,5 +68,34 @@ export const Settings = z.object({
   export_idle_timeout: z.number().int().min(5).default(300),
   /** Hours after which a lock left by a run on another host is considered stale. */
   lock_stale_hours: z.number().min(0.01).default(24),
+
+  // --- NATS (vmbackup worker / run / status / invoke / gateway) ---
+  /** NATS server(s), comma-separated: `nats://host:4222`. */
+  nats_url: z.string().optional(),
+  /** File holding a NATS token (first line). */
+  nats_token_file: z.string().optional(),
+  nats_user: z.string().optional(),
+  /** File holding the NATS user's password (first line). */
+  nats_password_file: z.string().optional(),
+  /** NATS credentials file (JWT + nkey seed). */
+  nats_creds_file: z.string().optional(),
+  /** PEM CA, client certificate and key for TLS to NATS. */
+  nats_tls_ca_file: z.string().optional(),
+  nats_tls_cert_file: z.string().optional(),
+  nats_tls_key_file: z.string().optional(),
+  /** Functions a worker serves (default: all), e.g. `export, prune`. */
+  worker_functions: z.array(z.string()).default([]),
+
+  // --- HTTP gateway ---
+  /** HOST:PORT the gateway listens on. */
+  gateway_listen: z.string().default('127.0.0.1:8080'),
+  /** File of bearer tokens accepted by the gateway, one per line. */
+  gateway_tokens_file: z.string().optional(),
+  /** File holding the HMAC-SHA256 secret of signed webhooks (`X-Hub-Signature-256`). */
+  webhook_secret_file: z.string().optional(),
+  /** Largest request body the gateway reads, in bytes. */
+  gateway_body_limit: z.number().int().min(1024).default(1 << 20),
+  /** Alertmanager label that names the VM to back up. */
+  alertmanager_label: z.string().min(1).default('vm'),
 });
 export type Settings = z.infer<typeof Settings>;
