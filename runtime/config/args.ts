@@ -327,6 +327,7 @@ export function helpText(options: { prog?: string; version?: string } = {}): str
     ...section('optional arguments', OPTIONS.filter((o) => o.group === 'vmbackup')),
     '',
     ...section('vmbackup options (not in VmBackup)', OPTIONS.filter((o) => o.group === 'extra')),
+    '',
     ...section('NATS and gateway options', OPTIONS.filter((o) => o.group === 'nats')),
     '',
     ...epilog.flatMap((p, n) => [...(n > 0 ? [''] : []), ...wrap(p, WIDTH)]),
