@@ -18,6 +18,7 @@ import { newRunId } from '../run/start.js';
 import { formatSummary } from '../run/summary.js';
 import type { RunSummary } from '../run/summary.js';
 import { acquireLock } from '../storage/lock.js';
+import { assertShareMounted } from '../storage/mounts.js';
 import { XapiClient } from '../xapi/client.js';
 import type { Io } from './io.js';
 import { VERSION } from './io.js';
@@ -66,6 +67,7 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
       throw new ConfigError('no password for XAPI: set password_file (or --password-file), or the environment variable VMBACKUP_PASSWORD', { key: 'password' });
     }
     checkBackupDirExists(settings);
+    if (settings.mount_check) await assertShareMounted(settings.backup_dir, settings.share_type);
     lock = await acquireLock(settings.backup_dir, { ...origin, runId }, { now: startedAt, staleHours: settings.lock_stale_hours });
     if (lock.previous !== undefined) log.warn(`took over a stale lock of run ${lock.previous.runId} (pid ${lock.previous.pid} on ${lock.previous.hostname})`);
     log.info(`vmbackup ${VERSION} run ${runId}: backing up ${settings.xapi_url} to ${settings.backup_dir}`);

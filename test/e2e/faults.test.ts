@@ -79,6 +79,15 @@ describe('vmbackup: connection and config errors exit 2 with a clear message', (
     expect(r.stderr).toContain('does not exist or is not a directory (is the backup share mounted?)');
   });
 
+  it('mount_check refuses a backup_dir that is not on the share', async () => {
+    const ws = await workspace();
+    const cfg = path.join(ws.base, 'mount.cfg');
+    await writeFile(cfg, '[vmbackup]\nmount_check = true\nshare_type = nfs\n');
+    const r = await vmbackup(['-b', ws.base, '-c', cfg, '--xapi', 'https://127.0.0.1:9', '--password-file', ws.passwordFile]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/mount_check: backup_dir .* is not on a mounted nfs share \(found \S+ filesystem/);
+  });
+
   it('too little free space: nothing is snapshotted', async () => {
     const s = await sim(pool([vm('a')]));
     const ws = await workspace();
