@@ -76,6 +76,7 @@ async function handleDelivery(
     ...(vmName !== undefined ? { vm: vmName } : {}),
     attempt: delivery.attempt,
   });
+  const who = vmName !== undefined ? `${vmName}: ` : '';
   const base = (at: Date) => ({ runId: ids!.runId, jobId: ids!.jobId, fn: fn.name, try: ids!.try, attempt: delivery.attempt, at: at.toISOString() });
   const eventId = (outcome: string) => `${ids!.runId}:${ids!.jobId}:${ids!.try}:${fn.name}:${outcome}`;
 
@@ -117,17 +118,17 @@ async function handleDelivery(
     const info = errorInfo(error);
     if (deps.signal?.aborted === true && !(error instanceof PermanentError)) {
       // Shutting down: hand the job back at once for another worker (or the next start).
-      log.warn({ code: info.code }, `${fn.name} interrupted by shutdown; job handed back`);
+      log.warn({ code: info.code }, `${who}${fn.name} interrupted by shutdown; job handed back`);
       return { kind: 'retry', delayMs: 0 };
     }
     const last = error instanceof PermanentError || delivery.attempt >= fn.retry.maxDeliver;
     if (!last) {
       const delayMs =
         error instanceof RetryLaterError ? error.delayMs : (fn.retry.backoffMs[Math.min(delivery.attempt - 1, fn.retry.backoffMs.length - 1)] ?? 1_000);
-      log.warn({ err: error, code: info.code, delayMs }, `${fn.name} failed (${info.code}), retrying in ${Math.round(delayMs / 1000)} s: ${info.message}`);
+      log.warn({ err: error, code: info.code, delayMs }, `${who}${fn.name} failed (${info.code}), retrying in ${Math.round(delayMs / 1000)} s: ${info.message}`);
       return { kind: 'retry', delayMs };
     }
-    log.error({ err: error, code: info.code }, `${fn.name} failed: ${info.message}`);
+    log.error({ err: error, code: info.code }, `${who}${fn.name} failed: ${info.message}`);
     const failed: PhaseFailed = { ...base(deps.clock.now()), outcome: 'failed', durationMs: Date.now() - started, error: info, input: parsed.data };
     await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'failed'), failed, { id: eventId('failed') });
     return { kind: 'term' };

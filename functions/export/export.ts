@@ -152,9 +152,9 @@ function asExportError(error: unknown, vmName: string): VmbackupError {
   if (error instanceof PermanentError) return error;
   const info = errorInfo(error);
   if (info.code === 'UUID_INVALID' || info.code === 'HANDLE_INVALID') {
-    return new RestartError('SNAPSHOT_GONE', `${vmName}: the snapshot to export is gone (${info.code})`, {}, { cause: error });
+    return new RestartError('SNAPSHOT_GONE', `the snapshot of ${vmName} to export is gone (${info.code})`, {}, { cause: error });
   }
-  return new RestartError(info.code, `${vmName}: export failed: ${info.message}`, error instanceof VmbackupError ? error.data : {}, { cause: error });
+  return new RestartError(info.code, info.message, error instanceof VmbackupError ? error.data : {}, { cause: error });
 }
 
 export function formatBytes(n: number): string {

@@ -1,5 +1,5 @@
 import https from 'node:https';
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { Agent, request } from 'undici';
 import { Xapi } from 'xen-api';
 import type { Logger } from 'pino';
@@ -330,6 +330,8 @@ export class XapiClient {
       }
       controller.signal.addEventListener('abort', () => body.destroy(new VmbackupError('ABORTED', `${what} aborted`)), { once: true });
       if (statusCode !== 200) {
+        // Nobody reads this body: swallow its errors, or aborting it would crash the process.
+        body.on('error', () => {});
         body.resume();
         abort();
         const message = `${what} answered HTTP ${statusCode}`;
@@ -343,6 +345,169 @@ export class XapiClient {
       opts.signal?.removeEventListener('abort', onAbort);
       abort();
       throw error instanceof VmbackupError ? error : mapXapiError(error, what);
+    }
+  }
+
+  /**
+   * PUTs `length` bytes to an HTTP handler of the master (`/import`, `/import_raw_vdi`) with a
+   * Content-Length (XAPI refuses chunked uploads), with a task XAPI completes when the upload
+   * is processed; resolves with that task's result (for `/import`: the imported VM refs).
+   * XAPI answers 200 and `task-id` before it reads the body, then closes once done: the task,
+   * not the socket, says whether the upload worked. `body` opens the stream to send; it is
+   * opened again if XAPI redirects (302) to the host that can reach the SR. An upload that
+   * makes no progress for `idleTimeoutMs` (default 300 s), or whose `signal` aborts, is cut
+   * and its task cancelled; XAPI then rolls back what it imported.
+   *
+   * @example
+   *   const [vm] = await xapi.upload('/import', { sr_id }, () => createReadStream(file), size) as string[];
+   */
+  async upload(
+    pathname: string,
+    query: Record<string, string>,
+    body: () => Readable,
+    length: number,
+    opts: { signal?: AbortSignal; idleTimeoutMs?: number } = {},
+  ): Promise<unknown> {
+    const what = `PUT ${pathname}`;
+    let taskRef: string;
+    try {
+      taskRef = await this.xapi.createTask(`vmbackup ${pathname}`, JSON.stringify(query));
+    } catch (error) {
+      throw mapXapiError(error, 'task.create');
+    }
+    const task = this.xapi.watchTask(taskRef).then(
+      (result) => {
+        void this.xapi.call('task.destroy', taskRef).catch(() => {});
+        return { value: result as unknown };
+      },
+      (error: unknown) => {
+        void this.xapi.call('task.destroy', taskRef).catch(() => {});
+        return { failure: mapXapiError(error, `${what} task`) };
+      },
+    );
+    const cancelTask = () => void this.xapi.call('task.cancel', taskRef).catch(() => {});
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(opts.signal?.reason);
+    if (opts.signal?.aborted === true) onAbort();
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const aborted = () => new VmbackupError('ABORTED', `${what} aborted`);
+    const idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
+    let url = new URL(pathname, this.url);
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    url.searchParams.set('session_id', this.xapi.sessionId);
+    url.searchParams.set('task_id', taskRef);
+
+    const within = async (ms: number) => {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
+      try {
+        return await Promise.race([task, late]);
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+    /**
+     * After a broken transfer, XAPI's verdict decides: it fails the task with the reason
+     * (IMPORT_ERROR_SOME_CHECKSUMS_FAILED…) and rolls back. A task still pending after a while
+     * is cancelled; one that never settles leaves `error`.
+     */
+    const settle = async (error: VmbackupError): Promise<unknown> => {
+      if (error.code === 'ABORTED') cancelTask();
+      let verdict = await within(10_000);
+      if (verdict === undefined) {
+        cancelTask();
+        verdict = await within(60_000);
+      }
+      if (verdict === undefined) throw error;
+      // A task that succeeded anyway had every byte it needed: the caller decides what to keep.
+      if ('value' in verdict) return verdict.value;
+      throw error.code === 'ABORTED' ? error : verdict.failure;
+    };
+
+    try {
+      for (let redirects = 0; ; redirects++) {
+        let sent = 0;
+        let lastProgress = Date.now();
+        const meter = new Transform({
+          transform(chunk: Buffer, _encoding, callback) {
+            sent += chunk.length;
+            lastProgress = Date.now();
+            callback(null, chunk);
+          },
+        });
+        const source = body();
+        source.on('error', (error) => meter.destroy(error));
+        source.pipe(meter);
+        const stop = () => {
+          source.destroy();
+          meter.destroy();
+        };
+        let response: Awaited<ReturnType<typeof request>>;
+        try {
+          response = await request(url, {
+            method: 'PUT',
+            body: meter,
+            headers: { 'content-length': String(length), 'content-type': 'application/octet-stream' },
+            dispatcher: this.xapi.dispatcher,
+            signal: controller.signal,
+            maxRedirections: 0,
+            // XAPI sends nothing until the import is over: the watchdog below checks the upload.
+            bodyTimeout: 0,
+          });
+        } catch (error) {
+          stop();
+          return await settle(controller.signal.aborted ? aborted() : mapXapiError(error, what));
+        }
+        const { statusCode } = response;
+        const answer = response.body as unknown as Readable;
+        // Errors of the answer only say how the socket ended; the task says how the upload did.
+        answer.on('error', () => {});
+        answer.resume();
+        if (statusCode === 302 && redirects < 3) {
+          stop();
+          const location = response.headers.location;
+          if (typeof location !== 'string') throw new VmbackupError('HTTP_302', `${what} redirected without a Location`, { status: 302 });
+          url = new URL(location, url);
+          url.searchParams.set('session_id', this.xapi.sessionId);
+          url.searchParams.set('task_id', taskRef);
+          continue;
+        }
+        if (statusCode !== 200) {
+          stop();
+          const message = `${what} answered HTTP ${statusCode}`;
+          // XAPI fails the task with the reason (SR_OPERATION_NOT_SUPPORTED…): settle prefers it.
+          return await settle(
+            statusCode === 401
+              ? new VmbackupError('HTTP_401', `${message}: session not accepted`, { status: 401 })
+              : statusCode === 404
+                ? new PermanentError('HTTP_404', message, { status: 404 })
+                : new VmbackupError(`HTTP_${statusCode}`, message, { status: statusCode }),
+          );
+        }
+        let watchdog: NodeJS.Timeout | undefined;
+        const broken = new Promise<VmbackupError>((resolve) => {
+          answer.once('error', (error: Error) => resolve(controller.signal.aborted ? aborted() : mapXapiError(error, what)));
+          meter.once('error', (error: Error) => resolve(controller.signal.aborted ? aborted() : mapXapiError(error, what)));
+          controller.signal.addEventListener('abort', () => resolve(aborted()), { once: true });
+          watchdog = setInterval(() => {
+            if (sent < length && Date.now() - lastProgress > idleTimeoutMs) {
+              resolve(new VmbackupError('IDLE_TIMEOUT', `${what}: no progress for ${Math.round(idleTimeoutMs / 1000)} s after ${sent} of ${length} bytes`, { sent, length }));
+            }
+          }, Math.min(1_000, idleTimeoutMs));
+        });
+        try {
+          const first = await Promise.race([task, broken.then((error) => ({ broken: error }))]);
+          if ('value' in first) return first.value;
+          if ('failure' in first) throw first.failure;
+          stop();
+          return await settle(first.broken);
+        } finally {
+          clearInterval(watchdog);
+          if (!source.readableEnded) stop();
+        }
+      }
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
     }
   }
 

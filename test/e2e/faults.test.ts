@@ -99,42 +99,8 @@ describe('vmbackup: connection and config errors exit 2 with a clear message', (
   });
 });
 
-describe('vmbackup: an export that fails mid-stream', () => {
-  it('removes the partial file, destroys the snapshot, keeps older backups, backs up the others, exits 1', async () => {
-    const s = await sim(pool([vm('web1', 'Running', 8), vm('db1')]));
-    const ws = await workspace();
-    // A good backup from an earlier run.
-    expect((await vmbackup([...ws.args(s), '-e', 'web1'])).code).toBe(0);
-    const before = (await readdir(path.join(ws.exports, 'web1'))).sort();
-    expect(before).toHaveLength(3);
-    await new Promise((r) => setTimeout(r, 1100)); // a new stamp
-    s.faults.add({ http: 'export', vm: 'web1', always: true, action: { kind: 'reset', after_bytes: 3 << 20 } });
-    const r = await vmbackup(ws.args(s));
-    expect(r.code).toBe(1);
-    expect(r.stdout).toContain('VmBackup vm-export Summary - S:1 W:1 E:1');
-    expect(r.stdout).toContain('>> Success with Errors <<');
-    expect(r.stderr).toMatch(/ERROR: .*web1.*export failed/);
-    // Tried twice (vm_retries = 1), from a new snapshot each time; both removed.
-    // (the transfer names the snapshot it exported: "web1 (vmbackup <stamp>)")
-    expect(s.state.transfers('export').filter((t) => t.vm?.startsWith('web1 (vmbackup') === true && t.status !== 'done')).toHaveLength(2);
-    expect(s.state.snapshots('web1')).toEqual([]);
-    expect(s.state.vdis().filter((v) => v.is_a_snapshot === true)).toEqual([]);
-    expect((await readdir(path.join(ws.exports, 'web1'))).sort()).toEqual(before);
-    expect(await readdir(path.join(ws.exports, 'db1'))).toHaveLength(3);
-    expect(s.state.liveSessions()).toBe(0);
-  });
-
-  it('a task XAPI fails after the bytes arrived does not count as a backup', async () => {
-    const s = await sim(pool([vm('web1')]));
-    const ws = await workspace();
-    s.faults.add({ http: 'export', vm: 'web1', always: true, action: { kind: 'task-failure', code: 'VDI_IO_ERROR', params: ['Device I/O errors'] } });
-    const r = await vmbackup([...ws.args(s), '--json']);
-    expect(r.code).toBe(1);
-    const summary = JSON.parse(r.stdout) as { jobs: { status: string; error: { code: string } }[] };
-    expect(summary.jobs[0]).toMatchObject({ status: 'error', error: { code: 'VDI_IO_ERROR' } });
-    expect(await readdir(path.join(ws.exports, 'web1')).catch(() => [])).toEqual([]);
-  });
-});
+// An export failing mid-stream, a failed task, and the other rows of the README's fault
+// table: see fault-matrix.test.ts.
 
 describe('vmbackup: snapshots are found by tag, never by name', () => {
   it('destroys leftovers of crashed runs, keeps live ones, never touches a VM named like a snapshot', async () => {
