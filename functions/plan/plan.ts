@@ -10,7 +10,7 @@ import { pidAlive } from '../../runtime/storage/lock.js';
 import { formatStamp, vmFolderName } from '../../runtime/storage/naming.js';
 import { freeSpace } from '../../runtime/storage/space.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
-import type { VmRecord } from '../../runtime/xapi/records.js';
+import type { VdiRecord, VmRecord } from '../../runtime/xapi/records.js';
 import { TAG, destroySnapshotVdi, destroySnapshotVm, isLeftover, parseBlockReason } from '../../runtime/xapi/snapshots.js';
 import { HostBackupInput } from '../host-backup/host-backup.js';
 import { JobBase, VmRef } from '../job.js';
@@ -92,8 +92,9 @@ export const plan = defineFunction({
     const o = input.options;
     await checkBackupDir(o.backupDir, o.spaceThreshold);
     const xapi = await ctx.xapi();
-    const all = await xapi.getAllRecords('VM');
-    const cleaned = await cleanLeftovers(xapi, all, input, ctx);
+    // Of the VDIs only snapshots can be leftovers: do not fetch every disk of a large pool.
+    const [all, vdis] = await Promise.all([xapi.getAllRecords('VM'), xapi.getAllRecordsWhere('VDI', 'field "is_a_snapshot"="true"')]);
+    const cleaned = await cleanLeftovers(xapi, all, vdis, input, ctx);
     const candidates = all.filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot);
     const poolVms = candidates.map((vm) => ({ uuid: vm.uuid, name: vm.name_label }));
     const selection = selectVms(poolVms, { excludes: o.excludes, vdiExports: o.vdiExports, vmExports: o.vmExports, maxBackups: o.maxBackups });
@@ -175,7 +176,7 @@ export async function checkBackupDir(dir: string, spaceThreshold: number): Promi
  * halted VMs. Only objects carrying vmbackup's tags are considered, and only those whose
  * owner is gone (isLeftover); a VM *named* like a snapshot is never touched.
  */
-async function cleanLeftovers(xapi: XapiClient, vms: VmRecord[], input: PlanInput, ctx: Ctx): Promise<string[]> {
+async function cleanLeftovers(xapi: XapiClient, vms: VmRecord[], vdis: VdiRecord[], input: PlanInput, ctx: Ctx): Promise<string[]> {
   const cleaned: string[] = [];
   const rule = { now: ctx.clock.now(), me: ctx.origin, currentRunId: input.runId, maxAgeHours: input.options.leftoverAgeHours, pidAlive };
   const destroyedVdis = new Set<string>();
@@ -197,7 +198,6 @@ async function cleanLeftovers(xapi: XapiClient, vms: VmRecord[], input: PlanInpu
       }
     }
   }
-  const vdis = await xapi.getAllRecords('VDI');
   for (const vdi of vdis) {
     if (!vdi.is_a_snapshot || destroyedVdis.has(vdi.uuid) || !isLeftover(vdi.other_config, rule)) continue;
     // A VDI snapshot still attached to a snapshot VM goes with that VM.

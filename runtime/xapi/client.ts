@@ -270,6 +270,15 @@ export class XapiClient {
   }
 
   /**
+   * The records matching an XAPI filter expression (`<class>.get_all_records_where`), e.g.
+   * `field "is_a_snapshot"="true"`: on a large pool, only what is needed crosses the wire.
+   */
+  async getAllRecordsWhere<K extends RecordType>(type: K, expr: string): Promise<RecordTypes[K][]> {
+    const records = await this.call<Record<string, object>>(`${type}.get_all_records_where`, expr);
+    return Object.entries(records).map(([ref, record]) => ({ ...record, $ref: ref }) as unknown as RecordTypes[K]);
+  }
+
+  /**
    * GETs an HTTP handler of the master (`/export`, `/export_raw_vdi`, `/pool/xmldbdump`), or
    * of `host` when given (`/host_backup` is answered by the host that receives it), with a
    * task XAPI completes at the end of the transfer.

@@ -6,6 +6,7 @@ import { eventFrom, eventInject } from './events.js';
 import type { FaultAction, FaultSubject, Faults } from './faults.js';
 import { NULL_REF } from './ids.js';
 import type { HostInfo, SimState } from './state.js';
+import { compileWhere } from './where.js';
 import { toXmlValue, wireField, wireRecord } from './wire.js';
 
 /**
@@ -166,6 +167,10 @@ export class Rpc {
     }
     if (listed) {
       this.define(`${cls}.get_all_records`, [], () => Object.fromEntries(db.all(cls).map((r) => [r.ref, record(r.ref)])));
+      this.define(`${cls}.get_all_records_where`, [p('expr', 'string')], (_c, [expr]) => {
+        const where = compileWhere(expr as string);
+        return Object.fromEntries(db.all(cls).filter((r) => where((f) => r.fields[f])).map((r) => [r.ref, record(r.ref)]));
+      });
     }
     this.define(`${cls}.get_record`, [p('self', 'ref')], (_c, [self]) => record(self as string));
     this.define(`${cls}.get_by_uuid`, [p('uuid', 'string')], (_c, [uuid]) => {
