@@ -216,6 +216,27 @@ describe('HTTP handler faults', () => {
     expect(got.ms).toBeGreaterThanOrEqual(450);
   });
 
+  it('corrupt: one byte flipped on the way, the transfer and its task succeed', async () => {
+    const vdi = sim.state.vdis().find((v) => v.name_label === 'db1 0')!;
+    const url = `${sim.url}/export_raw_vdi?session_id=${session}&vdi=${vdi.ref}&format=raw`;
+    const read = () =>
+      new Promise<Buffer>((resolve, reject) => {
+        http.get(url, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => resolve(Buffer.concat(chunks)));
+          res.on('error', reject);
+        });
+      });
+    const clean = await read();
+    sim.faults.add({ http: 'export_raw_vdi', action: { kind: 'corrupt', at_byte: 1_000_003 } });
+    const bad = await read();
+    expect(bad.length).toBe(clean.length);
+    const differ = [...bad.keys()].filter((i) => bad[i] !== clean[i]);
+    expect(differ).toEqual([1_000_003]);
+    expect(bad[1_000_003]).toBe(clean[1_000_003]! ^ 0xff);
+  });
+
   it('invalidate-sessions on a handler: 401 and every session gone', async () => {
     sim.faults.add({ http: 'xmldbdump', action: { kind: 'invalidate-sessions' } });
     expect((await transfer(`${sim.url}/pool/xmldbdump?session_id=${session}`)).status).toBe(401);

@@ -18,6 +18,9 @@ export type HttpHandlerName = (typeof HTTP_HANDLERS)[number];
  * - `stall`: an RPC answers only after `ms` (forever when absent); a transfer stops sending
  *   after `after_bytes` bytes, for `ms` or forever.
  * - `slow`: a transfer sends at most `bytes_per_second`.
+ * - `corrupt`: a transfer flips every bit of the byte at `at_byte` and goes on normally, the
+ *   task succeeding: silent corruption on the way (bad RAM, a NIC), which only a check of
+ *   the data finds.
  * - `sr-full`: VM.snapshot / VDI.snapshot fail with `SR_FULL [requested, maximum]`.
  * - `invalidate-sessions`: every session is dropped before the call is handled (so the call
  *   itself fails with SESSION_INVALID, or 401 for a handler) — a toolstack restart mid-run.
@@ -29,6 +32,7 @@ export const FaultAction = z.discriminatedUnion('kind', [
   z.strictObject({ kind: z.literal('http-500') }),
   z.strictObject({ kind: z.literal('stall'), ms: z.number().int().min(0).optional(), after_bytes: z.number().int().min(0).default(0) }),
   z.strictObject({ kind: z.literal('slow'), bytes_per_second: z.number().positive() }),
+  z.strictObject({ kind: z.literal('corrupt'), at_byte: z.number().int().min(0) }),
   z.strictObject({ kind: z.literal('sr-full') }),
   z.strictObject({ kind: z.literal('invalidate-sessions') }),
 ]);

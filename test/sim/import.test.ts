@@ -6,6 +6,7 @@ import { Xapi } from 'xen-api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readAll } from '../../runtime/formats/test-sources.js';
 import { decodeValue } from '../../runtime/formats/xmlrpc.js';
+import type { FaultAction } from './faults.js';
 import { smallPool } from './fixtures.js';
 import { startSimulator, type Simulator } from './server.js';
 import { login, waitFor, xapi } from './test-helpers.js';
@@ -209,5 +210,63 @@ describe('PUT /import_raw_vdi', () => {
     const back = await download(`/export_raw_vdi?vdi=${vdi}&format=raw`);
     expect(back.equals(await readAll(sim.state.disk(source.ref)))).toBe(true);
     expect(sim.state.record('VDI', vdi)!.physical_utilisation).toBeGreaterThan(0);
+  });
+});
+
+describe('upload faults, early EOF and imported VDIs', () => {
+  const counts = () => ({ vms: sim.state.vms().length, vdis: sim.state.vdis().length });
+
+  it('imported VDIs are not snapshots, even when the export was of a snapshot', async () => {
+    const vm = await importAndCheck(xva);
+    const vdis = (sim.state.record('VM', vm)!.VBDs as string[]).map((b) => sim.state.record('VBD', b)!).filter((b) => b.type === 'Disk').map((b) => sim.state.record('VDI', b.VDI as string)!);
+    expect(vdis.length).toBeGreaterThan(0);
+    for (const vdi of vdis) expect(vdi.is_a_snapshot).toBe(false);
+  });
+
+  it.each([
+    ['reset', { kind: 'reset', after_bytes: 300_000 }, ['IMPORT_ERROR_PREMATURE_EOF']],
+    ['task-failure after N bytes', { kind: 'task-failure', code: 'IMPORT_ERROR', params: ['simulated'], after_bytes: 300_000 }, ['IMPORT_ERROR', 'simulated']],
+    ['task-failure at the end', { kind: 'task-failure', code: 'IMPORT_ERROR', params: ['late'] }, ['IMPORT_ERROR', 'late']],
+  ] satisfies [string, FaultAction, string[]][])('/import with a %s fault fails its task and rolls back', async (_name, action, errorInfo) => {
+    const before = counts();
+    sim.faults.add({ http: 'import', action });
+    const task = (await xapi(sim.url, 'task.create', session, 'import', '')) as string;
+    await put(`/import?session_id=${session}&task_id=${task}`, xva).catch(() => undefined);
+    expect(await taskOutcome(task)).toMatchObject({ status: 'failure', error_info: errorInfo });
+    expect(counts()).toEqual(before);
+  });
+
+  async function newVdi(size: number): Promise<string> {
+    const sr = sim.state.records('SR').find((s) => s.name_label === 'NFS storage')!.ref;
+    return (await xapi(sim.url, 'VDI.create', session, { name_label: 'target', name_description: '', SR: sr, virtual_size: String(size), type: 'user', sharable: false, read_only: false, other_config: {} })) as string;
+  }
+
+  it('/import_raw_vdi: a raw body shorter than its Content-Length fails with VDI_IO_ERROR', async () => {
+    const vdi = await newVdi(2 << 20);
+    const task = (await xapi(sim.url, 'task.create', session, 'import', '')) as string;
+    await new Promise<void>((resolve) => {
+      const req = http.request(`${sim.url}/import_raw_vdi?session_id=${session}&task_id=${task}&vdi=${vdi}&format=raw`, { method: 'PUT', headers: { 'content-length': 2 << 20 } });
+      req.on('error', () => resolve());
+      req.on('response', (res) => {
+        res.resume();
+        res.on('close', () => resolve());
+      });
+      req.write(Buffer.alloc(1 << 20, 7), () => setTimeout(() => req.destroy(), 50));
+    });
+    expect(await taskOutcome(task)).toMatchObject({ status: 'failure', error_info: ['VDI_IO_ERROR', 'Device I/O errors'] });
+  });
+
+  it.each(['raw', 'vhd'])('/import_raw_vdi (%s) with a reset fault fails its task', async (format) => {
+    const source = sim.state.vdis().find((v) => v.name_label === 'web1 1')!;
+    const image = await download(`/export_raw_vdi?vdi=${source.ref}&format=${format}`);
+    const vdi = await newVdi(source.virtual_size as number);
+    sim.faults.add({ http: 'import_raw_vdi', action: { kind: 'reset', after_bytes: 100_000 } });
+    const task = (await xapi(sim.url, 'task.create', session, 'import', '')) as string;
+    await put(`/import_raw_vdi?session_id=${session}&task_id=${task}&vdi=${vdi}&format=${format}`, image).catch(() => undefined);
+    const outcome = await taskOutcome(task);
+    expect(outcome.status).toBe('failure');
+    expect((outcome.error_info as string[])[0]).toBe('VDI_IO_ERROR');
+    expect(sim.state.transfers('import_raw_vdi').at(-1)).toMatchObject({ status: 'failed', bytes: expect.any(Number) });
+    expect(sim.state.transfers('import_raw_vdi').at(-1)!.bytes).toBeLessThanOrEqual(100_000);
   });
 });

@@ -8,8 +8,10 @@ import { decodeValue, encodeValue } from '../../runtime/formats/xmlrpc.js';
 import { DATAMODEL, type ClassName } from './datamodel.js';
 import { MemoryDisk } from './disks.js';
 import { ApiError, toApiError } from './errors.js';
+import type { FaultAction } from './faults.js';
 import type { Call, PutHandler } from './http-handlers.js';
 import { NULL_REF } from './ids.js';
+import { cutConnection } from './transfer.js';
 
 /**
  * PUT /import and PUT /import_raw_vdi, after import.ml and import_raw_vdi.ml:
@@ -25,7 +27,15 @@ import { NULL_REF } from './ids.js';
  *   with IMPORT_ERROR_SOME_CHECKSUMS_FAILED; `force` does not skip it here), a truncated
  *   stream with IMPORT_ERROR_PREMATURE_EOF. The task result is the set of imported
  *   (non-snapshot) VM refs as an XML-RPC value;
- * - /import_raw_vdi: `vdi` (ref or uuid) and `format=raw|vhd` write into the existing VDI.
+ * - /import_raw_vdi: `vdi` (ref or uuid) and `format=raw|vhd` write into the existing VDI;
+ *   a raw body that ends before its Content-Length (or the VDI's size, if smaller) fails with
+ *   VDI_IO_ERROR, as vhd-tool does on an early EOF;
+ * - imported VDIs are made as VDI.create_from_record makes them: never `is_a_snapshot`.
+ * Faults on uploads: `error`, `http-500`, `invalidate-sessions` before the body; `reset` and
+ * `task-failure` with `after_bytes` cut the connection after that many body bytes (the
+ * import then fails as on an early EOF, or with the fault's error); `task-failure` without
+ * it fails the task once the body was read (an /import is rolled back, unless `force`);
+ * `stall` stops reading after `after_bytes` for `ms`, or until the task is cancelled.
  * Imported bytes are kept (sparse, in memory) and export back unchanged.
  */
 
@@ -35,8 +45,8 @@ const ZSTD = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 /**
  * The request body as chunks, moved out of the IncomingMessage as soon as they arrive: when a
  * client closes its side right after the last byte (xen-api's upload of unknown length), Node
- * destroys the request and would drop what it still buffers. Backpressure is applied on the
- * socket instead. Ends normally on 'end', and also on an abort once data has been received
+ * destroys the request and would drop what it still buffers. Backpressure (pausing the
+ * request, so Node stops reading the socket) starts only past 8 MiB queued here. Ends normally on 'end', and also on an abort once data has been received
  * (the caller's parser decides whether the data was complete).
  */
 function bodyChunks(req: IncomingMessage): AsyncIterable<Buffer> {
@@ -53,7 +63,8 @@ function bodyChunks(req: IncomingMessage): AsyncIterable<Buffer> {
   req.on('data', (chunk: Buffer) => {
     queue.push(chunk);
     queued += chunk.length;
-    if (queued > 8 << 20) req.socket.pause();
+    // Pausing the socket alone is not enough: a flowing request resumes it on every read.
+    if (queued > 8 << 20 && !req.isPaused()) req.pause();
     notify();
   });
   req.on('end', () => {
@@ -74,7 +85,7 @@ function bodyChunks(req: IncomingMessage): AsyncIterable<Buffer> {
         const chunk = queue.shift();
         if (chunk !== undefined) {
           queued -= chunk.length;
-          if (queued < 1 << 20 && req.socket?.isPaused()) req.socket.resume();
+          if (queued < 1 << 20 && req.isPaused()) req.resume();
           yield chunk;
           continue;
         }
@@ -86,9 +97,66 @@ function bodyChunks(req: IncomingMessage): AsyncIterable<Buffer> {
   };
 }
 
+/** What an upload fault did to the body: cut after N bytes, failing with `error` if set. */
+interface BodyCut {
+  fired: boolean;
+  error?: ApiError;
+}
+
+/**
+ * The body as the fault lets it through: `reset` / `task-failure` with `after_bytes` pass that
+ * many bytes, then reset the connection and end the body (the parser sees an early EOF);
+ * `stall` pauses reading.
+ */
+async function* cutBody(call: Call, chunks: AsyncIterable<Buffer>, fault: FaultAction | undefined, cut: BodyCut): AsyncGenerator<Buffer> {
+  const limit = fault?.kind === 'reset' ? fault.after_bytes : fault?.kind === 'task-failure' ? fault.after_bytes : undefined;
+  let seen = 0;
+  let stalled = false;
+  for await (let chunk of chunks) {
+    if (fault?.kind === 'stall' && !stalled && seen + chunk.length >= fault.after_bytes) {
+      // Stop reading (the client's writes back up) for `ms`, or until the client goes away.
+      const head = chunk.subarray(0, fault.after_bytes - seen);
+      if (head.length > 0) yield head;
+      seen += head.length;
+      chunk = chunk.subarray(head.length);
+      stalled = true;
+      // Not reading, the server cannot see the client go away; it sees its task cancelled.
+      const task = call.task!;
+      await new Promise<void>((resolve) => {
+        const started = Date.now();
+        const poll = setInterval(() => {
+          if ((fault.ms !== undefined && Date.now() - started >= fault.ms) || call.state.isCancelling(task)) {
+            clearInterval(poll);
+            resolve();
+          }
+        }, 20);
+        void call.env.closed.then(() => {
+          clearInterval(poll);
+          resolve();
+        });
+      });
+      if (call.state.isCancelling(task)) {
+        cut.fired = true;
+        cut.error = new ApiError('TASK_CANCELLED', [task]);
+        return;
+      }
+    }
+    if (limit !== undefined && seen + chunk.length >= limit) {
+      const head = chunk.subarray(0, limit - seen);
+      if (head.length > 0) yield head;
+      cut.fired = true;
+      if (fault?.kind === 'task-failure') cut.error = new ApiError(fault.code, fault.params);
+      void cutConnection(call.res);
+      return;
+    }
+    seen += chunk.length;
+    yield chunk;
+  }
+}
+
 /** The request body, decompressed when it starts with a gzip or zstd magic number. */
-async function decompressed(req: IncomingMessage): Promise<AsyncIterable<Buffer>> {
-  const it = bodyChunks(req)[Symbol.asyncIterator]();
+async function decompressed(body: AsyncIterable<Buffer>): Promise<AsyncIterable<Buffer>> {
+  const it = body[Symbol.asyncIterator]();
   const head: Buffer[] = [];
   let size = 0;
   let done = false;
@@ -244,8 +312,9 @@ async function importVm(call: Call): Promise<void> {
   const vms: string[] = [];
   let total = 0;
   let written = 0;
+  const cut: BodyCut = { fired: false };
   try {
-    const input = await decompressed(call.req);
+    const input = await decompressed(cutBody(call, bodyChunks(call.req), fault, cut));
     for await (const event of readXva(input, { trailing: 'any' })) {
       if (event.type === 'ova') {
         const header = decodeValue(event.xml) as { objects?: OvaObject[] };
@@ -265,7 +334,7 @@ async function importVm(call: Call): Promise<void> {
         }
         for (const o of objects.filter((x) => x.class === 'VDI')) {
           const size = Number(o.snapshot.virtual_size);
-          const ref = create('VDI', { ...copyFields('VDI', o.snapshot, ['uuid', 'SR', 'snapshot_of', 'parent', 'metadata_of_pool', 'location', 'physical_utilisation']), SR: sr, physical_utilisation: 0 });
+          const ref = create('VDI', { ...copyFields('VDI', o.snapshot, ['uuid', 'SR', 'snapshot_of', 'parent', 'metadata_of_pool', 'location', 'physical_utilisation', 'is_a_snapshot', 'snapshot_time']), SR: sr, physical_utilisation: 0 });
           db.update('VDI', ref, { location: db.field<string>('VDI', ref, 'uuid') });
           const disk = new MemoryDisk(size);
           state.disks.set(ref, disk);
@@ -321,12 +390,13 @@ async function importVm(call: Call): Promise<void> {
         if (total > 0) state.setTaskProgress(task, Math.min(0.99, (event.offset + event.data.length) / total));
       }
     }
+    if (fault?.kind === 'task-failure' && fault.after_bytes === undefined) throw new ApiError(fault.code, fault.params);
     for (const { ref } of vdiByExportId.values()) state.refreshVdiUsage(ref);
     for (const vm of created.filter((c) => c.cls === 'VM')) db.update('VM', vm.ref, { current_operations: {} });
     state.completeTask(task, encodeValue(vms, { int64: 'string' }));
     call.finish('done');
   } catch (error) {
-    const e = importError(error);
+    const e = cut.error ?? importError(error);
     if (!force) {
       for (const c of [...created].reverse()) {
         if (db.has(c.cls, c.ref)) db.destroy(c.cls, c.ref);
@@ -371,9 +441,11 @@ async function importRawVdi(call: Call): Promise<void> {
   const disk = current instanceof MemoryDisk ? current : new MemoryDisk(size, current);
   state.disks.set(vdi, disk);
   let written = 0;
+  const cut: BodyCut = { fired: false };
+  const body = cutBody(call, bodyChunks(call.req), fault, cut);
   try {
     if (format === 'vhd') {
-      for await (const w of vhdDiskWrites(bodyChunks(call.req))) {
+      for await (const w of vhdDiskWrites(body)) {
         if (w.offset + w.data.length > size) throw new ApiError('VDI_IO_ERROR', ['Device I/O errors']);
         await disk.write(w.offset, w.data);
         written += w.data.length;
@@ -381,7 +453,7 @@ async function importRawVdi(call: Call): Promise<void> {
       }
     } else {
       try {
-        for await (const chunk of bodyChunks(call.req)) {
+        for await (const chunk of body) {
           const room = size - written;
           if (room <= 0) break;
           const piece = chunk.length > room ? chunk.subarray(0, room) : chunk;
@@ -395,13 +467,17 @@ async function importRawVdi(call: Call): Promise<void> {
         const code = (error as NodeJS.ErrnoException).code;
         if (code !== 'ECONNRESET' && (error as Error).message !== 'aborted') throw error;
       }
+      const declared = Number(call.req.headers['content-length']);
+      if (Number.isSafeInteger(declared) && written < Math.min(declared, size)) throw new ApiError('VDI_IO_ERROR', ['Device I/O errors']);
     }
+    if (fault?.kind === 'task-failure' && fault.after_bytes === undefined) throw new ApiError(fault.code, fault.params);
     if (call.transfer !== undefined) call.transfer.bytes = written;
     state.refreshVdiUsage(vdi);
     state.completeTask(task, '');
     call.finish('done');
   } catch (error) {
-    const e = error instanceof ApiError ? error : new ApiError('VDI_IO_ERROR', [error instanceof Error ? error.message : String(error)]);
+    if (call.transfer !== undefined) call.transfer.bytes = written;
+    const e = cut.error ?? (error instanceof ApiError ? error : new ApiError('VDI_IO_ERROR', [error instanceof Error ? error.message : String(error)]));
     state.failTask(task, e);
     call.finish('failed', e);
   } finally {

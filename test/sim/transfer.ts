@@ -134,6 +134,11 @@ export class Meter extends Transform {
       }
       return;
     }
+    if (f?.kind === 'corrupt' && f.at_byte >= this.bytes && f.at_byte < this.bytes + chunk.length) {
+      chunk = Buffer.from(chunk);
+      const i = f.at_byte - this.bytes;
+      chunk[i] = chunk[i]! ^ 0xff;
+    }
     if (chunk.length > 0) this.push(chunk);
     this.bytes += chunk.length;
   }
