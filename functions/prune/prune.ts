@@ -14,7 +14,8 @@ import type { FileEntry, ManifestCheck, RetentionPlan } from './retention.js';
  * prune — keeps `maxBackups` complete backup sets in a VM's folder and deletes the older
  * ones (retention.ts decides; this only lists, checks manifests, and deletes). Understands
  * VmBackup's folders (legacy `MMDDYYYY-HHMMSS` names). Never deletes the newest complete set,
- * a protected set (the run's own), or a file that is not ours.
+ * a protected set (the run's own), or a file that is not ours. A set whose manifest records a
+ * failed verification (`verify.ok: false`, written by the verify function) is not complete.
  *
  * Safe under redelivery: it recomputes from what is on disk, so a second run deletes nothing
  * more. Can be invoked on its own for any folder (`vmbackup invoke prune --input …`).
@@ -59,7 +60,12 @@ export const prune = defineFunction({
       const info = parseBackupFileName(file.name);
       if (info?.kind !== 'manifest') continue;
       const status = await checkManifest(dir, file.name);
-      if (status.valid) {
+      if (status.valid && status.manifest.verify?.ok === false) {
+        // A set that failed verification must not count: counted, it could push the last good set out.
+        const why = `failed verification at ${status.manifest.verify.at}${status.manifest.verify.error !== undefined ? `: ${status.manifest.verify.error}` : ''}`;
+        manifests.set(info.stamp, { valid: false, failedVerification: true, runId: status.manifest.runId, reason: why });
+        warnings.push(`${input.folder}: backup set ${info.stamp} does not count (${why})`);
+      } else if (status.valid) {
         manifests.set(info.stamp, { valid: true, runId: status.manifest.runId });
       } else {
         manifests.set(info.stamp, { valid: false, reason: status.reason });

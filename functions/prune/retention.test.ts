@@ -163,6 +163,53 @@ describe('planRetention', () => {
     expect(q.incomplete.every((i) => i.action === 'delete')).toBe(true);
   });
 
+  it('sets that failed verification never count, and go only once a newer complete set exists', () => {
+    const bad = (d: number) => [day(d), { valid: false, failedVerification: true, reason: 'failed verification' }] as const;
+    const cases: { name: string; files: FileEntry[]; manifests: Map<string, ManifestCheck>; kept: string[]; deleted: string[]; incomplete: string[] }[] = [
+      {
+        // A bad newest set does not push the older good one out (max_backups 1).
+        name: 'bad newest set',
+        files: [...vmSet(day(1)), ...vmSet(day(2))],
+        manifests: new Map([...valid(day(1)), bad(2)]),
+        kept: [day(1)],
+        deleted: [],
+        incomplete: [`${day(2)} keep failed-verification`],
+      },
+      {
+        // Older than a good set: superseded, deleted once idle.
+        name: 'bad set older than a good one',
+        files: [...vmSet(day(1)), ...vmSet(day(2))],
+        manifests: new Map([bad(1), ...valid(day(2))]),
+        kept: [day(2)],
+        deleted: [`${day(1)} incomplete-older-than-newest-complete`],
+        incomplete: [`${day(1)} delete incomplete-older-than-newest-complete`],
+      },
+      {
+        // Every set bad and old: all kept (an invalid manifest this old would be deleted).
+        name: 'only bad sets',
+        files: [...vmSet(day(1)), ...vmSet(day(2))],
+        manifests: new Map([bad(1), bad(2)]),
+        kept: [],
+        deleted: [],
+        incomplete: [`${day(1)} keep failed-verification`, `${day(2)} keep failed-verification`],
+      },
+      {
+        name: 'an invalid manifest, for contrast',
+        files: [...vmSet(day(1))],
+        manifests: new Map([[day(1), { valid: false, reason: 'size mismatch' }]]),
+        kept: [],
+        deleted: [`${day(1)} incomplete-stale`],
+        incomplete: [`${day(1)} delete incomplete-stale`],
+      },
+    ];
+    for (const c of cases) {
+      const p = planRetention({ files: c.files, manifests: c.manifests, maxBackups: 1, now: NOW });
+      expect(kept(p), c.name).toEqual(c.kept);
+      expect(deleted(p), c.name).toEqual(c.deleted);
+      expect(p.incomplete.map((i) => `${i.set.stamp} ${i.action} ${i.reason}`), c.name).toEqual(c.incomplete);
+    }
+  });
+
   it('with no complete set at all, only stale leftovers go', () => {
     const files = [f(`backup_${day(1)}.xva.zst.partial`, 10, OLD), f(`backup_${day(2)}.xva.zst.partial`, 10, RECENT)];
     const p = planRetention({ files, manifests: new Map(), maxBackups: 2, now: NOW });

@@ -33,6 +33,9 @@ import {
  *    either its newest file was last modified more than `staleAfterMs` ago (default 24 h), or
  *    its stamp is older than the newest complete set AND none of its files changed in the last
  *    `activeWithinMs` (default 1 h; a redelivered job may still be writing an old stamp).
+ *    A set whose manifest records a failed verification never counts either, but only the
+ *    second condition deletes it: when every set of a folder fails verification, they are
+ *    all kept (damaged data beats none) until a good backup arrives.
  * 3. `.partial` files of a complete set (leftovers: the manifest was already written) are
  *    deleted under the same "not protected, not changed within `activeWithinMs`" guard.
  * 4. Files that are not ours (see `parseBackupFileName`) are listed in `ignored`, never touched.
@@ -51,6 +54,12 @@ export interface FileEntry {
 /** What the I/O layer found when it read and checked a set's manifest. */
 export interface ManifestCheck {
   valid: boolean;
+  /**
+   * The manifest is sound but records a failed verification (`verify.ok: false`): the set
+   * does not count (with `valid: false`), and it is deleted only once older than the newest
+   * complete set — never for its age alone, as its data may still be the best there is.
+   */
+  failedVerification?: boolean;
   runId?: string;
   /** Why it is invalid, for the report. */
   reason?: string;
@@ -77,6 +86,7 @@ export interface RetentionInput extends RetentionOptions {
 export type IncompleteReason =
   | 'no-manifest'
   | 'invalid-manifest'
+  | 'failed-verification'
   | 'no-data'
   | 'empty-data'
   | 'no-meta'
@@ -103,7 +113,7 @@ export interface BackupSet {
 
 export type KeepReason = 'within-max-backups' | 'protected';
 export type DeleteReason = 'over-max-backups' | 'incomplete-older-than-newest-complete' | 'incomplete-stale' | 'partial-leftover';
-export type IncompleteKeepReason = 'protected' | 'may-be-in-progress';
+export type IncompleteKeepReason = 'protected' | 'may-be-in-progress' | 'failed-verification';
 
 export interface Deletion {
   stamp: string;
@@ -186,9 +196,9 @@ function decide(
   const incomplete: IncompleteSet[] = [];
   for (const set of sets.filter((s) => !s.complete).sort(byDate)) {
     let action: IncompleteSet['action'] = 'keep';
-    let reason: IncompleteSet['reason'] = 'may-be-in-progress';
+    let reason: IncompleteSet['reason'] = set.incompleteReason === 'failed-verification' ? 'failed-verification' : 'may-be-in-progress';
     if (protect.has(set.stamp)) reason = 'protected';
-    else if (set.newestMtimeMs <= opts.now - stale) {
+    else if (set.incompleteReason !== 'failed-verification' && set.newestMtimeMs <= opts.now - stale) {
       action = 'delete';
       reason = 'incomplete-stale';
     } else if (newestComplete && set.date.getTime() < newestComplete.date.getTime() && set.newestMtimeMs <= opts.now - active) {
@@ -272,7 +282,7 @@ export function planRetention(input: RetentionInput): RetentionPlan {
         }
         complete = check.valid;
         if (check.runId !== undefined) runId = check.runId;
-        if (!complete) incompleteReason = 'invalid-manifest';
+        if (!complete) incompleteReason = check.failedVerification === true ? 'failed-verification' : 'invalid-manifest';
       } else {
         incompleteReason = partials.length > 0 ? 'partial' : 'no-manifest';
       }

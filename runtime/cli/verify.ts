@@ -1,0 +1,369 @@
+import { mkdirSync } from 'node:fs';
+import { readdir, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { legacyNotice } from '../../functions/verify/check.js';
+import { isIncomplete, listSets } from '../../functions/verify/sets.js';
+import type { SetListing } from '../../functions/verify/sets.js';
+import { verify } from '../../functions/verify/verify.js';
+import type { Verified } from '../../functions/verify/verify.js';
+import { OPTIONS } from '../config/args.js';
+import { loadSettings } from '../config/load.js';
+import type { LoadedSettings } from '../config/load.js';
+import { ConfigError, PermanentError, UsageError, errorInfo } from '../errors.js';
+import { systemClock } from '../function.js';
+import type { Ctx } from '../function.js';
+import { noHooks } from '../hooks/runner.js';
+import { createLogger, silentLogger } from '../log.js';
+import type { Logger } from '../log.js';
+import { parseBackupFileName, vmFolderName } from '../storage/naming.js';
+import { fail } from './backup.js';
+import type { Io } from './io.js';
+import { VERSION } from './io.js';
+
+/**
+ * `vmbackup verify [VM…|PATH…] [--latest] [--json] [settings options]` — re-reads backup sets
+ * and checks them with the verify function (functions/verify), in this process; no XAPI.
+ *
+ * Arguments: a VM name (its folder in backup_dir, as the backup names it: every set, or the
+ * newest with `--latest`); a path (anything with a `/`, or a backup file name): a set's file
+ * (that set), a VM folder (its sets) or a backup_dir (every folder in it). No argument: every
+ * set in backup_dir. Settings (backup_dir, base_dir, config files) load as for a backup.
+ *
+ * Prints one line per set — `OK`, `FAILED` with the first bad file and where it is bad,
+ * `INCOMPLETE` for a set without manifest (a backup that did not finish: nothing to verify,
+ * not a failure), `ERROR` when it could not be checked — then a summary; `--json` prints the
+ * results instead. Each verified set's result is recorded in its manifest.
+ *
+ * Exit codes: 0 every set OK (or nothing to verify), 1 a set failed verification, 2 usage or
+ * config error, or a set could not be checked (zstd missing, unreadable folder).
+ *
+ * @example
+ *   vmbackup verify                       # every set in backup_dir
+ *   vmbackup verify web1 db1 --latest     # the newest set of two VMs
+ *   vmbackup verify /mnt/VmBackup/exports/web1/backup_20261126-083000.xva
+ */
+export async function verifyCommand(argv: readonly string[], io: Io): Promise<number> {
+  let args: VerifyArgs;
+  let loaded: LoadedSettings;
+  try {
+    args = splitVerifyArgs(argv);
+    if (args.help) {
+      io.stdout.write(verifyHelp());
+      return 0;
+    }
+    loaded = loadSettings({ argv: args.rest, env: io.env, home: io.home, cwd: io.cwd });
+  } catch (error) {
+    return fail(io, error);
+  }
+  const { settings, flags } = loaded;
+  if (flags.version) {
+    io.stdout.write(`vmbackup ${VERSION}\n`);
+    return 0;
+  }
+  for (const w of loaded.warnings) io.stderr.write(`WARNING: ${w}\n`);
+
+  let targets: SetTarget[];
+  let scope: string;
+  try {
+    ({ targets, scope } = await resolveTargets(args, settings.backup_dir, io.cwd));
+  } catch (error) {
+    return fail(io, error);
+  }
+
+  const log = makeLogger(settings.base_dir);
+  const abort = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => abort.abort(new Error(signal));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const ctx: Ctx = {
+    log,
+    xapi: async () => {
+      throw new PermanentError('NO_XAPI', 'verify reads backups only: it does not talk to XAPI');
+    },
+    clock: systemClock,
+    origin: { hostname: os.hostname(), pid: process.pid },
+    signal: abort.signal,
+    heartbeat: () => {},
+    attempt: 1,
+    hooks: noHooks,
+  };
+  const results: SetOutcome[] = [];
+  const started = performance.now();
+  try {
+    for (const target of targets) {
+      if (abort.signal.aborted) break;
+      const outcome = await verifyOne(target, ctx);
+      results.push(outcome);
+      if (!flags.json) {
+        io.stdout.write(formatLine(outcome) + '\n');
+        // The line says it of a VmBackup set already.
+        for (const w of outcome.verified?.warnings ?? []) if (w !== legacyNotice(outcome.target.stamp)) io.stderr.write(`WARNING: ${w}\n`);
+      }
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    log.flush();
+  }
+  const summary = summarize(results, performance.now() - started, abort.signal.aborted);
+  if (flags.json) {
+    io.stdout.write(JSON.stringify({ ok: summary.exitCode === 0, exitCode: summary.exitCode, scope, summary: summary.counts, sets: results.map(jsonOf) }, null, 2) + '\n');
+  } else if (results.length === 0) {
+    io.stdout.write(`verify: nothing to verify in ${scope} (no backup sets)\n`);
+  } else {
+    io.stdout.write(summary.line + '\n');
+  }
+  return summary.exitCode;
+}
+
+interface VerifyArgs {
+  targets: string[];
+  latest: boolean;
+  help: boolean;
+  /** The settings options, for loadSettings. */
+  rest: string[];
+}
+
+const TAKES_VALUE_LONG = new Set(OPTIONS.filter((o) => o.metavar).map((o) => o.long));
+const TAKES_VALUE_SHORT = new Set(OPTIONS.filter((o) => o.metavar && o.short).map((o) => o.short!));
+const KNOWN_SHORT = new Set(OPTIONS.filter((o) => o.short).map((o) => o.short!));
+
+/**
+ * Takes verify's own arguments (VMs, paths, `--latest`, `-h`) out of `argv`; the rest are
+ * settings options for loadSettings (which reports any unknown one).
+ */
+export function splitVerifyArgs(argv: readonly string[]): VerifyArgs {
+  const out: VerifyArgs = { targets: [], latest: false, help: false, rest: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      out.targets.push(...argv.slice(i + 1));
+      break;
+    }
+    if (arg === '--latest') {
+      out.latest = true;
+    } else if (arg === '-h' || arg === '--help') {
+      out.help = true;
+    } else if (arg.startsWith('--')) {
+      out.rest.push(arg);
+      const name = arg.slice(2).split('=')[0]!;
+      if (!arg.includes('=') && TAKES_VALUE_LONG.has(name) && i + 1 < argv.length) out.rest.push(argv[++i]!);
+    } else if (arg.startsWith('-') && arg.length > 1) {
+      out.rest.push(arg);
+      // A cluster of short switches may end in one that takes the next argument as its value.
+      for (let j = 1; j < arg.length; j++) {
+        const letter = arg[j]!;
+        if (!KNOWN_SHORT.has(letter)) break;
+        if (TAKES_VALUE_SHORT.has(letter)) {
+          if (j === arg.length - 1 && i + 1 < argv.length) out.rest.push(argv[++i]!);
+          break;
+        }
+      }
+    } else {
+      out.targets.push(arg);
+    }
+  }
+  return out;
+}
+
+/** One set to verify, or a set found incomplete. */
+interface SetTarget {
+  /** The VM folder. */
+  dir: string;
+  stamp: string;
+  legacy: boolean;
+  /** A set without manifest found while listing a folder: reported, not verified. */
+  incomplete: boolean;
+}
+
+/** VM names, folders and files → the sets they stand for, in order, without repeats. */
+async function resolveTargets(args: VerifyArgs, backupDir: string, cwd: string): Promise<{ targets: SetTarget[]; scope: string }> {
+  const folders: string[] = [];
+  const sets: SetTarget[] = [];
+  const needBackupDir = args.targets.length === 0 || args.targets.some((t) => !isPath(t));
+  if (needBackupDir && !(await isDirectory(backupDir))) {
+    throw new ConfigError(`backup_dir ${backupDir} does not exist or is not a directory (is the backup share mounted?)`, { key: 'backup_dir' });
+  }
+  if (args.targets.length === 0) folders.push(...(await subfolders(backupDir)));
+  for (const target of args.targets) {
+    if (!isPath(target)) {
+      folders.push(...(await vmFolders(backupDir, target)));
+      continue;
+    }
+    const full = path.resolve(cwd, target);
+    const s = await stat(full).catch(() => undefined);
+    if (s === undefined) throw new UsageError(`verify: ${target}: no such file or folder`, { flag: target });
+    if (s.isDirectory()) {
+      // A VM folder holds sets; a folder without any (a backup_dir) stands for its subfolders.
+      if ((await listSets(full)).length > 0) folders.push(full);
+      else folders.push(...(await subfolders(full)));
+      continue;
+    }
+    const info = parseBackupFileName(path.basename(full));
+    if (info === null) throw new UsageError(`verify: ${target} is not a backup file (backup_<stamp>.xva, .meta, .json, …)`, { flag: target });
+    sets.push({ dir: path.dirname(full), stamp: info.stamp, legacy: info.legacy, incomplete: false });
+  }
+  for (const dir of folders) {
+    let listed = await listSets(dir);
+    if (args.latest) listed = newest(listed);
+    for (const set of listed) sets.push({ dir, stamp: set.stamp, legacy: set.legacy, incomplete: isIncomplete(set) });
+  }
+  const seen = new Set<string>();
+  const targets = sets.filter((t) => {
+    const key = `${t.dir}\0${t.stamp}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+  const scope = args.targets.length === 0 ? backupDir : args.targets.join(', ');
+  return { targets, scope };
+}
+
+/** The newest set that is not incomplete (what `--latest` verifies). */
+function newest(sets: SetListing[]): SetListing[] {
+  const candidates = sets.filter((s) => !isIncomplete(s));
+  return candidates.length === 0 ? [] : [candidates[candidates.length - 1]!];
+}
+
+/** A path, not a VM name: has a separator, or is named like a backup file. */
+function isPath(arg: string): boolean {
+  return arg.includes('/') || arg === '.' || arg === '..' || parseBackupFileName(arg) !== null;
+}
+
+async function isDirectory(dir: string): Promise<boolean> {
+  return (await stat(dir).catch(() => undefined))?.isDirectory() === true;
+}
+
+async function subfolders(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true });
+  return entries
+    .filter((e) => e.isDirectory())
+    .map((e) => path.join(dir, e.name))
+    .sort();
+}
+
+/**
+ * The folders of VM `name`: its folder as the backup names it, and the `<folder>~<uuid8>`
+ * folders of VMs sharing that name (the uuid is not known here, so all of them).
+ */
+async function vmFolders(backupDir: string, name: string): Promise<string[]> {
+  const folder = vmFolderName(name, '', { shared: false });
+  const shared = new RegExp(`^${folder.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}~[0-9a-f]{8}$`);
+  const found = (await readdir(backupDir, { withFileTypes: true })).filter((e) => e.isDirectory() && (e.name === folder || shared.test(e.name))).map((e) => path.join(backupDir, e.name));
+  if (found.length === 0) {
+    throw new UsageError(`verify: no backups of VM "${name}" in ${backupDir} (no folder ${folder}); to verify a folder or file, give its path`, { flag: name });
+  }
+  return found.sort();
+}
+
+type Status = 'ok' | 'failed' | 'incomplete' | 'error';
+
+interface SetOutcome {
+  target: SetTarget;
+  status: Status;
+  verified?: Verified;
+  /** Why the set could not be checked (status `error`). */
+  error?: { code: string; message: string };
+}
+
+async function verifyOne(target: SetTarget, ctx: Ctx): Promise<SetOutcome> {
+  if (target.incomplete) return { target, status: 'incomplete' };
+  try {
+    const out = await verify.handle(verify.subject.schema.parse({ backupDir: path.dirname(target.dir), folder: path.basename(target.dir), stamp: target.stamp }), ctx);
+    const verified = out.verified!;
+    return { target, status: verified.ok ? 'ok' : 'failed', verified };
+  } catch (error) {
+    if (ctx.signal.aborted) return { target, status: 'error', error: { code: 'INTERRUPTED', message: 'interrupted' } };
+    const info = errorInfo(error);
+    ctx.log.error({ err: error }, `verify ${target.dir} ${target.stamp}: ${info.message}`);
+    return { target, status: 'error', error: { code: info.code, message: info.message } };
+  }
+}
+
+function label(target: SetTarget): string {
+  return `${path.basename(target.dir)}/backup_${target.stamp}`;
+}
+
+function formatBytes(n: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${n} bytes` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+function formatLine(o: SetOutcome): string {
+  const status = o.status.toUpperCase().padEnd(10);
+  const name = label(o.target);
+  if (o.status === 'incomplete') return `${status}  ${name}  no manifest: a backup that did not finish (not verified; it does not count)`;
+  if (o.status === 'error') return `${status}  ${name}  not checked: ${o.error!.message}`;
+  const v = o.verified!;
+  if (o.status === 'failed') return `${status}  ${name}  ${v.error!.message}`;
+  const legacy = v.legacy ? ' (VmBackup set: format checks only, no manifest)' : '';
+  return `${status}  ${name}  ${v.files.length} files, ${formatBytes(v.bytes)} in ${(v.ms / 1000).toFixed(1)} s${legacy}`;
+}
+
+function summarize(results: SetOutcome[], ms: number, interrupted: boolean): { line: string; exitCode: number; counts: Record<string, number> } {
+  const count = (s: Status) => results.filter((r) => r.status === s).length;
+  const counts = { sets: results.length, ok: count('ok'), failed: count('failed'), incomplete: count('incomplete'), errors: count('error'), bytes: 0, ms: Math.round(ms) };
+  counts.bytes = results.reduce((n, r) => n + (r.verified?.bytes ?? 0), 0);
+  const exitCode = counts.failed > 0 ? 1 : counts.errors > 0 || interrupted ? 2 : 0;
+  const parts = [`${counts.ok} OK`, `${counts.failed} FAILED`];
+  if (counts.incomplete > 0) parts.push(`${counts.incomplete} incomplete`);
+  if (counts.errors > 0) parts.push(`${counts.errors} not checked`);
+  const speed = ms > 0 ? `, ${formatBytes(Math.round(counts.bytes / (ms / 1000)))}/s` : '';
+  const line = `verify: ${counts.sets} set${counts.sets === 1 ? '' : 's'}: ${parts.join(', ')}; ${formatBytes(counts.bytes)} read in ${(ms / 1000).toFixed(1)} s${speed}${interrupted ? ' (interrupted)' : ''}`;
+  return { line, exitCode, counts };
+}
+
+function jsonOf(o: SetOutcome): Record<string, unknown> {
+  return {
+    folder: path.basename(o.target.dir),
+    dir: o.target.dir,
+    stamp: o.target.stamp,
+    legacy: o.target.legacy,
+    status: o.status,
+    ...(o.verified ? { verified: o.verified } : {}),
+    ...(o.error ? { error: o.error } : {}),
+  };
+}
+
+/** The JSON log file beside the backup's (`<base_dir>/logs/vmbackup.log`); the console stays for the results. */
+function makeLogger(baseDir: string): Logger {
+  const dir = path.join(baseDir, 'logs');
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch {
+    return silentLogger();
+  }
+  return createLogger({ consoleLevel: 'critical', dir, console: process.stderr, consoleErrors: process.stderr });
+}
+
+function verifyHelp(): string {
+  return [
+    'usage: vmbackup verify [VM…|PATH…] [--latest] [--json] [-b PATH] [-d PATH] [-c FILE]',
+    '',
+    'Re-reads backup sets and checks them: XVA chunk checksums (also inside .xva.gz and',
+    '.xva.zst), VHD structure, raw sizes against the .meta, and every file\'s size and XXH64',
+    'against the manifest. The result is recorded in each set\'s manifest; a set that fails no',
+    'longer counts toward max_backups.',
+    '',
+    'arguments:',
+    '  VM                    a VM name: its backup sets in backup_dir',
+    '  PATH                  a backup file (its set), a VM folder, or a backup_dir',
+    '                        (anything with a "/"; no argument: every set in backup_dir)',
+    '',
+    'options:',
+    '  --latest              only the newest set of each VM folder',
+    '  --json                print the results as JSON',
+    '  -b, -d, -c, ...       settings as for a backup (see vmbackup --help)',
+    '',
+    'Exit codes: 0 all OK (or nothing to verify), 1 a set failed, 2 usage or config error,',
+    'or a set could not be checked.',
+    '',
+  ].join('\n');
+}
