@@ -1,5 +1,8 @@
+import http from 'node:http';
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import https from 'node:https';
 import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { Agent, request } from 'undici';
 import { Xapi } from 'xen-api';
 import type { Logger } from 'pino';
@@ -18,8 +21,6 @@ export interface XapiOptions {
   ca?: string;
   /** Skip certificate checks. */
   insecure?: boolean;
-  /** Abandon an HTTP transfer after this long without a byte (ms). */
-  idleTimeoutMs?: number;
   log?: Logger;
 }
 
@@ -31,6 +32,9 @@ export interface XapiDownload {
   /** Stops the transfer and cancels its task. */
   abort(): void;
 }
+
+/** Socket-level idle timeout of every XAPI connection (RPC, events, transfers). */
+const CONNECTION_IDLE_MS = 10 * 60_000;
 
 /** XAPI error codes after which the same call is worth making again later. */
 const RETRY_LATER: Record<string, number> = {
@@ -181,7 +185,10 @@ export class XapiClient {
    * @throws ConnectionError with a message naming the cause: credentials, TLS, unreachable.
    */
   static async connect(opts: XapiOptions): Promise<XapiClient> {
-    const idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
+    // The connection's own timeouts must outlast event.from, which XAPI holds for 60 s: a
+    // shorter one breaks task watching. Stalled transfers are caught by their readers' idle
+    // watchdogs (writeStreamAtomic, upload), with the operator's export_idle_timeout.
+    const idleTimeoutMs = CONNECTION_IDLE_MS;
     const xapi = new PoolXapi(
       {
         url: opts.url,
@@ -221,6 +228,14 @@ export class XapiClient {
       await this.xapi.disconnect();
     }
     await this.xapi.dispatcher.close().catch(() => {});
+  }
+
+  /**
+   * False once the session is gone for good: xen-api disconnected, or its re-login after a
+   * SESSION_INVALID failed (it then keeps no session and every call fails). Connect anew.
+   */
+  get connected(): boolean {
+    return this.xapi.status === 'connected' && this.xapi.sessionId !== undefined;
   }
 
   get pool(): PoolRecord {
@@ -420,69 +435,50 @@ export class XapiClient {
      * (IMPORT_ERROR_SOME_CHECKSUMS_FAILED…) and rolls back. A task still pending after a while
      * is cancelled; one that never settles leaves `error`.
      */
-    const settle = async (error: VmbackupError): Promise<unknown> => {
-      if (error.code === 'ABORTED') cancelTask();
-      let verdict = await within(10_000);
+    const settle = async (error: VmbackupError, patienceMs = 10_000): Promise<unknown> => {
+      // Given up on our side: the task's failure would only be a consequence of it.
+      const ours = error.code === 'ABORTED' || error.code === 'IDLE_TIMEOUT';
+      if (ours) cancelTask();
+      let verdict = await within(patienceMs);
       if (verdict === undefined) {
         cancelTask();
-        verdict = await within(60_000);
+        verdict = await within(patienceMs === 10_000 ? 60_000 : patienceMs);
       }
-      if (verdict === undefined) throw error;
+      if (verdict === undefined) {
+        void this.xapi.call('task.destroy', taskRef).catch(() => {});
+        throw error;
+      }
       // A task that succeeded anyway had every byte it needed: the caller decides what to keep.
       if ('value' in verdict) return verdict.value;
-      throw error.code === 'ABORTED' ? error : verdict.failure;
+      throw ours ? error : verdict.failure;
     };
 
     try {
       for (let redirects = 0; ; redirects++) {
-        let sent = 0;
-        let lastProgress = Date.now();
-        const meter = new Transform({
-          transform(chunk: Buffer, _encoding, callback) {
-            sent += chunk.length;
-            lastProgress = Date.now();
-            callback(null, chunk);
-          },
-        });
-        const source = body();
-        source.on('error', (error) => meter.destroy(error));
-        source.pipe(meter);
-        const stop = () => {
-          source.destroy();
-          meter.destroy();
-        };
-        let response: Awaited<ReturnType<typeof request>>;
+        let response: IncomingMessage;
+        let req: ClientRequest;
         try {
-          response = await request(url, {
-            method: 'PUT',
-            body: meter,
-            headers: { 'content-length': String(length), 'content-type': 'application/octet-stream' },
-            dispatcher: this.xapi.dispatcher,
-            signal: controller.signal,
-            maxRedirections: 0,
-            // XAPI sends nothing until the import is over: the watchdog below checks the upload.
-            bodyTimeout: 0,
-          });
+          ({ req, response } = await this.putHeaders(url, length, controller.signal, idleTimeoutMs));
         } catch (error) {
-          stop();
-          return await settle(controller.signal.aborted ? aborted() : mapXapiError(error, what));
+          // No answer: XAPI most likely never saw the request, so its task stays pending; a
+          // short wait covers an answer lost after XAPI had started.
+          return await settle(controller.signal.aborted ? aborted() : mapXapiError(error, what), 2_000);
         }
-        const { statusCode } = response;
-        const answer = response.body as unknown as Readable;
+        const { statusCode = 0 } = response;
         // Errors of the answer only say how the socket ended; the task says how the upload did.
-        answer.on('error', () => {});
-        answer.resume();
+        response.on('error', () => {});
+        response.resume();
         if (statusCode === 302 && redirects < 3) {
-          stop();
+          req.destroy();
           const location = response.headers.location;
-          if (typeof location !== 'string') throw new VmbackupError('HTTP_302', `${what} redirected without a Location`, { status: 302 });
+          if (typeof location !== 'string') return await settle(new VmbackupError('HTTP_302', `${what} redirected without a Location`, { status: 302 }), 2_000);
           url = new URL(location, url);
           url.searchParams.set('session_id', this.xapi.sessionId);
           url.searchParams.set('task_id', taskRef);
           continue;
         }
         if (statusCode !== 200) {
-          stop();
+          req.destroy();
           const message = `${what} answered HTTP ${statusCode}`;
           // XAPI fails the task with the reason (SR_OPERATION_NOT_SUPPORTED…): settle prefers it.
           return await settle(
@@ -493,10 +489,21 @@ export class XapiClient {
                 : new VmbackupError(`HTTP_${statusCode}`, message, { status: statusCode }),
           );
         }
+        // 200 and task-id: XAPI reads the body now.
+        let sent = 0;
+        let lastProgress = Date.now();
+        const meter = new Transform({
+          transform(chunk: Buffer, _encoding, callback) {
+            sent += chunk.length;
+            lastProgress = Date.now();
+            callback(null, chunk);
+          },
+        });
+        const source = body();
         let watchdog: NodeJS.Timeout | undefined;
         const broken = new Promise<VmbackupError>((resolve) => {
-          answer.once('error', (error: Error) => resolve(controller.signal.aborted ? aborted() : mapXapiError(error, what)));
-          meter.once('error', (error: Error) => resolve(controller.signal.aborted ? aborted() : mapXapiError(error, what)));
+          pipeline(source, meter, req).catch((error: unknown) => resolve(controller.signal.aborted ? aborted() : mapXapiError(error, what)));
+          response.once('error', (error: Error) => resolve(controller.signal.aborted ? aborted() : mapXapiError(error, what)));
           controller.signal.addEventListener('abort', () => resolve(aborted()), { once: true });
           watchdog = setInterval(() => {
             if (sent < length && Date.now() - lastProgress > idleTimeoutMs) {
@@ -508,16 +515,46 @@ export class XapiClient {
           const first = await Promise.race([task, broken.then((error) => ({ broken: error }))]);
           if ('value' in first) return first.value;
           if ('failure' in first) throw first.failure;
-          stop();
+          req.destroy();
           return await settle(first.broken);
         } finally {
           clearInterval(watchdog);
-          if (!source.readableEnded) stop();
+          if (!source.readableEnded) source.destroy();
         }
       }
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
     }
+  }
+
+  /**
+   * Sends a PUT's headers alone (with Content-Length) and waits for the answer: XAPI answers
+   * 200 + `task-id` before it reads the body, or 302 to another host, which must get the whole
+   * body instead. (undici would only send headers with the first body bytes, which a 302
+   * then cuts off with EPIPE.) The request is left open for the body.
+   */
+  private putHeaders(url: URL, length: number, signal: AbortSignal, timeoutMs: number): Promise<{ req: ClientRequest; response: IncomingMessage }> {
+    return new Promise((resolve, reject) => {
+      const tls = url.protocol === 'https:';
+      const agent = tls ? (this.xapi as unknown as { _httpAgent: https.Agent })._httpAgent : undefined;
+      const req = (tls ? https : http).request(url, {
+        method: 'PUT',
+        ...(agent !== undefined ? { agent } : {}),
+        headers: { 'content-length': String(length), 'content-type': 'application/octet-stream' },
+        signal,
+        timeout: timeoutMs,
+      });
+      req.once('timeout', () => req.destroy(Object.assign(new Error(`no answer in ${Math.round(timeoutMs / 1000)} s`), { code: 'ETIMEDOUT' })));
+      req.once('error', reject);
+      req.once('response', (response) => {
+        req.setTimeout(0);
+        req.off('error', reject);
+        // Later errors surface through the body pipeline.
+        req.on('error', () => {});
+        resolve({ req, response });
+      });
+      req.flushHeaders();
+    });
   }
 
   /** The pool's hosts, master first. */

@@ -1,0 +1,514 @@
+import { createReadStream } from 'node:fs';
+import { open, readFile, readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, pipeline, type Readable } from 'node:stream';
+import { z } from 'zod';
+import { PermanentError, VmbackupError, errorInfo } from '../../runtime/errors.js';
+import { jobSubject } from '../../runtime/events.js';
+import { decodeVhdFooter, VhdDiskType } from '../../runtime/formats/vhd.js';
+import { loadXxh64 } from '../../runtime/formats/xxh64.js';
+import { defineFunction, subject } from '../../runtime/function.js';
+import type { Ctx } from '../../runtime/function.js';
+import { checkManifest } from '../../runtime/storage/manifest.js';
+import type { Manifest } from '../../runtime/storage/manifest.js';
+import { DISK_NAME_RE } from '../../runtime/storage/naming.js';
+import type { XapiClient } from '../../runtime/xapi/client.js';
+import { NULL_REF } from '../../runtime/xapi/records.js';
+import type { Ref, SrRecord, VdiRecord } from '../../runtime/xapi/records.js';
+import { TAG, jobKey } from '../../runtime/xapi/snapshots.js';
+import { formatBytes } from '../export/export.js';
+import { JobBase } from '../job.js';
+import { parseMeta } from '../meta/meta-format.js';
+import type { MetaRecords } from '../meta/meta-format.js';
+import { chooseDataFile, manifestNameOf, metaNameOf, parseRestoreFile, rawFormatOf, restoredName, setDataFiles } from './restore-set.js';
+import type { RestoreFile, SetDataFile } from './restore-set.js';
+
+/**
+ * restore — puts a backup back into the pool.
+ *
+ * - A VM export (`.xva`, `.xva.gz`, `.xva.zst`) goes through `PUT /import` (XAPI recognises
+ *   gzip and zstd itself) onto `sr` (default: the pool's default SR); `preserve` asks XAPI to
+ *   keep the VM's uuid and MAC addresses (`restore=true`, as `xe vm-import preserve=true`;
+ *   the original must be gone). The VM is then named (see `restoredName`).
+ * - A disk (`.raw`, `.vhd`) goes through `PUT /import_raw_vdi` into a new VDI (size, name and
+ *   description from the set's `.meta`, type user, on `sr`), or into the existing VDI `vdi`
+ *   when given (it must be large enough and detached).
+ *
+ * Uploads are streamed from the file with its size as Content-Length (XAPI cannot take a
+ * chunked upload). Before uploading, the set must be complete (its manifest valid) and must
+ * not have failed verification; `force` restores it anyway, with a warning. The file's XXH64
+ * is checked against the manifest as it streams (before writing, for an existing VDI).
+ *
+ * Nothing is left half-created: a failed `/import` is rolled back by XAPI; anything that
+ * fails after objects exist (an upload, the checksum, naming, an abort) destroys the VDI
+ * this restore created, or the imported VM and its disks.
+ *
+ * Subject `vmbackup.jobs.restore`. Never redelivered: a restore that failed is run again by
+ * its operator.
+ *
+ * @example
+ *   { "runId": "restore-20261126-090000", "jobId": "restore.1", "file": "/mnt/VmBackup/exports/web1/backup_20261126-083000.xva.zst",
+ *     "sr": "NFS", "preserve": false }
+ *   → { "created": { "vms": [{ "uuid": "…", "name": "web1 (restored 20261126-083000)" }],
+ *                    "vdis": [{ "uuid": "…", "name": "web1 0", "sr": "…" }] }, … }
+ */
+export const RestoreInput = JobBase.extend({
+  /** Absolute path of a data file of a backup set, or of its manifest `backup_<stamp>.json`. */
+  file: z.string().min(1).refine((f) => path.isAbsolute(f), 'file must be an absolute path'),
+  /** SR to restore onto: uuid or name_label. Default: the pool's default SR. */
+  sr: z.string().min(1).optional(),
+  /** name_label of the restored VM (or new VDI). */
+  name: z.string().min(1).optional(),
+  /** VM exports: keep uuid and MACs (`xe vm-import preserve=true`); the name stays the original's. */
+  preserve: z.boolean().default(false),
+  /** raw / vhd: write into this existing VDI (uuid) instead of a new one. */
+  vdi: z.string().min(1).optional(),
+  /** vdi-export sets with several disks: the device to restore (`xvdb`). */
+  disk: z.string().regex(DISK_NAME_RE, 'disk: a device name such as xvdb').optional(),
+  /** Restore a set that is incomplete or failed verification. */
+  force: z.boolean().default(false),
+  /** Seconds without upload progress before the restore is abandoned. */
+  idleTimeoutS: z.number().int().min(1).default(300),
+});
+export type RestoreInput = z.infer<typeof RestoreInput>;
+
+export const RestoredVm = z.object({ uuid: z.string(), name: z.string() });
+export const RestoredVdi = z.object({ uuid: z.string(), name: z.string(), sr: z.string().describe('SR uuid') });
+export type RestoredVm = z.infer<typeof RestoredVm>;
+export type RestoredVdi = z.infer<typeof RestoredVdi>;
+
+export const RestoreOutput = JobBase.extend({
+  /** The data file uploaded. */
+  file: z.string(),
+  format: z.enum(['xva', 'xva.gz', 'xva.zst', 'raw', 'vhd']),
+  /** What this restore created on the pool. */
+  created: z.object({ vms: z.array(RestoredVm), vdis: z.array(RestoredVdi) }),
+  /** The existing VDI written (`vdi` given). */
+  overwritten: RestoredVdi.optional(),
+  bytes: z.number().int().min(0),
+  restoreMs: z.number().min(0),
+  warnings: z.array(z.string()).default([]),
+});
+export type RestoreOutput = z.infer<typeof RestoreOutput>;
+
+export const RestoreJob = subject(jobSubject('restore'), RestoreInput);
+
+/** Keys vmbackup writes into `other_config` of what a restore creates. */
+export const RESTORE_TAG = {
+  /** The data file restored (name inside its VM folder). */
+  from: 'vmbackup:restored-from',
+  /** `<runId>/<jobId>/<try>` of the restore. */
+  job: 'vmbackup:restore-job',
+} as const;
+
+export const restore = defineFunction({
+  name: 'restore',
+  description: 'Restore a backup (xva via /import, raw/vhd via /import_raw_vdi) into the pool; nothing half-created on failure.',
+  subject: RestoreJob,
+  output: RestoreOutput,
+  retry: { maxDeliver: 1, backoffMs: [0] },
+  // FILE is a path on the worker's disk and the result a new VM: not for the HTTP gateway.
+  remote: false,
+  async handle(input, ctx) {
+    const started = Date.now();
+    const warnings: string[] = [];
+    const warn = (message: string) => {
+      warnings.push(message);
+      ctx.log.warn(message);
+    };
+    const refuse = (code: string, message: string) => {
+      if (!input.force) throw new PermanentError(code, `${message}; --force restores it anyway`);
+      warn(`${message}; restoring anyway (--force)`);
+    };
+    const set = await readSet(input, refuse, warn);
+    const xapi = await ctx.xapi();
+    const tags = { [RESTORE_TAG.from]: set.data.name, [RESTORE_TAG.job]: jobKey(input) };
+    const result = rawFormatOf(set.data.format) === undefined ? await restoreVm(xapi, ctx, input, set, tags, warn) : await restoreDisk(xapi, ctx, input, set, tags, warn);
+    const restoreMs = Date.now() - started;
+    const what = [...result.created.vms.map((v) => `VM "${v.name}" (${v.uuid})`), ...result.created.vdis.map((v) => `VDI "${v.name}" (${v.uuid})`)];
+    if (result.overwritten !== undefined) what.push(`existing VDI "${result.overwritten.name}" (${result.overwritten.uuid})`);
+    ctx.log.info(`restored ${set.data.name} (${formatBytes(set.size)} in ${(restoreMs / 1000).toFixed(1)} s): ${what.join(', ')}`);
+    return {
+      runId: input.runId,
+      jobId: input.jobId,
+      try: input.try,
+      file: path.join(set.file.dir, set.data.name),
+      format: set.data.format,
+      ...result,
+      bytes: set.size,
+      restoreMs,
+      warnings,
+    };
+  },
+});
+
+/** What the handler knows of the set before talking to XAPI. */
+interface SetInfo {
+  file: RestoreFile;
+  data: SetDataFile;
+  path: string;
+  size: number;
+  /** XXH64 recorded in the manifest, when there is one. */
+  xxh64?: string;
+  manifest?: Manifest;
+  meta?: MetaRecords;
+}
+
+/** Reads and checks the set: manifest (complete, not failed), data file, `.meta`. */
+async function readSet(input: RestoreInput, refuse: (code: string, message: string) => void, warn: (message: string) => void): Promise<SetInfo> {
+  const file = parseRestoreFile(input.file);
+  const manifestName = manifestNameOf(file);
+  let manifest: Manifest | undefined;
+  if (manifestName === undefined) {
+    refuse('SET_UNCHECKED', `${file.name} is a VmBackup backup: it has no manifest, so nothing says it is complete`);
+  } else {
+    const status = await checkManifest(file.dir, manifestName);
+    if (status.valid) manifest = status.manifest;
+    else {
+      const absent = !(await stat(path.join(file.dir, manifestName)).then(() => true, () => false));
+      const reason = absent ? `no manifest ${manifestName}: the backup did not finish` : status.reason;
+      refuse('SET_INCOMPLETE', `the backup set ${file.stamp} in ${file.dir} is incomplete (${reason})`);
+    }
+  }
+  if (manifest?.verify?.ok === false) {
+    refuse('SET_FAILED_VERIFY', `the backup set ${file.stamp} in ${file.dir} failed verification on ${manifest.verify.at}: ${manifest.verify.error ?? 'no reason recorded'}`);
+  }
+  let names: string[];
+  if (manifest !== undefined) names = manifest.files.map((f) => f.name);
+  else {
+    try {
+      names = await readdir(file.dir);
+    } catch (error) {
+      throw new PermanentError('RESTORE_BAD_FILE', `${file.dir}: cannot list the folder (${errorInfo(error).code})`, { dir: file.dir }, { cause: error });
+    }
+  }
+  const data = chooseDataFile(file, setDataFiles(names, file.stamp), input.disk);
+  const recorded = manifest?.files.find((f) => f.name === data.name);
+  if (manifest !== undefined && recorded === undefined) refuse('RESTORE_NOT_IN_SET', `${data.name} is not listed in the set's manifest ${manifestName}`);
+  const dataPath = path.join(file.dir, data.name);
+  let size: number;
+  try {
+    const s = await stat(dataPath);
+    if (!s.isFile()) throw Object.assign(new Error('not a regular file'), { code: 'EISDIR' });
+    size = s.size;
+  } catch (error) {
+    throw new PermanentError('RESTORE_BAD_FILE', `${dataPath}: cannot be read (${errorInfo(error).code})`, { file: dataPath }, { cause: error });
+  }
+  let meta: MetaRecords | undefined;
+  const metaName = metaNameOf(file.stamp, data.disk);
+  try {
+    meta = parseMeta(await readFile(path.join(file.dir, metaName), 'utf8'));
+  } catch (error) {
+    // Names and sizes then come from the manifest and the data itself.
+    const code = (error as { code?: string }).code;
+    warn(`${metaName}: ${code === 'ENOENT' ? 'missing' : (error as Error).message}; names and sizes taken from the manifest and the data`);
+  }
+  return {
+    file,
+    data,
+    path: dataPath,
+    size,
+    ...(recorded?.xxh64 !== undefined ? { xxh64: recorded.xxh64 } : {}),
+    ...(manifest !== undefined ? { manifest } : {}),
+    ...(meta !== undefined ? { meta } : {}),
+  };
+}
+
+/** The restore's result, without the job fields. */
+type Restored = Pick<RestoreOutput, 'created' | 'overwritten'>;
+
+/** `/import` of a VM export, then name and tag what it created. */
+async function restoreVm(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set: SetInfo, tags: Record<string, string>, warn: (message: string) => void): Promise<Restored> {
+  if (input.vdi !== undefined) throw new PermanentError('RESTORE_BAD_TARGET', `--vdi: ${set.data.name} is a VM export; --vdi takes a disk backup (raw or vhd)`);
+  const sr = await resolveSr(xapi, input.sr);
+  const query: Record<string, string> = { sr_id: sr.$ref };
+  if (input.preserve) query.restore = 'true';
+  const hash = new StreamHash();
+  let result: unknown;
+  try {
+    result = await xapi.upload('/import', query, () => hash.open(set.path, ctx), set.size, { signal: ctx.signal, idleTimeoutMs: input.idleTimeoutS * 1000 });
+  } catch (error) {
+    // XAPI rolls a failed import back (import.ml without force): nothing to destroy here.
+    throw restoreError(error, set);
+  }
+  const vmRefs = (Array.isArray(result) ? result : typeof result === 'string' && result !== '' ? [result] : []).map(String);
+  const vdiRefs: Ref[] = [];
+  try {
+    if (vmRefs.length === 0) throw new PermanentError('IMPORT_NO_VM', `${set.data.name}: XAPI imported no VM (task result ${JSON.stringify(result)})`);
+    // What the import made is known now: from here any failure destroys it.
+    for (const ref of vmRefs) vdiRefs.push(...(await vmDisks(xapi, ref)));
+    if (ctx.signal.aborted) throw new VmbackupError('ABORTED', `${set.data.name}: restore aborted`);
+    hash.check(set);
+    const original = set.meta?.vm.name_label ?? set.manifest?.vm.name;
+    const originalUuid = set.meta?.vm.uuid ?? set.manifest?.vm.uuid;
+    const created: Restored['created'] = { vms: [], vdis: [] };
+    for (const ref of vmRefs) {
+      const vm = await xapi.getRecord('VM', ref);
+      const name = restoredName(original ?? vm.name_label, set.file.stamp, { ...(input.name !== undefined ? { name: input.name } : {}), preserve: input.preserve });
+      await xapi.call('VM.set_name_label', ref, name);
+      await retag(xapi, 'VM', ref, vm.other_config, tags);
+      created.vms.push({ uuid: vm.uuid, name });
+      if (input.preserve && originalUuid !== undefined && vm.uuid !== originalUuid) {
+        warn(`--preserve: the backup is of a snapshot of VM ${originalUuid}, so XAPI kept the snapshot's uuid ${vm.uuid} (a VM's uuid cannot be set); the MAC addresses are the original's`);
+      }
+    }
+    for (const ref of vdiRefs) {
+      const vdi = await xapi.getRecord('VDI', ref);
+      await retag(xapi, 'VDI', ref, vdi.other_config, tags);
+      created.vdis.push({ uuid: vdi.uuid, name: vdi.name_label, sr: await srUuid(xapi, vdi) });
+    }
+    return { created };
+  } catch (error) {
+    const leftovers = await destroyAll(xapi, vmRefs, vdiRefs);
+    throw restoreError(error, set, leftovers);
+  }
+}
+
+/** `/import_raw_vdi` into a new VDI, or into the one given. */
+async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set: SetInfo, tags: Record<string, string>, warn: (message: string) => void): Promise<Restored> {
+  const format = rawFormatOf(set.data.format)!;
+  if (input.preserve) throw new PermanentError('RESTORE_BAD_TARGET', `--preserve: ${set.data.name} is a disk backup; --preserve applies to VM exports (xva)`);
+  const diskMeta = set.meta?.disks.find((d) => d.vbd.device === set.data.disk);
+  let needed: number;
+  if (format === 'vhd') {
+    const footer = await readVhdFooter(set.path);
+    if (footer.diskType === VhdDiskType.differencing) {
+      throw new PermanentError('RESTORE_DIFFERENCING', `${set.data.name} is a differencing VHD: it cannot be restored without its parent`);
+    }
+    needed = Math.max(footer.currentSize, diskMeta === undefined ? 0 : Number(diskMeta.vdi.virtual_size));
+  } else {
+    needed = diskMeta === undefined ? set.size : Number(diskMeta.vdi.virtual_size);
+    if (set.size > needed) throw new PermanentError('RESTORE_TOO_LARGE', `${set.data.name} holds ${set.size} bytes, more than the disk's virtual_size ${needed} in the .meta`);
+    if (set.size < needed) warn(`${set.data.name} holds ${set.size} bytes, the disk ${needed}: the rest of the disk is left as it is (zeros on a new VDI)`);
+  }
+  const hash = new StreamHash();
+  const upload = async (vdi: Ref) => {
+    await xapi.upload('/import_raw_vdi', { vdi, format }, () => hash.open(set.path, ctx), set.size, { signal: ctx.signal, idleTimeoutMs: input.idleTimeoutS * 1000 });
+    if (ctx.signal.aborted) throw new VmbackupError('ABORTED', `${set.data.name}: restore aborted`);
+  };
+
+  if (input.vdi !== undefined) {
+    const target = await existingVdi(xapi, input, needed);
+    // Its old content is lost once the upload starts: check the backup first, not while writing.
+    if (set.xxh64 !== undefined && !input.force) await verifyFile(set, ctx);
+    try {
+      await upload(target.$ref);
+    } catch (error) {
+      throw restoreError(error, set);
+    }
+    return { created: { vms: [], vdis: [] }, overwritten: { uuid: target.uuid, name: target.name_label, sr: await srUuid(xapi, target) } };
+  }
+
+  const sr = await resolveSr(xapi, input.sr);
+  const name = restoredName(diskMeta?.vdi.name_label ?? `${set.manifest?.vm.name ?? 'disk'} ${set.data.disk ?? ''}`.trim(), set.file.stamp, {
+    ...(input.name !== undefined ? { name: input.name } : {}),
+  });
+  let ref: Ref;
+  try {
+    ref = await xapi.call<string>('VDI.create', {
+      name_label: name,
+      name_description: diskMeta?.vdi.name_description ?? '',
+      SR: sr.$ref,
+      virtual_size: needed,
+      type: 'user',
+      sharable: false,
+      read_only: false,
+      other_config: tags,
+      xenstore_data: {},
+      sm_config: {},
+      tags: [],
+    });
+  } catch (error) {
+    throw restoreError(error, set);
+  }
+  try {
+    await upload(ref);
+    hash.check(set);
+    const vdi = await xapi.getRecord('VDI', ref);
+    return { created: { vms: [], vdis: [{ uuid: vdi.uuid, name: vdi.name_label, sr: sr.uuid }] } };
+  } catch (error) {
+    const leftovers = await destroyAll(xapi, [], [ref]);
+    throw restoreError(error, set, leftovers);
+  }
+}
+
+/** The VDIs behind a VM's disk VBDs. */
+async function vmDisks(xapi: XapiClient, vmRef: Ref): Promise<Ref[]> {
+  const vm = await xapi.getRecord('VM', vmRef);
+  const out: Ref[] = [];
+  for (const vbdRef of vm.VBDs) {
+    const vbd = await xapi.getRecord('VBD', vbdRef);
+    if (vbd.type === 'Disk' && vbd.VDI !== NULL_REF) out.push(vbd.VDI);
+  }
+  return out;
+}
+
+/**
+ * Replaces the snapshot tags the backup carried (the export was of a tagged snapshot) with
+ * the restore's: a restored VM or disk must never look like a leftover snapshot of ours.
+ */
+async function retag(xapi: XapiClient, cls: 'VM' | 'VDI', ref: Ref, otherConfig: Record<string, string>, tags: Record<string, string>): Promise<void> {
+  for (const key of [...Object.values(TAG), ...Object.keys(tags)]) {
+    if (key in otherConfig) await xapi.call(`${cls}.remove_from_other_config`, ref, key);
+  }
+  for (const [key, value] of Object.entries(tags)) await xapi.call(`${cls}.add_to_other_config`, ref, key, value);
+}
+
+/**
+ * Destroys what a failed restore created (VMs first, then their disks). Returns the uuids or
+ * refs it could not destroy, for the error message; objects already gone are fine.
+ */
+async function destroyAll(xapi: XapiClient, vms: Ref[], vdis: Ref[]): Promise<string[]> {
+  const left: string[] = [];
+  const gone = (error: unknown) => ['HANDLE_INVALID', 'UUID_INVALID'].includes(errorInfo(error).code);
+  for (const [cls, refs] of [['VM', vms], ['VDI', vdis]] as const) {
+    for (const ref of refs) {
+      const uuid = await xapi.call<string>(`${cls}.get_uuid`, ref).catch(() => ref);
+      try {
+        await xapi.call(`${cls}.destroy`, ref);
+      } catch (error) {
+        if (!gone(error)) left.push(`${cls} ${uuid} (${errorInfo(error).code})`);
+      }
+    }
+  }
+  return left;
+}
+
+function restoreError(error: unknown, set: SetInfo, leftovers: string[] = []): VmbackupError {
+  const info = errorInfo(error);
+  const tail = leftovers.length > 0 ? `; could not remove ${leftovers.join(', ')}: destroy them by hand` : '';
+  const message = `restore of ${set.path} failed: ${info.message}${tail}`;
+  const data = { ...(info.data ?? {}), ...(leftovers.length > 0 ? { leftovers } : {}) };
+  return new PermanentError(info.code, message, data, { cause: error });
+}
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** The SR to restore onto: by uuid, else by name (exactly one), else the pool's default SR. */
+async function resolveSr(xapi: XapiClient, given: string | undefined): Promise<SrRecord> {
+  let sr: SrRecord;
+  if (given === undefined) {
+    const ref = await xapi.call<string>('pool.get_default_SR', xapi.pool.$ref);
+    if (ref === NULL_REF || ref === '') throw new PermanentError('NO_DEFAULT_SR', 'the pool has no default SR: choose one with --sr');
+    sr = await xapi.getRecord('SR', ref);
+  } else {
+    let byUuid: SrRecord | undefined;
+    if (UUID_RE.test(given)) byUuid = await xapi.getRecordByUuid('SR', given).catch(() => undefined);
+    if (byUuid !== undefined) sr = byUuid;
+    else {
+      const refs = await xapi.call<string[]>('SR.get_by_name_label', given);
+      if (refs.length === 0) throw new PermanentError('SR_NOT_FOUND', `--sr ${given}: no SR has this uuid or name`, { sr: given });
+      if (refs.length > 1) {
+        const uuids = await Promise.all(refs.map((r) => xapi.call<string>('SR.get_uuid', r)));
+        throw new PermanentError('SR_AMBIGUOUS', `--sr ${given}: ${refs.length} SRs have this name (${uuids.join(', ')}): give the uuid`, { sr: given });
+      }
+      sr = await xapi.getRecord('SR', refs[0]!);
+    }
+  }
+  if ((sr as SrRecord & { content_type?: string }).content_type === 'iso') {
+    throw new PermanentError('SR_IS_ISO', `SR "${sr.name_label}" (${sr.uuid}) holds ISO images: choose another with --sr`, { sr: sr.uuid });
+  }
+  return sr;
+}
+
+async function srUuid(xapi: XapiClient, vdi: VdiRecord): Promise<string> {
+  return vdi.SR === NULL_REF ? '' : xapi.call<string>('SR.get_uuid', vdi.SR).catch(() => '');
+}
+
+/** `--vdi`: the existing VDI, checked: big enough, writable, not in use. */
+async function existingVdi(xapi: XapiClient, input: RestoreInput, needed: number): Promise<VdiRecord> {
+  let vdi: VdiRecord;
+  try {
+    vdi = await xapi.getRecordByUuid('VDI', input.vdi!);
+  } catch (error) {
+    throw new PermanentError('VDI_NOT_FOUND', `--vdi ${input.vdi}: no such VDI (${errorInfo(error).code})`, { vdi: input.vdi }, { cause: error });
+  }
+  if (Number(vdi.virtual_size) < needed) {
+    throw new PermanentError('VDI_TOO_SMALL', `--vdi ${vdi.uuid}: its virtual size ${vdi.virtual_size} is smaller than the backup's ${needed} bytes`, { vdi: vdi.uuid });
+  }
+  if (vdi.read_only) throw new PermanentError('VDI_READ_ONLY', `--vdi ${vdi.uuid}: the VDI is read-only`, { vdi: vdi.uuid });
+  for (const vbdRef of vdi.VBDs) {
+    const vbd = await xapi.getRecord('VBD', vbdRef).catch(() => undefined);
+    if (vbd?.currently_attached === true) {
+      const vm = await xapi.call<string>('VM.get_name_label', vbd.VM).catch(() => vbd.VM);
+      throw new PermanentError('VDI_IN_USE', `--vdi ${vdi.uuid}: the VDI is attached to VM "${vm}": shut it down first`, { vdi: vdi.uuid });
+    }
+  }
+  if (input.sr !== undefined) {
+    const sr = await resolveSr(xapi, input.sr);
+    if (sr.$ref !== vdi.SR) throw new PermanentError('RESTORE_BAD_TARGET', `--sr ${input.sr} and --vdi ${vdi.uuid}: the VDI is on another SR (omit --sr)`, { vdi: vdi.uuid });
+  }
+  return vdi;
+}
+
+async function readVhdFooter(file: string) {
+  const fh = await open(file, 'r');
+  try {
+    const buf = Buffer.alloc(512);
+    const { bytesRead } = await fh.read(buf, 0, 512, 0);
+    if (bytesRead < 512) throw new PermanentError('RESTORE_BAD_VHD', `${path.basename(file)}: too short for a VHD (${bytesRead} bytes)`);
+    return decodeVhdFooter(buf, 0);
+  } catch (error) {
+    if (error instanceof PermanentError) throw error;
+    throw new PermanentError('RESTORE_BAD_VHD', `${path.basename(file)}: not a VHD (${(error as Error).message})`, {}, { cause: error });
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Reads the whole file and compares its XXH64 with the manifest's. */
+async function verifyFile(set: SetInfo, ctx: Ctx): Promise<void> {
+  const hash = new StreamHash();
+  const stream = hash.open(set.path, ctx);
+  for await (const chunk of stream) void chunk;
+  hash.check(set);
+}
+
+/**
+ * XXH64 of the file as it is read for the upload. Each `open` starts over (a redirected
+ * upload reads the file again); `check` compares with the manifest once every byte passed.
+ */
+class StreamHash {
+  private digest: string | undefined;
+  private bytes = 0;
+
+  open(file: string, ctx: Ctx): Readable {
+    this.digest = undefined;
+    this.bytes = 0;
+    const hashing = loadXxh64().then((x) => x.create());
+    const self = this;
+    const tap = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        hashing.then(
+          (h) => {
+            h.update(chunk);
+            self.bytes += chunk.length;
+            ctx.heartbeat();
+            callback(null, chunk);
+          },
+          (error: Error) => callback(error),
+        );
+      },
+      flush(callback) {
+        hashing.then(
+          (h) => {
+            self.digest = h.digest();
+            callback();
+          },
+          (error: Error) => callback(error),
+        );
+      },
+    });
+    return pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), tap, () => {});
+  }
+
+  /** Throws BACKUP_CORRUPT on a mismatch; silent when the manifest has no hash or not all was read. */
+  check(set: SetInfo): void {
+    if (set.xxh64 === undefined || this.digest === undefined || this.bytes !== set.size) return;
+    if (this.digest !== set.xxh64) {
+      throw new PermanentError('BACKUP_CORRUPT', `${set.data.name}: its XXH64 is ${this.digest}, the manifest recorded ${set.xxh64}: the file changed after the backup`, {
+        file: set.path,
+      });
+    }
+  }
+}

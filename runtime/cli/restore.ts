@@ -1,0 +1,312 @@
+import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { restore } from '../../functions/restore/restore.js';
+import type { RestoreInput, RestoreOutput } from '../../functions/restore/restore.js';
+import { parseRestoreFile } from '../../functions/restore/restore-set.js';
+import { OPTIONS } from '../config/args.js';
+import { closest } from '../config/ini.js';
+import { loadSettings } from '../config/load.js';
+import type { LoadedSettings } from '../config/load.js';
+import type { Settings } from '../config/schema.js';
+import { ConfigError, UsageError, VmbackupError, isFatalToCommand } from '../errors.js';
+import { systemClock } from '../function.js';
+import { noHooks } from '../hooks/runner.js';
+import type { Ctx } from '../function.js';
+import { captureConsole, createLogger } from '../log.js';
+import type { Logger } from '../log.js';
+import { newRunId } from '../run/start.js';
+import { XapiClient } from '../xapi/client.js';
+import { fail } from './backup.js';
+import type { Io } from './io.js';
+import { VERSION } from './io.js';
+
+/**
+ * `vmbackup restore FILE [--sr SR] [--name NAME] [--preserve] [--vdi UUID] [--disk DEV]
+ * [--force] [--json]` — restores one backup into the pool, in this process, through the
+ * `restore` function (functions/restore/restore.ts). Settings and the XAPI connection come
+ * as for a backup (config files, environment, `--xapi`, `--password-file`, `--tls-ca-file`…).
+ * Prints what it created (uuids), or the function's output as JSON with `--json`.
+ * Exit codes: 0 restored; 1 the restore failed or was refused (nothing is left half-created);
+ * 2 usage, config or connection error.
+ */
+export async function restoreCommand(argv: readonly string[], io: Io): Promise<number> {
+  let args: RestoreArgs;
+  let loaded: LoadedSettings;
+  try {
+    args = splitRestoreArgs(argv);
+    if (args.help) {
+      io.stdout.write(restoreHelp());
+      return 0;
+    }
+    loaded = loadSettings({ argv: args.rest, env: io.env, home: io.home, cwd: io.cwd });
+  } catch (error) {
+    return fail(io, error);
+  }
+  const { settings, flags } = loaded;
+  if (flags.version) {
+    io.stdout.write(`vmbackup ${VERSION}\n`);
+    return 0;
+  }
+  for (const w of loaded.warnings) io.stderr.write(`WARNING: ${w}\n`);
+  const startedAt = systemClock.now();
+  const runId = `restore-${newRunId(startedAt)}`;
+  let input: RestoreInput;
+  try {
+    input = restoreInput(args, io.cwd, runId, settings);
+    if (settings.password === undefined) {
+      throw new ConfigError('no password for XAPI: set password_file (or --password-file), or the environment variable VMBACKUP_PASSWORD', { key: 'password' });
+    }
+  } catch (error) {
+    return fail(io, error);
+  }
+
+  const log = makeLogger(settings, io);
+  const restoreConsole = captureConsole(log);
+  const abort = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => {
+    log.warn(`${signal} received: stopping the restore; what it created is being removed`);
+    abort.abort(new Error(signal));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  let xapi: XapiClient | undefined;
+  try {
+    xapi = await XapiClient.connect({
+      url: settings.xapi_url,
+      user: settings.username,
+      password: settings.password!,
+      ...(settings.tls_ca_file !== undefined ? { ca: readCa(settings.tls_ca_file) } : {}),
+      insecure: settings.insecure,
+      // Not export_idle_timeout: it also bounds XAPI's event.from long polls (60 s), which
+      // watch the upload's task. The upload applies export_idle_timeout itself.
+      log,
+    });
+    if (settings.insecure) log.warn(`TLS certificate checks are off (--insecure) for ${settings.xapi_url}`);
+    const connected = xapi;
+    const ctx: Ctx = {
+      log: log.child({ fn: 'restore', subject: restore.subject.name, runId, jobId: input.jobId }),
+      xapi: async () => connected,
+      clock: systemClock,
+      origin: { hostname: os.hostname(), pid: process.pid },
+      signal: abort.signal,
+      heartbeat: () => {},
+      attempt: 1,
+      hooks: noHooks,
+    };
+    let output: RestoreOutput;
+    try {
+      output = restore.output.parse(await restore.handle(input, ctx));
+    } catch (error) {
+      if (!(error instanceof VmbackupError) || endsCommand(error)) throw error;
+      if (flags.json) io.stdout.write(JSON.stringify({ runId, status: 'failed', exitCode: 1, error: { code: error.code, message: error.message } }, null, 2) + '\n');
+      else io.stderr.write(`vmbackup restore: ${error.message}\n`);
+      return 1;
+    }
+    io.stdout.write(flags.json ? JSON.stringify({ status: 'success', exitCode: 0, ...output }, null, 2) + '\n' : formatRestored(output));
+    return 0;
+  } catch (error) {
+    if (isFatalToCommand(error)) {
+      if (flags.json) io.stdout.write(JSON.stringify({ runId, status: 'fatal', exitCode: 2, error: { code: error.code, message: error.message } }) + '\n');
+      return fail(io, error);
+    }
+    throw error;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await xapi?.close();
+    restoreConsole();
+    log.flush();
+  }
+}
+
+/** The restore's own options, FILE, and what is left for loadSettings. */
+export interface RestoreArgs {
+  file?: string;
+  sr?: string;
+  name?: string;
+  vdi?: string;
+  disk?: string;
+  preserve: boolean;
+  force: boolean;
+  help: boolean;
+  /** Settings options (connection, config file, log level, --json), for loadSettings. */
+  rest: string[];
+}
+
+const VALUED = ['sr', 'name', 'vdi', 'disk'] as const;
+const SWITCHES = ['preserve', 'force', 'help'] as const;
+/** Settings options that mean something to a restore; the backup's selection options do not. */
+const PASSED = new Set(['config', 'base-dir', 'backup-dir', 'log-level', 'xapi', 'user', 'password-file', 'tls-ca-file', 'insecure', 'no-insecure', 'json', 'version']);
+
+/**
+ * Takes the restore's options and FILE out of argv (`--sr X`, `--sr=X`, a lone positional);
+ * the rest goes to loadSettings. Backup-only options (`-e`, `-p`, `--preview`…) are usage
+ * errors, not silently ignored.
+ *
+ * @example splitRestoreArgs(['/b/web1/backup_20240102-030405.xva', '--sr', 'NFS', '--xapi', 'h'])
+ *   // { file: '/b/…xva', sr: 'NFS', preserve: false, force: false, help: false, rest: ['--xapi', 'h'] }
+ */
+export function splitRestoreArgs(argv: readonly string[]): RestoreArgs {
+  const out: RestoreArgs = { preserve: false, force: false, help: false, rest: [] };
+  const positional = (arg: string) => {
+    if (out.file !== undefined) throw new UsageError(`vmbackup restore takes one FILE (got ${JSON.stringify(out.file)} and ${JSON.stringify(arg)})`, { flag: arg });
+    out.file = arg;
+  };
+  const option = (long: string) => OPTIONS.find((o) => o.long === long);
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      for (const rest of argv.slice(i + 1)) positional(rest);
+      break;
+    }
+    if (arg.startsWith('--')) {
+      const eq = arg.indexOf('=');
+      const name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
+      if ((VALUED as readonly string[]).includes(name)) {
+        let value: string | undefined;
+        if (eq !== -1) value = arg.slice(eq + 1);
+        else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('-')) value = argv[++i];
+        if (value === undefined || value === '') throw new UsageError(`option --${name} needs a value`, { flag: `--${name}` });
+        out[name as (typeof VALUED)[number]] = value;
+        continue;
+      }
+      if ((SWITCHES as readonly string[]).includes(name)) {
+        if (eq !== -1) throw new UsageError(`option --${name} takes no value (got ${JSON.stringify(arg)})`, { flag: `--${name}` });
+        out[name as (typeof SWITCHES)[number]] = true;
+        continue;
+      }
+      const spec = option(name);
+      if (spec === undefined || !PASSED.has(name)) {
+        const guess = closest(name, [...VALUED, ...SWITCHES, ...PASSED]);
+        const why = spec === undefined ? 'unrecognized option' : 'option does not apply to restore:';
+        throw new UsageError(`${why} --${name}${guess !== undefined ? ` (did you mean --${guess}?)` : ''}`, { flag: `--${name}` });
+      }
+      out.rest.push(arg);
+      if (spec.metavar !== undefined && eq === -1 && i + 1 < argv.length) out.rest.push(argv[++i]!);
+      continue;
+    }
+    if (arg.startsWith('-') && arg !== '-') {
+      // Short options: only the settings ones a restore uses (-c, -b, -d, -l, -h, -v).
+      out.rest.push(arg);
+      for (let j = 1; j < arg.length; j++) {
+        const letter = arg[j]!;
+        if (letter === 'h') {
+          out.help = true;
+          continue;
+        }
+        const spec = OPTIONS.find((o) => o.short === letter);
+        if (spec === undefined || !PASSED.has(spec.long)) {
+          throw new UsageError(spec === undefined ? `unrecognized option -${letter}` : `option -${letter} (--${spec.long}) does not apply to restore`, { flag: `-${letter}` });
+        }
+        if (spec.metavar !== undefined) {
+          if (j === arg.length - 1 && i + 1 < argv.length) out.rest.push(argv[++i]!);
+          break;
+        }
+      }
+      continue;
+    }
+    positional(arg);
+  }
+  return out;
+}
+
+/** The restore function's input from the command line; UsageError for a bad FILE or option. */
+function restoreInput(args: RestoreArgs, cwd: string, runId: string, settings: Settings): RestoreInput {
+  if (args.file === undefined) throw new UsageError('vmbackup restore: FILE is missing (the data file of a backup set, or its .json); see vmbackup restore --help');
+  const file = path.resolve(cwd, args.file);
+  try {
+    parseRestoreFile(file);
+  } catch (error) {
+    throw new UsageError((error as Error).message, { file });
+  }
+  let isFile = false;
+  try {
+    isFile = statSync(file).isFile();
+  } catch {
+    isFile = false;
+  }
+  if (!isFile) throw new UsageError(`${file}: no such file`, { file });
+  if (args.preserve && args.name !== undefined) throw new UsageError('--preserve restores the VM under its own name: --name cannot go with it', { flag: '--name' });
+  const parsed = restore.subject.schema.safeParse({
+    runId,
+    jobId: 'restore',
+    try: 1,
+    file,
+    ...(args.sr !== undefined ? { sr: args.sr } : {}),
+    ...(args.name !== undefined ? { name: args.name } : {}),
+    ...(args.vdi !== undefined ? { vdi: args.vdi } : {}),
+    ...(args.disk !== undefined ? { disk: args.disk } : {}),
+    preserve: args.preserve,
+    force: args.force,
+    idleTimeoutS: settings.export_idle_timeout,
+  });
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new UsageError(`--${String(issue.path[0] ?? 'file')}: ${issue.message}`, { issues: parsed.error.issues.map((i) => ({ message: i.message })) });
+  }
+  return parsed.data;
+}
+
+/** What a restore created, for people: one line per object, uuids first (warnings went to stderr). */
+export function formatRestored(out: RestoreOutput): string {
+  const lines = [`Restored ${out.file} (${out.format}, ${out.bytes} bytes in ${(out.restoreMs / 1000).toFixed(1)} s)`];
+  for (const vm of out.created.vms) lines.push(`  VM  ${vm.uuid}  ${vm.name}`);
+  for (const vdi of out.created.vdis) lines.push(`  VDI ${vdi.uuid}  ${vdi.name}  (SR ${vdi.sr})`);
+  if (out.overwritten !== undefined) lines.push(`  VDI ${out.overwritten.uuid}  ${out.overwritten.name}  (SR ${out.overwritten.sr}, overwritten)`);
+  return lines.join('\n') + '\n';
+}
+
+export function restoreHelp(): string {
+  return `usage: vmbackup restore FILE [--sr SR] [--name NAME] [--preserve] [--vdi UUID] [--disk DEV] [--force] [--json]
+                        [-c FILE] [-b PATH] [-l LEVEL] [--xapi URL] [--user NAME] [--password-file FILE]
+                        [--tls-ca-file FILE] [--insecure]
+
+Restore one backup into the pool. FILE is a data file of a backup set, or the set's .json:
+  backup_<stamp>.xva, .xva.gz, .xva.zst   imported as a new VM (PUT /import)
+  backup_<disk>_<stamp>.raw, .vhd         written into a new VDI, or --vdi (PUT /import_raw_vdi)
+
+options:
+  --sr SR          SR (uuid or name) to restore onto (Default: the pool's default SR)
+  --name NAME      name of the new VM or VDI (Default: the original's, plus " (restored <stamp>)")
+  --preserve       VM exports: keep the VM's uuid and MAC addresses, and its name, as
+                   xe vm-import preserve=true (the original VM must be destroyed first)
+  --vdi UUID       raw/vhd: write into this existing VDI (large enough, not attached)
+                   instead of creating one; its content is replaced
+  --disk DEV       vdi-export sets with several disks: which one (xvdb)
+  --force          restore a set that is incomplete or failed verification
+  --json           print what was created as JSON
+  -h, --help       show this help
+
+Connection and config options are those of vmbackup (see vmbackup --help). Nothing is left
+half-created: a failed restore removes what it made. Exit codes: 0 restored, 1 the restore
+failed or was refused, 2 usage, config or connection error.
+`;
+}
+
+/** Usage, config and connection errors end the command with 2, not as a failed restore. */
+function endsCommand(error: unknown): boolean {
+  return isFatalToCommand(error);
+}
+
+function makeLogger(settings: Settings, io: Io): Logger {
+  const dir = path.join(settings.base_dir, 'logs');
+  let logDir: string | undefined = dir;
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch {
+    logDir = undefined;
+  }
+  // stdout carries the result only; the console gets warnings and errors (on stderr), the
+  // log file everything. `-l debug` shows progress too.
+  const consoleLevel = settings.log_level === 'info' ? 'warning' : settings.log_level;
+  return createLogger({ consoleLevel, ...(logDir !== undefined ? { dir: logDir } : {}), console: io.stderr, consoleErrors: io.stderr });
+}
+
+function readCa(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`tls_ca_file ${file} cannot be read (${(error as { code?: string }).code ?? String(error)})`, { key: 'tls_ca_file', file });
+  }
+}
