@@ -1,17 +1,22 @@
 import type { FunctionDef } from '../runtime/function.js';
 import { exportFn } from './export/export.js';
 import { hostBackup } from './host-backup/host-backup.js';
+import { postHook } from './hooks/post-hook.js';
+import { preHook } from './hooks/pre-hook.js';
+import { runEnd } from './hooks/run-end.js';
 import { meta } from './meta/meta.js';
 import { plan } from './plan/plan.js';
 import { poolDb } from './pool-db/pool-db.js';
 import { prune } from './prune/prune.js';
+import { restore } from './restore/restore.js';
 import { snapshot } from './snapshot/snapshot.js';
+import { verify } from './verify/verify.js';
 
 /**
  * Every function of vmbackup, by name. Each lives in `functions/<name>/<name>.ts`, where its
  * subject, input and output schemas and handler are written down together.
  */
-export const functions = [plan, snapshot, exportFn, meta, prune, poolDb, hostBackup] as const satisfies readonly FunctionDef[];
+export const functions = [plan, snapshot, exportFn, meta, prune, poolDb, hostBackup, verify, restore, preHook, postHook, runEnd] as const satisfies readonly FunctionDef[];
 
 export type FunctionName = (typeof functions)[number]['name'];
 
@@ -22,12 +27,13 @@ export function functionByName(name: string): FunctionDef | undefined {
 /**
  * The phases a job goes through, in order; each phase's output is the next one's input.
  *
- *   vm:          snapshot → export → meta → prune
+ *   vm:          pre-hook → snapshot → export → meta → verify → prune → post-hook
+ *                (a pre-hook that aborts skips to post-hook; a failure after pre-hook too)
  *   pool-db:     pool-db
  *   host-backup: host-backup
  */
 export const pipelines = {
-  vm: ['snapshot', 'export', 'meta', 'prune'],
+  vm: ['pre-hook', 'snapshot', 'export', 'meta', 'verify', 'prune', 'post-hook'],
   'pool-db': ['pool-db'],
   'host-backup': ['host-backup'],
 } as const satisfies Record<string, readonly FunctionName[]>;

@@ -56,6 +56,8 @@ export const VmJob = z.object({
   haltedWithoutSnapshot: z.boolean(),
   /** Seconds without data from XAPI before an export is abandoned. */
   idleTimeoutS: z.number().int().min(1),
+  /** Verify the set once written (verify_after_backup): the verify phase's `verify`. Absent = false. */
+  verify: z.boolean().optional(),
 });
 export type VmJob = z.infer<typeof VmJob>;
 

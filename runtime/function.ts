@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import type { Logger } from 'pino';
 import type { XapiClient } from './xapi/client.js';
+import type { HookRunner } from './hooks/runner.js';
 
 /**
  * A subject and the schema of the messages on it, as one value: the publisher and the
@@ -49,6 +50,8 @@ export interface Ctx {
   heartbeat(): void;
   /** 1 for the first delivery of this message, 2 for the first redelivery, … */
   attempt: number;
+  /** The operator's hooks (runtime/hooks/): `noHooks` when none is configured. */
+  hooks: HookRunner;
 }
 
 /** Retry policy of a function's jobs when the handler throws a non-permanent error. */
@@ -70,6 +73,12 @@ export interface FunctionDef<I extends z.ZodType = z.ZodType, O extends z.ZodTyp
   readonly subject: Subject<I>;
   readonly output: O;
   readonly retry: RetryPolicy;
+  /**
+   * Whether the HTTP gateway may invoke it on its own (`POST /v1/functions/{name}`). False for
+   * functions that act on paths of the worker's disk or create things in the pool on demand
+   * (restore): those stay on the command line and on NATS, where access is the operator's.
+   */
+  readonly remote: boolean;
   handle(input: z.output<I>, ctx: Ctx): Promise<z.input<O>>;
 }
 
@@ -82,9 +91,10 @@ export function defineFunction<I extends z.ZodType, O extends z.ZodType>(def: {
   subject: Subject<I>;
   output: O;
   retry?: RetryPolicy;
+  remote?: boolean;
   handle(input: z.output<I>, ctx: Ctx): Promise<z.input<O>>;
 }): FunctionDef<I, O> {
-  return Object.freeze({ ...def, retry: def.retry ?? defaultRetry });
+  return Object.freeze({ ...def, retry: def.retry ?? defaultRetry, remote: def.remote ?? true });
 }
 
 /** The input type of a function's message. */

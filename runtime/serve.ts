@@ -4,6 +4,8 @@ import { PermanentError, RetryLaterError, errorInfo } from './errors.js';
 import { eventSubject, jobSubject } from './events.js';
 import type { PhaseDone, PhaseFailed, PhaseStarted } from './events.js';
 import type { Clock, Ctx, FunctionDef, Origin } from './function.js';
+import { noHooks } from './hooks/runner.js';
+import type { HookRunner } from './hooks/runner.js';
 import type { XapiClient } from './xapi/client.js';
 
 /** What the runtime gives every handler, besides its input. */
@@ -15,6 +17,11 @@ export interface ServeDeps {
   origin: Origin;
   /** Aborts running handlers when the process shuts down. */
   signal?: AbortSignal;
+  /**
+   * The operator's hooks: a process that runs hooks configured in its settings must pass
+   * `hooksFromSettings(settings, …)` (runtime/hooks/settings.ts). Default: `noHooks`.
+   */
+  hooks?: HookRunner;
 }
 
 export interface ServeOptions {
@@ -92,6 +99,18 @@ async function handleDelivery(
   }
 
   const ids2 = ids!;
+  if (delivery.attempt > fn.retry.maxDeliver) {
+    // Every attempt was delivered and none settled (its worker died each time). The NATS bus
+    // delivers once more so that the job is reported failed instead of silently dropped.
+    const error = new PermanentError(
+      'GAVE_UP',
+      `${vmName !== undefined ? `${vmName}: ` : ''}${fn.name} given up: ${fn.retry.maxDeliver} deliveries ended without an outcome (the worker died or lost NATS each time)`,
+    );
+    log.error({ err: error }, error.message);
+    const failed: PhaseFailed = { ...base(deps.clock.now()), outcome: 'failed', durationMs: 0, error: errorInfo(error), input: parsed.data };
+    await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'failed'), failed, { id: eventId('failed') });
+    return { kind: 'term' };
+  }
   const startedEvent: PhaseStarted = { ...base(deps.clock.now()), outcome: 'started', ...(vmName !== undefined ? { label: vmName } : {}) };
   await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'started'), startedEvent);
 
@@ -106,6 +125,7 @@ async function handleDelivery(
     signal: abort.signal,
     heartbeat: () => delivery.working(),
     attempt: delivery.attempt,
+    hooks: deps.hooks ?? noHooks,
   };
   try {
     const raw = await fn.handle(parsed.data, ctx);

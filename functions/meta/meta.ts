@@ -24,6 +24,8 @@ export const MetaInput = ExportOutput;
 export type MetaInput = z.infer<typeof MetaInput>;
 
 export const MetaOutput = PruneInput.extend({
+  /** verify_after_backup, for the verify phase that follows (false: it returns at once). */
+  verify: z.boolean(),
   manifest: z.string(),
   files: z.array(WrittenFile),
   bytes: z.number().int().min(0),
@@ -73,6 +75,7 @@ export const meta = defineFunction({
       folder: input.folder,
       maxBackups: input.maxBackups,
       protect: [input.stamp],
+      verify: input.verify ?? false,
       manifest: manifestName,
       files: [...files, { name: manifestName, format: 'manifest' as const, size: written.size, xxh64: written.xxh64 }],
       bytes: input.bytes,

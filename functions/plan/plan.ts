@@ -13,6 +13,7 @@ import type { XapiClient } from '../../runtime/xapi/client.js';
 import type { VdiRecord, VmRecord } from '../../runtime/xapi/records.js';
 import { TAG, destroySnapshotVdi, destroySnapshotVm, isLeftover, parseBlockReason } from '../../runtime/xapi/snapshots.js';
 import { HostBackupInput } from '../host-backup/host-backup.js';
+import { runStartHooks } from '../hooks/run-start.js';
 import { JobBase, VmRef } from '../job.js';
 import { PoolDbInput } from '../pool-db/pool-db.js';
 import { SnapshotInput } from '../snapshot/snapshot.js';
@@ -45,6 +46,8 @@ export const RunOptions = z.object({
   idleTimeoutS: z.number().int().min(1),
   /** Leftover snapshots from another host are removed only after this many hours. */
   leftoverAgeHours: z.number().min(0).default(24),
+  /** Verify each VM's backup set right after it is written (verify_after_backup); absent = false. */
+  verifyAfterBackup: z.boolean().optional(),
 });
 export type RunOptions = z.infer<typeof RunOptions>;
 
@@ -90,6 +93,8 @@ export const plan = defineFunction({
   output: PlanOutput,
   async handle(input, ctx) {
     const o = input.options;
+    // The operator's run-start hooks come first; an abort ends the run here (HOOK_ABORTED).
+    const hookWarnings = await runStartHooks({ runId: input.runId, startedAt: input.startedAt, backupDir: o.backupDir }, ctx);
     await checkBackupDir(o.backupDir, o.spaceThreshold);
     const xapi = await ctx.xapi();
     // Of the VDIs only snapshots can be leftovers: do not fetch every disk of a large pool.
@@ -114,7 +119,10 @@ export const plan = defineFunction({
       ...(o.poolBackup ? { poolDb: { ...common, jobId: 'pool-db' } } : {}),
       hostJobs: hosts.map((h) => ({ ...common, jobId: `host.${h.uuid}`, host: { uuid: h.uuid, name: h.name_label } })),
       excludes: selection.excludes.map((vm) => ({ uuid: vm.uuid, name: vm.name })),
-      warnings: selection.warnings.map((w) => ({ entry: w.entry, list: w.list, code: w.code, message: w.message })),
+      warnings: [
+        ...selection.warnings.map((w) => ({ entry: w.entry, list: w.list, code: w.code, message: w.message })),
+        ...hookWarnings.map((message) => ({ entry: 'run-start', list: 'hooks', message })),
+      ],
       cleaned,
       concurrency: o.concurrency,
       vmRetries: o.vmRetries,
@@ -142,6 +150,7 @@ export function buildVmJobs(selection: Selection, poolVms: { uuid: string; name:
     spaceThreshold: o.spaceThreshold,
     haltedWithoutSnapshot: o.haltedWithoutSnapshot,
     idleTimeoutS: o.idleTimeoutS,
+    verify: o.verifyAfterBackup ?? false,
   });
   return [
     ...selection.vdiExports.map((s) => job(s.vm, 'vdi', s.maxBackups, s.disks)),

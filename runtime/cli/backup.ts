@@ -13,6 +13,7 @@ import { systemClock } from '../function.js';
 import type { Origin } from '../function.js';
 import { captureConsole, createLogger } from '../log.js';
 import type { Logger } from '../log.js';
+import { hooksFromSettings } from '../hooks/settings.js';
 import { runEmbedded } from '../run/embedded.js';
 import { newRunId } from '../run/start.js';
 import { formatSummary } from '../run/summary.js';
@@ -67,6 +68,8 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
       throw new ConfigError('no password for XAPI: set password_file (or --password-file), or the environment variable VMBACKUP_PASSWORD', { key: 'password' });
     }
     checkBackupDirExists(settings);
+    // A bad hook setting ends the command (exit 2) before anything is locked or snapshotted.
+    const hooks = hooksFromSettings(settings, { log, env: io.env, where: loaded.where });
     if (settings.mount_check) await assertShareMounted(settings.backup_dir, settings.share_type);
     lock = await acquireLock(settings.backup_dir, { ...origin, runId }, { now: startedAt, staleHours: settings.lock_stale_hours });
     if (lock.previous !== undefined) log.warn(`took over a stale lock of run ${lock.previous.runId} (pid ${lock.previous.pid} on ${lock.previous.hostname})`);
@@ -77,11 +80,10 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
       password: settings.password,
       ...(settings.tls_ca_file !== undefined ? { ca: readCa(settings.tls_ca_file) } : {}),
       insecure: settings.insecure,
-      idleTimeoutMs: settings.export_idle_timeout * 1000,
       log,
     });
     if (settings.insecure) log.warn(`TLS certificate checks are off (--insecure) for ${settings.xapi_url}`);
-    const summary = await runEmbedded({ runId, options: runOptions(settings), startedAt }, { xapi, log, clock: systemClock, origin, signal: abort.signal });
+    const summary = await runEmbedded({ runId, options: runOptions(settings), startedAt }, { xapi, log, clock: systemClock, origin, signal: abort.signal, hooks });
     report(summary, settings, io, flags.json);
     return summary.exitCode;
   } catch (error) {
@@ -119,6 +121,7 @@ export function runOptions(s: Settings): RunOptions {
     haltedWithoutSnapshot: s.halted_without_snapshot,
     idleTimeoutS: s.export_idle_timeout,
     leftoverAgeHours: s.lock_stale_hours,
+    verifyAfterBackup: s.verify_after_backup,
   };
 }
 

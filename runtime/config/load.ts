@@ -92,6 +92,7 @@ const PATH_KEYS = new Set<SettingKey>([
   'nats_tls_key_file',
   'gateway_tokens_file',
   'webhook_secret_file',
+  'hook_secret_file',
 ]);
 const SECRET_KEYS = new Set<SettingKey>(['password']);
 const TRUE = /^(1|yes|true|on)$/i;

@@ -120,6 +120,7 @@ describe('previewJson', () => {
       vm_retries: 1,
       export_idle_timeout: 300,
       lock_stale_hours: 24,
+      verify_after_backup: false,
       nats_url: null,
       nats_token_file: null,
       nats_user: null,
@@ -134,6 +135,20 @@ describe('previewJson', () => {
       webhook_secret_file: null,
       gateway_body_limit: 1048576,
       alertmanager_label: 'vm',
+      hook_command_pre_vm: null,
+      hook_command_post_vm: null,
+      hook_command_run_start: null,
+      hook_command_run_end: null,
+      hook_url_pre_vm: null,
+      hook_url_post_vm: null,
+      hook_url_run_start: null,
+      hook_url_run_end: null,
+      hook_secret_file: null,
+      hooks_nats: false,
+      hook_nats_replies: 1,
+      hook_timeout: 60,
+      hooks_on_timeout: 'continue',
+      hooks_on_failure: 'continue',
     });
   });
 

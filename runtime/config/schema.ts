@@ -68,6 +68,12 @@ export const Settings = z.object({
   export_idle_timeout: z.number().int().min(5).default(300),
   /** Hours after which a lock left by a run on another host is considered stale. */
   lock_stale_hours: z.number().min(0.01).default(24),
+  /**
+   * Re-read each backup set right after it is written (the verify function: XVA chunk
+   * checksums, VHD structure, raw sizes, every file's XXH64 against the manifest); a set that
+   * fails is reported and does not count toward max_backups. Costs one read of the backup.
+   */
+  verify_after_backup: z.boolean().default(false),
 
   // --- NATS (vmbackup worker / run / status / invoke / gateway) ---
   /** NATS server(s), comma-separated: `nats://host:4222`. */
@@ -97,5 +103,37 @@ export const Settings = z.object({
   gateway_body_limit: z.number().int().min(1024).default(1 << 20),
   /** Alertmanager label that names the VM to back up. */
   alertmanager_label: z.string().min(1).default('vm'),
+
+  // --- hooks (runtime/hooks/README.md) ---
+  /**
+   * Commands run at each hook point: an absolute program path and its arguments, no shell
+   * (`"…"`/`'…'` quote; write `/bin/sh -c '…'` for one). Exit 0 = continue, 3 = abort.
+   * @example hook_command_pre_vm = /usr/local/bin/quiesce --db "sales db"
+   */
+  hook_command_pre_vm: z.string().optional(),
+  hook_command_post_vm: z.string().optional(),
+  hook_command_run_start: z.string().optional(),
+  hook_command_run_end: z.string().optional(),
+  /**
+   * URLs POSTed the event as JSON at each hook point, signed with hook_secret_file
+   * (`X-Vmbackup-Signature-256: sha256=<hex HMAC-SHA256>`). 2xx = continue, 409 = abort.
+   * @example hook_url_pre_vm = https://ops.example/hooks/vmbackup
+   */
+  hook_url_pre_vm: z.string().optional(),
+  hook_url_post_vm: z.string().optional(),
+  hook_url_run_start: z.string().optional(),
+  hook_url_run_end: z.string().optional(),
+  /** File holding the HMAC-SHA256 secret of HTTP hooks (first line). Required with hook_url_*. */
+  hook_secret_file: z.string().optional(),
+  /** Ask NATS subscribers on `vmbackup.hooks.<point>` at every hook point (needs NATS). */
+  hooks_nats: z.boolean().default(false),
+  /** NATS replies to wait for at each point; 0 = every reply that comes within hook_timeout. */
+  hook_nats_replies: z.number().int().min(0).max(100).default(1),
+  /** Seconds a hook may take; a command is then killed with its process group. */
+  hook_timeout: z.number().int().min(1).max(86_400).default(60),
+  /** A hook that does not answer in time at pre-vm or run-start: `continue` (with a warning) or `abort`. */
+  hooks_on_timeout: z.enum(['continue', 'abort']).default('continue'),
+  /** A hook that fails (cannot run, exits non-zero but 3, HTTP error) at pre-vm or run-start: `continue` or `abort`. */
+  hooks_on_failure: z.enum(['continue', 'abort']).default('continue'),
 });
 export type Settings = z.infer<typeof Settings>;

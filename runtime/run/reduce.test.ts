@@ -3,6 +3,7 @@ import type { PlanOutput } from '../../functions/plan/plan.js';
 import type { SnapshotInput } from '../../functions/snapshot/snapshot.js';
 import type { ErrorInfo } from '../errors.js';
 import type { PhaseEvent } from '../events.js';
+import { pipelines } from '../../functions/index.js';
 import { newRunHeader, reduce } from './reduce.js';
 import type { Transition } from './reduce.js';
 import type { JobState, RunHeader } from './state.js';
@@ -76,28 +77,51 @@ class Run {
 
 const base = (fn: string, jobId: string, tryN = 1) => ({ runId: RUN, jobId, fn, try: tryN, attempt: 1, at: now.toISOString() });
 const done = (fn: string, jobId: string, output: unknown = {}, tryN = 1): PhaseEvent => ({ ...base(fn, jobId, tryN), outcome: 'done', durationMs: 10, output });
-const failed = (fn: string, jobId: string, error: Partial<ErrorInfo> = {}, tryN = 1): PhaseEvent => ({
+const failed = (fn: string, jobId: string, error: Partial<ErrorInfo> = {}, tryN = 1, input: unknown = {}): PhaseEvent => ({
   ...base(fn, jobId, tryN),
   outcome: 'failed',
   durationMs: 10,
   error: { name: 'E', code: 'X', message: 'boom', permanent: true, retryable: false, ...error },
-  input: {},
+  input,
 });
 
-function finishVm(run: Run, n: number, tryN = 1) {
-  for (const fn of ['snapshot', 'export', 'meta', 'prune']) run.apply(done(fn, `vm.u${n}`, fn === 'meta' ? { files: [{ name: 'f', format: 'xva', size: 5 }], bytes: 5 } : {}, tryN));
+/** Output of a phase of a VM job, enough for the reducer (meta reports the set's files). */
+function outputOf(fn: string, n: number, tryN: number): unknown {
+  if (fn === 'meta') return { files: [{ name: 'f', format: 'xva', size: 5 }], bytes: 5 };
+  if (fn === 'prune') return { runId: RUN, jobId: `vm.u${n}`, try: tryN, vm: { uuid: `u${n}`, name: `vm${n}` }, backupDir: '/b', folder: `vm${n}`, maxBackups: 4, protect: ['20261126-083000'], kept: ['20261126-083000'], deleted: [], warnings: [] };
+  return {};
+}
+
+/** Runs a VM job through every phase of its pipeline, from `from` on. */
+function finishVm(run: Run, n: number, tryN = 1, from: string = pipelines.vm[0]) {
+  const phases: readonly string[] = pipelines.vm;
+  for (const fn of phases.slice(phases.indexOf(from))) run.apply(done(fn, `vm.u${n}`, outputOf(fn, n, tryN), tryN));
+}
+
+/** Starts a run of `vms` VMs and takes the queued jobs. */
+function started(vms: number, extra: Partial<PlanOutput> = {}): Run {
+  const run = new Run();
+  run.apply(done('plan', 'plan', plan(vms, extra)));
+  run.take();
+  return run;
+}
+
+/** The phases of a VM job after pre-hook up to and including `fn`, done in order. */
+function doneUpTo(run: Run, n: number, fn: string, tryN = 1) {
+  const phases: readonly string[] = pipelines.vm;
+  for (const phase of phases.slice(0, phases.indexOf(fn))) run.apply(done(phase, `vm.u${n}`, outputOf(phase, n, tryN), tryN));
 }
 
 describe('reduce', () => {
   it('starts VMs `concurrency` at a time and the rest as slots free', () => {
     const run = new Run();
     run.apply(done('plan', 'plan', plan(3, { poolDb: { runId: RUN, jobId: 'pool-db', try: 1, backupDir: '/b', stamp: '20261126-083000', maxBackups: 4, idleTimeoutS: 300 } })));
-    expect(run.take()).toEqual(['r1:pool-db:1:pool-db', 'r1:vm.u1:1:snapshot', 'r1:vm.u2:1:snapshot']);
+    expect(run.take()).toEqual(['r1:pool-db:1:pool-db', 'r1:vm.u1:1:pre-hook', 'r1:vm.u2:1:pre-hook']);
     expect(run.header.pending).toEqual(['vm.u3']);
-    run.apply(done('snapshot', 'vm.u1'));
-    expect(run.take()).toEqual(['r1:vm.u1:1:export']);
-    finishVm(run, 1);
-    expect(run.take()).toContain('r1:vm.u3:1:snapshot');
+    run.apply(done('pre-hook', 'vm.u1'));
+    expect(run.take()).toEqual(['r1:vm.u1:1:snapshot']);
+    finishVm(run, 1, 1, 'snapshot');
+    expect(run.take()).toContain('r1:vm.u3:1:pre-hook');
     expect(run.header.active).toBe(2);
   });
 
@@ -105,43 +129,74 @@ describe('reduce', () => {
     const run = new Run();
     run.apply(done('plan', 'plan', plan(1)));
     run.take();
+    run.apply(done('pre-hook', 'vm.u1', { marker: 41 }));
+    expect(run.queued[0]).toMatchObject({ fn: 'snapshot', data: { marker: 41 } });
     run.apply(done('snapshot', 'vm.u1', { marker: 42 }));
-    expect(run.queued[0]).toMatchObject({ fn: 'export', data: { marker: 42 } });
+    expect(run.queued[1]).toMatchObject({ fn: 'export', data: { marker: 42 } });
   });
 
   it('ignores duplicate and stale events', () => {
     const run = new Run();
     run.apply(done('plan', 'plan', plan(1)));
     run.take();
+    run.apply(done('pre-hook', 'vm.u1'));
     run.apply(done('snapshot', 'vm.u1'));
-    expect(run.take()).toEqual(['r1:vm.u1:1:export']);
+    expect(run.take()).toEqual(['r1:vm.u1:1:snapshot', 'r1:vm.u1:1:export']);
     expect(run.apply(done('snapshot', 'vm.u1')).enqueue).toEqual([]); // redelivered event
     expect(run.apply(done('export', 'vm.u1', {}, 2)).enqueue).toEqual([]); // another try
     expect(run.apply(done('plan', 'plan', plan(1))).jobs).toEqual([]); // plan twice
   });
 
-  it('restarts a VM from a new snapshot after a retryable failure, once', () => {
-    const run = new Run();
-    run.apply(done('plan', 'plan', plan(1)));
-    run.take();
-    run.apply(done('snapshot', 'vm.u1'));
+  it('restarts a VM from its pre-hook (a new snapshot needs a new pre-vm) after a retryable failure, once', () => {
+    const run = started(1);
+    doneUpTo(run, 1, 'export');
     run.take();
     run.apply(failed('export', 'vm.u1', { retryable: true, code: 'ECONNRESET' }));
-    expect(run.take()).toEqual(['r1:vm.u1:2:snapshot']);
-    expect(run.queued).toEqual([]);
-    run.apply(done('snapshot', 'vm.u1', {}, 2));
+    // The post-vm hooks of the failed attempt run first, told that the VM is backed up again.
+    expect(run.queued).toMatchObject([{ fn: 'post-hook', id: 'r1:vm.u1:1:post-hook', data: { try: 1, failed: { fn: 'export', retrying: true, error: { code: 'ECONNRESET' } } } }]);
+    run.take();
+    run.apply(done('post-hook', 'vm.u1', { failed: { fn: 'export' } }));
+    expect(run.queued).toMatchObject([{ fn: 'pre-hook', id: 'r1:vm.u1:2:pre-hook', data: { try: 2, vm: { name: 'vm1' } } }]);
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'running', phase: 'pre-hook', try: 2 });
+    expect(run.jobs.get('vm.u1')!.error).toBeUndefined();
+    run.take();
+    doneUpTo(run, 1, 'export', 2);
+    run.take();
     run.apply(failed('export', 'vm.u1', { retryable: true }, 2));
-    expect(run.jobs.get('vm.u1')!.status).toBe('failed');
+    expect(run.queued).toMatchObject([{ fn: 'post-hook', id: 'r1:vm.u1:2:post-hook', data: { failed: { retrying: false } } }]);
+    expect(run.finished).toBe(false);
+    run.apply(done('post-hook', 'vm.u1', { failed: { fn: 'export' } }, 2));
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'failed', phase: 'export', try: 2 });
     expect(run.finished).toBe(true);
+  });
+
+  it('a set that fails verify_after_backup is a failed backup: post-hook, then a new attempt', () => {
+    const run = started(1);
+    doneUpTo(run, 1, 'verify');
+    run.take();
+    run.apply(done('verify', 'vm.u1', { verified: { ok: false, bytes: 5, ms: 3, error: { code: 'XVA_BAD_CHECKSUM', message: 'chunk Ref:1/00000001 fails its XXH64 checksum' } } }));
+    expect(run.queued).toMatchObject([{ fn: 'post-hook', data: { failed: { fn: 'verify', retrying: true, error: { code: 'XVA_BAD_CHECKSUM', retryable: true } } } }]);
+    expect(run.jobs.get('vm.u1')!.verified).toEqual({ ok: false, bytes: 5, ms: 3, error: 'chunk Ref:1/00000001 fails its XXH64 checksum' });
+    run.take();
+    run.apply(done('post-hook', 'vm.u1', { failed: { fn: 'verify' } }));
+    expect(run.take()).toEqual(['r1:vm.u1:2:pre-hook']);
+    // verified: null (verify_after_backup off) is no check and no failure.
+    doneUpTo(run, 1, 'verify', 2);
+    run.take();
+    run.apply(done('verify', 'vm.u1', { verified: null }, 2));
+    expect(run.take()).toEqual(['r1:vm.u1:2:prune']);
   });
 
   it('does not restart after a permanent failure, and frees the slot', () => {
     const run = new Run();
     run.apply(done('plan', 'plan', plan(3)));
     run.take();
+    run.apply(done('pre-hook', 'vm.u1'));
     run.apply(failed('snapshot', 'vm.u1', { code: 'VM_GONE' }));
-    expect(run.take()).toEqual(['r1:vm.u3:1:snapshot']);
-    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'failed', error: { code: 'VM_GONE' } });
+    expect(run.take()).toEqual(['r1:vm.u1:1:snapshot', 'r1:vm.u1:1:post-hook']);
+    run.apply(done('post-hook', 'vm.u1', { failed: { fn: 'snapshot' } }));
+    expect(run.take()).toEqual(['r1:vm.u3:1:pre-hook']);
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'failed', phase: 'snapshot', error: { code: 'VM_GONE' } });
   });
 
   it('finishes when every job is final, with VmBackup counts and exit code', () => {
@@ -149,7 +204,9 @@ describe('reduce', () => {
     run.apply(done('plan', 'plan', plan(3, { warnings: [{ entry: 'nope', list: 'vm_exports', message: 'matches no VM' }] })));
     finishVm(run, 1);
     finishVm(run, 2);
+    run.apply(done('pre-hook', 'vm.u3'));
     run.apply(failed('snapshot', 'vm.u3', { code: 'NO_DISKS', message: 'no disk xvda' }));
+    run.apply(done('post-hook', 'vm.u3', { failed: { fn: 'snapshot' } }));
     expect(run.finished).toBe(true);
     const summary = RunSummary.parse(summarize(run.header, [...run.jobs.values()]));
     expect(summary.categories['vm-export']).toEqual({ S: 2, W: 1, E: 0 });
@@ -174,5 +231,112 @@ describe('reduce', () => {
     run.apply(done('plan', 'plan', plan(0)));
     expect(run.finished).toBe(true);
     expect(summarize(run.header, []).exitCode).toBe(0);
+  });
+});
+
+describe('reduce: hooks', () => {
+  it('a pre-hook that aborts skips the VM: no snapshot, post-hook still runs, then the slot frees', () => {
+    const run = started(3);
+    run.apply(done('pre-hook', 'vm.u1', { ...vmJob(1), skipped: { reason: 'pre-vm command hook: replica lagging' }, warnings: [] }));
+    // No snapshot: straight to the post-vm hooks, told why.
+    expect(run.queued).toMatchObject([{ fn: 'post-hook', id: 'r1:vm.u1:1:post-hook', data: { vm: { name: 'vm1' }, mode: 'vm', stamp: '20261126-083000', files: [], skipped: { reason: 'pre-vm command hook: replica lagging' } } }]);
+    expect(run.queued.some((q) => q.fn === 'snapshot')).toBe(false);
+    expect(run.header.pending).toEqual(['vm.u3']); // the slot is held until post-vm ran
+    run.take();
+    run.apply(done('post-hook', 'vm.u1', { skipped: { reason: 'x' } }));
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'skipped', error: { code: 'HOOK_ABORTED' } });
+    expect(run.take()).toEqual(['r1:vm.u3:1:pre-hook']);
+    expect(run.apply(done('pre-hook', 'vm.u1', { skipped: { reason: 'again' } })).enqueue).toEqual([]); // redelivered
+    finishVm(run, 2);
+    finishVm(run, 3);
+    expect(run.finished).toBe(true);
+
+    const summary = RunSummary.parse(summarize(run.header, [...run.jobs.values()]));
+    const skipped = summary.jobs.find((j) => j.name === 'vm1')!;
+    expect(skipped).toMatchObject({ status: 'skipped', skipped: { reason: 'pre-vm command hook: replica lagging' }, files: [] });
+    expect(skipped.error).toBeUndefined();
+    // A skip counts as a warning (VmBackup had no such case): exit 0.
+    expect(summary.categories['vm-export']).toEqual({ S: 1, W: 1, E: 0 });
+    expect(summary).toMatchObject({ status: 'warning', exitCode: 0 });
+    expect(formatSummary(summary)).toContain('SKIPPED: vm-export vm1: pre-vm command hook: replica lagging\n');
+  });
+
+  it('post-hook gets the prune output with the set’s files, mode and stamp', () => {
+    const run = started(1);
+    doneUpTo(run, 1, 'post-hook');
+    const queued = run.queued.find((q) => q.fn === 'post-hook')!;
+    expect(queued.data).toMatchObject({
+      runId: RUN,
+      jobId: 'vm.u1',
+      try: 1,
+      vm: { uuid: 'u1', name: 'vm1' },
+      folder: 'vm1',
+      kept: ['20261126-083000'],
+      mode: 'vm',
+      stamp: '20261126-083000',
+      files: [{ name: 'f', format: 'xva', size: 5 }],
+      bytes: 5,
+    });
+    expect((queued.data as Record<string, unknown>).failed).toBeUndefined();
+    run.apply(done('post-hook', 'vm.u1', { warnings: ['post-vm http hook failed: x; going on'] }));
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'success', warnings: ['post-vm http hook failed: x; going on'] });
+  });
+
+  // Every failure after the pre-vm hooks ran goes through post-hook before the job ends.
+  const failures: [string, string, Partial<ErrorInfo>, { retrying: boolean; status: string; phase: string; queuedAfter: string[] }][] = [
+    ['pre-hook crashed', 'pre-hook', { code: 'INTERNAL' }, { retrying: false, status: 'failed', phase: 'pre-hook', queuedAfter: [] }],
+    ['snapshot failed (permanent)', 'snapshot', { code: 'VM_GONE' }, { retrying: false, status: 'failed', phase: 'snapshot', queuedAfter: [] }],
+    ['export failed (retryable)', 'export', { code: 'ECONNRESET', retryable: true, permanent: false }, { retrying: true, status: 'running', phase: 'pre-hook', queuedAfter: ['r1:vm.u1:2:pre-hook'] }],
+    ['meta failed (permanent)', 'meta', { code: 'ENOSPC' }, { retrying: false, status: 'failed', phase: 'meta', queuedAfter: [] }],
+    ['prune failed (permanent)', 'prune', { code: 'EACCES' }, { retrying: false, status: 'failed', phase: 'prune', queuedAfter: [] }],
+  ];
+  it.each(failures)('%s → post-hook with the failure, then the job ends or restarts', (_name, fn, error, want) => {
+    const run = started(1);
+    doneUpTo(run, 1, fn);
+    run.take();
+    const input = { marker: `input of ${fn}` };
+    run.apply(failed(fn, 'vm.u1', error, 1, input));
+    expect(run.queued).toHaveLength(1);
+    const post = run.queued[0]!;
+    expect(post).toMatchObject({ fn: 'post-hook', id: 'r1:vm.u1:1:post-hook', data: { vm: { name: 'vm1' }, failed: { fn, retrying: want.retrying, error: { code: error.code } } } });
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'running', phase: 'post-hook' });
+    expect(run.finished).toBe(false);
+    run.take();
+    run.apply(done('post-hook', 'vm.u1', { ...(post.data as object), hooks: { decision: 'continue', reasons: [], warnings: [] } }));
+    expect(run.take()).toEqual(want.queuedAfter);
+    const job = run.jobs.get('vm.u1')!;
+    expect(job).toMatchObject({ status: want.status, phase: want.phase });
+    if (want.status === 'failed') {
+      // What `retry` needs to resume at the failed phase: that phase, its input, the error.
+      expect(job).toMatchObject({ error: { code: error.code }, failedInput: input });
+      expect(run.finished).toBe(true);
+    }
+  });
+
+  it('a post-hook that fails leaves the backup’s outcome as it was, with a warning', () => {
+    const ok = started(1);
+    doneUpTo(ok, 1, 'post-hook');
+    ok.apply(failed('post-hook', 'vm.u1', { code: 'INTERNAL', message: 'bug' }));
+    expect(ok.jobs.get('vm.u1')).toMatchObject({ status: 'success' });
+    expect(ok.jobs.get('vm.u1')!.warnings).toEqual(['vm1: the post-vm hooks could not run (bug)']);
+
+    const bad = started(1);
+    doneUpTo(bad, 1, 'export');
+    bad.apply(failed('export', 'vm.u1', { code: 'VDI_IO_ERROR' }));
+    bad.take();
+    bad.apply(failed('post-hook', 'vm.u1', { code: 'INTERNAL', message: 'bug' }, 1, { failed: { fn: 'export' } }));
+    expect(bad.jobs.get('vm.u1')).toMatchObject({ status: 'failed', phase: 'export', error: { code: 'VDI_IO_ERROR' } });
+    expect(bad.take()).toEqual([]);
+    expect(bad.finished).toBe(true);
+  });
+
+  it('a run-start hook that aborts ends the run as skipped: nothing backed up, exit 1', () => {
+    const run = new Run();
+    run.apply(failed('plan', 'plan', { code: 'HOOK_ABORTED', message: 'the run was skipped: run-start command hook: maintenance tonight' }));
+    expect(run.finished).toBe(true);
+    const summary = RunSummary.parse(summarize(run.header, []));
+    expect(summary).toMatchObject({ status: 'error', exitCode: 1, skipped: { reason: 'the run was skipped: run-start command hook: maintenance tonight' } });
+    expect(summary.fatal).toBeUndefined();
+    expect(formatSummary(summary)).toContain('SKIPPED: the run was skipped: run-start command hook: maintenance tonight\n>> Error: nothing backed up <<\n');
   });
 });

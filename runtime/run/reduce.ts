@@ -3,6 +3,13 @@ import type { JobKind } from '../../functions/index.js';
 import { PlanOutput } from '../../functions/plan/plan.js';
 import type { PhaseEvent } from '../events.js';
 import type { Category, JobState, RunHeader } from './state.js';
+import type { ErrorInfo } from '../errors.js';
+import { HOOK_ABORTED } from '../hooks/kind.js';
+
+/** The phases that run the operator's pre-vm and post-vm hooks (functions/hooks/). */
+const PRE_HOOK = 'pre-hook';
+const POST_HOOK = 'post-hook';
+const VERIFY = 'verify';
 
 /** A job to queue: function name, message, dedup id. */
 export interface Enqueue {
@@ -92,10 +99,38 @@ export function reduce(view: RunView, event: PhaseEvent, now: Date): Transition 
     if (Array.isArray(output.files)) job.files = output.files;
     if (typeof output.bytes === 'number') job.bytes = output.bytes;
     if (Array.isArray(output.warnings)) job.warnings = [...new Set([...job.warnings, ...output.warnings])];
+    if (event.fn === POST_HOOK) return afterPostHook(out, job, view, event.output, now);
+    if (event.fn === VERIFY) {
+      // verify_after_backup: a set that fails its check is a failed backup (it does not count
+      // toward max_backups either); a new snapshot rewrites the same stamp.
+      const verified = (event.output as { verified?: { ok: boolean; bytes?: number; ms?: number; error?: { code?: string; message?: string } } | null }).verified;
+      if (verified !== undefined && verified !== null) {
+        job.verified = { ok: verified.ok, bytes: verified.bytes ?? 0, ms: verified.ms ?? 0, ...(verified.error?.message !== undefined ? { error: verified.error.message } : {}) };
+        if (!verified.ok) {
+          const error: ErrorInfo = {
+            name: 'VerifyFailed',
+            code: verified.error?.code ?? 'VERIFY_FAILED',
+            message: `verification failed: ${verified.error?.message ?? 'see the manifest'}`,
+            permanent: true,
+            retryable: true,
+          };
+          return failJob(out, job, view, now, event.fn, error, event.output);
+        }
+      }
+    }
+    const skipped = (event.output as { skipped?: { reason?: unknown } }).skipped;
+    if (event.fn === PRE_HOOK && skipped !== undefined) {
+      // A pre-vm hook aborted: no snapshot. The post-vm hooks still run (they may undo what
+      // another pre-vm hook did), then the job ends skipped.
+      const reason = typeof skipped.reason === 'string' ? skipped.reason : 'a pre-vm hook aborted';
+      job.error = { name: 'HookAborted', code: HOOK_ABORTED, message: reason, permanent: true, retryable: false };
+      return toPostHook(out, job, view, now, undefined, { skipped: { reason } });
+    }
     const next = job.pipeline[job.pipeline.indexOf(event.fn) + 1];
     if (next !== undefined) {
       job.phase = next;
-      out.enqueue.push({ fn: next, data: event.output, id: enqueueId(header.runId, job.jobId, job.try, next) });
+      const data = next === POST_HOOK ? postHookInput(header.runId, job, event.output, {}) : event.output;
+      out.enqueue.push({ fn: next, data, id: enqueueId(header.runId, job.jobId, job.try, next) });
       return out;
     }
     job.status = 'success';
@@ -104,16 +139,98 @@ export function reduce(view: RunView, event: PhaseEvent, now: Date): Transition 
 
   // failed
   job.phaseMs[event.fn] = (job.phaseMs[event.fn] ?? 0) + event.durationMs;
-  if (job.kind === 'vm' && event.error.retryable && job.try <= header.vmRetries) {
-    job.try += 1;
-    job.phase = job.pipeline[0]!;
-    job.warnings = [...job.warnings, `${job.label}: ${event.fn} failed (${event.error.message}); backing up again (attempt ${job.try})`];
-    out.enqueue.push({ fn: job.phase, data: { ...(job.input as object), try: job.try }, id: enqueueId(header.runId, job.jobId, job.try, job.phase) });
-    return out;
+  if (event.fn === POST_HOOK) {
+    // The post-vm hooks could not be run: the backup's own outcome stands, said in a warning.
+    job.warnings = [...job.warnings, `${job.label}: the post-vm hooks could not run (${event.error.message})`];
+    return afterPostHook(out, job, view, event.input, now);
   }
+  return failJob(out, job, view, now, event.fn, event.error, event.input);
+}
+
+/** A phase of the job failed: post-vm hooks first when pre-vm ran, then retry or end. */
+function failJob(out: Transition, job: JobState, view: RunView, now: Date, fn: string, error: ErrorInfo, input: unknown): Transition {
+  const retrying = mayRetry(job, error, out.header);
+  if (job.pipeline.includes(POST_HOOK)) {
+    // The pre-vm hooks ran (pre-hook is the first phase): the post-vm hooks must run too —
+    // to un-quiesce a database — before the job ends or starts again.
+    job.error = error;
+    job.failedInput = input;
+    return toPostHook(out, job, view, now, undefined, { failed: { fn, error, retrying } });
+  }
+  if (retrying) return restart(out, job, fn, error.message);
   job.status = 'failed';
-  job.error = event.error;
-  job.failedInput = event.input;
+  job.error = error;
+  job.failedInput = input;
+  return endJob(out, job, view, now);
+}
+
+/** A VM job whose backup failed with a retryable error and has retries left is backed up again. */
+function mayRetry(job: JobState, error: ErrorInfo, header: RunHeader): boolean {
+  return job.kind === 'vm' && error.retryable && job.try <= header.vmRetries;
+}
+
+/** Starts the job's pipeline again from its first phase (a new snapshot), as attempt `try` + 1. */
+function restart(out: Transition, job: JobState, failedFn: string, message: string): Transition {
+  job.try += 1;
+  job.phase = job.pipeline[0]!;
+  delete job.error;
+  delete job.failedInput;
+  job.warnings = [...job.warnings, `${job.label}: ${failedFn} failed (${message}); backing up again (attempt ${job.try})`];
+  out.enqueue.push({ fn: job.phase, data: { ...(job.input as object), try: job.try }, id: enqueueId(out.header.runId, job.jobId, job.try, job.phase) });
+  return out;
+}
+
+/**
+ * The input of `post-hook`: prune's output on success (`base`), or what the coordinator knows
+ * of the job (the VM job, the set's files) with the failure or the skip.
+ */
+function postHookInput(runId: string, job: JobState, base: unknown, extra: { failed?: unknown; skipped?: unknown }): unknown {
+  const vmJob = (typeof job.input === 'object' && job.input !== null ? job.input : {}) as Record<string, unknown>;
+  return {
+    runId,
+    jobId: job.jobId,
+    vm: vmJob.vm,
+    backupDir: vmJob.backupDir,
+    folder: vmJob.folder,
+    maxBackups: vmJob.maxBackups,
+    ...(typeof base === 'object' && base !== null ? base : {}),
+    try: job.try,
+    mode: vmJob.mode,
+    stamp: vmJob.stamp,
+    files: job.files,
+    bytes: job.bytes,
+    warnings: job.warnings,
+    ...extra,
+  };
+}
+
+function toPostHook(out: Transition, job: JobState, view: RunView, now: Date, base: unknown, extra: { failed?: unknown; skipped?: unknown }): Transition {
+  if (!job.pipeline.includes(POST_HOOK)) return afterPostHook(out, job, view, extra, now);
+  job.phase = POST_HOOK;
+  out.enqueue.push({ fn: POST_HOOK, data: postHookInput(out.header.runId, job, base, extra), id: enqueueId(out.header.runId, job.jobId, job.try, POST_HOOK) });
+  return out;
+}
+
+/**
+ * The post-vm hooks ran (or could not): the job ends as its backup did — skipped (a pre-vm
+ * hook aborted), failed, or success — or, failed with a retryable error and retries left,
+ * starts again from its pre-hook. `data` is the post-hook's message: it names the phase that
+ * failed, which the job keeps as its phase so that `retry` can resume there.
+ */
+function afterPostHook(out: Transition, job: JobState, view: RunView, data: unknown, now: Date): Transition {
+  if (job.error?.code === HOOK_ABORTED) {
+    job.status = 'skipped';
+    return endJob(out, job, view, now);
+  }
+  if (job.error !== undefined) {
+    const fn = (data as { failed?: { fn?: unknown } } | undefined)?.failed?.fn;
+    const failedFn = typeof fn === 'string' && job.pipeline.includes(fn) ? fn : undefined;
+    if (mayRetry(job, job.error, out.header)) return restart(out, job, failedFn ?? job.phase, job.error.message);
+    job.status = 'failed';
+    if (failedFn !== undefined) job.phase = failedFn;
+    return endJob(out, job, view, now);
+  }
+  job.status = 'success';
   return endJob(out, job, view, now);
 }
 
@@ -140,7 +257,8 @@ function newJob(jobId: string, kind: JobKind, category: Category, label: string,
 function start(out: Transition, job: JobState, now: Date): void {
   job.status = 'running';
   job.startedAt = now.toISOString();
-  out.enqueue.push({ fn: job.phase, data: job.input, id: enqueueId(out.header.runId, job.jobId, job.try, job.phase) });
+  // A job retried after its run finished (retry.ts) waits here with `try` > 1.
+  out.enqueue.push({ fn: job.phase, data: { ...(job.input as object), try: job.try }, id: enqueueId(out.header.runId, job.jobId, job.try, job.phase) });
 }
 
 /** Starts pending VM jobs while fewer than `concurrency` run. */

@@ -39,6 +39,8 @@ export const RunHeader = z.object({
   fatal: ErrorInfoSchema.optional(),
   /** Which trigger asked for the run (cli, gateway, webhook …), for status displays. */
   trigger: z.string().optional(),
+  /** How many times the failed jobs of the finished run were run again (runtime/run/retry.ts). */
+  retries: z.number().int().min(0).optional(),
 });
 export type RunHeader = z.infer<typeof RunHeader>;
 
@@ -66,5 +68,7 @@ export const JobState = z.object({
   startedAt: z.string().optional(),
   finishedAt: z.string().optional(),
   phaseMs: z.record(z.string(), z.number()),
+  /** verify_after_backup: the check of the set just written (absent when off). */
+  verified: z.object({ ok: z.boolean(), bytes: z.number(), ms: z.number(), error: z.string().optional() }).optional(),
 });
 export type JobState = z.infer<typeof JobState>;

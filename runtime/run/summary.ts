@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { ErrorInfoSchema } from '../errors.js';
+import { HOOK_ABORTED } from '../hooks/kind.js';
 import { Category, RunWarning } from './state.js';
 import type { JobState, RunHeader } from './state.js';
 
@@ -10,8 +11,10 @@ import type { JobState, RunHeader } from './state.js';
  * `run.finished` event.
  *
  * Counts per category, VmBackup's way: S = jobs that succeeded, W = warnings, E = jobs that
- * failed. Exit code: 0 when nothing failed (warnings allowed), 1 when a backup failed, 2 when
- * the run could not start (`fatal`).
+ * failed. A VM skipped by its pre-vm hook counts as one warning (status `skipped`). Exit code:
+ * 0 when nothing failed (warnings and skips allowed), 1 when a backup failed or the run-start
+ * hook skipped the whole run (`skipped`: nothing was backed up), 2 when the run could not
+ * start (`fatal`).
  */
 export const JobSummary = z.object({
   jobId: z.string(),
@@ -26,6 +29,10 @@ export const JobSummary = z.object({
   durationMs: z.number().optional(),
   warnings: z.array(z.string()),
   error: ErrorInfoSchema.optional(),
+  /** verify_after_backup: the check of the set just written (absent when off). */
+  verified: z.object({ ok: z.boolean(), bytes: z.number(), ms: z.number(), error: z.string().optional() }).optional(),
+  /** Status `skipped`: a pre-vm hook aborted, no snapshot was taken. */
+  skipped: z.object({ reason: z.string() }).optional(),
 });
 export type JobSummary = z.infer<typeof JobSummary>;
 
@@ -45,6 +52,8 @@ export const RunSummary = z.object({
   warnings: z.array(RunWarning),
   cleaned: z.array(z.string()),
   fatal: ErrorInfoSchema.optional(),
+  /** The run-start hook aborted the run: nothing was selected nor backed up (exit code 1). */
+  skipped: z.object({ reason: z.string() }).optional(),
 });
 export type RunSummary = z.infer<typeof RunSummary>;
 
@@ -58,9 +67,10 @@ export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSumm
   const summaries: JobSummary[] = jobs.map((job) => {
     const c = count(job.category);
     const failed = job.status === 'failed';
+    const skipped = job.status === 'skipped';
     if (job.status === 'success') c.S += 1;
     if (failed) c.E += 1;
-    c.W += job.warnings.length;
+    c.W += job.warnings.length + (skipped ? 1 : 0);
     const dir = job.folder !== undefined && header.backupDir !== undefined ? path.join(header.backupDir, job.folder) : header.backupDir;
     return {
       jobId: job.jobId,
@@ -74,13 +84,16 @@ export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSumm
       bytes: job.bytes,
       ...(job.startedAt !== undefined && job.finishedAt !== undefined ? { durationMs: Date.parse(job.finishedAt) - Date.parse(job.startedAt) } : {}),
       warnings: job.warnings,
-      ...(job.error !== undefined ? { error: job.error } : {}),
+      ...(job.verified !== undefined ? { verified: job.verified } : {}),
+      ...(job.error !== undefined && !skipped ? { error: job.error } : {}),
+      ...(skipped ? { skipped: { reason: job.error?.message ?? 'skipped' } } : {}),
     };
   });
   for (const w of header.warnings) count(LIST_CATEGORY[w.list ?? ''] ?? 'vm-export').W += 1;
   const anyError = summaries.some((j) => j.status === 'error' || j.status === 'pending');
   const anyWarning = Object.values(categories).some((c) => c.W > 0);
-  const status = header.fatal !== undefined ? 'fatal' : anyError ? 'error' : anyWarning ? 'warning' : 'success';
+  const runSkipped = header.fatal?.code === HOOK_ABORTED;
+  const status = runSkipped ? 'error' : header.fatal !== undefined ? 'fatal' : anyError ? 'error' : anyWarning ? 'warning' : 'success';
   return {
     runId: header.runId,
     status,
@@ -94,7 +107,8 @@ export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSumm
     excludes: header.excludes,
     warnings: header.warnings,
     cleaned: header.cleaned,
-    ...(header.fatal !== undefined ? { fatal: header.fatal } : {}),
+    ...(header.fatal !== undefined && !runSkipped ? { fatal: header.fatal } : {}),
+    ...(runSkipped ? { skipped: { reason: header.fatal!.message } } : {}),
   };
 }
 
@@ -117,6 +131,11 @@ export function formatSummary(summary: RunSummary): string {
   const lines: string[] = [];
   lines.push('');
   lines.push(`*** vmbackup run ${summary.runId}${summary.pool !== undefined ? ` of pool ${summary.pool.name}` : ''} ***`);
+  if (summary.skipped !== undefined) {
+    lines.push(`SKIPPED: ${summary.skipped.reason}`);
+    lines.push('>> Error: nothing backed up <<');
+    return lines.join('\n') + '\n';
+  }
   if (summary.fatal !== undefined) {
     lines.push(`ERROR: the run could not start: ${summary.fatal.message}`);
     lines.push('>> Error <<');
@@ -126,7 +145,14 @@ export function formatSummary(summary: RunSummary): string {
   for (const line of summary.cleaned) lines.push(`cleaned: ${line}`);
   for (const job of summary.jobs) {
     if (job.status === 'error') lines.push(`ERROR: ${job.category} ${job.name}: ${job.error?.message ?? 'failed'}`);
+    if (job.status === 'skipped') lines.push(`SKIPPED: ${job.category} ${job.name}: ${job.skipped?.reason ?? 'skipped'}`);
     for (const w of job.warnings) lines.push(`WARNING: ${job.category} ${job.name}: ${w}`);
+  }
+  const verified = summary.jobs.filter((j) => j.verified !== undefined);
+  if (verified.length > 0) {
+    const ok = verified.filter((j) => j.verified!.ok);
+    const bytes = ok.reduce((n, j) => n + j.verified!.bytes, 0);
+    lines.push(`verified after backup: ${ok.length} of ${verified.length} sets OK (${(bytes / 2 ** 30).toFixed(2)} GiB read back)`);
   }
   for (const [category, counts] of Object.entries(summary.categories)) {
     lines.push(`VmBackup ${TITLES[category] ?? category} Summary - S:${counts.S} W:${counts.W} E:${counts.E}`);

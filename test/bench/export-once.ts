@@ -10,6 +10,7 @@ import { snapshot } from '../../functions/snapshot/snapshot.js';
 import type { SnapshotInput } from '../../functions/snapshot/snapshot.js';
 import type { Ctx } from '../../runtime/function.js';
 import { systemClock } from '../../runtime/function.js';
+import { noHooks } from '../../runtime/hooks/runner.js';
 import { silentLogger } from '../../runtime/log.js';
 import { formatStamp } from '../../runtime/storage/naming.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
@@ -24,6 +25,7 @@ const ctx: Ctx = {
   signal: new AbortController().signal,
   heartbeat: () => {},
   attempt: 1,
+  hooks: noHooks,
 };
 const input: SnapshotInput = {
   runId: 'bench',

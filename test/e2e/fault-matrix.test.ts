@@ -215,7 +215,7 @@ describe('fault matrix', () => {
       'set -e',
       `mount -t tmpfs -o size=8m tmpfs '${dir}'`,
       `mkdir '${dir}/small' && printf old > '${dir}/small/keep-me.txt'`,
-      `'${process.execPath}' '${VMBACKUP}' ${[...ws.args(s), '-d', dir, '-x', 'bystander', '--space-threshold', '1'].map((a) => `'${a}'`).join(' ')} > '${ws.base}/out.txt' 2> '${ws.base}/err.txt' || echo "exit=$?" > '${ws.base}/code.txt'`,
+      `'${process.execPath}' '${VMBACKUP}' ${[...ws.args(s), '-d', dir, '-x', 'bystander', '--space-threshold', '1', '--concurrency', '1'].map((a) => `'${a}'`).join(' ')} > '${ws.base}/out.txt' 2> '${ws.base}/err.txt' || echo "exit=$?" > '${ws.base}/code.txt'`,
       `cd '${dir}' && find . -type f | sort > '${ws.base}/files.txt'`,
       `cat '${dir}/small/keep-me.txt' > '${ws.base}/kept.txt'`,
     ].join('\n');
