@@ -33,7 +33,9 @@ export async function coordinate(store: RunStore, bus: Bus, event: PhaseEvent, c
       const changed = new Map(t.jobs.map((j) => [j.jobId, j]));
       const merged = t.header.jobIds.map((id) => changed.get(id) ?? stored.find((j) => j.jobId === id)).filter((j) => j !== undefined);
       const summary: RunSummary = summarize(t.header, merged);
-      await bus.publish(eventSubject(event.runId, 'run', 'finished'), summary, { id: `${event.runId}:run:finished` });
+      // A retried run finishes again: its new summary needs its own dedup id.
+      const finishedId = `${event.runId}:run:finished${t.header.retries !== undefined && t.header.retries > 0 ? `:${t.header.retries}` : ''}`;
+      await bus.publish(eventSubject(event.runId, 'run', 'finished'), summary, { id: finishedId });
     }
     if (await store.commit(event.runId, t.header, current.revision, t.jobs)) return;
   }

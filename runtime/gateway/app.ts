@@ -1,0 +1,553 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { zValidator } from '@hono/zod-validator';
+import { Hono } from 'hono';
+import type { Context, Next } from 'hono';
+import type { BlankEnv } from 'hono/types';
+import { bodyLimit } from 'hono/body-limit';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { functions } from '../../functions/index.js';
+import { JobBase } from '../../functions/job.js';
+import type { RunOptions } from '../../functions/plan/plan.js';
+import type { Bus } from '../bus/bus.js';
+import { ConfigError } from '../errors.js';
+import { jobSubject } from '../events.js';
+import type { Clock, FunctionDef } from '../function.js';
+import { planRetry } from '../run/retry.js';
+import { newRunId, startRun } from '../run/start.js';
+import { JobState, RunHeader } from '../run/state.js';
+import type { RunStore } from '../run/store.js';
+import { RunSummary, summarize } from '../run/summary.js';
+import { formatStamp } from '../storage/naming.js';
+import { AlertmanagerPayload, deliveryKey, vmsToBackUp } from './alertmanager.js';
+import { checkBearer, tokenDigests } from './auth.js';
+import { BackupsResponse, listBackups } from './backups.js';
+import { HttpError, badInput, errorResponse, zodIssues } from './errors.js';
+import { buildOpenApi } from './openapi.js';
+import type { RouteDoc } from './openapi.js';
+import { RunRequest, exactNameEntry, runOptionsFrom } from './run-request.js';
+import type { TriggerLog } from './trigger-log.js';
+import { DEFAULT_FRESHNESS, GenericHook, SIGNATURE_HEADER, checkFreshness, genericDeliveryKey, verifySignature } from './webhook.js';
+import type { Freshness } from './webhook.js';
+
+/**
+ * What the gateway needs, as interfaces: the app never sees NATS, so it runs the same on the
+ * in-process bus (tests) and on JetStream (`vmbackup gateway`).
+ */
+export interface GatewayDeps {
+  bus: Bus;
+  store: RunStore;
+  /** Where repeated webhook deliveries are recognised. */
+  triggers: TriggerLog;
+  /** The gateway's backup_dir, listed by GET /v1/backups. */
+  backupDir: string;
+  /** Accepted bearer tokens. Empty only together with `allowNoAuth`. */
+  tokens: readonly string[];
+  /** Serve without any token (tests, a loopback-only gateway). Says so in the log. */
+  allowNoAuth?: boolean;
+  /** HMAC secret of POST /v1/hooks/generic; without it that route answers 404. */
+  webhookSecret?: string;
+  /** Largest request body, in bytes (gateway_body_limit). */
+  bodyLimit: number;
+  /** The Alertmanager label naming the VM to back up (alertmanager_label). */
+  alertmanagerLabel: string;
+  /** Run options from the gateway's settings (runOptions(settings)); requests override them. */
+  runDefaults: RunOptions;
+  clock: Clock;
+  log: Logger;
+  /** True when the bus can take work (NATS connected, JetStream answering). */
+  ready(): Promise<boolean>;
+  /** Dedup windows of webhook deliveries, in ms. */
+  windows?: { alertmanagerMs?: number; genericMs?: number; idempotencyMs?: number };
+  /** Accepted age of generic deliveries. */
+  freshness?: Freshness;
+  /** Shown in the OpenAPI document. */
+  version?: string;
+}
+
+/**
+ * Default dedup windows: an alert keeps its run for a day; a signed delivery id for an hour
+ * (more than the 5 + 5 minutes its timestamp may be off, so a replay is either stale or
+ * recognised); an Idempotency-Key of a function invocation for a day.
+ */
+export const DEFAULT_WINDOWS = { alertmanagerMs: 24 * 3600_000, genericMs: 3600_000, idempotencyMs: 24 * 3600_000 } as const;
+
+const RunId = JobBase.shape.runId;
+const IdempotencyKey = z.string().regex(/^[\x21-\x7e]{1,200}$/, 'Idempotency-Key: 1 to 200 visible ASCII characters');
+
+const RunAccepted = z.object({
+  runId: z.string(),
+  /** True when this request repeats an earlier one: no new run was started. */
+  duplicate: z.boolean().optional(),
+});
+const RunListItem = RunHeader.pick({ runId: true, status: true, startedAt: true, finishedAt: true, pool: true, backupDir: true, trigger: true, remaining: true, retries: true, fatal: true }).extend({
+  /** Number of jobs of the run. */
+  jobs: z.number().int(),
+});
+const RunList = z.object({ runs: z.array(RunListItem) });
+const JobView = JobState.omit({ input: true, failedInput: true });
+const RunDetail = z.object({
+  run: RunHeader,
+  /** Each job's state (without its messages), in plan order. */
+  jobs: z.array(JobView),
+  /** Present once the run is finished. */
+  summary: RunSummary.optional(),
+});
+const RetryAccepted = z.object({
+  runId: z.string(),
+  /** How many times this run was retried, this time included. */
+  retries: z.number().int(),
+  jobs: z.array(z.object({ jobId: z.string(), label: z.string(), phase: z.string(), from: z.enum(['failed-phase', 'start']) })),
+});
+const InvokeAccepted = z.object({
+  runId: z.string(),
+  jobId: z.string(),
+  function: z.string(),
+  subject: z.string(),
+  /** The message's dedup id on the bus. */
+  dedupId: z.string(),
+  /** A repeated request (same Idempotency-Key): nothing queued. */
+  duplicate: z.boolean().optional(),
+});
+const HookAnswer = z.object({
+  /** The run started by this delivery (or by the earlier one it repeats); null when there was nothing to do. */
+  runId: z.string().nullable(),
+  duplicate: z.boolean().optional(),
+  vms: z.array(z.string()).optional(),
+  message: z.string().optional(),
+});
+const Health = z.object({ status: z.string() });
+const RunsQuery = z.object({ limit: z.coerce.number().int().min(1).max(1000).optional().describe('At most this many runs, newest first (default 50).') });
+const BackupsQuery = z.object({ vm: z.string().min(1).max(1000).optional().describe('Only this VM: its folder name or the VM name recorded in its manifests.') });
+
+/**
+ * The body schema `POST /v1/functions/{name}` validates with: the function's own input
+ * schema, where `runId` and `jobId` may be left out (an ad-hoc invocation gets
+ * `adhoc-<stamp>-<hex>` and `adhoc`).
+ */
+export function invokeSchema(fn: FunctionDef): z.ZodType {
+  const schema = fn.subject.schema;
+  if (!(schema instanceof z.ZodObject)) return schema;
+  return schema.extend({ runId: RunId.optional(), jobId: JobBase.shape.jobId.optional() });
+}
+
+type Env = BlankEnv;
+type AnyHandler = (c: Context<Env>, next: Next) => unknown;
+
+/** What a validator middleware of the route checked. */
+function valid<T>(c: Context<Env>, target: 'json' | 'query'): T {
+  return (c.req.valid as unknown as (t: string) => T)(target);
+}
+
+/**
+ * The HTTP gateway: a Hono app over the bus and the run store. See README.md beside this
+ * file for the API; the OpenAPI document is served at GET /v1/openapi.json.
+ *
+ * @example
+ *   const app = createGateway({ bus, store, triggers: new MemoryTriggerLog(systemClock), backupDir,
+ *     tokens, bodyLimit: 1 << 20, alertmanagerLabel: 'vm', runDefaults: runOptions(settings),
+ *     clock: systemClock, log, ready: async () => true });
+ *   serve({ fetch: app.fetch, port: 8080 });
+ */
+export function createGateway(deps: GatewayDeps): Hono<Env> {
+  if (deps.tokens.length === 0 && deps.allowNoAuth !== true) {
+    throw new ConfigError('the gateway has no bearer token: list at least one in gateway_tokens_file (one per line)', { key: 'gateway_tokens_file' });
+  }
+  const log = deps.log.child({ component: 'gateway' });
+  if (deps.tokens.length === 0) log.warn('gateway without authentication: every caller may start runs');
+  const digests = tokenDigests(deps.tokens);
+  const windows = { ...DEFAULT_WINDOWS, ...deps.windows };
+  const freshness = deps.freshness ?? DEFAULT_FRESHNESS;
+  const docs: RouteDoc[] = [];
+  const app = new Hono<Env>();
+
+  // --- cross-cutting: access log, errors, auth, body limit ---------------------------------
+
+  app.use('*', async (c, next) => {
+    const started = Date.now();
+    await next();
+    const quiet = c.req.path === '/healthz' || c.req.path === '/readyz';
+    log[quiet ? 'debug' : 'info']({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Date.now() - started }, `${c.req.method} ${c.req.path} ${c.res.status}`);
+  });
+
+  app.onError((error, c) => {
+    const r = errorResponse(error);
+    if (r.bug) log.error({ err: error, method: c.req.method, path: c.req.path }, `gateway: ${(error as Error).message}`);
+    return c.json(r.body, r.status, r.headers);
+  });
+  app.notFound((c) => c.json({ error: 'NOT_FOUND', message: `no route ${c.req.method} ${c.req.path} (see GET /v1/openapi.json)` }, 404));
+
+  const publicPaths = new Set(['/v1/openapi.json']);
+  app.use('/v1/*', async (c, next) => {
+    if (digests.length === 0 || publicPaths.has(c.req.path)) return next();
+    const check = checkBearer(c.req.header('Authorization'), digests);
+    if (!check.ok) {
+      const challenge = check.status === 401 ? (check.error === 'malformed' ? 'Bearer realm="vmbackup", error="invalid_request"' : 'Bearer realm="vmbackup"') : undefined;
+      throw new HttpError(check.status, check.status === 401 ? 'UNAUTHORIZED' : 'FORBIDDEN', check.message, undefined, challenge !== undefined ? { 'WWW-Authenticate': challenge } : undefined);
+    }
+    return next();
+  });
+  app.use(
+    '/v1/*',
+    bodyLimit({
+      maxSize: deps.bodyLimit,
+      onError: () => {
+        throw new HttpError(413, 'PAYLOAD_TOO_LARGE', `request body larger than ${deps.bodyLimit} bytes (gateway_body_limit)`);
+      },
+    }),
+  );
+
+  /** A JSON body, or none: a body in another type is refused rather than ignored. */
+  const jsonBody: AnyHandler = async (c, next) => {
+    const raw = new Uint8Array(await c.req.arrayBuffer());
+    const type = (c.req.header('Content-Type') ?? '').split(';')[0]!.trim().toLowerCase();
+    const isJson = /^application\/([\w.-]+\+)?json$/.test(type);
+    if (raw.length > 0 && !isJson) {
+      throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', `the body must be JSON, sent with Content-Type: application/json (got ${type === '' ? 'no Content-Type' : type})`);
+    }
+    if (isJson) {
+      try {
+        JSON.parse(new TextDecoder().decode(raw));
+      } catch (error) {
+        throw new HttpError(400, 'BAD_REQUEST', `malformed JSON in request body: ${(error as Error).message}`);
+      }
+    }
+    return next();
+  };
+  /** Validates the body or query with `schema`; bad input is a 400 listing each problem. */
+  const validate = (target: 'json' | 'query', schema: z.ZodType): AnyHandler =>
+    zValidator(target, schema, (result) => {
+      if (!result.success) throw target === 'json' ? badInput(zodIssues(result.error.issues)) : badInput(zodIssues(result.error.issues, '(query)'), 'invalid query');
+    }) as unknown as AnyHandler;
+
+  /** Registers a route and its description together. */
+  function route(doc: RouteDoc, ...handlers: AnyHandler[]): void {
+    docs.push(doc);
+    const honoPath = doc.path.replace(/\{(\w+)\}/g, ':$1');
+    (app.on as unknown as (method: string, path: string, ...h: AnyHandler[]) => void)(doc.method.toUpperCase(), honoPath, ...handlers);
+  }
+
+  const runIdParam = (c: Context<Env>): string => {
+    const id = c.req.param('id') ?? '';
+    const ok = RunId.safeParse(id);
+    if (!ok.success) throw badInput([{ path: 'id', message: ok.error.issues[0]?.message ?? 'invalid run id' }], 'invalid run id');
+    return id;
+  };
+  const idempotencyKey = (c: Context<Env>): string | undefined => {
+    const key = c.req.header('Idempotency-Key');
+    if (key === undefined) return undefined;
+    const ok = IdempotencyKey.safeParse(key);
+    if (!ok.success) throw badInput([{ path: 'Idempotency-Key', message: ok.error.issues[0]!.message }], 'invalid header');
+    return key;
+  };
+
+  /** Starts a run for a webhook delivery unless the delivery was seen within the window. */
+  async function triggerRun(c: Context<Env>, key: string, windowMs: number, options: RunOptions, trigger: string, vms?: string[]): Promise<Response> {
+    const now = deps.clock.now();
+    const runId = newRunId(now);
+    const claim = await deps.triggers.claim(key, runId, windowMs);
+    if (claim !== 'new') {
+      log.info({ runId: claim.runId, trigger }, `${trigger}: repeated delivery, run ${claim.runId} already started`);
+      return c.json({ runId: claim.runId, duplicate: true, ...(vms !== undefined ? { vms } : {}) }, 200, { Location: `/v1/runs/${claim.runId}` });
+    }
+    try {
+      await startRun(deps.store, deps.bus, { runId, options, startedAt: now, trigger });
+    } catch (error) {
+      await deps.triggers.release(key, runId).catch((e: unknown) => log.warn({ err: e }, `could not release trigger claim ${key}`));
+      throw error;
+    }
+    log.info({ runId, trigger }, `${trigger}: run ${runId} started${vms !== undefined ? ` for ${vms.join(', ')}` : ''}`);
+    return c.json({ runId, ...(vms !== undefined ? { vms } : {}) }, 202, { Location: `/v1/runs/${runId}` });
+  }
+
+  // --- health ---------------------------------------------------------------------------
+
+  route({ method: 'get', path: '/healthz', tag: 'health', public: true, summary: 'Liveness: the process answers', responses: { 200: { description: 'Alive', schema: Health } } }, (c) =>
+    c.json({ status: 'ok' }),
+  );
+  route(
+    {
+      method: 'get',
+      path: '/readyz',
+      tag: 'health',
+      public: true,
+      summary: 'Readiness: NATS is reachable',
+      responses: { 200: { description: 'Ready', schema: Health }, 503: { description: 'NATS not reachable', schema: Health } },
+    },
+    async (c) => {
+      let ready = false;
+      try {
+        ready = await deps.ready();
+      } catch (error) {
+        log.warn({ err: error }, `readiness check failed: ${(error as Error).message}`);
+      }
+      return ready ? c.json({ status: 'ready' }) : c.json({ status: 'not ready: the bus (NATS) is not reachable' }, 503);
+    },
+  );
+  route(
+    { method: 'get', path: '/v1/openapi.json', tag: 'meta', public: true, summary: 'This API, as an OpenAPI 3.1 document', responses: { 200: { description: 'The OpenAPI document' } } },
+    (c) => c.json(openapi),
+  );
+
+  // --- runs -----------------------------------------------------------------------------
+
+  route(
+    {
+      method: 'post',
+      path: '/v1/runs',
+      tag: 'runs',
+      summary: 'Start a run',
+      description:
+        'Backs up the pool with the gateway’s settings, overridden by the body (config key names). An empty body runs with the settings alone. With `Idempotency-Key`, a repeated request gives the same run and starts nothing.',
+      body: { schema: RunRequest, required: false },
+      headers: [{ name: 'Idempotency-Key', required: false, description: 'Makes the request repeatable: the same key gives the same run id.', schema: IdempotencyKey }],
+      responses: {
+        202: { description: 'Run submitted', schema: RunAccepted, headers: { Location: 'The run: /v1/runs/{id}' } },
+        200: { description: 'A repeated request (same Idempotency-Key): the existing run, nothing started', schema: RunAccepted },
+      },
+    },
+    jsonBody,
+    validate('json', RunRequest),
+    async (c) => {
+      const req = valid<RunRequest>(c, 'json');
+      const key = idempotencyKey(c);
+      const now = deps.clock.now();
+      const runId = key !== undefined ? `req-${createHash('sha256').update(`idempotency:${key}`).digest('hex').slice(0, 24)}` : newRunId(now);
+      const created = await startRun(deps.store, deps.bus, { runId, options: runOptionsFrom(deps.runDefaults, req), startedAt: now, trigger: 'gateway' });
+      if (!created) return c.json({ runId, duplicate: true }, 200, { Location: `/v1/runs/${runId}` });
+      log.info({ runId }, `run ${runId} submitted`);
+      return c.json({ runId }, 202, { Location: `/v1/runs/${runId}` });
+    },
+  );
+
+  route(
+    { method: 'get', path: '/v1/runs', tag: 'runs', summary: 'Recent runs, newest first', query: RunsQuery, responses: { 200: { description: 'Runs', schema: RunList } } },
+    validate('query', RunsQuery),
+    async (c) => {
+      const q = valid<z.infer<typeof RunsQuery>>(c, 'query');
+      const headers = await deps.store.list(q.limit ?? 50);
+      return c.json({
+        runs: headers.map((h) => ({
+          runId: h.runId,
+          status: h.status,
+          startedAt: h.startedAt,
+          ...(h.finishedAt !== undefined ? { finishedAt: h.finishedAt } : {}),
+          ...(h.pool !== undefined ? { pool: h.pool } : {}),
+          ...(h.backupDir !== undefined ? { backupDir: h.backupDir } : {}),
+          ...(h.trigger !== undefined ? { trigger: h.trigger } : {}),
+          remaining: h.remaining,
+          ...(h.retries !== undefined ? { retries: h.retries } : {}),
+          ...(h.fatal !== undefined ? { fatal: h.fatal } : {}),
+          jobs: h.jobIds.length,
+        })),
+      });
+    },
+  );
+
+  route(
+    {
+      method: 'get',
+      path: '/v1/runs/{id}',
+      tag: 'runs',
+      summary: 'One run: its state, its jobs, and its summary once finished',
+      description: 'Ad-hoc function invocations (POST /v1/functions/{name} without a runId) have no run state: their id answers 404.',
+      params: { id: { description: 'Run id', schema: RunId } },
+      responses: { 200: { description: 'The run', schema: RunDetail }, 404: { description: 'No such run', schema: undefined } },
+    },
+    async (c) => {
+      const id = runIdParam(c);
+      const current = await deps.store.header(id);
+      if (current === undefined) throw unknownRun(id);
+      const jobs = await deps.store.allJobs(id);
+      const header = current.header;
+      return c.json({
+        run: header,
+        jobs: jobs.map(({ input: _i, failedInput: _f, ...rest }) => rest),
+        ...(header.status === 'finished' ? { summary: summarize(header, jobs) } : {}),
+      });
+    },
+  );
+
+  route(
+    {
+      method: 'post',
+      path: '/v1/runs/{id}/retry',
+      tag: 'runs',
+      summary: 'Run the failed jobs of a finished run again',
+      description:
+        'Each failed job runs again from the phase that failed (meta, prune, pool-db, host-backup), or from a new snapshot when the failed message is spent (export). The run is running again until they end; its summary is published again.',
+      params: { id: { description: 'Run id', schema: RunId } },
+      responses: {
+        202: { description: 'Failed jobs queued again', schema: RetryAccepted, headers: { Location: 'The run: /v1/runs/{id}' } },
+        404: { description: 'No such run' },
+        409: { description: 'The run is not finished, could not start, has no failed job, or changed meanwhile' },
+      },
+    },
+    async (c) => {
+      const id = runIdParam(c);
+      const current = await deps.store.header(id);
+      if (current === undefined) throw unknownRun(id);
+      const r = planRetry(current.header, await deps.store.allJobs(id), deps.clock.now());
+      if (!r.ok) throw new HttpError(409, r.reason.toUpperCase().replace(/-/g, '_'), r.message);
+      if (!(await deps.store.commit(id, r.header, current.revision, r.jobs))) {
+        throw new HttpError(409, 'CONFLICT', `run ${id} changed while the retry was prepared: look at it again and retry`);
+      }
+      for (const e of r.enqueue) await deps.bus.enqueue(jobSubject(e.fn), e.data, { id: e.id });
+      log.info({ runId: id }, `run ${id}: retrying ${r.retried.map((j) => `${j.label} (${j.phase})`).join(', ')}`);
+      return c.json({ runId: id, retries: r.header.retries ?? 1, jobs: r.retried }, 202, { Location: `/v1/runs/${id}` });
+    },
+  );
+
+  // --- backups ----------------------------------------------------------------------------
+
+  route(
+    {
+      method: 'get',
+      path: '/v1/backups',
+      tag: 'backups',
+      summary: 'Backup sets in backup_dir, per VM, with dates, sizes and formats; pool DB and host backups',
+      query: BackupsQuery,
+      responses: { 200: { description: 'Backups', schema: BackupsResponse }, 503: { description: 'backup_dir cannot be read' } },
+    },
+    validate('query', BackupsQuery),
+    async (c) => {
+      const q = valid<z.infer<typeof BackupsQuery>>(c, 'query');
+      return c.json(await listBackups(deps.backupDir, { now: deps.clock.now().getTime(), ...(q.vm !== undefined ? { vm: q.vm } : {}) }));
+    },
+  );
+
+  // --- one phase on its own -----------------------------------------------------------------
+
+  for (const fn of functions.filter((f) => f.remote)) {
+    const schema = invokeSchema(fn);
+    route(
+      {
+        method: 'post',
+        path: `/v1/functions/${fn.name}`,
+        tag: 'functions',
+        summary: `Run ${fn.name} on its own: ${fn.description}`,
+        description: `Validated with ${fn.name}'s own input schema and queued on ${fn.subject.name}. Without runId/jobId the invocation is ad hoc (runId adhoc-…, jobId adhoc): it has no run state, GET /v1/runs/{id} answers 404 for it; its events are published on vmbackup.events.<runId>.${fn.name}.*. With Idempotency-Key a repeated request queues nothing new.`,
+        body: { schema, required: true },
+        headers: [{ name: 'Idempotency-Key', required: false, description: 'A repeated request with the same key queues nothing new.', schema: IdempotencyKey }],
+        responses: { 202: { description: 'Queued', schema: InvokeAccepted }, 200: { description: 'A repeated request (same Idempotency-Key): nothing queued', schema: InvokeAccepted } },
+      },
+      jsonBody,
+      validate('json', schema),
+      async (c) => {
+        const body = valid<Record<string, unknown>>(c, 'json');
+        const key = idempotencyKey(c);
+        const nonce = key !== undefined ? createHash('sha256').update(`invoke:${fn.name}:${key}`).digest('hex').slice(0, 24) : randomBytes(8).toString('hex');
+        const runId = typeof body.runId === 'string' ? body.runId : key !== undefined ? `adhoc-${nonce}` : `adhoc-${formatStamp(deps.clock.now())}-${nonce.slice(0, 4)}`;
+        const jobId = typeof body.jobId === 'string' ? body.jobId : 'adhoc';
+        const parsed = fn.subject.schema.safeParse({ ...body, runId, jobId });
+        if (!parsed.success) throw badInput(zodIssues(parsed.error.issues));
+        const data = parsed.data as { try?: number };
+        const dedupId = `invoke:${runId}:${jobId}:${data.try ?? 1}:${fn.name}:${nonce}`;
+        const answer = { runId, jobId, function: fn.name, subject: fn.subject.name, dedupId };
+        const claimKey = `inv.${nonce}`;
+        if (key !== undefined) {
+          const claim = await deps.triggers.claim(claimKey, runId, windows.idempotencyMs);
+          if (claim !== 'new') return c.json({ ...answer, runId: claim.runId, duplicate: true }, 200);
+        }
+        try {
+          await deps.bus.enqueue(fn.subject.name, parsed.data, { id: dedupId });
+        } catch (error) {
+          if (key !== undefined) await deps.triggers.release(claimKey, runId).catch(() => undefined);
+          throw error;
+        }
+        log.info({ runId, jobId, fn: fn.name }, `${fn.name} invoked on its own (run ${runId}, job ${jobId})`);
+        return c.json(answer, 202);
+      },
+    );
+  }
+  app.post('/v1/functions/:name', (c) => {
+    throw new HttpError(404, 'UNKNOWN_FUNCTION', `no function "${c.req.param('name')}" (functions: ${functions.filter((f) => f.remote).map((f) => f.name).join(', ')})`);
+  });
+
+  // --- webhooks ---------------------------------------------------------------------------
+
+  route(
+    {
+      method: 'post',
+      path: '/v1/hooks/alertmanager',
+      tag: 'hooks',
+      summary: 'Prometheus Alertmanager webhook (version 4): back up the VMs its firing alerts name',
+      description: `Each firing alert's label "${deps.alertmanagerLabel}" (alertmanager_label) names a VM, backed up as a whole VM (vm-export, exact name); resolved alerts ask for nothing. Other options come from the gateway's settings; its excludes still apply. A delivery repeating one seen within ${windows.alertmanagerMs / 3_600_000} h (same group, same firing alerts by fingerprint and startsAt) starts no second run.`,
+      body: { schema: AlertmanagerPayload, required: true },
+      responses: {
+        202: { description: 'Run started for the named VMs', schema: HookAnswer, headers: { Location: 'The run' } },
+        200: { description: 'Nothing to do (no firing alert names a VM), or a repeated delivery (duplicate: true, the first run id)', schema: HookAnswer },
+      },
+    },
+    jsonBody,
+    validate('json', AlertmanagerPayload),
+    async (c) => {
+      const payload = valid<AlertmanagerPayload>(c, 'json');
+      const vms = vmsToBackUp(payload, deps.alertmanagerLabel);
+      if (vms.length === 0) {
+        return c.json({ runId: null, vms: [], message: `nothing to do: no firing alert has the label "${deps.alertmanagerLabel}"` }, 200);
+      }
+      const options: RunOptions = { ...deps.runDefaults, vmExports: vms.map(exactNameEntry), vdiExports: [], poolBackup: false, hostBackup: false };
+      if (payload.truncatedAlerts > 0) log.warn(`alertmanager: ${payload.truncatedAlerts} alerts of group ${payload.groupKey} were truncated: their VMs are not backed up`);
+      return triggerRun(c, deliveryKey(payload), windows.alertmanagerMs, options, 'alertmanager', vms);
+    },
+  );
+
+  const verify: AnyHandler = async (c, next) => {
+    if (deps.webhookSecret === undefined) {
+      throw new HttpError(404, 'NOT_CONFIGURED', 'signed webhooks are off: set webhook_secret_file in the gateway’s config');
+    }
+    const raw = new Uint8Array(await c.req.arrayBuffer());
+    const header = c.req.header(SIGNATURE_HEADER);
+    if (header === undefined) throw new HttpError(401, 'SIGNATURE_MISSING', `${SIGNATURE_HEADER} header missing: sign the body (sha256=<hex HMAC-SHA256>)`);
+    if (!verifySignature(deps.webhookSecret, raw, header)) throw new HttpError(401, 'SIGNATURE_INVALID', `${SIGNATURE_HEADER} does not match the body`);
+    return next();
+  };
+  route(
+    {
+      method: 'post',
+      path: '/v1/hooks/generic',
+      tag: 'hooks',
+      summary: 'A signed webhook: start a run with the options it carries',
+      description: `Needs both the bearer token and \`${SIGNATURE_HEADER}: sha256=<hex HMAC-SHA256(webhook secret, raw body)>\`. \`timestamp\` may be at most ${freshness.maxAgeMs / 60_000} min old and ${freshness.maxAheadMs / 60_000} min ahead; a delivery \`id\` seen within ${windows.genericMs / 60_000} min starts no second run.`,
+      body: { schema: GenericHook, required: true },
+      headers: [{ name: SIGNATURE_HEADER, required: true, description: 'sha256=<hex HMAC-SHA256 of the raw body>', schema: z.string().regex(/^sha256=[0-9a-fA-F]{64}$/) }],
+      responses: {
+        202: { description: 'Run started', schema: HookAnswer, headers: { Location: 'The run' } },
+        200: { description: 'A repeated delivery: the first run id, nothing started', schema: HookAnswer },
+        404: { description: 'Signed webhooks are not configured (webhook_secret_file)' },
+      },
+    },
+    verify,
+    jsonBody,
+    validate('json', GenericHook),
+    async (c) => {
+      const body = valid<GenericHook>(c, 'json');
+      const stale = checkFreshness(body.timestamp, deps.clock.now(), freshness);
+      if (stale !== undefined) throw new HttpError(400, 'STALE_DELIVERY', stale, [{ path: 'timestamp', message: stale }]);
+      const { id: _id, timestamp: _ts, ...req } = body;
+      return triggerRun(c, genericDeliveryKey(body.id), windows.genericMs, runOptionsFrom(deps.runDefaults, req), 'webhook');
+    },
+  );
+
+  const openapi = buildOpenApi(docs, { version: deps.version ?? '0.0.0' });
+  return app;
+}
+
+function unknownRun(id: string): HttpError {
+  return new HttpError(
+    404,
+    'NOT_FOUND',
+    id.startsWith('adhoc-') ? `no run ${id}: ad-hoc function invocations are not tracked as runs (their events are on vmbackup.events.${id}.>)` : `no run ${id}`,
+  );
+}
+
+/** The routes the gateway serves, as documented (for tests and tools). */
+export function gatewayRoutes(app: Hono<Env>): { method: string; path: string }[] {
+  // Hono lists a route once per handler of its chain.
+  const seen = new Set<string>();
+  return app.routes
+    .filter((r) => r.method !== 'ALL')
+    .filter((r) => !seen.has(`${r.method} ${r.path}`) && seen.add(`${r.method} ${r.path}`))
+    .map((r) => ({ method: r.method, path: r.path }));
+}
