@@ -95,6 +95,42 @@ export function busContract(name: string, make: () => Promise<Bus>, opts: { retr
       expect(overlap).toBe(false);
     });
 
+    it('keeps a job until a worker serves its subject; a closed worker takes no more', async () => {
+      const subject = `vmbackup.jobs.${prefix}`;
+      const first: unknown[] = [];
+      const closer = await bus.work(subject, { concurrency: 1 }, async (job) => {
+        first.push(job.data);
+        return { kind: 'ack' };
+      });
+      await bus.enqueue(subject, { n: 1 }, { id: `${prefix}-1` });
+      await waitFor(() => first.length === 1);
+      await closer.close();
+      await bus.enqueue(subject, { n: 2 }, { id: `${prefix}-2` });
+      await sleep(200);
+      expect(first).toEqual([{ n: 1 }]);
+      const second: unknown[] = [];
+      await bus.work(subject, { concurrency: 1 }, async (job) => {
+        second.push(job.data);
+        return { kind: 'ack' };
+      });
+      await waitFor(() => second.length === 1);
+      expect(second).toEqual([{ n: 2 }]);
+    });
+
+    it('a durable subscriber that throws gets the event again, and the next event waits behind it', async () => {
+      const got: string[] = [];
+      let failures = 0;
+      await bus.subscribe(`vmbackup.events.${prefix}.>`, { durable: `d-${prefix}` }, async (subject) => {
+        const last = subject.split('.').pop()!;
+        if (last === 'a' && failures++ < 2) throw new Error('not yet');
+        got.push(last);
+      });
+      for (const s of ['a', 'b', 'c']) await bus.publish(`vmbackup.events.${prefix}.${s}`, {});
+      await waitFor(() => got.length === 3);
+      expect(got).toEqual(['a', 'b', 'c']);
+      expect(failures).toBe(3);
+    });
+
     it('answers requests, and returns no reply when nobody listens', async () => {
       await bus.reply(`vmbackup.hooks.${prefix}`, async (data) => ({ echo: data }));
       expect(await bus.request(`vmbackup.hooks.${prefix}`, { x: 1 }, { timeoutMs: 2000 })).toEqual([{ echo: { x: 1 } }]);

@@ -8,6 +8,13 @@ import type { Io } from './io.js';
  */
 const COMMANDS: Record<string, (argv: readonly string[], io: Io) => Promise<number>> = {
   backup: backupCommand,
+  verify: async (argv, io) => (await import('./verify.js')).verifyCommand(argv, io),
+  restore: async (argv, io) => (await import('./restore.js')).restoreCommand(argv, io),
+  gateway: async (argv, io) => (await import('./gateway.js')).gatewayCommand(argv, io),
+  worker: async (argv, io) => (await import('./worker.js')).workerCommand(argv, io),
+  run: async (argv, io) => (await import('./run.js')).runCommand(argv, io),
+  status: async (argv, io) => (await import('./status.js')).statusCommand(argv, io),
+  invoke: async (argv, io) => (await import('./invoke.js')).invokeCommand(argv, io),
 };
 
 export async function main(argv: readonly string[], io: Io): Promise<number> {

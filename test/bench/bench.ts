@@ -7,6 +7,8 @@
  *   rss_growth_mib         peak RSS exporting an 8 GiB disk − exporting a 1 GiB disk        < 32
  *   plan_ms_5000           plan over 5,000 VMs with 100 selection entries                    < 1000
  *   plan_vs_fetch_ratio    … divided by one bare VM.get_all_records of the same pool
+ *   nats_vs_embedded_ratio 200 VMs with 1 MiB disks: `vmbackup run` through NATS with two
+ *                          workers, wall time / the same run embedded (`vmbackup`)         ≤ 1.5
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -17,6 +19,7 @@ import { promisify } from 'node:util';
 import { plan } from '../../functions/plan/plan.js';
 import type { Ctx } from '../../runtime/function.js';
 import { systemClock } from '../../runtime/function.js';
+import { noHooks } from '../../runtime/hooks/runner.js';
 import { silentLogger } from '../../runtime/log.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
 
@@ -175,6 +178,7 @@ try {
         signal: new AbortController().signal,
         heartbeat: () => {},
         attempt: 1,
+        hooks: noHooks,
       };
       const input = {
         runId: 'bench',
@@ -216,6 +220,27 @@ try {
       console.log(`plan_vs_fetch_ratio=${(median(planMs) / median(fetchMs)).toFixed(2)}`);
     } finally {
       await xapi.close();
+      sim.stop();
+    }
+  }
+
+  if (want('nats')) {
+    const file = path.join(work, 'pool-nats-200.json');
+    await writeFile(
+      file,
+      JSON.stringify({
+        credentials: { user: 'root', password: 'bench' },
+        hosts: [{ name_label: 'bench-host' }],
+        srs: [{ name_label: 'SR', size_gib: 100, used_gib: 1 }],
+        vms: Array.from({ length: 200 }, (_, i) => ({ name_label: `vm-${String(i).padStart(3, '0')}`, power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' }], vifs: [] })),
+      }),
+    );
+    const sim = await simulator(file);
+    try {
+      const { natsVsEmbedded } = await import('../nats/bench-nats.js');
+      const r = await natsVsEmbedded({ simUrl: sim.url, user: 'root', password: 'bench', work, rounds: 3, note: (line) => console.error(line) });
+      console.log(`nats_vs_embedded_ratio=${r.ratio.toFixed(2)}`);
+    } finally {
       sim.stop();
     }
   }

@@ -1,0 +1,395 @@
+import { DeliverPolicy, RequestStrategy } from 'nats';
+import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection } from 'nats';
+import type { Logger } from 'pino';
+import { DEFAULT_MAX_ACK_PENDING, EVENTS_STREAM, JOBS_STREAM, eventConsumer, jobConsumer } from '../../infra/nats/jetstream.js';
+import type { Bus, Closer, Delivery, EventHandler, JobHandler, Settle, WorkOptions } from './bus.js';
+import { applyConsumer } from './nats-infra.js';
+
+export interface NatsBusOptions {
+  log?: Logger;
+  /**
+   * ack_wait of durable event consumers, and of job consumers when the runtime gives none
+   * (WorkOptions.ackWaitMs): how long the delivery a dead process held waits. Default 30 s.
+   */
+  ackWaitMs?: number;
+  /**
+   * The global cap of a job subject: deliveries outstanding at once across every worker
+   * (the consumer's max_ack_pending). `vmbackup.jobs.export` → the pool's `concurrency`.
+   * Undefined: no cap beyond the coordinator's own gate.
+   */
+  maxAckPending?: (subject: string) => number | undefined;
+  /** How long enqueue/publish keep trying while NATS is unreachable (restart). Default 60 s. */
+  publishRetryMs?: number;
+  /** Lifetime of a pull request: a lost one (server restart) is replaced this fast. Default 5 s. */
+  pullExpiresMs?: number;
+}
+
+interface Worker {
+  subject: string;
+  consumer: Consumer;
+  handler: JobHandler;
+  /** The caller's attempt cap: a retry on the last attempt terminates the job. */
+  maxDeliver: number | undefined;
+  ackWaitMs: number;
+  closed: boolean;
+  fetches: Set<ConsumerMessages>;
+}
+
+interface Subscription {
+  closed: boolean;
+  messages: ConsumerMessages | undefined;
+}
+
+const EVENTS_PREFIX = 'vmbackup.events.';
+const JOBS_PREFIX = 'vmbackup.jobs.';
+
+/**
+ * The JetStream binding of the bus (runtime/bus/bus.ts), for workers on one node or many.
+ *
+ * - Jobs: the `VMBACKUP_JOBS` work-queue stream; `work(subject)` binds the durable pull
+ *   consumer `jobs-<fn>` (infra/nats/jetstream.ts) and runs `concurrency` pull loops, each
+ *   holding one job at a time. The job's lease (ack_wait) is renewed with in-progress acks
+ *   while its handler runs, so only a worker that died (or lost NATS longer than ack_wait)
+ *   has its job redelivered. `ack` → ack, `term` → term, `retry` → nak(delay), or term on
+ *   the caller's last attempt. The consumer allows one delivery more than `maxDeliver`: the
+ *   runtime answers that one (a job whose worker died on its last attempt) with a failure.
+ * - Events: the `VMBACKUP_EVENTS` stream. `subscribe` with `durable` is a durable consumer
+ *   with max_ack_pending 1 (one event at a time, in order, across every process that
+ *   subscribes); a throw naks the event with a growing delay. Without `durable`, an ordered
+ *   ephemeral consumer from the next event on.
+ * - `enqueue`/`publish` carry the id as `Nats-Msg-Id` (dedup within the stream's duplicate
+ *   window) and are retried while the server is unreachable.
+ * - `request`/`reply`: core NATS request-many / subscription, JSON payloads.
+ *
+ * `close()` stops consuming, waits for running handlers to settle, and closes the connection.
+ *
+ * @example
+ *   const bus = await NatsBus.create(nc, { maxAckPending: (s) => (s === 'vmbackup.jobs.export' ? 2 : undefined) });
+ */
+export class NatsBus implements Bus {
+  private readonly loops = new Set<Promise<void>>();
+  private readonly closers: Closer[] = [];
+  private closed = false;
+
+  private constructor(
+    readonly nc: NatsConnection,
+    private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
+    private readonly opts: NatsBusOptions,
+  ) {}
+
+  /** A bus on a connection whose streams exist already (openNats applies them). */
+  static async create(nc: NatsConnection, opts: NatsBusOptions = {}): Promise<NatsBus> {
+    const jsm = await nc.jetstreamManager();
+    return new NatsBus(nc, nc.jetstream(), jsm, opts);
+  }
+
+  async enqueue(subject: string, data: unknown, opts: { id: string }): Promise<void> {
+    await this.jsPublish(subject, data, opts.id);
+  }
+
+  async publish(subject: string, data: unknown, opts: { id?: string } = {}): Promise<void> {
+    await this.jsPublish(subject, data, opts.id);
+  }
+
+  async work(subject: string, opts: WorkOptions, handler: JobHandler): Promise<Closer> {
+    this.assertOpen();
+    if (!subject.startsWith(JOBS_PREFIX)) throw new Error(`work(${subject}): job subjects are ${JOBS_PREFIX}<fn>`);
+    const ackWaitMs = opts.ackWaitMs ?? this.opts.ackWaitMs ?? 30_000;
+    const decl = jobConsumer(subject, {
+      ackWaitMs,
+      // One more than the caller's attempts: see the class comment.
+      maxDeliver: opts.maxDeliver !== undefined ? opts.maxDeliver + 1 : -1,
+      maxAckPending: this.opts.maxAckPending?.(subject) ?? DEFAULT_MAX_ACK_PENDING,
+    });
+    await applyConsumer(this.jsm, JOBS_STREAM, decl);
+    const consumer = await this.js.consumers.get(JOBS_STREAM, decl.durable_name);
+    const worker: Worker = { subject, consumer, handler, maxDeliver: opts.maxDeliver, ackWaitMs, closed: false, fetches: new Set() };
+    const loops: Promise<void>[] = [];
+    for (let i = 0; i < Math.max(1, opts.concurrency); i++) loops.push(this.track(this.pullLoop(worker, decl)));
+    const closer: Closer = {
+      close: async () => {
+        worker.closed = true;
+        for (const f of worker.fetches) f.stop();
+        await Promise.all(loops);
+      },
+    };
+    this.closers.push(closer);
+    return closer;
+  }
+
+  async subscribe(pattern: string, opts: { durable?: string }, handler: EventHandler): Promise<Closer> {
+    this.assertOpen();
+    if (!pattern.startsWith(EVENTS_PREFIX)) throw new Error(`subscribe(${pattern}): events are ${EVENTS_PREFIX}>`);
+    const sub: Subscription = { closed: false, messages: undefined };
+    let loop: Promise<void>;
+    if (opts.durable !== undefined) {
+      const ackWaitMs = this.opts.ackWaitMs ?? 30_000;
+      await applyConsumer(this.jsm, EVENTS_STREAM, eventConsumer(opts.durable, pattern, { ackWaitMs }));
+      const consumer = await this.js.consumers.get(EVENTS_STREAM, opts.durable);
+      loop = this.track(this.durableLoop(sub, consumer, handler, ackWaitMs));
+    } else {
+      // From the next event on, as a subscription that just started would see them.
+      const { state } = await this.jsm.streams.info(EVENTS_STREAM);
+      const consumer = await this.js.consumers.get(EVENTS_STREAM, {
+        filterSubjects: pattern,
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: state.last_seq + 1,
+      });
+      const messages = await consumer.consume();
+      sub.messages = messages;
+      loop = this.track(this.orderedLoop(sub, messages, handler));
+    }
+    const closer: Closer = {
+      close: async () => {
+        sub.closed = true;
+        sub.messages?.stop();
+        await loop;
+      },
+    };
+    this.closers.push(closer);
+    return closer;
+  }
+
+  async request(subject: string, data: unknown, opts: { timeoutMs: number; maxReplies?: number }): Promise<unknown[]> {
+    this.assertOpen();
+    const replies: unknown[] = [];
+    try {
+      const it = await this.nc.requestMany(subject, encode(data), {
+        maxWait: opts.timeoutMs,
+        ...(opts.maxReplies !== undefined ? { strategy: RequestStrategy.Count, maxMessages: opts.maxReplies } : { strategy: RequestStrategy.Timer }),
+      });
+      for await (const m of it) replies.push(decode(m.data));
+    } catch (error) {
+      // Nobody listens: no replies, as the interface says.
+      if ((error as { code?: string }).code === '503') return replies;
+      throw error;
+    }
+    return replies;
+  }
+
+  async reply(subject: string, handler: (data: unknown) => Promise<unknown>): Promise<Closer> {
+    this.assertOpen();
+    const sub = this.nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        handler(decode(msg.data)).then(
+          (answer) => void msg.respond(encode(answer)),
+          (error: unknown) => this.opts.log?.warn({ err: error, subject }, `reply on ${subject} failed: ${(error as Error).message}`),
+        );
+      },
+    });
+    const closer: Closer = { close: async () => sub.unsubscribe() };
+    this.closers.push(closer);
+    return closer;
+  }
+
+  /** Stops consuming, lets running handlers settle, flushes and closes the connection. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(this.closers.map((c) => c.close().catch(() => {})));
+    await Promise.all([...this.loops]);
+    if (!this.nc.isClosed()) {
+      await this.nc.flush().catch(() => {});
+      await this.nc.close().catch(() => {});
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new Error('bus is closed');
+  }
+
+  private track(p: Promise<void>): Promise<void> {
+    this.loops.add(p);
+    void p.finally(() => this.loops.delete(p));
+    return p;
+  }
+
+  /** One slot of a worker: pulls one job, handles it, settles it, pulls the next. */
+  private async pullLoop(worker: Worker, decl: ReturnType<typeof jobConsumer>): Promise<void> {
+    const expires = this.opts.pullExpiresMs ?? 5_000;
+    let failures = 0;
+    while (!worker.closed && !this.nc.isClosed()) {
+      let job: JsMsg | undefined;
+      try {
+        const batch = await worker.consumer.fetch({ max_messages: 1, expires });
+        worker.fetches.add(batch);
+        try {
+          for await (const m of batch) job = m;
+        } finally {
+          worker.fetches.delete(batch);
+        }
+        failures = 0;
+      } catch (error) {
+        if (worker.closed || this.nc.isClosed()) break;
+        failures++;
+        const message = (error as Error).message;
+        this.opts.log?.debug({ err: error, subject: worker.subject }, `pull from ${decl.durable_name} failed: ${message}`);
+        if (/consumer not found|consumer deleted/i.test(message)) {
+          await applyConsumer(this.jsm, JOBS_STREAM, decl).catch(() => {});
+        }
+        await sleep(Math.min(100 * 2 ** failures, 2_000));
+        continue;
+      }
+      if (job === undefined) continue;
+      if (worker.closed) {
+        quietly(() => job.nak()); // arrived while closing: hand it straight back
+        break;
+      }
+      await this.deliver(worker, job);
+    }
+  }
+
+  private async deliver(worker: Worker, m: JsMsg): Promise<void> {
+    const attempt = m.info.deliveryCount;
+    const leaseMs = worker.ackWaitMs;
+    let lastProgress = Date.now();
+    const throttleMs = Math.max(50, Math.min(1_000, leaseMs / 4));
+    const delivery: Delivery = {
+      subject: m.subject,
+      data: decode(m.data),
+      attempt,
+      working: () => {
+        const now = Date.now();
+        if (now - lastProgress < throttleMs) return;
+        lastProgress = now;
+        quietly(() => m.working());
+      },
+    };
+    // The lease is held while this process runs the handler; the handler's heartbeats
+    // renew it sooner. Redelivery is for dead workers, never for a slow live one.
+    const keepalive = setInterval(() => {
+      lastProgress = Date.now();
+      quietly(() => m.working());
+    }, Math.max(50, Math.floor(leaseMs / 3)));
+    let settle: Settle;
+    try {
+      settle = await worker.handler(delivery);
+    } catch (error) {
+      // The runtime maps handler errors itself; a throw past it is a bug there (or NATS
+      // unreachable while publishing the outcome): deliver the job again.
+      this.opts.log?.error({ err: error, subject: m.subject }, `job on ${m.subject} not settled: ${(error as Error).message}`);
+      settle = { kind: 'retry', delayMs: 1_000 };
+    } finally {
+      clearInterval(keepalive);
+    }
+    // On a closed connection these throw; the server redelivers after ack_wait then.
+    if (settle.kind === 'ack') quietly(() => m.ack());
+    else if (settle.kind === 'term') quietly(() => m.term());
+    else if (worker.maxDeliver !== undefined && attempt >= worker.maxDeliver) quietly(() => m.term());
+    else quietly(() => m.nak(settle.delayMs));
+  }
+
+  private async durableLoop(sub: Subscription, consumer: Consumer, handler: EventHandler, ackWaitMs: number): Promise<void> {
+    let failures = 0;
+    while (!sub.closed && !this.nc.isClosed()) {
+      try {
+        const messages = await consumer.consume({ max_messages: 64 });
+        sub.messages = messages;
+        if (sub.closed) messages.stop();
+        for await (const m of messages) {
+          if (sub.closed) {
+            quietly(() => m.nak());
+            break;
+          }
+          failures = 0;
+          const keepalive = setInterval(() => quietly(() => m.working()), Math.max(50, Math.floor(ackWaitMs / 3)));
+          try {
+            await handler(m.subject, decode(m.data));
+            quietly(() => m.ack());
+          } catch {
+            // The handler said it once; deliver this event again, later and later. The next
+            // event waits behind it (max_ack_pending 1), so the order holds.
+            quietly(() => m.nak(Math.min(100 * 2 ** (m.info.deliveryCount - 1), 10_000)));
+          } finally {
+            clearInterval(keepalive);
+          }
+        }
+      } catch (error) {
+        if (sub.closed || this.nc.isClosed()) break;
+        failures++;
+        this.opts.log?.debug({ err: error }, `event consumer: ${(error as Error).message}`);
+        await sleep(Math.min(100 * 2 ** failures, 2_000));
+      }
+    }
+  }
+
+  private async orderedLoop(sub: Subscription, messages: ConsumerMessages, handler: EventHandler): Promise<void> {
+    try {
+      for await (const m of messages) {
+        const data = decode(m.data);
+        for (let attempt = 1; !sub.closed; attempt++) {
+          try {
+            await handler(m.subject, data);
+            break;
+          } catch {
+            await sleep(Math.min(100 * 2 ** (attempt - 1), 5_000));
+          }
+        }
+        if (sub.closed) break;
+      }
+    } catch (error) {
+      if (!sub.closed) this.opts.log?.warn({ err: error }, `event subscription ended: ${(error as Error).message}`);
+    }
+  }
+
+  private async jsPublish(subject: string, data: unknown, id: string | undefined): Promise<void> {
+    this.assertOpen();
+    const payload = encode(data);
+    const deadline = Date.now() + (this.opts.publishRetryMs ?? 60_000);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.js.publish(subject, payload, id !== undefined ? { msgID: id } : {});
+        return;
+      } catch (error) {
+        if (!isTransient(error) || Date.now() > deadline || this.nc.isClosed()) throw error;
+        this.opts.log?.debug({ err: error, subject }, `publish to ${subject} failed (${(error as Error).message}); retrying`);
+        await sleep(Math.min(250 * attempt, 2_000));
+      }
+    }
+  }
+}
+
+/** Errors of an unreachable or restarting server, as opposed to a refusal (stream full…). */
+function isTransient(error: unknown): boolean {
+  const code = (error as { code?: string }).code;
+  if (code === 'TIMEOUT' || code === '503' || code === 'DISCONNECT' || code === 'CONNECTION_REFUSED') return true;
+  return /timeout|no responders|disconnect|JetStream not (enabled|available)/i.test((error as Error).message ?? '');
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function encode(data: unknown): Uint8Array {
+  return encoder.encode(data === undefined ? '' : JSON.stringify(data));
+}
+
+/** JSON payloads; anything else is passed on as text (the runtime's validation rejects it). */
+function decode(bytes: Uint8Array): unknown {
+  if (bytes.length === 0) return undefined;
+  const text = decoder.decode(bytes);
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/** Acks and in-progress acks are fire-and-forget; on a closed connection they throw. */
+function quietly(f: () => void): void {
+  try {
+    f();
+  } catch {
+    // the connection is gone: the server redelivers after ack_wait
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// openNats (connect with the settings, apply the streams, return bus + store) lives beside
+// this file; re-exported so `runtime/bus/nats.js` is the one entry of the NATS binding.
+export { openNats } from './nats-connect.js';
+export type { NatsRuntime, NatsSettings, OpenNatsOptions } from './nats-connect.js';

@@ -1,0 +1,156 @@
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { functionByName, functions } from '../../functions/index.js';
+import { JOBS_STREAM } from '../../infra/nats/jetstream.js';
+import { openNats } from '../bus/nats-connect.js';
+import type { NatsRuntime } from '../bus/nats-connect.js';
+import { helpText } from '../config/args.js';
+import { loadSettings } from '../config/load.js';
+import type { LoadedSettings } from '../config/load.js';
+import { UsageError } from '../errors.js';
+import { PhaseEvent, eventSubject, jobSubject } from '../events.js';
+import type { PhaseDone, PhaseFailed } from '../events.js';
+import { systemClock } from '../function.js';
+import { formatStamp } from '../storage/naming.js';
+import { fail } from './backup.js';
+import type { Io } from './io.js';
+import { VERSION } from './io.js';
+import { commandLogger, seconds, takeExtras } from './run.js';
+
+/**
+ * `vmbackup invoke NAME --input JSON` — one phase on its own: validates the input against
+ * the function's schema (errors listed, exit 2), queues the job on NATS, waits for the
+ * phase's `done` or `failed` event and prints it as JSON (exit 0 done, 1 failed).
+ * `--input @FILE` reads the JSON from a file. Without `runId` / `jobId` in the input, an
+ * ad-hoc run id (`adhoc-<stamp>-<hex>`) and the job id `invoke.<NAME>` are used.
+ * `--no-wait` only queues the job; `--timeout S` stops waiting (exit 2). Exit 2 too when the
+ * phase ran but its outcome event repeated one published within the events' duplicate
+ * window (2 h) for the same runId, jobId and try: the event was dropped.
+ *
+ * @example vmbackup invoke prune --nats nats://127.0.0.1:4222 --input '{"backupDir":"/mnt/VmBackup/exports","folder":"web1","maxBackups":2}'
+ */
+export async function invokeCommand(argv: readonly string[], io: Io): Promise<number> {
+  const name = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : undefined;
+  let loaded: LoadedSettings;
+  let raw: string | undefined;
+  let wait = true;
+  let timeoutS: number | undefined;
+  try {
+    const extras = takeExtras(name !== undefined ? argv.slice(1) : argv, { '--input': 'value', '--no-wait': 'switch', '--timeout': 'value' });
+    loaded = loadSettings({ argv: extras.rest, env: io.env, home: io.home, cwd: io.cwd });
+    raw = extras.values['--input'] as string | undefined;
+    wait = extras.values['--no-wait'] !== true;
+    timeoutS = seconds(extras.values['--timeout'], '--timeout');
+  } catch (error) {
+    return fail(io, error);
+  }
+  const { settings, flags } = loaded;
+  if (flags.help) {
+    io.stdout.write(helpText({ prog: 'vmbackup invoke', version: VERSION }) + '\n' + INVOKE_HELP);
+    return 0;
+  }
+  if (flags.version) {
+    io.stdout.write(`vmbackup ${VERSION}\n`);
+    return 0;
+  }
+  const known = functions.map((f) => f.name).join(', ');
+  const fn = name !== undefined ? functionByName(name) : undefined;
+  if (fn === undefined) {
+    return fail(io, new UsageError(name === undefined ? `which function? vmbackup invoke NAME --input JSON (functions: ${known})` : `unknown function "${name}" (functions: ${known})`));
+  }
+  if (raw === undefined) return fail(io, new UsageError(`--input JSON is required: the ${fn.name} job's message (its schema: functions/${fn.name}/)`));
+
+  let input: unknown;
+  try {
+    const text = raw.startsWith('@') ? readFileSync(raw.slice(1), 'utf8') : raw;
+    input = JSON.parse(text);
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    return fail(io, new UsageError(code !== undefined ? `--input ${raw}: cannot read the file (${code})` : `--input is not JSON: ${(error as Error).message}`));
+  }
+  if (typeof input === 'object' && input !== null && !Array.isArray(input)) {
+    const o = input as Record<string, unknown>;
+    o.runId ??= `adhoc-${formatStamp(systemClock.now())}-${randomBytes(2).toString('hex')}`;
+    o.jobId ??= `invoke.${fn.name}`;
+  }
+  const parsed = fn.subject.schema.safeParse(input);
+  if (!parsed.success) {
+    io.stderr.write(`vmbackup: invalid input for ${fn.name}:\n`);
+    for (const issue of parsed.error.issues) io.stderr.write(`  - ${issue.path.join('.') || '(root)'}: ${issue.message}\n`);
+    return 2;
+  }
+  const job = parsed.data as { runId: string; jobId: string; try?: number };
+  const tryN = job.try ?? 1;
+
+  const log = commandLogger(settings, io, { json: true, file: false });
+  let nats: NatsRuntime | undefined;
+  try {
+    nats = await openNats(settings, log, { name: `vmbackup invoke ${fn.name}` });
+    let settle!: (e: PhaseDone | PhaseFailed) => void;
+    const outcome = new Promise<PhaseDone | PhaseFailed>((r) => (settle = r));
+    if (wait) {
+      await nats.bus.subscribe(eventSubject(job.runId, fn.name, '*'), {}, async (_s, data) => {
+        const event = PhaseEvent.safeParse(data);
+        if (!event.success || event.data.jobId !== job.jobId || event.data.try !== tryN) return;
+        if (event.data.outcome === 'started') log.info(`${fn.name} started (attempt ${event.data.attempt})`);
+        else settle(event.data);
+      });
+    }
+    // Each invocation runs: a human asked again (its id never collides with the run's own).
+    // Published here rather than through the bus: its stream sequence tells when it is done.
+    const ack = await nats.nc
+      .jetstream()
+      .publish(jobSubject(fn.name), JSON.stringify(parsed.data), { msgID: `invoke:${job.runId}:${job.jobId}:${tryN}:${fn.name}:${randomBytes(6).toString('hex')}` });
+    log.info(`${fn.name} queued: run ${job.runId}, job ${job.jobId}`);
+    if (!wait) {
+      io.stdout.write(JSON.stringify({ queued: jobSubject(fn.name), runId: job.runId, jobId: job.jobId, try: tryN }) + '\n');
+      return 0;
+    }
+    const result = await Promise.race([
+      outcome,
+      settledWithoutEvent(nats, ack.seq),
+      ...(timeoutS !== undefined ? [new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), timeoutS! * 1000).unref())] : []),
+    ]);
+    if (result === 'timeout') {
+      io.stderr.write(`vmbackup: no outcome of ${fn.name} within ${timeoutS} s (is a worker serving ${fn.name}? the job stays queued)\n`);
+      return 2;
+    }
+    if (result === 'silent') {
+      io.stderr.write(
+        `vmbackup: ${fn.name} ran, but its outcome event was dropped as a repeat: run ${job.runId}, job ${job.jobId}, try ${tryN} reported the same outcome within the last 2 hours (the events' duplicate window); see the worker's log, or use another runId\n`,
+      );
+      return 2;
+    }
+    io.stdout.write(JSON.stringify(result, null, 2) + '\n');
+    if (result.outcome === 'failed') io.stderr.write(`vmbackup: ${fn.name} failed (${result.error.code}): ${result.error.message}\n`);
+    return result.outcome === 'done' ? 0 : 1;
+  } catch (error) {
+    return fail(io, error);
+  } finally {
+    await nats?.close().catch(() => {});
+    log.flush();
+  }
+}
+
+/**
+ * Resolves 'silent' when the job left the work queue (acked or terminated) and no outcome
+ * event followed within a few seconds: the event was a duplicate of one already published.
+ */
+async function settledWithoutEvent(nats: NatsRuntime, seq: number): Promise<'silent'> {
+  const jsm = await nats.nc.jetstreamManager();
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 1_000).unref());
+    const queued = await jsm.streams.getMessage(JOBS_STREAM, { seq }).then(
+      () => true,
+      (error: unknown) => !/no message found/i.test((error as Error).message),
+    );
+    if (!queued) break;
+  }
+  await new Promise((r) => setTimeout(r, 3_000).unref());
+  return 'silent';
+}
+
+const INVOKE_HELP = `
+invoke NAME --input JSON|@FILE: runs one phase on the workers and prints its outcome event.
+Schemas: functions/<NAME>/<NAME>.ts. --no-wait  only queue it. --timeout S  stop waiting.
+`;

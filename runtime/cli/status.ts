@@ -1,0 +1,144 @@
+import { EVENTS_STREAM } from '../../infra/nats/jetstream.js';
+import { openNats } from '../bus/nats-connect.js';
+import type { NatsRuntime } from '../bus/nats-connect.js';
+import { helpText } from '../config/args.js';
+import { loadSettings } from '../config/load.js';
+import type { LoadedSettings } from '../config/load.js';
+import { UsageError } from '../errors.js';
+import { eventSubject } from '../events.js';
+import type { JobState, RunHeader } from '../run/state.js';
+import { RunSummary, summarize } from '../run/summary.js';
+import { fail } from './backup.js';
+import type { Io } from './io.js';
+import { VERSION } from './io.js';
+import { commandLogger, formatBytes, takeExtras } from './run.js';
+
+/**
+ * `vmbackup status [RUN] [--json] [--limit N]` — run state from the NATS KV bucket. Without
+ * RUN: the recent runs, newest first, one per line. With RUN: the run and each of its jobs
+ * (status, phase, try, size, time per phase, errors). Exit 0, or 2 when the run is unknown,
+ * NATS is unreachable, or on a usage / config error.
+ */
+export async function statusCommand(argv: readonly string[], io: Io): Promise<number> {
+  const runId = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : undefined;
+  let loaded: LoadedSettings;
+  let limit = 20;
+  try {
+    const extras = takeExtras(runId !== undefined ? argv.slice(1) : argv, { '--limit': 'value' });
+    loaded = loadSettings({ argv: extras.rest, env: io.env, home: io.home, cwd: io.cwd });
+    const l = extras.values['--limit'];
+    if (l !== undefined) {
+      if (typeof l !== 'string' || !/^\d+$/.test(l) || Number(l) < 1) throw new UsageError(`--limit must be an integer >= 1 (got ${JSON.stringify(l)})`);
+      limit = Number(l);
+    }
+  } catch (error) {
+    return fail(io, error);
+  }
+  const { settings, flags } = loaded;
+  if (flags.help) {
+    io.stdout.write(helpText({ prog: 'vmbackup status', version: VERSION }) + '\n' + STATUS_HELP);
+    return 0;
+  }
+  if (flags.version) {
+    io.stdout.write(`vmbackup ${VERSION}\n`);
+    return 0;
+  }
+  const log = commandLogger({ ...settings, log_level: settings.log_level === 'debug' ? 'debug' : 'warning' }, io, { json: true, file: false });
+  let nats: NatsRuntime | undefined;
+  try {
+    nats = await openNats(settings, log, { name: 'vmbackup status', reconnectForever: false });
+    if (runId === undefined) {
+      const headers = await nats.store.list(limit);
+      const summaries = await Promise.all(headers.map((h) => (h.status === 'finished' ? lastSummary(nats!, h.runId) : Promise.resolve(undefined))));
+      if (flags.json) {
+        io.stdout.write(JSON.stringify(headers.map((h, i) => ({ ...h, ...(summaries[i] !== undefined ? { outcome: summaries[i]!.status, exitCode: summaries[i]!.exitCode } : {}) })), null, 2) + '\n');
+      } else if (headers.length === 0) {
+        io.stdout.write('no runs\n');
+      } else {
+        for (const [i, h] of headers.entries()) io.stdout.write(runLine(h, summaries[i]) + '\n');
+      }
+      return 0;
+    }
+    const current = await nats.store.header(runId);
+    if (current === undefined) throw new UsageError(`no run ${runId} (vmbackup status lists the recent runs)`);
+    const header = current.header;
+    const jobs = await nats.store.allJobs(runId);
+    const summary = header.status === 'finished' ? summarize(header, jobs) : undefined;
+    if (flags.json) {
+      io.stdout.write(JSON.stringify({ header, jobs, ...(summary !== undefined ? { summary } : {}) }, null, 2) + '\n');
+    } else {
+      io.stdout.write(formatRun(header, jobs, summary));
+    }
+    return 0;
+  } catch (error) {
+    return fail(io, error);
+  } finally {
+    await nats?.close().catch(() => {});
+    log.flush();
+  }
+}
+
+const STATUS_HELP = `
+status: without RUN, the recent runs (--limit N, default 20); with RUN, its jobs.
+`;
+
+/** The run's summary as its coordinator published it (the events stream keeps a week). */
+async function lastSummary(nats: NatsRuntime, runId: string): Promise<RunSummary | undefined> {
+  try {
+    const jsm = await nats.nc.jetstreamManager();
+    const msg = await jsm.streams.getMessage(EVENTS_STREAM, { last_by_subj: eventSubject(runId, 'run', 'finished') });
+    const parsed = RunSummary.safeParse(msg.json());
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** One run on one line: id, state (outcome when finished), start, duration, jobs, pool, trigger. */
+export function runLine(h: RunHeader, summary?: RunSummary): string {
+  const state = h.status === 'finished' ? (h.fatal !== undefined ? 'fatal' : (summary?.status ?? 'finished')) : h.status;
+  const duration = h.finishedAt !== undefined ? seconds(Date.parse(h.finishedAt) - Date.parse(h.startedAt)) : 'running';
+  const jobs = `${h.jobIds.length} job${h.jobIds.length === 1 ? '' : 's'}${h.status === 'running' ? `, ${h.remaining} to go` : ''}`;
+  return [h.runId, state.padEnd(8), h.startedAt, duration.padStart(8), jobs, h.pool !== undefined ? `pool ${h.pool.name}` : '', h.trigger !== undefined ? `(${h.trigger})` : '']
+    .filter((s) => s !== '')
+    .join('  ');
+}
+
+/** A run and its jobs, for people. */
+export function formatRun(h: RunHeader, jobs: readonly JobState[], summary?: RunSummary): string {
+  const lines: string[] = [];
+  const outcome = summary !== undefined ? `${h.status}: ${summary.status} (exit ${summary.exitCode})` : h.status;
+  lines.push(`run ${h.runId}  ${outcome}${h.pool !== undefined ? `  pool ${h.pool.name}` : ''}`);
+  lines.push(
+    `started ${h.startedAt}${h.finishedAt !== undefined ? `  finished ${h.finishedAt} (${seconds(Date.parse(h.finishedAt) - Date.parse(h.startedAt))})` : ''}${h.trigger !== undefined ? `  trigger ${h.trigger}` : ''}  concurrency ${h.concurrency}`,
+  );
+  if (h.backupDir !== undefined) lines.push(`backups in ${h.backupDir}`);
+  if (h.fatal !== undefined) lines.push(`ERROR: the run could not start: ${h.fatal.message}`);
+  for (const w of h.warnings) lines.push(`WARNING: ${w.list !== undefined ? `${w.list}: ` : ''}${w.message}`);
+  if (jobs.length > 0) {
+    const rows = jobs.map((j) => [
+      j.label,
+      j.category,
+      j.status,
+      j.phase,
+      String(j.try),
+      j.bytes > 0 ? formatBytes(j.bytes) : '-',
+      j.startedAt !== undefined && j.finishedAt !== undefined ? seconds(Date.parse(j.finishedAt) - Date.parse(j.startedAt)) : '-',
+      Object.entries(j.phaseMs)
+        .map(([fn, ms]) => `${fn} ${seconds(ms)}`)
+        .join(', '),
+    ]);
+    const head = ['JOB', 'CATEGORY', 'STATUS', 'PHASE', 'TRY', 'SIZE', 'TIME', 'PHASES'];
+    const widths = head.map((t, i) => Math.max(t.length, ...rows.map((r) => r[i]!.length)));
+    for (const row of [head, ...rows]) lines.push(row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd());
+  }
+  for (const j of jobs) {
+    if (j.error !== undefined) lines.push(`ERROR: ${j.category} ${j.label}: ${j.error.message}`);
+    for (const w of j.warnings) lines.push(`WARNING: ${j.category} ${j.label}: ${w}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)} s`;
+}

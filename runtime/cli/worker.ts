@@ -1,0 +1,224 @@
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import { functions } from '../../functions/index.js';
+import type { Closer } from '../bus/bus.js';
+import { openNats, redactUrl } from '../bus/nats-connect.js';
+import type { NatsRuntime } from '../bus/nats-connect.js';
+import { helpText } from '../config/args.js';
+import { loadSettings } from '../config/load.js';
+import type { LoadedSettings } from '../config/load.js';
+import type { Settings } from '../config/schema.js';
+import { ConfigError, UsageError } from '../errors.js';
+import type { FunctionDef, Origin } from '../function.js';
+import { systemClock } from '../function.js';
+import { startRunEndTrigger } from '../hooks/run-end.js';
+import { hooksFromSettings } from '../hooks/settings.js';
+import { captureConsole } from '../log.js';
+import type { Logger } from '../log.js';
+import { startCoordinator } from '../run/coordinator.js';
+import { serve } from '../serve.js';
+import { XapiClient } from '../xapi/client.js';
+import { fail } from './backup.js';
+import type { Io } from './io.js';
+import { VERSION } from './io.js';
+import { commandLogger, seconds, takeExtras } from './run.js';
+
+/** Functions whose jobs are per VM: `concurrency` at a time in this worker; the others two. */
+const PER_VM = new Set(['pre-hook', 'snapshot', 'export', 'meta', 'prune', 'post-hook']);
+/** Functions that work without XAPI: a worker serving only these needs no pool password. */
+const WITHOUT_XAPI = new Set(['meta', 'prune', 'pre-hook', 'post-hook', 'run-end']);
+
+/**
+ * `vmbackup worker --nats URL [--functions export,prune]` — a long-lived worker: binds the
+ * chosen functions (default all; `--functions` or `worker_functions`, comma lists) to their
+ * subjects on JetStream and runs the run coordinator (unless `--no-coordinator`). Several
+ * workers, on one node or many, share the work; each job is done once.
+ *
+ * XAPI is connected when a job first needs it, and again after the session is lost. On
+ * SIGTERM or SIGINT it drains: stops taking jobs, lets running ones finish for up to
+ * `--drain-timeout` seconds (default 60), hands the rest back (a second signal: at once),
+ * logs out of XAPI and closes NATS; exit 0. Exit 2: usage or config error, NATS unreachable.
+ *
+ * `--ack-wait S` (default 30): how long a job of a worker that died waits before another
+ * worker takes it over. A live worker keeps its jobs however long they take. `--replicas N`:
+ * in a JetStream cluster, the replica count of vmbackup's streams (raised, never lowered).
+ */
+export async function workerCommand(argv: readonly string[], io: Io): Promise<number> {
+  let loaded: LoadedSettings;
+  let fns: FunctionDef[];
+  let ackWaitS: number;
+  let drainS: number;
+  let coordinator: boolean;
+  let replicas: number | undefined;
+  try {
+    const extras = takeExtras(argv, { '--no-coordinator': 'switch', '--ack-wait': 'value', '--drain-timeout': 'value', '--replicas': 'value' });
+    loaded = loadSettings({ argv: extras.rest, env: io.env, home: io.home, cwd: io.cwd });
+    if (loaded.flags.help) {
+      io.stdout.write(helpText({ prog: 'vmbackup worker', version: VERSION }) + '\n' + WORKER_HELP);
+      return 0;
+    }
+    if (loaded.flags.version) {
+      io.stdout.write(`vmbackup ${VERSION}\n`);
+      return 0;
+    }
+    fns = chosenFunctions(loaded.settings.worker_functions);
+    ackWaitS = seconds(extras.values['--ack-wait'], '--ack-wait') ?? 30;
+    drainS = seconds(extras.values['--drain-timeout'], '--drain-timeout') ?? 60;
+    coordinator = extras.values['--no-coordinator'] !== true;
+    const r = extras.values['--replicas'];
+    if (r !== undefined) {
+      if (typeof r !== 'string' || !/^[1-5]$/.test(r)) throw new UsageError(`--replicas must be 1 to 5 (got ${JSON.stringify(r)})`);
+      replicas = Number(r);
+    }
+    if (loaded.settings.password === undefined && fns.some((f) => !WITHOUT_XAPI.has(f.name))) {
+      throw new ConfigError('no password for XAPI: set password_file (or --password-file), or the environment variable VMBACKUP_PASSWORD', { key: 'password' });
+    }
+  } catch (error) {
+    return fail(io, error);
+  }
+  const { settings } = loaded;
+  for (const w of loaded.warnings) io.stderr.write(`WARNING: ${w}\n`);
+
+  const origin: Origin = { hostname: os.hostname(), pid: process.pid };
+  const log = commandLogger(settings, io, { json: false, file: true });
+  const restoreConsole = captureConsole(log);
+  const xapi = lazyXapi(settings, log);
+  const abort = new AbortController();
+  let nats: NatsRuntime | undefined;
+  const closers: Closer[] = [];
+  let signals = 0;
+  let wake!: (signal: NodeJS.Signals) => void;
+  const stopping = new Promise<NodeJS.Signals>((resolve) => (wake = resolve));
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (++signals > 1) {
+      log.warn(`${signal} again: handing running jobs back now`);
+      abort.abort(new Error(signal));
+    }
+    wake(signal);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    nats = await openNats(settings, log, {
+      name: `vmbackup worker ${origin.hostname}:${origin.pid}`,
+      bus: { ackWaitMs: ackWaitS * 1000 },
+      ...(replicas !== undefined ? { replicas } : {}),
+    });
+    const maxPayload = nats.nc.info?.max_payload ?? 0;
+    if (maxPayload < 4 << 20) log.debug(`NATS max_payload is ${maxPayload} bytes: a plan of more than ~${Math.floor(maxPayload / 700)} VMs will not fit (infra/nats/nats-server.conf sets 8 MB)`);
+    const hooks = hooksFromSettings(settings, { log, env: io.env, bus: nats.bus, where: loaded.where });
+    if (coordinator) {
+      // Before serving: no phase event of ours may predate the coordinator's consumer.
+      closers.push(await startCoordinator(nats.store, nats.bus, systemClock, log));
+      closers.push(await startRunEndTrigger(nats.bus, log));
+    }
+    const serving = await serve(
+      fns,
+      { bus: nats.bus, log, xapi: xapi.get, clock: systemClock, origin, signal: abort.signal, hooks },
+      { concurrency: (fn) => (PER_VM.has(fn.name) ? settings.concurrency : 2), ackWaitMs: ackWaitS * 1000 },
+    );
+    log.info(
+      `vmbackup ${VERSION} worker ready: serving ${fns.map((f) => f.name).join(', ')}${coordinator ? ' and the coordinator' : ''}; NATS ${redactUrl(settings.nats_url!)}; XAPI ${settings.xapi_url}`,
+    );
+    const signal = await stopping;
+    log.info(`${signal} received: draining (running jobs finish within ${drainS} s, or go back to the queue)`);
+    const drained = serving.close();
+    const timer = setTimeout(() => {
+      if (!abort.signal.aborted) {
+        log.warn(`drain timeout (${drainS} s): handing running jobs back`);
+        abort.abort(new Error('drain timeout'));
+      }
+    }, drainS * 1000);
+    await drained;
+    clearTimeout(timer);
+    for (const c of closers) await c.close().catch(() => {});
+    log.info('worker stopped');
+    return 0;
+  } catch (error) {
+    return fail(io, error);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await nats?.close().catch((error: unknown) => log.warn({ err: error }, `closing NATS: ${(error as Error).message}`));
+    await xapi.close();
+    restoreConsole();
+    log.flush();
+  }
+}
+
+const WORKER_HELP = `
+worker: serves the functions on NATS (--nats URL or nats_url) until SIGTERM.
+--functions LIST    functions to serve, e.g. export,prune (default all: ${functions.map((f) => f.name).join(', ')})
+--no-coordinator    do not run the run coordinator here (some worker must)
+--ack-wait S        a dead worker's job is taken over after S seconds (default 30)
+--drain-timeout S   on SIGTERM, running jobs get S seconds to finish (default 60)
+--replicas N        in a JetStream cluster, keep N copies of vmbackup's streams (raised, never lowered)
+`;
+
+/** The functions of `--functions` / `worker_functions` (comma lists), all when empty. */
+export function chosenFunctions(items: readonly string[]): FunctionDef[] {
+  const names = [...new Set(items.flatMap((i) => i.split(',')).map((n) => n.trim()).filter((n) => n !== ''))];
+  if (names.length === 0) return [...functions];
+  const unknown = names.filter((n) => !functions.some((f) => f.name === n));
+  if (unknown.length > 0) {
+    throw new UsageError(`unknown function${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} in --functions / worker_functions (functions: ${functions.map((f) => f.name).join(', ')})`);
+  }
+  return functions.filter((f) => names.includes(f.name));
+}
+
+/**
+ * The worker's XAPI session: made when a job first asks for it, shared by every job, and
+ * made again when the last one was lost (xen-api gave up logging in again) or failed.
+ */
+function lazyXapi(settings: Settings, log: Logger): { get: () => Promise<XapiClient>; close(): Promise<void> } {
+  let current: Promise<XapiClient> | undefined;
+  let ca: string | undefined;
+  const connect = (): Promise<XapiClient> => {
+    if (settings.tls_ca_file !== undefined && ca === undefined) {
+      try {
+        ca = readFileSync(settings.tls_ca_file, 'utf8');
+      } catch (error) {
+        return Promise.reject(new ConfigError(`tls_ca_file ${settings.tls_ca_file} cannot be read (${(error as { code?: string }).code ?? String(error)})`, { key: 'tls_ca_file' }));
+      }
+    }
+    const p = XapiClient.connect({
+      url: settings.xapi_url,
+      user: settings.username,
+      password: settings.password ?? '',
+      ...(ca !== undefined ? { ca } : {}),
+      insecure: settings.insecure,
+      log,
+    });
+    p.then(
+      () => log.info(`XAPI: logged in to ${settings.xapi_url} as ${settings.username}`),
+      (error: unknown) => {
+        log.warn(`XAPI: ${(error as Error).message}`);
+        if (current === p) current = undefined;
+      },
+    );
+    return p;
+  };
+  return {
+    get: async () => {
+      const pending = current;
+      if (pending !== undefined) {
+        const client = await pending.catch(() => undefined);
+        if (client?.connected === true) return client;
+        if (current === pending) {
+          current = undefined;
+          if (client !== undefined) {
+            log.warn(`XAPI: the session to ${settings.xapi_url} was lost; logging in again`);
+            void client.close().catch(() => {});
+          }
+        }
+      }
+      current ??= connect();
+      return current;
+    },
+    close: async () => {
+      const client = await current?.catch(() => undefined);
+      current = undefined;
+      await client?.close().catch(() => {});
+    },
+  };
+}

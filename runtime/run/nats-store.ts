@@ -1,0 +1,158 @@
+import type { JetStreamClient, KV } from 'nats';
+import { RUNS_BUCKET } from '../../infra/nats/jetstream.js';
+import { JobState, RunHeader } from './state.js';
+import type { RunStore } from './store.js';
+
+/** JetStream's error code for a KV write whose expected revision is not the current one. */
+const WRONG_LAST_SEQUENCE = 10071;
+/** Gets in flight at once when reading many keys. */
+const PARALLEL = 64;
+
+/**
+ * The run store on the `vmbackup-runs` KV bucket (infra/nats/jetstream.ts): each run's
+ * header under `<runId>`, each of its jobs under `<runId>.<jobId>`, both as JSON, so a
+ * 5,000-VM run never rewrites one huge value. Ids are mapped to one key token each
+ * (`kvToken`), so `vm.5c1e…` is stored as `vm/5c1e…`.
+ *
+ * - `create` is `kv.create` (compare-and-set against absent): a run id exists once, which is
+ *   also how a trigger sent twice makes one run.
+ * - `commit` checks the header's revision, writes the jobs, then `kv.update`s the header
+ *   with that revision (CAS): the header write is the commit point. Job writes are not
+ *   undone when the header CAS loses a race; the coordinator's consumer (one event at a
+ *   time) is what keeps two coordinators from racing in the first place.
+ *
+ * @example
+ *   const store = await NatsRunStore.open(nc.jetstream());
+ *   await store.create(header); // false when the run exists
+ */
+export class NatsRunStore implements RunStore {
+  private constructor(readonly kv: KV) {}
+
+  /** Binds the bucket, which must exist (openNats applies it). */
+  static async open(js: JetStreamClient): Promise<NatsRunStore> {
+    return new NatsRunStore(await js.views.kv(RUNS_BUCKET, { bindOnly: true, allow_direct: true }));
+  }
+
+  async create(header: RunHeader): Promise<boolean> {
+    try {
+      await this.kv.create(headerKey(header.runId), JSON.stringify(RunHeader.parse(header)));
+      return true;
+    } catch (error) {
+      if (isWrongLastSequence(error)) return false;
+      throw error;
+    }
+  }
+
+  async header(runId: string): Promise<{ header: RunHeader; revision: number } | undefined> {
+    const entry = await this.kv.get(headerKey(runId));
+    if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
+    return { header: RunHeader.parse(entry.json()), revision: entry.revision };
+  }
+
+  async jobs(runId: string, jobIds: readonly string[]): Promise<Map<string, JobState>> {
+    const out = new Map<string, JobState>();
+    const found = await this.getJobs(runId, [...new Set(jobIds)]);
+    for (const job of found) out.set(job.jobId, job);
+    return out;
+  }
+
+  async allJobs(runId: string): Promise<JobState[]> {
+    const current = await this.header(runId);
+    if (current === undefined) return [];
+    return this.getJobs(runId, current.header.jobIds);
+  }
+
+  async commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[]): Promise<boolean> {
+    const value = JSON.stringify(RunHeader.parse(header));
+    if (jobs.length > 0) {
+      // Do not write jobs for a state that is already stale.
+      const current = await this.kv.get(headerKey(runId));
+      if (current === null || current.revision !== revision) return false;
+      await inChunks(jobs, (job) => this.kv.put(jobKey(runId, job.jobId), JSON.stringify(JobState.parse(job))));
+    }
+    try {
+      await this.kv.update(headerKey(runId), value, revision);
+      return true;
+    } catch (error) {
+      if (isWrongLastSequence(error)) return false;
+      throw error;
+    }
+  }
+
+  async list(limit = 50): Promise<RunHeader[]> {
+    const keys: string[] = [];
+    // Headers are the one-token keys; jobs have two.
+    for await (const key of await this.kv.keys('*')) keys.push(key);
+    const headers = await inChunks(keys, async (key) => {
+      const entry = await this.kv.get(key);
+      if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
+      const parsed = RunHeader.safeParse(entry.json());
+      return parsed.success ? parsed.data : undefined;
+    });
+    return headers
+      .filter((h): h is RunHeader => h !== undefined)
+      .sort((a, b) => b.startedAt.localeCompare(a.startedAt))
+      .slice(0, limit);
+  }
+
+  private async getJobs(runId: string, jobIds: readonly string[]): Promise<JobState[]> {
+    const jobs = await inChunks(jobIds, async (id) => {
+      const entry = await this.kv.get(jobKey(runId, id));
+      if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
+      return JobState.parse(entry.json());
+    });
+    return jobs.filter((j): j is JobState => j !== undefined);
+  }
+}
+
+/**
+ * An id as one KV key token, reversibly: letters, digits, `_` and `-` stay, `.` becomes
+ * `/`, any other character `=XX` per UTF-8 byte (so `=` and `/` themselves are escaped).
+ *
+ * @example kvToken('vm.5c1e-2') // → 'vm/5c1e-2';  kvToken('a b') // → 'a=20b'
+ */
+export function kvToken(id: string): string {
+  if (id === '') throw new Error('an empty id cannot be a KV key');
+  let out = '';
+  for (const byte of Buffer.from(id, 'utf8')) {
+    const c = String.fromCharCode(byte);
+    if (/[A-Za-z0-9_-]/.test(c)) out += c;
+    else if (c === '.') out += '/';
+    else out += `=${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
+/** The inverse of kvToken. */
+export function fromKvToken(token: string): string {
+  const bytes: number[] = [];
+  for (let i = 0; i < token.length; i++) {
+    const c = token[i]!;
+    if (c === '/') bytes.push(0x2e);
+    else if (c === '=') {
+      bytes.push(parseInt(token.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else bytes.push(c.charCodeAt(0));
+  }
+  return Buffer.from(bytes).toString('utf8');
+}
+
+export function headerKey(runId: string): string {
+  return kvToken(runId);
+}
+
+export function jobKey(runId: string, jobId: string): string {
+  return `${kvToken(runId)}.${kvToken(jobId)}`;
+}
+
+function isWrongLastSequence(error: unknown): boolean {
+  const e = error as { api_error?: { err_code?: number }; message?: string };
+  return e.api_error?.err_code === WRONG_LAST_SEQUENCE || /wrong last sequence/i.test(e.message ?? '');
+}
+
+/** Maps over items with at most PARALLEL calls in flight, keeping order. */
+async function inChunks<T, R>(items: readonly T[], fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = [];
+  for (let i = 0; i < items.length; i += PARALLEL) out.push(...(await Promise.all(items.slice(i, i + PARALLEL).map(fn))));
+  return out;
+}
