@@ -20,7 +20,8 @@ export async function coordinate(store: RunStore, bus: Bus, event: PhaseEvent, c
   for (let attempt = 0; attempt < 10; attempt++) {
     const current = await store.header(event.runId);
     if (current === undefined) {
-      log.warn({ runId: event.runId, fn: event.fn }, `event for unknown run ${event.runId} ignored`);
+      // Phases invoked on their own (vmbackup invoke, POST /v1/functions) have no run state.
+      log.debug({ runId: event.runId, fn: event.fn }, `event for unknown run ${event.runId} ignored`);
       return;
     }
     const ids = [event.jobId, ...current.header.pending.slice(0, current.header.concurrency)];

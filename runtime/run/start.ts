@@ -14,8 +14,10 @@ export function newRunId(at: Date): string {
 
 /**
  * Submits a run: records its header (status `planning`) and queues its plan job. Returns
- * false when a run with this id exists already (a repeated trigger), in which case nothing
- * is queued.
+ * false when a run with this id exists already (a repeated trigger). Then nothing new is
+ * started — but if that run is still `planning`, its plan is queued again (the plan's id
+ * dedups a copy that is already queued): the first submission may have recorded the run and
+ * then lost the bus before its plan was queued, and a repeat is how it gets going.
  */
 export async function startRun(
   store: RunStore,
@@ -27,8 +29,13 @@ export async function startRun(
     vmRetries: run.options.vmRetries,
     ...(run.trigger !== undefined ? { trigger: run.trigger } : {}),
   });
-  if (!(await store.create(header))) return false;
-  const input: PlanInput = { runId: run.runId, jobId: 'plan', try: 1, options: run.options, startedAt: run.startedAt.toISOString() };
-  await bus.enqueue(jobSubject('plan'), input, { id: enqueueId(run.runId, 'plan', 1, 'plan') });
+  const planJob = (startedAt: string): PlanInput => ({ runId: run.runId, jobId: 'plan', try: 1, options: run.options, startedAt });
+  const id = enqueueId(run.runId, 'plan', 1, 'plan');
+  if (!(await store.create(header))) {
+    const existing = await store.header(run.runId);
+    if (existing?.header.status === 'planning') await bus.enqueue(jobSubject('plan'), planJob(existing.header.startedAt), { id });
+    return false;
+  }
+  await bus.enqueue(jobSubject('plan'), planJob(run.startedAt.toISOString()), { id });
   return true;
 }
