@@ -9,15 +9,22 @@ import { createGateway } from './app.js';
 import type { GatewayDeps } from './app.js';
 import { MemoryTriggerLog } from './trigger-log.js';
 
-/** For tests: a bus that records what was queued and published, passing everything on. */
+/**
+ * For tests: a bus that records what was queued and published, passing everything on. Like
+ * both real buses, a job queued again under an id already queued is dropped (JetStream's
+ * `Nats-Msg-Id` dedup), so `enqueued` holds the jobs the bus accepted; `enqueueCalls` counts
+ * every call.
+ */
 export class RecordingBus implements Bus {
   readonly enqueued: { subject: string; data: unknown; id: string }[] = [];
+  enqueueCalls = 0;
   readonly published: { subject: string; data: unknown; id?: string }[] = [];
 
   constructor(readonly inner: Bus = new MemoryBus()) {}
 
   async enqueue(subject: string, data: unknown, opts: { id: string }): Promise<void> {
-    this.enqueued.push({ subject, data: structuredClone(data), id: opts.id });
+    this.enqueueCalls++;
+    if (!this.enqueued.some((e) => e.id === opts.id)) this.enqueued.push({ subject, data: structuredClone(data), id: opts.id });
     await this.inner.enqueue(subject, data, opts);
   }
   async publish(subject: string, data: unknown, opts: { id?: string } = {}): Promise<void> {
