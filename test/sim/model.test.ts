@@ -105,6 +105,20 @@ describe('pool files', () => {
     );
   });
 
+  it('takes a minimal pool file: a VM without vifs has no network interface', () => {
+    const spec = parsePoolSpec({
+      credentials: { user: 'root', password: 'pw' },
+      hosts: [{ name_label: 'h1' }],
+      srs: [{ name_label: 'sr', size_gib: 10, used_gib: 1 }],
+      vms: [{ name_label: 'bare', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'zero' }] }],
+    });
+    const s = new SimState(spec);
+    const vm = s.db.all('VM').find((r) => r.fields.name_label === 'bare')!;
+    const record = s.db.record('VM', vm.ref);
+    expect(record.VIFs).toEqual([]);
+    expect(record.VBDs).toHaveLength(1);
+  });
+
   it('generates N small VMs, half running', () => {
     const spec = generatePoolSpec(300);
     expect(spec.vms).toHaveLength(300);

@@ -106,7 +106,8 @@ export const VmSpec = z.strictObject({
   name_label: z.string(),
   power_state: PowerState,
   disks: z.array(DiskSpec),
-  vifs: z.array(VifSpec),
+  /** Default: none (a VM with no network interface). */
+  vifs: z.array(VifSpec).default([]),
   name_description: z.string().default(''),
   /** Fixed uuid; default derived from the name (and its rank among VMs of the same name). */
   uuid: z.uuid().optional(),
