@@ -1,6 +1,9 @@
+import os from 'node:os';
 import type { z } from 'zod';
 import type { Logger } from 'pino';
+import { PermanentError } from './errors.js';
 import type { XapiClient } from './xapi/client.js';
+import { noHooks } from './hooks/runner.js';
 import type { HookRunner } from './hooks/runner.js';
 
 /**
@@ -33,6 +36,11 @@ export interface Origin {
   pid: number;
 }
 
+/** This process, as its snapshots and locks name it. */
+export function localOrigin(): Origin {
+  return { hostname: os.hostname(), pid: process.pid };
+}
+
 /**
  * What a handler gets besides its input. Everything with a side effect comes through here;
  * handlers import no singletons and never read `process.env`.
@@ -52,6 +60,50 @@ export interface Ctx {
   attempt: number;
   /** The operator's hooks (runtime/hooks/): `noHooks` when none is configured. */
   hooks: HookRunner;
+}
+
+/** What `localCtx` needs; everything but the logger has a default. */
+export interface LocalCtxOptions {
+  log: Logger;
+  /** The pool's session, or how to get one. Default: a handler that asks for XAPI fails (NO_XAPI). */
+  xapi?: XapiClient | Ctx['xapi'];
+  /** Default: never aborted. */
+  signal?: AbortSignal;
+  /** Default: `systemClock`. */
+  clock?: Clock;
+  /** Default: `noHooks`. */
+  hooks?: HookRunner;
+  /** Default: does nothing (no bus to tell). */
+  heartbeat?: () => void;
+}
+
+/**
+ * A `Ctx` for running a handler in this process, without a bus (the restore and verify
+ * commands, tests, benchmarks): this process as origin, first attempt, no hooks.
+ *
+ * @example
+ *   const out = await verify.handle(input, localCtx({ log, signal: abort.signal }));
+ *   const snap = await snapshot.handle(input, localCtx({ log: silentLogger(), xapi }));
+ */
+export function localCtx(opts: LocalCtxOptions): Ctx {
+  const { xapi } = opts;
+  return {
+    log: opts.log,
+    xapi:
+      typeof xapi === 'function'
+        ? xapi
+        : xapi !== undefined
+          ? async () => xapi
+          : async () => {
+              throw new PermanentError('NO_XAPI', 'no XAPI session: this handler runs without a pool');
+            },
+    clock: opts.clock ?? systemClock,
+    origin: localOrigin(),
+    signal: opts.signal ?? new AbortController().signal,
+    heartbeat: opts.heartbeat ?? (() => {}),
+    attempt: 1,
+    hooks: opts.hooks ?? noHooks,
+  };
 }
 
 /** Retry policy of a function's jobs when the handler throws a non-permanent error. */

@@ -8,6 +8,7 @@ import { jobSubject } from '../../runtime/events.js';
 import { writeStreamAtomic } from '../../runtime/storage/atomic.js';
 import { dataFileName } from '../../runtime/storage/naming.js';
 import type { BackupFormat } from '../../runtime/storage/naming.js';
+import { formatBytes, formatSeconds } from '../../runtime/units.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
 import { destroySnapshotVdi, destroySnapshotVm, unblockStart } from '../../runtime/xapi/snapshots.js';
 import { WrittenFile } from '../job.js';
@@ -79,7 +80,7 @@ export const exportFn = defineFunction({
     }
     const bytes = files.reduce((n, f) => n + f.size, 0);
     const exportMs = Date.now() - started;
-    ctx.log.info(`${input.vm.name}: exported ${formatBytes(bytes)} in ${(exportMs / 1000).toFixed(1)} s → ${files.map((f) => path.join(dir, f.name)).join(', ')}`);
+    ctx.log.info(`${input.vm.name}: exported ${formatBytes(bytes)} in ${formatSeconds(exportMs)} → ${files.map((f) => path.join(dir, f.name)).join(', ')}`);
     return { ...input, files, bytes, exportMs, warnings };
   },
 });
@@ -155,15 +156,4 @@ function asExportError(error: unknown, vmName: string): VmbackupError {
     return new RestartError('SNAPSHOT_GONE', `the snapshot of ${vmName} to export is gone (${info.code})`, {}, { cause: error });
   }
   return new RestartError(info.code, info.message, error instanceof VmbackupError ? error.data : {}, { cause: error });
-}
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
 }

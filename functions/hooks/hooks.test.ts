@@ -1,7 +1,7 @@
-import os from 'node:os';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MemoryBus } from '../../runtime/bus/memory.js';
 import { PermanentError } from '../../runtime/errors.js';
+import { localCtx } from '../../runtime/function.js';
 import type { Ctx } from '../../runtime/function.js';
 import { HookEvent } from '../../runtime/hooks/event.js';
 import type { PostVmEvent } from '../../runtime/hooks/event.js';
@@ -36,21 +36,17 @@ beforeEach(async () => {
 afterEach(async () => bus.close());
 
 function ctx(): Ctx {
-  return {
+  return localCtx({
     log: silentLogger(),
     xapi: async () => {
       throw new Error('hooks never talk to XAPI');
     },
     clock: { now: () => now },
-    origin: { hostname: os.hostname(), pid: process.pid },
-    signal: new AbortController().signal,
-    heartbeat: () => {},
-    attempt: 1,
     hooks: createHookRunner(
       { commands: {}, urls: {}, nats: true, natsReplies: 1, timeoutMs: 2_000, onTimeout: 'continue', onFailure: 'continue' },
       { log: silentLogger(), env: {}, bus },
     ),
-  };
+  });
 }
 
 const job: SnapshotInput = {

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { ErrorInfoSchema } from '../../runtime/errors.js';
 import { jobSubject } from '../../runtime/events.js';
 import { defineFunction, subject } from '../../runtime/function.js';
-import { HookResult } from '../../runtime/hooks/event.js';
+import { HookResult, vmEventFields } from '../../runtime/hooks/event.js';
 import type { PostVmEvent, VmOutcome } from '../../runtime/hooks/event.js';
 import { VmJob, VmRef, WrittenFile } from '../job.js';
 import { PruneOutput } from '../prune/prune.js';
@@ -66,13 +66,7 @@ export function postVmEvent(input: PostHookInput, at: Date): PostVmEvent {
   const stamp = input.stamp ?? input.protect[0];
   return {
     point: 'post-vm',
-    runId: input.runId,
-    at: at.toISOString(),
-    jobId: input.jobId,
-    try: input.try,
-    vm: input.vm,
-    backupDir: input.backupDir,
-    folder: input.folder,
+    ...vmEventFields(input, at),
     ...(input.mode !== undefined ? { mode: input.mode } : {}),
     ...(stamp !== undefined ? { stamp } : {}),
     outcome: vmOutcome(input),

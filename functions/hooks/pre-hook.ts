@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { jobSubject } from '../../runtime/events.js';
 import { defineFunction, subject } from '../../runtime/function.js';
+import { vmEventFields } from '../../runtime/hooks/event.js';
 import type { PreVmEvent } from '../../runtime/hooks/event.js';
 import { SnapshotInput } from '../snapshot/snapshot.js';
 
@@ -33,18 +34,7 @@ export const PreHookJob = subject(jobSubject('pre-hook'), PreHookInput);
 
 /** The pre-vm event of a VM job. */
 export function preVmEvent(input: PreHookInput, at: Date): PreVmEvent {
-  return {
-    point: 'pre-vm',
-    runId: input.runId,
-    at: at.toISOString(),
-    jobId: input.jobId,
-    try: input.try,
-    vm: input.vm,
-    backupDir: input.backupDir,
-    folder: input.folder,
-    mode: input.mode,
-    stamp: input.stamp,
-  };
+  return { point: 'pre-vm', ...vmEventFields(input, at), mode: input.mode, stamp: input.stamp };
 }
 
 export const preHook = defineFunction({

@@ -1,9 +1,10 @@
-import { readdir, rm, stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { defineFunction, subject } from '../../runtime/function.js';
 import type { Ctx } from '../../runtime/function.js';
 import { jobSubject } from '../../runtime/events.js';
+import { listFileNames } from '../../runtime/storage/files.js';
 import { checkManifest } from '../../runtime/storage/manifest.js';
 import { parseBackupFileName } from '../../runtime/storage/naming.js';
 import { JobBase, VmRef } from '../job.js';
@@ -85,15 +86,8 @@ export const prune = defineFunction({
 
 /** Regular files of a folder with size and mtime; an absent folder has none. */
 export async function listFiles(dir: string): Promise<FileEntry[]> {
-  let names: string[];
-  try {
-    names = (await readdir(dir, { withFileTypes: true })).filter((d) => d.isFile()).map((d) => d.name);
-  } catch (error) {
-    if ((error as { code?: string }).code === 'ENOENT') return [];
-    throw error;
-  }
   const files: FileEntry[] = [];
-  for (const name of names) {
+  for (const name of await listFileNames(dir)) {
     const s = await stat(path.join(dir, name)).catch(() => undefined);
     if (s?.isFile()) files.push({ name, size: s.size, mtimeMs: s.mtimeMs });
   }

@@ -12,11 +12,11 @@ import type { Ctx } from '../../runtime/function.js';
 import { checkManifest } from '../../runtime/storage/manifest.js';
 import type { Manifest } from '../../runtime/storage/manifest.js';
 import { DISK_NAME_RE } from '../../runtime/storage/naming.js';
+import { formatBytes, formatSeconds } from '../../runtime/units.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
 import { NULL_REF } from '../../runtime/xapi/records.js';
 import type { Ref, SrRecord, VdiRecord } from '../../runtime/xapi/records.js';
 import { TAG, jobKey } from '../../runtime/xapi/snapshots.js';
-import { formatBytes } from '../export/export.js';
 import { JobBase } from '../job.js';
 import { parseMeta } from '../meta/meta-format.js';
 import type { MetaRecords } from '../meta/meta-format.js';
@@ -127,7 +127,7 @@ export const restore = defineFunction({
     const restoreMs = Date.now() - started;
     const what = [...result.created.vms.map((v) => `VM "${v.name}" (${v.uuid})`), ...result.created.vdis.map((v) => `VDI "${v.name}" (${v.uuid})`)];
     if (result.overwritten !== undefined) what.push(`existing VDI "${result.overwritten.name}" (${result.overwritten.uuid})`);
-    ctx.log.info(`restored ${set.data.name} (${formatBytes(set.size)} in ${(restoreMs / 1000).toFixed(1)} s): ${what.join(', ')}`);
+    ctx.log.info(`restored ${set.data.name} (${formatBytes(set.size)} in ${formatSeconds(restoreMs)}): ${what.join(', ')}`);
     return {
       runId: input.runId,
       jobId: input.jobId,

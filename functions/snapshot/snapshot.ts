@@ -4,6 +4,7 @@ import type { Ctx } from '../../runtime/function.js';
 import { PermanentError } from '../../runtime/errors.js';
 import { jobSubject } from '../../runtime/events.js';
 import { freeSpace } from '../../runtime/storage/space.js';
+import { formatSeconds } from '../../runtime/units.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
 import { NULL_REF } from '../../runtime/xapi/records.js';
 import type { VbdRecord, VdiRecord, VmRecord } from '../../runtime/xapi/records.js';
@@ -200,7 +201,7 @@ async function takeVmSnapshot(xapi: XapiClient, vm: VmRecord, input: SnapshotInp
   // Tag first: from here on, a crash leaves a snapshot the next run finds and removes.
   await tagObject(xapi, 'VM', ref, snapshotTags(input, vm.uuid, ctx.origin, ctx.clock.now()));
   await xapi.call('VM.set_is_a_template', ref, false);
-  ctx.log.info(`${input.vm.name}: snapshot taken in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  ctx.log.info(`${input.vm.name}: snapshot taken in ${formatSeconds(Date.now() - started)}`);
   return xapi.getRecord('VM', ref);
 }
 

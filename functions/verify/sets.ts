@@ -1,4 +1,4 @@
-import { readdir } from 'node:fs/promises';
+import { listFileNames } from '../../runtime/storage/files.js';
 import { parseBackupFileName } from '../../runtime/storage/naming.js';
 import type { BackupFileInfo } from '../../runtime/storage/naming.js';
 
@@ -48,12 +48,5 @@ export function groupSets(names: readonly string[]): SetListing[] {
 
 /** The sets of folder `dir` (regular files only), oldest first; none when it does not exist. */
 export async function listSets(dir: string): Promise<SetListing[]> {
-  let names: string[];
-  try {
-    names = (await readdir(dir, { withFileTypes: true })).filter((d) => d.isFile()).map((d) => d.name);
-  } catch (error) {
-    if ((error as { code?: string }).code === 'ENOENT') return [];
-    throw error;
-  }
-  return groupSets(names);
+  return groupSets(await listFileNames(dir));
 }

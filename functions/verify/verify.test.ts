@@ -7,9 +7,8 @@ import { readTar, tarEntry, tarPaddingLength } from '../../runtime/formats/tar.j
 import { verifyXva } from '../../runtime/formats/xva.js';
 import type { TarEntry } from '../../runtime/formats/tar.js';
 import { loadXxh64 } from '../../runtime/formats/xxh64.js';
+import { localCtx } from '../../runtime/function.js';
 import type { Ctx } from '../../runtime/function.js';
-import { systemClock } from '../../runtime/function.js';
-import { noHooks } from '../../runtime/hooks/runner.js';
 import { silentLogger } from '../../runtime/log.js';
 import { checkManifest, Manifest } from '../../runtime/storage/manifest.js';
 import { formatLegacyStamp, formatStamp } from '../../runtime/storage/naming.js';
@@ -58,16 +57,7 @@ beforeAll(async () => {
     },
   });
   xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'secret' });
-  ctx = {
-    log: silentLogger(),
-    xapi: async () => xapi,
-    clock: systemClock,
-    origin: { hostname: os.hostname(), pid: process.pid },
-    signal: new AbortController().signal,
-    heartbeat: () => {},
-    attempt: 1,
-    hooks: noHooks,
-  };
+  ctx = localCtx({ log: silentLogger(), xapi });
   sets.xva = await backup('vm', { compress: 'none' });
   sets['xva.gz'] = await backup('vm', { compress: 'gzip' });
   sets['xva.zst'] = await backup('vm', { compress: 'zstd' });

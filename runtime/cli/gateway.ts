@@ -3,7 +3,6 @@ import type { NatsConnection } from 'nats';
 import { openNats, redactUrl } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
 import { helpText } from '../config/args.js';
-import { loadSettings } from '../config/load.js';
 import type { Settings } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import { systemClock } from '../function.js';
@@ -12,9 +11,10 @@ import { parseTokens } from '../gateway/auth.js';
 import { NatsTriggerLog } from '../gateway/nats-trigger-log.js';
 import { isLoopback, listen, parseListen } from '../gateway/server.js';
 import { createLogger } from '../log.js';
-import { fail, runOptions } from './backup.js';
+import { runOptions } from './backup.js';
 import type { Io } from './io.js';
-import { VERSION } from './io.js';
+import { VERSION, fail } from './io.js';
+import { loadCommandSettings } from './settings.js';
 
 /** Gateway-only switch: serve without bearer tokens, on a loopback address only. */
 const NO_AUTH_FLAG = '--no-auth';
@@ -30,22 +30,13 @@ const MIN_SECRET_LENGTH = 16;
  */
 export async function gatewayCommand(argv: readonly string[], io: Io): Promise<number> {
   const noAuth = argv.includes(NO_AUTH_FLAG);
-  let settings: Settings;
-  try {
-    const loaded = loadSettings({ argv: argv.filter((a) => a !== NO_AUTH_FLAG), env: io.env, home: io.home, cwd: io.cwd });
-    if (loaded.flags.help) {
-      io.stdout.write(helpText({ prog: 'vmbackup gateway', version: VERSION }) + '\n' + GATEWAY_HELP);
-      return 0;
-    }
-    if (loaded.flags.version) {
-      io.stdout.write(`vmbackup ${VERSION}\n`);
-      return 0;
-    }
-    for (const w of loaded.warnings) io.stderr.write(`WARNING: ${w}\n`);
-    settings = loaded.settings;
-  } catch (error) {
-    return fail(io, error);
-  }
+  const loaded = loadCommandSettings(
+    argv.filter((a) => a !== NO_AUTH_FLAG),
+    io,
+    { help: () => helpText({ prog: 'vmbackup gateway', version: VERSION }) + '\n' + GATEWAY_HELP },
+  );
+  if (typeof loaded === 'number') return loaded;
+  const { settings } = loaded;
 
   let secrets: { tokens: string[]; webhookSecret?: string };
   let at: { host: string; port: number };

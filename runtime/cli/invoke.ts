@@ -5,17 +5,16 @@ import { JOBS_STREAM } from '../../infra/nats/jetstream.js';
 import { openNats } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
 import { helpText } from '../config/args.js';
-import { loadSettings } from '../config/load.js';
-import type { LoadedSettings } from '../config/load.js';
 import { UsageError } from '../errors.js';
 import { PhaseEvent, eventSubject, jobSubject } from '../events.js';
 import type { PhaseDone, PhaseFailed } from '../events.js';
 import { systemClock } from '../function.js';
 import { formatStamp } from '../storage/naming.js';
-import { fail } from './backup.js';
 import type { Io } from './io.js';
-import { VERSION } from './io.js';
-import { commandLogger, seconds, takeExtras } from './run.js';
+import { VERSION, fail } from './io.js';
+import { seconds, takeExtras } from './run.js';
+import type { Extras } from './run.js';
+import { commandLogger, loadCommandSettings } from './settings.js';
 
 /**
  * `vmbackup invoke NAME --input JSON` — one phase on its own: validates the input against
@@ -31,28 +30,24 @@ import { commandLogger, seconds, takeExtras } from './run.js';
  */
 export async function invokeCommand(argv: readonly string[], io: Io): Promise<number> {
   const name = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : undefined;
-  let loaded: LoadedSettings;
-  let raw: string | undefined;
-  let wait = true;
-  let timeoutS: number | undefined;
+  let extras: Extras;
   try {
-    const extras = takeExtras(name !== undefined ? argv.slice(1) : argv, { '--input': 'value', '--no-wait': 'switch', '--timeout': 'value' });
-    loaded = loadSettings({ argv: extras.rest, env: io.env, home: io.home, cwd: io.cwd });
-    raw = extras.values['--input'] as string | undefined;
-    wait = extras.values['--no-wait'] !== true;
-    timeoutS = seconds(extras.values['--timeout'], '--timeout');
+    extras = takeExtras(name !== undefined ? argv.slice(1) : argv, { '--input': 'value', '--no-wait': 'switch', '--timeout': 'value' });
   } catch (error) {
     return fail(io, error);
   }
-  const { settings, flags } = loaded;
-  if (flags.help) {
-    io.stdout.write(helpText({ prog: 'vmbackup invoke', version: VERSION }) + '\n' + INVOKE_HELP);
-    return 0;
-  }
-  if (flags.version) {
-    io.stdout.write(`vmbackup ${VERSION}\n`);
-    return 0;
-  }
+  const raw = extras.values['--input'] as string | undefined;
+  const wait = extras.values['--no-wait'] !== true;
+  let timeoutS: number | undefined;
+  const loaded = loadCommandSettings(extras.rest, io, {
+    help: () => helpText({ prog: 'vmbackup invoke', version: VERSION }) + '\n' + INVOKE_HELP,
+    check: () => {
+      timeoutS = seconds(extras.values['--timeout'], '--timeout');
+    },
+    warnings: false,
+  });
+  if (typeof loaded === 'number') return loaded;
+  const { settings } = loaded;
   const known = functions.map((f) => f.name).join(', ');
   const fn = name !== undefined ? functionByName(name) : undefined;
   if (fn === undefined) {

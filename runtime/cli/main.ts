@@ -1,6 +1,7 @@
 import os from 'node:os';
-import { backupCommand, fail } from './backup.js';
+import { backupCommand } from './backup.js';
 import type { Io } from './io.js';
+import { fail } from './io.js';
 
 /**
  * `vmbackup [COMMAND] [flags]`. Without a command it is VmBackup's command line (backup or

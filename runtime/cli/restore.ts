@@ -1,25 +1,22 @@
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
-import os from 'node:os';
+import { mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { restore } from '../../functions/restore/restore.js';
 import type { RestoreInput, RestoreOutput } from '../../functions/restore/restore.js';
 import { parseRestoreFile } from '../../functions/restore/restore-set.js';
 import { OPTIONS } from '../config/args.js';
 import { closest } from '../config/ini.js';
-import { loadSettings } from '../config/load.js';
-import type { LoadedSettings } from '../config/load.js';
 import type { Settings } from '../config/schema.js';
-import { ConfigError, UsageError, VmbackupError, isFatalToCommand } from '../errors.js';
-import { systemClock } from '../function.js';
-import { noHooks } from '../hooks/runner.js';
-import type { Ctx } from '../function.js';
+import { UsageError, VmbackupError, isFatalToCommand } from '../errors.js';
+import { localCtx, systemClock } from '../function.js';
 import { captureConsole, createLogger } from '../log.js';
 import type { Logger } from '../log.js';
 import { newRunId } from '../run/start.js';
-import { XapiClient } from '../xapi/client.js';
-import { fail } from './backup.js';
+import type { XapiClient } from '../xapi/client.js';
+import { formatSeconds } from '../units.js';
 import type { Io } from './io.js';
-import { VERSION } from './io.js';
+import { fail } from './io.js';
+import { loadCommandSettings } from './settings.js';
+import { connectXapi, xapiPassword } from './xapi.js';
 
 /**
  * `vmbackup restore FILE [--sr SR] [--name NAME] [--preserve] [--vdi UUID] [--disk DEV]
@@ -32,31 +29,24 @@ import { VERSION } from './io.js';
  */
 export async function restoreCommand(argv: readonly string[], io: Io): Promise<number> {
   let args: RestoreArgs;
-  let loaded: LoadedSettings;
   try {
     args = splitRestoreArgs(argv);
-    if (args.help) {
-      io.stdout.write(restoreHelp());
-      return 0;
-    }
-    loaded = loadSettings({ argv: args.rest, env: io.env, home: io.home, cwd: io.cwd });
   } catch (error) {
     return fail(io, error);
   }
-  const { settings, flags } = loaded;
-  if (flags.version) {
-    io.stdout.write(`vmbackup ${VERSION}\n`);
+  if (args.help) {
+    io.stdout.write(restoreHelp());
     return 0;
   }
-  for (const w of loaded.warnings) io.stderr.write(`WARNING: ${w}\n`);
+  const loaded = loadCommandSettings(args.rest, io);
+  if (typeof loaded === 'number') return loaded;
+  const { settings, flags } = loaded;
   const startedAt = systemClock.now();
   const runId = `restore-${newRunId(startedAt)}`;
   let input: RestoreInput;
   try {
     input = restoreInput(args, io.cwd, runId, settings);
-    if (settings.password === undefined) {
-      throw new ConfigError('no password for XAPI: set password_file (or --password-file), or the environment variable VMBACKUP_PASSWORD', { key: 'password' });
-    }
+    xapiPassword(settings);
   } catch (error) {
     return fail(io, error);
   }
@@ -72,28 +62,11 @@ export async function restoreCommand(argv: readonly string[], io: Io): Promise<n
   process.once('SIGTERM', onSignal);
   let xapi: XapiClient | undefined;
   try {
-    xapi = await XapiClient.connect({
-      url: settings.xapi_url,
-      user: settings.username,
-      password: settings.password!,
-      ...(settings.tls_ca_file !== undefined ? { ca: readCa(settings.tls_ca_file) } : {}),
-      insecure: settings.insecure,
-      // Not export_idle_timeout: it also bounds XAPI's event.from long polls (60 s), which
-      // watch the upload's task. The upload applies export_idle_timeout itself.
-      log,
-    });
+    // Not export_idle_timeout: it also bounds XAPI's event.from long polls (60 s), which
+    // watch the upload's task. The upload applies export_idle_timeout itself.
+    xapi = await connectXapi(settings, log);
     if (settings.insecure) log.warn(`TLS certificate checks are off (--insecure) for ${settings.xapi_url}`);
-    const connected = xapi;
-    const ctx: Ctx = {
-      log: log.child({ fn: 'restore', subject: restore.subject.name, runId, jobId: input.jobId }),
-      xapi: async () => connected,
-      clock: systemClock,
-      origin: { hostname: os.hostname(), pid: process.pid },
-      signal: abort.signal,
-      heartbeat: () => {},
-      attempt: 1,
-      hooks: noHooks,
-    };
+    const ctx = localCtx({ log: log.child({ fn: 'restore', subject: restore.subject.name, runId, jobId: input.jobId }), xapi, signal: abort.signal });
     let output: RestoreOutput;
     try {
       output = restore.output.parse(await restore.handle(input, ctx));
@@ -250,7 +223,7 @@ function restoreInput(args: RestoreArgs, cwd: string, runId: string, settings: S
 
 /** What a restore created, for people: one line per object, uuids first (warnings went to stderr). */
 export function formatRestored(out: RestoreOutput): string {
-  const lines = [`Restored ${out.file} (${out.format}, ${out.bytes} bytes in ${(out.restoreMs / 1000).toFixed(1)} s)`];
+  const lines = [`Restored ${out.file} (${out.format}, ${out.bytes} bytes in ${formatSeconds(out.restoreMs)})`];
   for (const vm of out.created.vms) lines.push(`  VM  ${vm.uuid}  ${vm.name}`);
   for (const vdi of out.created.vdis) lines.push(`  VDI ${vdi.uuid}  ${vdi.name}  (SR ${vdi.sr})`);
   if (out.overwritten !== undefined) lines.push(`  VDI ${out.overwritten.uuid}  ${out.overwritten.name}  (SR ${out.overwritten.sr}, overwritten)`);
@@ -301,12 +274,4 @@ function makeLogger(settings: Settings, io: Io): Logger {
   // log file everything. `-l debug` shows progress too.
   const consoleLevel = settings.log_level === 'info' ? 'warning' : settings.log_level;
   return createLogger({ consoleLevel, ...(logDir !== undefined ? { dir: logDir } : {}), console: io.stderr, consoleErrors: io.stderr });
-}
-
-function readCa(file: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch (error) {
-    throw new ConfigError(`tls_ca_file ${file} cannot be read (${(error as { code?: string }).code ?? String(error)})`, { key: 'tls_ca_file', file });
-  }
 }

@@ -1,24 +1,21 @@
 import { createHash } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import path from 'node:path';
 import { openNats } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
 import { redactUrl } from '../bus/nats-connect.js';
 import { helpText } from '../config/args.js';
-import { loadSettings } from '../config/load.js';
-import type { LoadedSettings } from '../config/load.js';
-import type { Settings } from '../config/schema.js';
-import { UsageError, isFatalToCommand } from '../errors.js';
+import { UsageError } from '../errors.js';
 import { PhaseEvent, eventSubject, runEvents } from '../events.js';
 import { systemClock } from '../function.js';
-import { captureConsole, createLogger } from '../log.js';
+import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
 import { newRunId, startRun } from '../run/start.js';
 import type { RunStore } from '../run/store.js';
-import { RunSummary, formatSummary, summarize } from '../run/summary.js';
-import { fail, runOptions } from './backup.js';
+import { RunSummary, summarize } from '../run/summary.js';
+import { formatBytes, formatSeconds } from '../units.js';
+import { fatalExit, report, runOptions } from './backup.js';
 import type { Io } from './io.js';
-import { VERSION } from './io.js';
+import { VERSION, fail } from './io.js';
+import { commandLogger, loadCommandSettings } from './settings.js';
 
 /**
  * `vmbackup run --nats URL [selection flags]` — submits a run to the workers on NATS, shows
@@ -33,23 +30,14 @@ import { VERSION } from './io.js';
  */
 export async function runCommand(argv: readonly string[], io: Io): Promise<number> {
   let extras: Extras;
-  let loaded: LoadedSettings;
   try {
     extras = takeExtras(argv, { '--trigger-id': 'value', '--timeout': 'value' });
-    loaded = loadSettings({ argv: extras.rest, env: io.env, home: io.home, cwd: io.cwd });
   } catch (error) {
     return fail(io, error);
   }
+  const loaded = loadCommandSettings(extras.rest, io, { help: () => helpText({ prog: 'vmbackup run', version: VERSION }) + '\n' + RUN_HELP });
+  if (typeof loaded === 'number') return loaded;
   const { settings, flags } = loaded;
-  if (flags.help) {
-    io.stdout.write(helpText({ prog: 'vmbackup run', version: VERSION }) + '\n' + RUN_HELP);
-    return 0;
-  }
-  if (flags.version) {
-    io.stdout.write(`vmbackup ${VERSION}\n`);
-    return 0;
-  }
-  for (const w of loaded.warnings) io.stderr.write(`WARNING: ${w}\n`);
   let timeoutS: number | undefined;
   try {
     timeoutS = seconds(extras.values['--timeout'], '--timeout');
@@ -94,12 +82,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     report(outcome.summary, settings, io, flags.json);
     return outcome.summary.exitCode;
   } catch (error) {
-    if (isFatalToCommand(error)) {
-      log.error({ err: error }, (error as Error).message);
-      if (flags.json) io.stdout.write(JSON.stringify({ runId, status: 'fatal', exitCode: 2, error: { code: error.code, message: error.message } }) + '\n');
-      return 2;
-    }
-    throw error;
+    return fatalExit(error, log, io, { runId, json: flags.json });
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -233,7 +216,7 @@ function progress(event: PhaseEvent, labels: Map<string, string>, log: Logger): 
   }
   const output = event.outcome === 'done' ? (event.output as { vm?: { name?: string }; bytes?: number; vmJobs?: unknown[] } | undefined) : undefined;
   const who = labels.get(event.jobId) ?? output?.vm?.name ?? event.jobId;
-  const took = `${(event.durationMs / 1000).toFixed(1)} s`;
+  const took = formatSeconds(event.durationMs);
   if (event.outcome === 'failed') {
     log.warn(`${who}: ${event.fn} failed (${event.error.code}): ${event.error.message}`);
     return;
@@ -241,18 +224,6 @@ function progress(event: PhaseEvent, labels: Map<string, string>, log: Logger): 
   if (event.fn === 'plan' && Array.isArray(output?.vmJobs)) log.info(`plan: ${output.vmJobs.length} VM(s) to back up`);
   else if (event.fn === 'export' && typeof output?.bytes === 'number') log.info(`${who}: exported ${formatBytes(output.bytes)} in ${took}`);
   else log.info(`${who}: ${event.fn} done in ${took}`);
-}
-
-/** The summary as the backup command prints it: text per log_level, or JSON. */
-export function report(summary: RunSummary, settings: Settings, io: Io, json: boolean): void {
-  if (json) {
-    io.stdout.write(JSON.stringify(summary, null, 2) + '\n');
-    return;
-  }
-  // For cron mail: `-l warning` prints only when something went wrong, `-l error` only errors.
-  const level = settings.log_level;
-  const show = level === 'debug' || level === 'info' || (level === 'warning' && summary.status !== 'success') || summary.status === 'error' || summary.status === 'fatal';
-  if (show) io.stdout.write(formatSummary(summary));
 }
 
 // ---- helpers shared by the NATS commands (worker, run, status, invoke) ----
@@ -304,24 +275,6 @@ export function seconds(value: string | true | undefined, option: string): numbe
   return n;
 }
 
-/**
- * The logger of a NATS command: JSON records to `<base_dir>/logs/vmbackup.log` when `file`
- * (as the backup command), else or when that directory cannot be made, the console only.
- */
-export function commandLogger(settings: Settings, io: Io, opts: { json: boolean; file: boolean }): Logger {
-  let dir: string | undefined;
-  if (opts.file) {
-    dir = path.join(settings.base_dir, 'logs');
-    try {
-      mkdirSync(dir, { recursive: true });
-    } catch (error) {
-      io.stderr.write(`WARNING: cannot write logs to ${dir} (${(error as { code?: string }).code ?? String(error)}): console only\n`);
-      dir = undefined;
-    }
-  }
-  return createLogger({ consoleLevel: settings.log_level, ...(dir !== undefined ? { dir } : {}), console: opts.json ? io.stderr : io.stdout, consoleErrors: io.stderr });
-}
-
 function abortable(signal: AbortSignal): Promise<Error> {
   return new Promise((resolve) => {
     if (signal.aborted) resolve(signal.reason as Error);
@@ -331,15 +284,4 @@ function abortable(signal: AbortSignal): Promise<Error> {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
 }

@@ -2,16 +2,16 @@ import { EVENTS_STREAM } from '../../infra/nats/jetstream.js';
 import { openNats } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
 import { helpText } from '../config/args.js';
-import { loadSettings } from '../config/load.js';
-import type { LoadedSettings } from '../config/load.js';
 import { UsageError } from '../errors.js';
 import { eventSubject } from '../events.js';
 import type { JobState, RunHeader } from '../run/state.js';
 import { RunSummary, summarize } from '../run/summary.js';
-import { fail } from './backup.js';
+import { formatBytes, formatSeconds } from '../units.js';
 import type { Io } from './io.js';
-import { VERSION } from './io.js';
-import { commandLogger, formatBytes, takeExtras } from './run.js';
+import { VERSION, fail } from './io.js';
+import { takeExtras } from './run.js';
+import type { Extras } from './run.js';
+import { commandLogger, loadCommandSettings } from './settings.js';
 
 /**
  * `vmbackup status [RUN] [--json] [--limit N]` — run state from the NATS KV bucket. Without
@@ -21,28 +21,26 @@ import { commandLogger, formatBytes, takeExtras } from './run.js';
  */
 export async function statusCommand(argv: readonly string[], io: Io): Promise<number> {
   const runId = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : undefined;
-  let loaded: LoadedSettings;
-  let limit = 20;
+  let extras: Extras;
   try {
-    const extras = takeExtras(runId !== undefined ? argv.slice(1) : argv, { '--limit': 'value' });
-    loaded = loadSettings({ argv: extras.rest, env: io.env, home: io.home, cwd: io.cwd });
-    const l = extras.values['--limit'];
-    if (l !== undefined) {
-      if (typeof l !== 'string' || !/^\d+$/.test(l) || Number(l) < 1) throw new UsageError(`--limit must be an integer >= 1 (got ${JSON.stringify(l)})`);
-      limit = Number(l);
-    }
+    extras = takeExtras(runId !== undefined ? argv.slice(1) : argv, { '--limit': 'value' });
   } catch (error) {
     return fail(io, error);
   }
+  let limit = 20;
+  const loaded = loadCommandSettings(extras.rest, io, {
+    help: () => helpText({ prog: 'vmbackup status', version: VERSION }) + '\n' + STATUS_HELP,
+    check: () => {
+      const l = extras.values['--limit'];
+      if (l !== undefined) {
+        if (typeof l !== 'string' || !/^\d+$/.test(l) || Number(l) < 1) throw new UsageError(`--limit must be an integer >= 1 (got ${JSON.stringify(l)})`);
+        limit = Number(l);
+      }
+    },
+    warnings: false,
+  });
+  if (typeof loaded === 'number') return loaded;
   const { settings, flags } = loaded;
-  if (flags.help) {
-    io.stdout.write(helpText({ prog: 'vmbackup status', version: VERSION }) + '\n' + STATUS_HELP);
-    return 0;
-  }
-  if (flags.version) {
-    io.stdout.write(`vmbackup ${VERSION}\n`);
-    return 0;
-  }
   const log = commandLogger({ ...settings, log_level: settings.log_level === 'debug' ? 'debug' : 'warning' }, io, { json: true, file: false });
   let nats: NatsRuntime | undefined;
   try {
@@ -97,7 +95,7 @@ async function lastSummary(nats: NatsRuntime, runId: string): Promise<RunSummary
 /** One run on one line: id, state (outcome when finished), start, duration, jobs, pool, trigger. */
 export function runLine(h: RunHeader, summary?: RunSummary): string {
   const state = h.status === 'finished' ? (h.fatal !== undefined ? 'fatal' : (summary?.status ?? 'finished')) : h.status;
-  const duration = h.finishedAt !== undefined ? seconds(Date.parse(h.finishedAt) - Date.parse(h.startedAt)) : 'running';
+  const duration = h.finishedAt !== undefined ? formatSeconds(Date.parse(h.finishedAt) - Date.parse(h.startedAt)) : 'running';
   const jobs = `${h.jobIds.length} job${h.jobIds.length === 1 ? '' : 's'}${h.status === 'running' ? `, ${h.remaining} to go` : ''}`;
   return [h.runId, state.padEnd(8), h.startedAt, duration.padStart(8), jobs, h.pool !== undefined ? `pool ${h.pool.name}` : '', h.trigger !== undefined ? `(${h.trigger})` : '']
     .filter((s) => s !== '')
@@ -110,7 +108,7 @@ export function formatRun(h: RunHeader, jobs: readonly JobState[], summary?: Run
   const outcome = summary !== undefined ? `${h.status}: ${summary.status} (exit ${summary.exitCode})` : h.status;
   lines.push(`run ${h.runId}  ${outcome}${h.pool !== undefined ? `  pool ${h.pool.name}` : ''}`);
   lines.push(
-    `started ${h.startedAt}${h.finishedAt !== undefined ? `  finished ${h.finishedAt} (${seconds(Date.parse(h.finishedAt) - Date.parse(h.startedAt))})` : ''}${h.trigger !== undefined ? `  trigger ${h.trigger}` : ''}  concurrency ${h.concurrency}`,
+    `started ${h.startedAt}${h.finishedAt !== undefined ? `  finished ${h.finishedAt} (${formatSeconds(Date.parse(h.finishedAt) - Date.parse(h.startedAt))})` : ''}${h.trigger !== undefined ? `  trigger ${h.trigger}` : ''}  concurrency ${h.concurrency}`,
   );
   if (h.backupDir !== undefined) lines.push(`backups in ${h.backupDir}`);
   if (h.fatal !== undefined) lines.push(`ERROR: the run could not start: ${h.fatal.message}`);
@@ -123,9 +121,9 @@ export function formatRun(h: RunHeader, jobs: readonly JobState[], summary?: Run
       j.phase,
       String(j.try),
       j.bytes > 0 ? formatBytes(j.bytes) : '-',
-      j.startedAt !== undefined && j.finishedAt !== undefined ? seconds(Date.parse(j.finishedAt) - Date.parse(j.startedAt)) : '-',
+      j.startedAt !== undefined && j.finishedAt !== undefined ? formatSeconds(Date.parse(j.finishedAt) - Date.parse(j.startedAt)) : '-',
       Object.entries(j.phaseMs)
-        .map(([fn, ms]) => `${fn} ${seconds(ms)}`)
+        .map(([fn, ms]) => `${fn} ${formatSeconds(ms)}`)
         .join(', '),
     ]);
     const head = ['JOB', 'CATEGORY', 'STATUS', 'PHASE', 'TRY', 'SIZE', 'TIME', 'PHASES'];
@@ -137,8 +135,4 @@ export function formatRun(h: RunHeader, jobs: readonly JobState[], summary?: Run
     for (const w of j.warnings) lines.push(`WARNING: ${j.category} ${j.label}: ${w}`);
   }
   return lines.join('\n') + '\n';
-}
-
-function seconds(ms: number): string {
-  return `${(ms / 1000).toFixed(1)} s`;
 }

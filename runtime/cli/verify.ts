@@ -1,6 +1,5 @@
 import { mkdirSync } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { legacyNotice } from '../../functions/verify/check.js';
 import { isIncomplete, listSets } from '../../functions/verify/sets.js';
@@ -8,18 +7,17 @@ import type { SetListing } from '../../functions/verify/sets.js';
 import { verify } from '../../functions/verify/verify.js';
 import type { Verified } from '../../functions/verify/verify.js';
 import { OPTIONS } from '../config/args.js';
-import { loadSettings } from '../config/load.js';
-import type { LoadedSettings } from '../config/load.js';
-import { ConfigError, PermanentError, UsageError, errorInfo } from '../errors.js';
-import { systemClock } from '../function.js';
+import { PermanentError, UsageError, errorInfo } from '../errors.js';
+import { localCtx } from '../function.js';
 import type { Ctx } from '../function.js';
-import { noHooks } from '../hooks/runner.js';
 import { createLogger, silentLogger } from '../log.js';
 import type { Logger } from '../log.js';
+import { assertBackupDirExists } from '../storage/mounts.js';
 import { parseBackupFileName, vmFolderName } from '../storage/naming.js';
-import { fail } from './backup.js';
+import { formatBytes, formatSeconds } from '../units.js';
 import type { Io } from './io.js';
-import { VERSION } from './io.js';
+import { fail } from './io.js';
+import { loadCommandSettings } from './settings.js';
 
 /**
  * `vmbackup verify [VM…|PATH…] [--latest] [--json] [settings options]` — re-reads backup sets
@@ -44,24 +42,14 @@ import { VERSION } from './io.js';
  *   vmbackup verify /mnt/VmBackup/exports/web1/backup_20261126-083000.xva
  */
 export async function verifyCommand(argv: readonly string[], io: Io): Promise<number> {
-  let args: VerifyArgs;
-  let loaded: LoadedSettings;
-  try {
-    args = splitVerifyArgs(argv);
-    if (args.help) {
-      io.stdout.write(verifyHelp());
-      return 0;
-    }
-    loaded = loadSettings({ argv: args.rest, env: io.env, home: io.home, cwd: io.cwd });
-  } catch (error) {
-    return fail(io, error);
-  }
-  const { settings, flags } = loaded;
-  if (flags.version) {
-    io.stdout.write(`vmbackup ${VERSION}\n`);
+  const args = splitVerifyArgs(argv);
+  if (args.help) {
+    io.stdout.write(verifyHelp());
     return 0;
   }
-  for (const w of loaded.warnings) io.stderr.write(`WARNING: ${w}\n`);
+  const loaded = loadCommandSettings(args.rest, io);
+  if (typeof loaded === 'number') return loaded;
+  const { settings, flags } = loaded;
 
   let targets: SetTarget[];
   let scope: string;
@@ -76,18 +64,13 @@ export async function verifyCommand(argv: readonly string[], io: Io): Promise<nu
   const onSignal = (signal: NodeJS.Signals) => abort.abort(new Error(signal));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const ctx: Ctx = {
+  const ctx = localCtx({
     log,
     xapi: async () => {
       throw new PermanentError('NO_XAPI', 'verify reads backups only: it does not talk to XAPI');
     },
-    clock: systemClock,
-    origin: { hostname: os.hostname(), pid: process.pid },
     signal: abort.signal,
-    heartbeat: () => {},
-    attempt: 1,
-    hooks: noHooks,
-  };
+  });
   const results: SetOutcome[] = [];
   const started = performance.now();
   try {
@@ -182,9 +165,7 @@ async function resolveTargets(args: VerifyArgs, backupDir: string, cwd: string):
   const folders: string[] = [];
   const sets: SetTarget[] = [];
   const needBackupDir = args.targets.length === 0 || args.targets.some((t) => !isPath(t));
-  if (needBackupDir && !(await isDirectory(backupDir))) {
-    throw new ConfigError(`backup_dir ${backupDir} does not exist or is not a directory (is the backup share mounted?)`, { key: 'backup_dir' });
-  }
+  if (needBackupDir) assertBackupDirExists(backupDir);
   if (args.targets.length === 0) folders.push(...(await subfolders(backupDir)));
   for (const target of args.targets) {
     if (!isPath(target)) {
@@ -229,10 +210,6 @@ function newest(sets: SetListing[]): SetListing[] {
 /** A path, not a VM name: has a separator, or is named like a backup file. */
 function isPath(arg: string): boolean {
   return arg.includes('/') || arg === '.' || arg === '..' || parseBackupFileName(arg) !== null;
-}
-
-async function isDirectory(dir: string): Promise<boolean> {
-  return (await stat(dir).catch(() => undefined))?.isDirectory() === true;
 }
 
 async function subfolders(dir: string): Promise<string[]> {
@@ -285,15 +262,9 @@ function label(target: SetTarget): string {
   return `${path.basename(target.dir)}/backup_${target.stamp}`;
 }
 
-function formatBytes(n: number): string {
-  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = n;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return unit === 0 ? `${n} bytes` : `${value.toFixed(1)} ${units[unit]}`;
+/** Sizes as verify prints them: plain bytes say `bytes`. */
+function formatSize(n: number): string {
+  return formatBytes(n, { bytesUnit: 'bytes' });
 }
 
 function formatLine(o: SetOutcome): string {
@@ -304,7 +275,7 @@ function formatLine(o: SetOutcome): string {
   const v = o.verified!;
   if (o.status === 'failed') return `${status}  ${name}  ${v.error!.message}`;
   const legacy = v.legacy ? ' (VmBackup set: format checks only, no manifest)' : '';
-  return `${status}  ${name}  ${v.files.length} files, ${formatBytes(v.bytes)} in ${(v.ms / 1000).toFixed(1)} s${legacy}`;
+  return `${status}  ${name}  ${v.files.length} files, ${formatSize(v.bytes)} in ${formatSeconds(v.ms)}${legacy}`;
 }
 
 function summarize(results: SetOutcome[], ms: number, interrupted: boolean): { line: string; exitCode: number; counts: Record<string, number> } {
@@ -315,8 +286,8 @@ function summarize(results: SetOutcome[], ms: number, interrupted: boolean): { l
   const parts = [`${counts.ok} OK`, `${counts.failed} FAILED`];
   if (counts.incomplete > 0) parts.push(`${counts.incomplete} incomplete`);
   if (counts.errors > 0) parts.push(`${counts.errors} not checked`);
-  const speed = ms > 0 ? `, ${formatBytes(Math.round(counts.bytes / (ms / 1000)))}/s` : '';
-  const line = `verify: ${counts.sets} set${counts.sets === 1 ? '' : 's'}: ${parts.join(', ')}; ${formatBytes(counts.bytes)} read in ${(ms / 1000).toFixed(1)} s${speed}${interrupted ? ' (interrupted)' : ''}`;
+  const speed = ms > 0 ? `, ${formatSize(Math.round(counts.bytes / (ms / 1000)))}/s` : '';
+  const line = `verify: ${counts.sets} set${counts.sets === 1 ? '' : 's'}: ${parts.join(', ')}; ${formatSize(counts.bytes)} read in ${formatSeconds(ms)}${speed}${interrupted ? ' (interrupted)' : ''}`;
   return { line, exitCode, counts };
 }
 

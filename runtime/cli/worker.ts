@@ -1,16 +1,12 @@
-import { readFileSync } from 'node:fs';
-import os from 'node:os';
 import { functions } from '../../functions/index.js';
 import type { Closer } from '../bus/bus.js';
 import { openNats, redactUrl } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
 import { helpText } from '../config/args.js';
-import { loadSettings } from '../config/load.js';
-import type { LoadedSettings } from '../config/load.js';
 import type { Settings } from '../config/schema.js';
-import { ConfigError, UsageError } from '../errors.js';
-import type { FunctionDef, Origin } from '../function.js';
-import { systemClock } from '../function.js';
+import { UsageError } from '../errors.js';
+import type { FunctionDef } from '../function.js';
+import { localOrigin, systemClock } from '../function.js';
 import { startRunEndTrigger } from '../hooks/run-end.js';
 import { hooksFromSettings } from '../hooks/settings.js';
 import { captureConsole } from '../log.js';
@@ -18,10 +14,13 @@ import type { Logger } from '../log.js';
 import { startCoordinator } from '../run/coordinator.js';
 import { serve } from '../serve.js';
 import { XapiClient } from '../xapi/client.js';
-import { fail } from './backup.js';
+import type { XapiOptions } from '../xapi/client.js';
 import type { Io } from './io.js';
-import { VERSION } from './io.js';
-import { commandLogger, seconds, takeExtras } from './run.js';
+import { VERSION, fail } from './io.js';
+import { seconds, takeExtras } from './run.js';
+import type { Extras } from './run.js';
+import { commandLogger, loadCommandSettings, printWarnings } from './settings.js';
+import { xapiOptions, xapiPassword } from './xapi.js';
 
 /** Functions whose jobs are per VM: `concurrency` at a time in this worker; the others two. */
 const PER_VM = new Set(['pre-hook', 'snapshot', 'export', 'meta', 'prune', 'post-hook']);
@@ -44,23 +43,21 @@ const WITHOUT_XAPI = new Set(['meta', 'prune', 'pre-hook', 'post-hook', 'run-end
  * in a JetStream cluster, the replica count of vmbackup's streams (raised, never lowered).
  */
 export async function workerCommand(argv: readonly string[], io: Io): Promise<number> {
-  let loaded: LoadedSettings;
+  let extras: Extras;
+  try {
+    extras = takeExtras(argv, { '--no-coordinator': 'switch', '--ack-wait': 'value', '--drain-timeout': 'value', '--replicas': 'value' });
+  } catch (error) {
+    return fail(io, error);
+  }
+  // Warnings once the worker's own options are known good.
+  const loaded = loadCommandSettings(extras.rest, io, { help: () => helpText({ prog: 'vmbackup worker', version: VERSION }) + '\n' + WORKER_HELP, warnings: false });
+  if (typeof loaded === 'number') return loaded;
   let fns: FunctionDef[];
   let ackWaitS: number;
   let drainS: number;
   let coordinator: boolean;
   let replicas: number | undefined;
   try {
-    const extras = takeExtras(argv, { '--no-coordinator': 'switch', '--ack-wait': 'value', '--drain-timeout': 'value', '--replicas': 'value' });
-    loaded = loadSettings({ argv: extras.rest, env: io.env, home: io.home, cwd: io.cwd });
-    if (loaded.flags.help) {
-      io.stdout.write(helpText({ prog: 'vmbackup worker', version: VERSION }) + '\n' + WORKER_HELP);
-      return 0;
-    }
-    if (loaded.flags.version) {
-      io.stdout.write(`vmbackup ${VERSION}\n`);
-      return 0;
-    }
     fns = chosenFunctions(loaded.settings.worker_functions);
     ackWaitS = seconds(extras.values['--ack-wait'], '--ack-wait') ?? 30;
     drainS = seconds(extras.values['--drain-timeout'], '--drain-timeout') ?? 60;
@@ -70,16 +67,14 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
       if (typeof r !== 'string' || !/^[1-5]$/.test(r)) throw new UsageError(`--replicas must be 1 to 5 (got ${JSON.stringify(r)})`);
       replicas = Number(r);
     }
-    if (loaded.settings.password === undefined && fns.some((f) => !WITHOUT_XAPI.has(f.name))) {
-      throw new ConfigError('no password for XAPI: set password_file (or --password-file), or the environment variable VMBACKUP_PASSWORD', { key: 'password' });
-    }
+    if (fns.some((f) => !WITHOUT_XAPI.has(f.name))) xapiPassword(loaded.settings);
   } catch (error) {
     return fail(io, error);
   }
   const { settings } = loaded;
-  for (const w of loaded.warnings) io.stderr.write(`WARNING: ${w}\n`);
+  printWarnings(io, loaded.warnings);
 
-  const origin: Origin = { hostname: os.hostname(), pid: process.pid };
+  const origin = localOrigin();
   const log = commandLogger(settings, io, { json: false, file: true });
   const restoreConsole = captureConsole(log);
   const xapi = lazyXapi(settings, log);
@@ -172,23 +167,15 @@ export function chosenFunctions(items: readonly string[]): FunctionDef[] {
  */
 function lazyXapi(settings: Settings, log: Logger): { get: () => Promise<XapiClient>; close(): Promise<void> } {
   let current: Promise<XapiClient> | undefined;
-  let ca: string | undefined;
+  // Read once (the CA file included), when first needed: later sessions reuse them.
+  let options: XapiOptions | undefined;
   const connect = (): Promise<XapiClient> => {
-    if (settings.tls_ca_file !== undefined && ca === undefined) {
-      try {
-        ca = readFileSync(settings.tls_ca_file, 'utf8');
-      } catch (error) {
-        return Promise.reject(new ConfigError(`tls_ca_file ${settings.tls_ca_file} cannot be read (${(error as { code?: string }).code ?? String(error)})`, { key: 'tls_ca_file' }));
-      }
+    try {
+      options ??= xapiOptions(settings, log);
+    } catch (error) {
+      return Promise.reject(error);
     }
-    const p = XapiClient.connect({
-      url: settings.xapi_url,
-      user: settings.username,
-      password: settings.password ?? '',
-      ...(ca !== undefined ? { ca } : {}),
-      insecure: settings.insecure,
-      log,
-    });
+    const p = XapiClient.connect(options);
     p.then(
       () => log.info(`XAPI: logged in to ${settings.xapi_url} as ${settings.username}`),
       (error: unknown) => {

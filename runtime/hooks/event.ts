@@ -40,6 +40,18 @@ const VmFields = {
   folder: z.string(),
 };
 
+/**
+ * The fields a VM's pre-vm and post-vm events share, from its job's message.
+ *
+ * @example { point: 'pre-vm', ...vmEventFields(input, ctx.clock.now()), mode: input.mode, stamp: input.stamp }
+ */
+export function vmEventFields(
+  job: { runId: string; jobId: string; try: number; vm: z.infer<typeof VmRef>; backupDir: string; folder: string },
+  at: Date,
+): Pick<PreVmEvent, 'runId' | 'at' | 'jobId' | 'try' | 'vm' | 'backupDir' | 'folder'> {
+  return { runId: job.runId, at: at.toISOString(), jobId: job.jobId, try: job.try, vm: job.vm, backupDir: job.backupDir, folder: job.folder };
+}
+
 export const PreVmEvent = z.object({
   point: z.literal('pre-vm'),
   ...Common,

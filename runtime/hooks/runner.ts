@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { Bus } from '../bus/bus.js';
+import { formatSeconds } from '../units.js';
 import { runCommand } from './command.js';
 import { ABORT_POINTS } from './event.js';
 import type { EventOf, HookPoint, HookResult } from './event.js';
@@ -109,7 +110,7 @@ export function createHookRunner(config: HookConfig, deps: HookRunnerDeps): Hook
           const r = await runKind(kind, config, deps, point, event, { log, ...(opts.signal !== undefined ? { signal: opts.signal } : {}), now: now() });
           if (r === undefined) continue;
           if (opts.signal?.aborted === true) throw new Error(`${point} ${kind} hook interrupted by shutdown`);
-          const took = `${((Date.now() - started) / 1000).toFixed(1)} s`;
+          const took = formatSeconds(Date.now() - started);
           const decision = decide(r, config, canAbort);
           const what = `${point} ${kind} hook`;
           if (decision === 'abort') {

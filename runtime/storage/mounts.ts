@@ -1,5 +1,22 @@
+import { statSync } from 'node:fs';
 import { readFile, realpath } from 'node:fs/promises';
 import { ConfigError } from '../errors.js';
+
+/**
+ * backup_dir must be a directory before anything is written to it (or read from it).
+ * @throws ConfigError (key `backup_dir`) asking whether the share is mounted.
+ */
+export function assertBackupDirExists(backupDir: string): void {
+  let isDir = false;
+  try {
+    isDir = statSync(backupDir).isDirectory();
+  } catch {
+    isDir = false;
+  }
+  if (!isDir) {
+    throw new ConfigError(`backup_dir ${backupDir} does not exist or is not a directory (is the backup share mounted?)`, { key: 'backup_dir' });
+  }
+}
 
 /** One line of /proc/self/mounts. */
 export interface Mount {

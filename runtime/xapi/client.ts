@@ -33,6 +33,24 @@ export interface XapiDownload {
   abort(): void;
 }
 
+/** How a transfer's XAPI task ended: its result, or its error (mapped). */
+type TaskOutcome = { value: unknown } | { failure: VmbackupError };
+
+/** A transfer's XAPI task and abort wiring (`XapiClient.transferTask`). */
+interface TransferTask {
+  taskRef: string;
+  /** Settles when XAPI ends the task, which is then destroyed; never rejects. */
+  outcome: Promise<TaskOutcome>;
+  /** Cancels the task (XAPI then rolls back what it did). */
+  cancel(): void;
+  /** Destroys the task record. */
+  destroy(): void;
+  /** Aborted when the caller's signal is. */
+  controller: AbortController;
+  /** Stops following the caller's signal. */
+  release(): void;
+}
+
 /** Socket-level idle timeout of every XAPI connection (RPC, events, transfers). */
 const CONNECTION_IDLE_MS = 10 * 60_000;
 
@@ -300,29 +318,16 @@ export class XapiClient {
    */
   async download(pathname: string, query: Record<string, string>, opts: { host?: HostRecord; signal?: AbortSignal } = {}): Promise<XapiDownload> {
     const what = `GET ${pathname}`;
-    let taskRef: string;
-    try {
-      taskRef = await this.xapi.createTask(`vmbackup ${pathname}`, JSON.stringify(query));
-    } catch (error) {
-      throw mapXapiError(error, 'task.create');
-    }
-    const task = this.xapi.watchTask(taskRef).then(
-      (result) => {
-        void this.xapi.call('task.destroy', taskRef).catch(() => {});
-        return result;
-      },
-      (error: unknown) => {
-        void this.xapi.call('task.destroy', taskRef).catch(() => {});
-        throw mapXapiError(error, `${what} task`);
-      },
-    );
+    const transfer = await this.transferTask(what, pathname, query, opts.signal);
+    const { taskRef, controller } = transfer;
+    const task = transfer.outcome.then((outcome) => {
+      if ('failure' in outcome) throw outcome.failure;
+      return outcome.value;
+    });
     task.catch(() => {});
-    const controller = new AbortController();
-    const onAbort = () => controller.abort(opts.signal?.reason);
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
     const abort = () => {
       controller.abort();
-      void this.xapi.call('task.cancel', taskRef).catch(() => {});
+      transfer.cancel();
     };
     try {
       const isMaster = opts.host === undefined || opts.host.$ref === this.pool.master;
@@ -363,10 +368,10 @@ export class XapiClient {
         if (statusCode === 404) throw new PermanentError('HTTP_404', message, { status: 404 });
         throw new VmbackupError(`HTTP_${statusCode}`, message, { status: statusCode });
       }
-      body.once('close', () => opts.signal?.removeEventListener('abort', onAbort));
+      body.once('close', () => transfer.release());
       return { body, task, abort };
     } catch (error) {
-      opts.signal?.removeEventListener('abort', onAbort);
+      transfer.release();
       abort();
       throw error instanceof VmbackupError ? error : mapXapiError(error, what);
     }
@@ -393,27 +398,9 @@ export class XapiClient {
     opts: { signal?: AbortSignal; idleTimeoutMs?: number } = {},
   ): Promise<unknown> {
     const what = `PUT ${pathname}`;
-    let taskRef: string;
-    try {
-      taskRef = await this.xapi.createTask(`vmbackup ${pathname}`, JSON.stringify(query));
-    } catch (error) {
-      throw mapXapiError(error, 'task.create');
-    }
-    const task = this.xapi.watchTask(taskRef).then(
-      (result) => {
-        void this.xapi.call('task.destroy', taskRef).catch(() => {});
-        return { value: result as unknown };
-      },
-      (error: unknown) => {
-        void this.xapi.call('task.destroy', taskRef).catch(() => {});
-        return { failure: mapXapiError(error, `${what} task`) };
-      },
-    );
-    const cancelTask = () => void this.xapi.call('task.cancel', taskRef).catch(() => {});
-    const controller = new AbortController();
-    const onAbort = () => controller.abort(opts.signal?.reason);
-    if (opts.signal?.aborted === true) onAbort();
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const transfer = await this.transferTask(what, pathname, query, opts.signal);
+    const { taskRef, controller, outcome: task, cancel: cancelTask } = transfer;
+    if (opts.signal?.aborted === true) controller.abort(opts.signal.reason);
     const aborted = () => new VmbackupError('ABORTED', `${what} aborted`);
     const idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
     let url = new URL(pathname, this.url);
@@ -445,7 +432,7 @@ export class XapiClient {
         verdict = await within(patienceMs === 10_000 ? 60_000 : patienceMs);
       }
       if (verdict === undefined) {
-        void this.xapi.call('task.destroy', taskRef).catch(() => {});
+        transfer.destroy();
         throw error;
       }
       // A task that succeeded anyway had every byte it needed: the caller decides what to keep.
@@ -523,8 +510,44 @@ export class XapiClient {
         }
       }
     } finally {
-      opts.signal?.removeEventListener('abort', onAbort);
+      transfer.release();
     }
+  }
+
+  /**
+   * The task of a transfer to or from an HTTP handler, and its abort wiring: creates the task
+   * (`vmbackup <pathname>`), watches it (destroyed once it ends), and links `signal` to an
+   * AbortController of the transfer.
+   */
+  private async transferTask(what: string, pathname: string, query: Record<string, string>, signal: AbortSignal | undefined): Promise<TransferTask> {
+    let taskRef: string;
+    try {
+      taskRef = await this.xapi.createTask(`vmbackup ${pathname}`, JSON.stringify(query));
+    } catch (error) {
+      throw mapXapiError(error, 'task.create');
+    }
+    const destroy = () => void this.xapi.call('task.destroy', taskRef).catch(() => {});
+    const outcome = this.xapi.watchTask(taskRef).then(
+      (result): TaskOutcome => {
+        destroy();
+        return { value: result as unknown };
+      },
+      (error: unknown): TaskOutcome => {
+        destroy();
+        return { failure: mapXapiError(error, `${what} task`) };
+      },
+    );
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    return {
+      taskRef,
+      outcome,
+      cancel: () => void this.xapi.call('task.cancel', taskRef).catch(() => {}),
+      destroy,
+      controller,
+      release: () => signal?.removeEventListener('abort', onAbort),
+    };
   }
 
   /**

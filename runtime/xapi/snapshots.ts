@@ -2,7 +2,7 @@ import type { Origin } from '../function.js';
 import { PermanentError } from '../errors.js';
 import type { XapiClient } from './client.js';
 import { NULL_REF } from './records.js';
-import type { Ref, VdiRecord, VmRecord } from './records.js';
+import type { RecordTypes, Ref, VdiRecord } from './records.js';
 
 /**
  * Tags vmbackup writes into `other_config` of each snapshot VM and snapshot VDI it creates.
@@ -80,22 +80,29 @@ function isOurs(record: { is_a_snapshot: boolean; other_config: Record<string, s
   return record.is_a_snapshot && record.other_config[TAG.run] !== undefined;
 }
 
+/** The record of a snapshot about to be destroyed; undefined when it is gone. Refuses one vmbackup did not make. */
+async function ourSnapshot<K extends 'VM' | 'VDI'>(xapi: XapiClient, type: K, ref: Ref): Promise<RecordTypes[K] | undefined> {
+  let record: RecordTypes[K];
+  try {
+    record = await xapi.getRecord(type, ref);
+  } catch (error) {
+    if ((error as { code?: string }).code === 'HANDLE_INVALID') return undefined;
+    throw error;
+  }
+  if (!isOurs(record)) {
+    throw new PermanentError('NOT_OUR_SNAPSHOT', `refusing to destroy ${type} ${record.uuid} ("${record.name_label}"): not a snapshot tagged by vmbackup`, { [type.toLowerCase()]: record.uuid });
+  }
+  return record;
+}
+
 /**
  * Destroys a snapshot VM made by vmbackup and its disk snapshots (what `xe vm-uninstall`
  * does; VM.destroy alone leaves the disks on the SR). Refuses anything that is not a tagged
  * snapshot. Returns the uuids destroyed; objects already gone are skipped.
  */
 export async function destroySnapshotVm(xapi: XapiClient, ref: Ref): Promise<string[]> {
-  let vm: VmRecord;
-  try {
-    vm = await xapi.getRecord('VM', ref);
-  } catch (error) {
-    if ((error as { code?: string }).code === 'HANDLE_INVALID') return [];
-    throw error;
-  }
-  if (!isOurs(vm)) {
-    throw new PermanentError('NOT_OUR_SNAPSHOT', `refusing to destroy VM ${vm.uuid} ("${vm.name_label}"): not a snapshot tagged by vmbackup`, { vm: vm.uuid });
-  }
+  const vm = await ourSnapshot(xapi, 'VM', ref);
+  if (vm === undefined) return [];
   const vdis: VdiRecord[] = [];
   for (const vbdRef of vm.VBDs) {
     const vbd = await xapi.getRecord('VBD', vbdRef).catch(() => undefined);
@@ -116,16 +123,8 @@ export async function destroySnapshotVm(xapi: XapiClient, ref: Ref): Promise<str
 
 /** Destroys a VDI snapshot made by vmbackup; refuses anything else. */
 export async function destroySnapshotVdi(xapi: XapiClient, ref: Ref): Promise<string[]> {
-  let vdi: VdiRecord;
-  try {
-    vdi = await xapi.getRecord('VDI', ref);
-  } catch (error) {
-    if ((error as { code?: string }).code === 'HANDLE_INVALID') return [];
-    throw error;
-  }
-  if (!isOurs(vdi)) {
-    throw new PermanentError('NOT_OUR_SNAPSHOT', `refusing to destroy VDI ${vdi.uuid} ("${vdi.name_label}"): not a snapshot tagged by vmbackup`, { vdi: vdi.uuid });
-  }
+  const vdi = await ourSnapshot(xapi, 'VDI', ref);
+  if (vdi === undefined) return [];
   await ignoreGone(xapi.call('VDI.destroy', ref));
   return [vdi.uuid];
 }

@@ -17,9 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { plan } from '../../functions/plan/plan.js';
-import type { Ctx } from '../../runtime/function.js';
-import { systemClock } from '../../runtime/function.js';
-import { noHooks } from '../../runtime/hooks/runner.js';
+import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
 
@@ -170,16 +168,7 @@ try {
       // 100 entries: half simple names, half regexes, spread over the three lists.
       const names = Array.from({ length: 50 }, (_, i) => `vm-${String(i * 97 + 1).padStart(3, '0')}`);
       const regexes = Array.from({ length: 50 }, (_, i) => `vm-${i % 10}${(i * 7) % 10}.*[13579]$:${(i % 5) + 1}`);
-      const ctx: Ctx = {
-        log: silentLogger(),
-        xapi: async () => xapi,
-        clock: systemClock,
-        origin: { hostname: os.hostname(), pid: process.pid },
-        signal: new AbortController().signal,
-        heartbeat: () => {},
-        attempt: 1,
-        hooks: noHooks,
-      };
+      const ctx = localCtx({ log: silentLogger(), xapi });
       const input = {
         runId: 'bench',
         jobId: 'plan',

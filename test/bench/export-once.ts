@@ -4,29 +4,17 @@
  *
  *   tsx test/bench/export-once.ts <xapi url> <user> <password> <vm uuid> <vm name> <backup dir>
  */
-import os from 'node:os';
 import { exportFn } from '../../functions/export/export.js';
 import { snapshot } from '../../functions/snapshot/snapshot.js';
 import type { SnapshotInput } from '../../functions/snapshot/snapshot.js';
-import type { Ctx } from '../../runtime/function.js';
-import { systemClock } from '../../runtime/function.js';
-import { noHooks } from '../../runtime/hooks/runner.js';
+import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { formatStamp } from '../../runtime/storage/naming.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
 
 const [url, user, password, uuid, name, dir] = process.argv.slice(2) as [string, string, string, string, string, string];
 const xapi = await XapiClient.connect({ url, user, password });
-const ctx: Ctx = {
-  log: silentLogger(),
-  xapi: async () => xapi,
-  clock: systemClock,
-  origin: { hostname: os.hostname(), pid: process.pid },
-  signal: new AbortController().signal,
-  heartbeat: () => {},
-  attempt: 1,
-  hooks: noHooks,
-};
+const ctx = localCtx({ log: silentLogger(), xapi });
 const input: SnapshotInput = {
   runId: 'bench',
   jobId: `vm.${uuid}`,

@@ -6,9 +6,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verify } from '../../functions/verify/verify.js';
 import { readTar } from '../../runtime/formats/tar.js';
-import type { Ctx } from '../../runtime/function.js';
-import { systemClock } from '../../runtime/function.js';
-import { noHooks } from '../../runtime/hooks/runner.js';
+import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { Manifest } from '../../runtime/storage/manifest.js';
 import type { Simulator } from '../sim/server.js';
@@ -255,18 +253,12 @@ describe('vmbackup verify: speed and memory on a 1 GiB XVA', () => {
     const xxhsum = spawnSync('xxhsum', ['-H64', xva]).status === 0;
     const xxhMs = xxhsum ? timed(() => execFileSync('xxhsum', ['-H64', xva])) : NaN;
 
-    const ctx: Ctx = {
+    const ctx = localCtx({
       log: silentLogger(),
       xapi: async () => {
         throw new Error('no XAPI');
       },
-      clock: systemClock,
-      origin: { hostname: os.hostname(), pid: process.pid },
-      signal: new AbortController().signal,
-      heartbeat: () => {},
-      attempt: 1,
-      hooks: noHooks,
-    };
+    });
     global.gc?.();
     const rssBefore = process.memoryUsage().rss;
     let rssMax = rssBefore;
