@@ -76,6 +76,23 @@ describe('vmbackup-sim', () => {
     expect(existsSync(ca!)).toBe(true);
   });
 
+  it.each(['SIGTERM', 'SIGINT'] as const)('removes its temporary CA and keys when stopped with %s', async (signal) => {
+    const { child, stdout } = await start(['--generate', '1', '--https']);
+    const ca = /CA certificate: (\S+)/.exec(stdout())![1]!;
+    expect(existsSync(join(ca, '..', 'ca.key'))).toBe(true);
+    child.kill(signal);
+    expect(await new Promise((r) => child.on('exit', r))).toBe(0);
+    expect(existsSync(join(ca, '..'))).toBe(false);
+  });
+
+  it('keeps a --tls-dir it was given', async () => {
+    const dir = join(await mkdtemp(join(tmpdir(), 'sim-cli-')), 'tls');
+    const { child } = await start(['--generate', '1', '--https', '--tls-dir', dir]);
+    child.kill('SIGTERM');
+    expect(await new Promise((r) => child.on('exit', r))).toBe(0);
+    expect(existsSync(join(dir, 'ca.crt'))).toBe(true);
+  });
+
   it('--generate N makes N small VMs (added to a pool file when given)', async () => {
     const { url } = await start(['--generate', '4']);
     const state = (await (await fetch(`${url}/_sim/state`)).json()) as { vms: { name_label: string; is_control_domain: boolean; is_a_template: boolean }[] };

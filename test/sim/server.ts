@@ -1,3 +1,4 @@
+import { rm } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -328,6 +329,8 @@ export async function startSimulator(options: SimulatorOptions): Promise<Simulat
     async close() {
       resolveClosed();
       await closeServers();
+      // A CA and keys made for this run go with it; a --tls-dir the caller chose stays.
+      if (tls !== undefined && options.tlsDir === undefined) await rm(tls.dir, { recursive: true, force: true });
     },
   };
 }
