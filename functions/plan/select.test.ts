@@ -53,8 +53,8 @@ describe('parseEntry', () => {
     ['NAME:-2', /max_backups must be -1 or a positive integer/],
     ['NAME:1.5', /"1.5" is not a number/],
     ['NAME:abc:xvdb', /invalid entry "NAME:abc:xvdb": max_backups "abc" is not a number/],
-    ['NAME:xvdb', /disks need a MAX field before them: write NAME:-1:xvdb/],
-    ['NAME:xvda;xvdb', /disks need a MAX field before them: write NAME:-1:xvda;xvdb/],
+    ['NAME:xvdb', /MAX "xvdb" is not a number; to choose disks, put a MAX before them: NAME:-1:xvdb/],
+    ['NAME:xvda;xvdb', /MAX "xvda;xvdb" is not a number; to choose disks, put a MAX before them: NAME:-1:xvda;xvdb/],
     ['NAME:', /max_backups "" is not a number/],
     ['NAME:-1:', /empty disk name/],
     ['NAME:-1:xvda;', /empty disk name/],
@@ -364,7 +364,7 @@ describe('selectVms: warnings', () => {
       ['DEV-web3:0', 'excludes', 'invalid-entry'],
       ['SAVE:abc:xvdb', 'vm_exports', 'invalid-entry'],
     ]);
-    expect(r.warnings[0]!.message).toMatch(/^invalid entry "PRD-\(": invalid regex .*; entry skipped$/);
+    expect(r.warnings[0]!.message).toMatch(/^invalid entry "PRD-\(": invalid regex: .*; entry skipped$/);
   });
 
   it('disks on a vm_exports entry are ignored, the entry is used', () => {

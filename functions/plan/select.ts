@@ -200,7 +200,7 @@ export function parseEntry(raw: string): ParsedEntry {
         entry,
         'invalid-entry',
         looksLikeDisks && /[A-Za-z]/.test(maxField)
-          ? `disks need a MAX field before them: write ${name}:-1:${maxField}`
+          ? `MAX "${maxField}" is not a number; to choose disks, put a MAX before them: ${name}:-1:${maxField}`
           : `max_backups "${maxField}" is not a number (-1 or a positive integer)`,
       );
     }
@@ -228,7 +228,8 @@ export function parseEntry(raw: string): ParsedEntry {
   try {
     re = compilePythonMatch(name);
   } catch (cause) {
-    throw entryError(entry, 'invalid-regex', `invalid regex "${name}": ${(cause as Error).message}`);
+    // The entry is named once when it is the regex alone: `invalid entry "a(": invalid regex: …`.
+    throw entryError(entry, 'invalid-regex', `invalid regex${name !== entry ? ` "${name}"` : ''}: ${(cause as Error).message}`);
   }
   return { entry, name, kind: 'regex', maxBackups, disks, matches: (vmName) => re.test(vmName) };
 }

@@ -174,13 +174,14 @@ async function chosenDisks(xapi: XapiClient, vm: VmRecord, input: SnapshotInput,
   for (const device of input.disks) {
     const found = all.find((d) => d.vbd.device === device || d.vbd.userdevice === device);
     if (found === undefined) {
-      warnings.push(`${input.vm.name}: no disk ${device} (it has ${all.map((d) => d.vbd.device).join(', ') || 'none'})`);
+      // The summary and the logs put the VM's name before a job's warnings and errors.
+      warnings.push(`no disk ${device} (the VM has ${all.map((d) => d.vbd.device).join(', ') || 'none'})`);
     } else {
       chosen.push(found);
     }
   }
   if (chosen.length === 0) {
-    throw new PermanentError('NO_DISKS', `${input.vm.name}: none of the disks ${input.disks.join(';')} exists (it has ${all.map((d) => d.vbd.device).join(', ') || 'none'})`, {
+    throw new PermanentError('NO_DISKS', `none of the chosen disks ${input.disks.join(';')} exists (the VM has ${all.map((d) => d.vbd.device).join(', ') || 'none'})`, {
       vm: input.vm.uuid,
     });
   }

@@ -218,7 +218,9 @@ function progress(event: PhaseEvent, labels: Map<string, string>, log: Logger): 
   const who = labels.get(event.jobId) ?? output?.vm?.name ?? event.jobId;
   const took = formatSeconds(event.durationMs);
   if (event.outcome === 'failed') {
-    log.warn(`${who}: ${event.fn} failed (${event.error.code}): ${event.error.message}`);
+    // An error, as the embedded command logs it: the phase gave up (the coordinator may
+    // still back the VM up again from a new snapshot; the summary says how it ended).
+    log.error(`${who}: ${event.fn} failed (${event.error.code}): ${event.error.message}`);
     return;
   }
   if (event.fn === 'plan' && Array.isArray(output?.vmJobs)) log.info(`plan: ${output.vmJobs.length} VM(s) to back up`);

@@ -422,7 +422,7 @@ describe('loadSettings: errors name key, file and line (or option / variable) an
     [['-l', 'loud'], {}, 'log_level = loud on the command line (-l): must be one of debug, info, warning, error, critical'],
     [['--compression', 'lz4'], {}, 'compress = lz4 on the command line (--compression): must be gzip, zstd or none (or a boolean: true means gzip)'],
     [['--xapi', 'https://master/path'], {}, 'xapi_url = https://master/path on the command line (--xapi): must not have a path, query or fragment: XAPI is at the root of the host'],
-    [['-e', 'DEV:abc'], {}, 'vm_exports entry "DEV:abc" on the command line (-e): disks need a MAX field before them: write DEV:-1:abc'],
+    [['-e', 'DEV:abc'], {}, 'vm_exports entry "DEV:abc" on the command line (-e): MAX "abc" is not a number; to choose disks, put a MAX before them: DEV:-1:abc'],
     [[], { VMBACKUP_CONCURRENCY: '0' }, 'concurrency = 0 in the environment (VMBACKUP_CONCURRENCY): must be an integer from 1 to 64'],
     [[], { VMBACKUP_INSECURE: 'sure' }, 'insecure = sure in the environment (VMBACKUP_INSECURE): must be true or false (also yes/no, on/off, 1/0)'],
   ])('%j %j', (argv, env, message) => {

@@ -24,7 +24,7 @@ const selection: PreviewSelection = {
     { vm: { name: 'web, old' }, maxBackups: 4 },
     { vm: { name: ' padded ' }, maxBackups: 4 },
   ],
-  warnings: [{ entry: 'NOPE-.*', list: 'vm_exports', message: 'matches no VM' }],
+  warnings: [{ entry: 'NOPE-.*', list: 'vm_exports', message: 'entry "NOPE-.*" matches no VM of the pool' }],
 };
 
 const empty: PreviewSelection = { excludes: [], vdiExports: [], vmExports: [], warnings: [] };
@@ -58,7 +58,7 @@ describe('previewText', () => {
         '    web, old  (max_backups 4)',
         '    " padded "  (max_backups 4)',
         '  warnings (cnt) = 1',
-        '    vm_exports entry "NOPE-.*": matches no VM',
+        '    vm_exports: entry "NOPE-.*" matches no VM of the pool',
         '',
       ].join('\n'),
     );
@@ -93,7 +93,7 @@ describe('previewJson', () => {
       { vm: 'web, old', max_backups: 4 },
       { vm: ' padded ', max_backups: 4 },
     ]);
-    expect(json.warnings).toEqual(['vm_exports entry "NOPE-.*": matches no VM']);
+    expect(json.warnings).toEqual(['vm_exports: entry "NOPE-.*" matches no VM of the pool']);
     expect(json.settings).toEqual({
       base_dir: '/mnt/VmBackup',
       backup_dir: '/mnt/VmBackup/exports',

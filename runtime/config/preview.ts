@@ -50,8 +50,9 @@ function showName(name: string): string {
   return name === '' || /^\s|\s$|[\u0000-\u001f\u007f]/.test(name) ? JSON.stringify(name) : name;
 }
 
+// The selection's messages name their entry already (as the run's summary prints them).
 function selectionWarning(w: PreviewSelection['warnings'][number]): string {
-  return `${w.list} entry ${JSON.stringify(w.entry)}: ${w.message}`;
+  return `${w.list}: ${w.message}`;
 }
 
 const BLOCK: readonly SettingKey[] = [

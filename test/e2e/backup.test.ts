@@ -120,6 +120,19 @@ describe('vmbackup: a backup of a pool, end to end', () => {
     expect(execFileSync('vhdiinfo', [vhdPath]).toString()).toMatch(/Disk type\s*:\s*Dynamic/);
   });
 
+  it('a vdi-export of a disk the VM lacks: a warning when others exist, an error naming the disks when none does', async () => {
+    const ws = await workspace();
+    const some = await vmbackup([...ws.args(sim), '-E', 'web1:-1:xvdb;xvdz']);
+    expect(some.code).toBe(0);
+    expect(some.stdout).toContain('WARNING: vdi-export web1: no disk xvdz (the VM has xvda, xvdb)\n');
+    expect((await files(path.join(ws.exports, 'web1'))).filter((n) => n.endsWith('.raw'))).toEqual([expect.stringMatching(/^backup_xvdb_/)]);
+    const none = await vmbackup([...ws.args(sim), '-E', 'web1:-1:xvdz']);
+    expect(none.code).toBe(1);
+    expect(none.stdout).toContain('ERROR: vdi-export web1: none of the chosen disks xvdz exists (the VM has xvda, xvdb)\n');
+    expect(none.stderr).toContain('ERROR: web1: snapshot failed: none of the chosen disks xvdz exists');
+    expect(sim.state.snapshots('web1')).toEqual([]);
+  });
+
   it('compresses vm-exports with gzip (-C) and zstd', async () => {
     const ws = await workspace();
     expect((await vmbackup([...ws.args(sim), '-e', 'db1', '-C'])).code).toBe(0);

@@ -109,7 +109,7 @@ describe('vmbackup run through NATS with two workers', () => {
       expect(r.stdout).toContain('ERROR: vm-export broken: GET /export answered HTTP 500');
       expect(r.stdout).toContain('WARNING: vm-export broken: broken: export failed (GET /export answered HTTP 500); backing up again (attempt 2)');
       // Progress from the events, as they happen: each failed attempt.
-      expect(r.stderr.match(/WARNING: broken: export failed \(\w+\): .*HTTP 500/g)).toHaveLength(2);
+      expect(r.stderr.match(/ERROR: broken: export failed \(\w+\): .*HTTP 500/g)).toHaveLength(2);
       expect(rig.sim.state.snapshots('broken')).toEqual([]);
     } finally {
       rig.sim.faults.remove(fault);
