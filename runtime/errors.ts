@@ -39,6 +39,20 @@ export class RestartError extends PermanentError {
   override name = 'RestartError';
 }
 
+/** The code of a job stopped with its run (StoppedError). */
+export const STOPPED = 'STOPPED';
+
+/**
+ * The run was stopped (SIGTERM or SIGINT to the embedded run): the phase was aborted, or not
+ * started. Final: neither redelivered nor backed up again in this run.
+ */
+export class StoppedError extends PermanentError {
+  override name = 'StoppedError';
+  constructor(message: string, data: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(STOPPED, message, data, options);
+  }
+}
+
 /** A failure that is expected to clear: the pool is busy, too many tasks, a lock is held. */
 export class RetryLaterError extends VmbackupError {
   override name = 'RetryLaterError';

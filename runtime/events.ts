@@ -4,7 +4,8 @@ import { ErrorInfoSchema } from './errors.js';
 /**
  * Subjects. Jobs: `vmbackup.jobs.<fn>` (one work queue per function). Events:
  * `vmbackup.events.<runId>.<fn>.<outcome>` — every phase publishes `started`, then `done` or
- * `failed`; the end of a run publishes `vmbackup.events.<runId>.run.finished`.
+ * `failed`; the end of a run publishes `vmbackup.events.<runId>.run.finished`, a request to
+ * stop it is `vmbackup.events.<runId>.run.stop` (RunStop).
  */
 export const JOB_PREFIX = 'vmbackup.jobs';
 export const EVENT_PREFIX = 'vmbackup.events';
@@ -52,3 +53,18 @@ export type PhaseStarted = z.infer<typeof PhaseStarted>;
 export type PhaseDone = z.infer<typeof PhaseDone>;
 export type PhaseFailed = z.infer<typeof PhaseFailed>;
 export type PhaseEvent = z.infer<typeof PhaseEvent>;
+
+/**
+ * A request to stop a run, on `vmbackup.events.<runId>.run.stop` (the embedded run publishes
+ * it on SIGTERM or SIGINT): the coordinator starts no further VM, attempt or phase — only what
+ * cleans up (the export that destroys a snapshot, the post-vm hooks) — and ends the jobs not
+ * yet started as failed (code STOPPED). `reason` names the signal.
+ *
+ * @example { "outcome": "stop", "runId": "20261126-083000-7f3a", "reason": "SIGTERM", "at": "2026-11-26T08:31:12.345Z" }
+ */
+export const RunStop = z.object({ outcome: z.literal('stop'), runId: z.string(), reason: z.string(), at: z.string() });
+export type RunStop = z.infer<typeof RunStop>;
+
+/** What the coordinator reduces: the phases' events and stop requests. */
+export const RunEvent = z.discriminatedUnion('outcome', [PhaseStarted, PhaseDone, PhaseFailed, RunStop]);
+export type RunEvent = z.infer<typeof RunEvent>;

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Bus, Closer, Settle } from './bus/bus.js';
-import { PermanentError, RetryLaterError, errorInfo } from './errors.js';
+import { PermanentError, RetryLaterError, StoppedError, errorInfo } from './errors.js';
 import { eventSubject, jobSubject } from './events.js';
 import type { PhaseDone, PhaseFailed, PhaseStarted } from './events.js';
 import type { Clock, Ctx, FunctionDef, Origin } from './function.js';
@@ -29,6 +29,20 @@ export interface ServeOptions {
   concurrency: (fn: FunctionDef) => number;
   /** How long a delivery may go without a heartbeat before redelivery (NATS ack_wait). */
   ackWaitMs?: number;
+  /**
+   * What `deps.signal` means. `hand-back` (default; NATS workers): running handlers are
+   * aborted and their jobs handed back, for another worker or the next start. `stop` (the
+   * embedded run, stopped by SIGTERM): there is nobody to hand a job back to, so an aborted
+   * handler's phase is reported failed with code STOPPED, and a job delivered after the signal
+   * is reported so without being run — unless `afterStop(fn)` says otherwise:
+   *
+   *   'skip'     the default, above;
+   *   'aborted'  run, with its signal already aborted (export: it destroys its snapshot and
+   *              transfers nothing);
+   *   'finish'   run to the end with a live signal, also when under way at the signal
+   *              (post-vm hooks: they undo what the pre-vm hooks did; run-end hooks).
+   */
+  shutdown?: { mode: 'hand-back' } | { mode: 'stop'; afterStop?: (fn: FunctionDef) => 'skip' | 'aborted' | 'finish' };
 }
 
 /**
@@ -39,6 +53,7 @@ export interface ServeOptions {
  *   success → publish `done`, ack
  *   invalid input, PermanentError, or last attempt → publish `failed`, term
  *   RetryLaterError → nak after its delay;  any other error → nak after the backoff
+ *   aborted by `deps.signal` → nak at once (`hand-back`), or publish `failed` STOPPED, term (`stop`)
  */
 export async function serve(fns: readonly FunctionDef[], deps: ServeDeps, opts: ServeOptions): Promise<Closer> {
   const closers: Closer[] = [];
@@ -47,7 +62,7 @@ export async function serve(fns: readonly FunctionDef[], deps: ServeDeps, opts: 
       await deps.bus.work(
         jobSubject(fn.name),
         { concurrency: opts.concurrency(fn), maxDeliver: fn.retry.maxDeliver, ...(opts.ackWaitMs !== undefined ? { ackWaitMs: opts.ackWaitMs } : {}) },
-        (delivery) => handleDelivery(fn, delivery, deps),
+        (delivery) => handleDelivery(fn, delivery, deps, opts.shutdown ?? { mode: 'hand-back' }),
       ),
     );
   }
@@ -67,10 +82,17 @@ function idsOf(data: unknown): JobIds | undefined {
   return { runId: d.runId, jobId: d.jobId, try: typeof d.try === 'number' ? d.try : 1 };
 }
 
+/** Why the runtime is shutting down, for messages: the signal's name (`SIGTERM`). */
+function shutdownReason(signal: AbortSignal): string {
+  const reason: unknown = signal.reason;
+  return reason instanceof Error ? reason.message : typeof reason === 'string' ? reason : 'shutdown';
+}
+
 async function handleDelivery(
   fn: FunctionDef,
   delivery: { data: unknown; attempt: number; working(): void; subject: string },
   deps: ServeDeps,
+  shutdown: NonNullable<ServeOptions['shutdown']>,
 ): Promise<Settle> {
   const started = Date.now();
   const parsed = fn.subject.schema.safeParse(delivery.data);
@@ -111,12 +133,27 @@ async function handleDelivery(
     await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'failed'), failed, { id: eventId('failed') });
     return { kind: 'term' };
   }
+  const stopping = shutdown.mode === 'stop';
+  const afterStop = shutdown.mode === 'stop' ? (shutdown.afterStop?.(fn) ?? 'skip') : 'aborted';
+  if (stopping && deps.signal?.aborted === true && afterStop === 'skip') {
+    // The run is stopped: this phase is not started.
+    const error = new StoppedError(`${fn.name} not started: the run was stopped by ${shutdownReason(deps.signal)}`);
+    log.info(`${who}${error.message}`);
+    const failed: PhaseFailed = { ...base(deps.clock.now()), outcome: 'failed', durationMs: 0, error: errorInfo(error), input: parsed.data };
+    await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'failed'), failed, { id: eventId('failed') });
+    return { kind: 'term' };
+  }
   const startedEvent: PhaseStarted = { ...base(deps.clock.now()), outcome: 'started', ...(vmName !== undefined ? { label: vmName } : {}) };
   await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'started'), startedEvent);
 
   const abort = new AbortController();
   const onShutdown = () => abort.abort(deps.signal?.reason);
-  deps.signal?.addEventListener('abort', onShutdown, { once: true });
+  const linked = deps.signal !== undefined && afterStop !== 'finish';
+  if (linked) {
+    // A delivery that begins after the signal begins aborted.
+    if (deps.signal!.aborted) onShutdown();
+    else deps.signal!.addEventListener('abort', onShutdown, { once: true });
+  }
   const ctx: Ctx = {
     log,
     xapi: deps.xapi,
@@ -136,6 +173,14 @@ async function handleDelivery(
     return { kind: 'ack' };
   } catch (error) {
     const info = errorInfo(error);
+    if (stopping && linked && abort.signal.aborted) {
+      // Stopped: said once here; the coordinator neither retries nor goes on with this job.
+      const stopped = new StoppedError(`${fn.name} stopped by ${shutdownReason(deps.signal!)}`, {}, { cause: error });
+      log.error({ err: error, code: info.code }, `${who}${stopped.message}`);
+      const failed: PhaseFailed = { ...base(deps.clock.now()), outcome: 'failed', durationMs: Date.now() - started, error: errorInfo(stopped), input: parsed.data };
+      await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'failed'), failed, { id: eventId('failed') });
+      return { kind: 'term' };
+    }
     if (deps.signal?.aborted === true && !(error instanceof PermanentError)) {
       // Shutting down: hand the job back at once for another worker (or the next start).
       log.warn({ code: info.code }, `${who}${fn.name} interrupted by shutdown; job handed back`);
@@ -153,6 +198,6 @@ async function handleDelivery(
     await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'failed'), failed, { id: eventId('failed') });
     return { kind: 'term' };
   } finally {
-    deps.signal?.removeEventListener('abort', onShutdown);
+    if (linked) deps.signal!.removeEventListener('abort', onShutdown);
   }
 }

@@ -23,8 +23,9 @@ import { SnapshotOutput } from '../snapshot/snapshot.js';
  * says the transfer succeeded (an aborted XAPI export ends like a normal close).
  *
  * Whatever happens, the snapshot (VM record and its disks) is destroyed and a blocked start
- * lifted. On failure, the files of this set are removed — no partial file is ever left to be
- * counted — and the error says whether a new attempt from a fresh snapshot may help.
+ * lifted, also when the run was stopped before the transfer began (then nothing is
+ * transferred). On failure, the files of this set are removed — no partial file is ever left
+ * to be counted — and the error says whether a new attempt from a fresh snapshot may help.
  *
  * Subject `vmbackup.jobs.export`; input: the snapshot's output. Output: the meta's input.
  */
@@ -56,6 +57,8 @@ export const exportFn = defineFunction({
     const warnings = [...input.warnings];
     let failure: unknown;
     try {
+      // Stopped (or shutting down) before the transfer: only the clean-up below runs.
+      ctx.signal.throwIfAborted();
       if (input.mode === 'vm') {
         const format: BackupFormat = input.compress === 'gzip' ? 'xva.gz' : input.compress === 'zstd' ? 'xva.zst' : 'xva';
         const query: Record<string, string> = { uuid: input.snapshot.vmUuid! };

@@ -81,6 +81,8 @@ export const snapshot = defineFunction({
     const warnings: string[] = [];
     const key = jobKey(input);
     const at = ctx.clock.now().toISOString();
+    // Stopped (or shutting down) meanwhile: take nothing that would have to be cleaned up.
+    ctx.signal.throwIfAborted();
 
     if (vm.power_state === 'Halted' && input.haltedWithoutSnapshot) {
       const disks = await chosenDisks(xapi, vm, input, warnings);

@@ -1,3 +1,4 @@
+import { constants } from 'node:os';
 import { selectVms } from '../../functions/plan/select.js';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import { helpText } from '../config/args.js';
@@ -14,6 +15,7 @@ import { newRunId } from '../run/start.js';
 import { formatSummary } from '../run/summary.js';
 import type { RunSummary } from '../run/summary.js';
 import { acquireLock } from '../storage/lock.js';
+import type { Lock, LockInfo } from '../storage/lock.js';
 import { assertBackupDirExists, assertShareMounted } from '../storage/mounts.js';
 import type { XapiClient } from '../xapi/client.js';
 import type { Io } from './io.js';
@@ -24,7 +26,13 @@ import { connectXapi, xapiPassword } from './xapi.js';
 /**
  * `vmbackup [flags]` — VmBackup's command: back up the pool from this machine on the
  * in-process runtime, or `--preview` what would be backed up. Exit codes: 0 all backed up
- * (warnings allowed), 1 a backup failed, 2 usage, config, lock or connection error.
+ * (warnings allowed), 1 a backup failed or the run was stopped, 2 usage, config, lock or
+ * connection error.
+ *
+ * SIGTERM or SIGINT stops the run (runEmbedded): exports under way are aborted, their partial
+ * files removed and snapshots destroyed, nothing more is started (no VM, retry, pool-db, host
+ * backup or prune); the lock is released, XAPI logged out, the summary printed; exit 1. A
+ * second signal exits at once with 128 + its number (130, 143) and says what it leaves behind.
  */
 export async function backupCommand(argv: readonly string[], io: Io): Promise<number> {
   const loaded = loadCommandSettings(argv, io, { help: () => helpText({ prog: 'vmbackup', version: VERSION }) + '\n' });
@@ -38,15 +46,25 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
   const runId = newRunId(startedAt);
   const log = commandLogger(settings, io, { json: flags.json, file: true });
   const restoreConsole = captureConsole(log);
-  let lock;
+  let lock: (Lock & { previous?: LockInfo }) | undefined;
   let xapi: XapiClient | undefined;
   const abort = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
-    log.warn(`${signal} received: stopping; snapshots are being removed`);
-    abort.abort(new Error(signal));
+    if (!abort.signal.aborted) {
+      log.warn(
+        `${signal} received: stopping: exports under way are aborted, their partial files removed and their snapshots destroyed; no VM, retry, pool-db, host backup or prune is started any more (a second signal exits at once)`,
+      );
+      abort.abort(new Error(signal));
+      return;
+    }
+    const code = 128 + (constants.signals[signal] ?? 15);
+    log.error(`${signal} again: exiting at once (exit ${code}), leaving ${leftBehind({ runId, lock: lock?.file, xapi: xapi !== undefined })}`);
+    log.flush();
+    restoreConsole();
+    process.exit(code);
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     xapiPassword(settings);
     assertBackupDirExists(settings.backup_dir);
@@ -59,6 +77,12 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     xapi = await connectXapi(settings, log);
     if (settings.insecure) log.warn(`TLS certificate checks are off (--insecure) for ${settings.xapi_url}`);
     const summary = await runEmbedded({ runId, options: runOptions(settings), startedAt }, { xapi, log, clock: systemClock, origin, signal: abort.signal, hooks });
+    if (abort.signal.aborted) {
+      // Stopped: exit 1, also when the signal came too late to stop anything (run-end hooks).
+      report({ ...summary, exitCode: 1 }, settings, io, flags.json);
+      log.error(`run ${runId} stopped by ${(abort.signal.reason as Error).message}: exit 1`);
+      return 1;
+    }
     report(summary, settings, io, flags.json);
     return summary.exitCode;
   } catch (error) {
@@ -71,6 +95,16 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     restoreConsole();
     log.flush();
   }
+}
+
+/** What a run killed by a second signal leaves behind, and who cleans it up. */
+function leftBehind(opts: { runId: string; lock: string | undefined; xapi: boolean }): string {
+  return [
+    ...(opts.lock !== undefined ? [`the lock ${opts.lock} (the next run takes it over)`] : []),
+    `any snapshot of run ${opts.runId} (the next run destroys it, found by its tag)`,
+    'any *.partial file (never counted as a backup; pruned by a later run)',
+    ...(opts.xapi ? ['the XAPI session (the pool expires it)'] : []),
+  ].join(', ');
 }
 
 /** The settings a run needs, as its plan message carries them. */

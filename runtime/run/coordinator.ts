@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Bus, Closer } from '../bus/bus.js';
-import { PhaseEvent, eventSubject, jobSubject, runEvents } from '../events.js';
+import { RunEvent, eventSubject, jobSubject, runEvents } from '../events.js';
 import type { Clock } from '../function.js';
 import { reduce } from './reduce.js';
 import type { RunStore } from './store.js';
@@ -11,23 +11,25 @@ import type { RunSummary } from './summary.js';
 export const COORDINATOR = 'coordinator';
 
 /**
- * Applies one phase event to its run: reads the state, reduces, queues the next jobs,
- * publishes the summary when the run ends, then commits the state. Side effects come before
- * the commit and are idempotent (dedup ids), so a crash anywhere in between is repaired by
- * the event's redelivery.
+ * Applies one phase event (or a stop request) to its run: reads the state, reduces, queues
+ * the next jobs, publishes the summary when the run ends, then commits the state. Side effects
+ * come before the commit and are idempotent (dedup ids), so a crash anywhere in between is
+ * repaired by the event's redelivery.
  */
-export async function coordinate(store: RunStore, bus: Bus, event: PhaseEvent, clock: Clock, log: Logger): Promise<void> {
+export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clock: Clock, log: Logger): Promise<void> {
   for (let attempt = 0; attempt < 10; attempt++) {
     const current = await store.header(event.runId);
     if (current === undefined) {
       // Phases invoked on their own (vmbackup invoke, POST /v1/functions) have no run state.
-      log.debug({ runId: event.runId, fn: event.fn }, `event for unknown run ${event.runId} ignored`);
+      log.debug({ runId: event.runId, ...(event.outcome !== 'stop' ? { fn: event.fn } : {}) }, `event for unknown run ${event.runId} ignored`);
       return;
     }
-    const ids = [event.jobId, ...current.header.pending.slice(0, current.header.concurrency)];
+    // A stop ends every pending job at once: it needs them all.
+    const ids = event.outcome === 'stop' ? current.header.pending : [event.jobId, ...current.header.pending.slice(0, current.header.concurrency)];
     const jobs = await store.jobs(event.runId, ids);
     const t = reduce({ header: current.header, jobs }, event, clock.now());
-    if (t.jobs.length === 0 && t.enqueue.length === 0 && !t.finished) return;
+    // A stop changes the header even when it ends no job.
+    if (event.outcome !== 'stop' && t.jobs.length === 0 && t.enqueue.length === 0 && !t.finished) return;
     for (const e of t.enqueue) await bus.enqueue(jobSubject(e.fn), e.data, { id: e.id });
     if (t.finished) {
       const stored = await store.allJobs(event.runId);
@@ -46,13 +48,13 @@ export async function coordinate(store: RunStore, bus: Bus, event: PhaseEvent, c
 /** Subscribes the coordinator to every run's phase events. */
 export async function startCoordinator(store: RunStore, bus: Bus, clock: Clock, log: Logger): Promise<Closer> {
   return bus.subscribe(runEvents(), { durable: COORDINATOR }, async (_subject, data) => {
-    const event = PhaseEvent.safeParse(data);
-    if (!event.success) return; // run.finished and other non-phase events
+    const event = RunEvent.safeParse(data);
+    if (!event.success) return; // run.finished and other events not for the coordinator
     try {
       await coordinate(store, bus, event.data, clock, log);
     } catch (error) {
       // Thrown back to the bus, which delivers the event again; said once here.
-      log.error({ err: error, runId: event.data.runId, jobId: event.data.jobId }, `coordinator: ${(error as Error).message}`);
+      log.error({ err: error, runId: event.data.runId, ...(event.data.outcome !== 'stop' ? { jobId: event.data.jobId } : {}) }, `coordinator: ${(error as Error).message}`);
       throw error;
     }
   });

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { PlanOutput } from '../../functions/plan/plan.js';
 import type { SnapshotInput } from '../../functions/snapshot/snapshot.js';
 import type { ErrorInfo } from '../errors.js';
-import type { PhaseEvent } from '../events.js';
+import type { PhaseEvent, RunEvent } from '../events.js';
 import { pipelines } from '../../functions/index.js';
 import { newRunHeader, reduce } from './reduce.js';
 import type { Transition } from './reduce.js';
@@ -58,8 +58,9 @@ class Run {
   queued: { fn: string; id: string; data: unknown }[] = [];
   finished = false;
 
-  apply(event: PhaseEvent): Transition {
-    const ids = [event.jobId, ...this.header.pending.slice(0, this.header.concurrency)];
+  apply(event: RunEvent): Transition {
+    // As the coordinator loads them: a stop needs every pending job.
+    const ids = event.outcome === 'stop' ? this.header.pending : [event.jobId, ...this.header.pending.slice(0, this.header.concurrency)];
     const view = new Map(ids.filter((id) => this.jobs.has(id)).map((id) => [id, structuredClone(this.jobs.get(id)!)]));
     const t = reduce({ header: this.header, jobs: view }, event, now);
     this.header = t.header;
@@ -338,5 +339,140 @@ describe('reduce: hooks', () => {
     expect(summary).toMatchObject({ status: 'error', exitCode: 1, skipped: { reason: 'the run was skipped: run-start command hook: maintenance tonight' } });
     expect(summary.fatal).toBeUndefined();
     expect(formatSummary(summary)).toContain('SKIPPED: the run was skipped: run-start command hook: maintenance tonight\n>> Error: nothing backed up <<\n');
+  });
+});
+
+describe('reduce: a stopped run (SIGTERM)', () => {
+  const stop = (reason = 'SIGTERM'): RunEvent => ({ outcome: 'stop', runId: RUN, reason, at: now.toISOString() });
+  const stopped = { name: 'StoppedError', code: 'STOPPED', permanent: true, retryable: false };
+
+  it('ends the pending VMs at once; the running ones end with their phase: no retry, no next VM, no prune', () => {
+    const run = started(4);
+    doneUpTo(run, 1, 'export'); // vm1: export under way
+    doneUpTo(run, 2, 'meta'); // vm2: export done, meta under way
+    run.take();
+    expect(run.header.pending).toEqual(['vm.u3', 'vm.u4']);
+
+    const t = run.apply(stop());
+    expect(t.enqueue).toEqual([]);
+    expect(t.finished).toBe(false);
+    expect(run.header).toMatchObject({ stopping: { reason: 'SIGTERM', at: now.toISOString() }, pending: [], remaining: 2, active: 2 });
+    for (const id of ['vm.u3', 'vm.u4']) {
+      expect(run.jobs.get(id)).toMatchObject({ status: 'failed', try: 1, error: { ...stopped, message: 'not backed up: the run was stopped by SIGTERM' } });
+      expect(run.jobs.get(id)!.startedAt).toBeUndefined();
+    }
+
+    // The export aborted by the stop — even with an error that would be retried — is final;
+    // its post-vm hooks still run, told that nothing follows.
+    run.apply(failed('export', 'vm.u1', { code: 'ECONNRESET', retryable: true, permanent: false }));
+    expect(run.queued).toMatchObject([{ fn: 'post-hook', id: 'r1:vm.u1:1:post-hook', data: { failed: { fn: 'export', retrying: false } } }]);
+    run.take();
+    run.apply(done('post-hook', 'vm.u1', { failed: { fn: 'export' } }));
+    expect(run.take()).toEqual([]); // no attempt 2, and no vm3 in the freed slot
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'failed', try: 1, phase: 'export' });
+
+    // meta finished after the stop: the set is complete and counts, but verify and prune do not run.
+    run.apply(done('meta', 'vm.u2', { ...(outputOf('meta', 2, 1) as object), runId: RUN, jobId: 'vm.u2', try: 1, vm: { uuid: 'u2', name: 'vm2' }, backupDir: '/b', folder: 'vm2', maxBackups: 4, protect: ['20261126-083000'] }));
+    expect(run.queued.map((q) => q.fn)).toEqual(['post-hook']);
+    expect(run.queued[0]!.data).toMatchObject({ folder: 'vm2', files: [{ name: 'f' }] });
+    expect((run.queued[0]!.data as Record<string, unknown>).failed).toBeUndefined();
+    run.take();
+    expect(run.finished).toBe(false);
+    run.apply(done('post-hook', 'vm.u2', {}));
+    expect(run.take()).toEqual([]);
+    expect(run.jobs.get('vm.u2')).toMatchObject({ status: 'success', warnings: ['vm2: the run was stopped by SIGTERM: the set is complete, but prune did not run'] });
+    expect(run.finished).toBe(true);
+    expect(run.header.remaining).toBe(0);
+
+    const summary = RunSummary.parse(summarize(run.header, [...run.jobs.values()]));
+    expect(summary).toMatchObject({ status: 'error', exitCode: 1 });
+    expect(summary.categories['vm-export']).toEqual({ S: 1, W: 2, E: 2 });
+    expect(summary.categories['vdi-export']).toEqual({ S: 0, W: 0, E: 1 }); // vm3
+    const text = formatSummary(summary);
+    expect(text).toContain('WARNING: the run was stopped by SIGTERM at 2026-11-26T08:30:00.000Z: 2 jobs not started, the jobs under way were stopped\n');
+    expect(text).toContain('ERROR: vm-export vm4: not backed up: the run was stopped by SIGTERM\n');
+  });
+
+  it('a snapshot made after the stop still goes to export, which destroys it; after pre-vm, no snapshot', () => {
+    const run = started(2);
+    run.apply(done('pre-hook', 'vm.u1')); // vm1: snapshot under way; vm2: pre-hook under way
+    run.take();
+    run.apply(stop());
+
+    run.apply(done('snapshot', 'vm.u1', { marker: 'snap' }));
+    expect(run.queued).toMatchObject([{ fn: 'export', id: 'r1:vm.u1:1:export', data: { marker: 'snap' } }]);
+    run.take();
+    run.apply(failed('export', 'vm.u1', { ...stopped, message: 'export stopped by SIGTERM' }));
+    run.apply(done('post-hook', 'vm.u1', { failed: { fn: 'export' } }));
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'failed', phase: 'export', error: { code: 'STOPPED', message: 'export stopped by SIGTERM' } });
+
+    run.take();
+    run.apply(done('pre-hook', 'vm.u2', { marker: 'pre' }));
+    // No snapshot: straight to the post-vm hooks, which undo what the pre-vm hooks did.
+    expect(run.queued).toMatchObject([{ fn: 'post-hook', data: { failed: { fn: 'snapshot', retrying: false, error: { code: 'STOPPED', message: 'stopped by SIGTERM before snapshot' } } } }]);
+    run.take();
+    run.apply(done('post-hook', 'vm.u2', { failed: { fn: 'snapshot' } }));
+    // `retry` of the run would resume at the phase that did not run, from its input.
+    expect(run.jobs.get('vm.u2')).toMatchObject({ status: 'failed', phase: 'snapshot', failedInput: { marker: 'pre' } });
+    expect(run.take()).toEqual([]);
+    expect(run.finished).toBe(true);
+  });
+
+  it.each([
+    ['verify stopped under way (verify_after_backup)', 'verify', true, 'verify and prune'],
+    ['prune not started', 'prune', false, 'prune'],
+  ])('%s: the set is complete, so a success with a warning', (_name, fn, verify, phases) => {
+    const run = started(1, { vmJobs: [{ ...vmJob(1), verify }] });
+    doneUpTo(run, 1, fn);
+    run.take();
+    run.apply(stop());
+    run.apply(failed(fn, 'vm.u1', { ...stopped, message: `${fn} stopped by SIGTERM` }, 1, { marker: `input of ${fn}` }));
+    expect(run.queued).toMatchObject([{ fn: 'post-hook', data: { marker: `input of ${fn}` } }]);
+    expect((run.queued[0]!.data as Record<string, unknown>).failed).toBeUndefined();
+    run.apply(done('post-hook', 'vm.u1', {}));
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'success', warnings: [`vm1: the run was stopped by SIGTERM: the set is complete, but ${phases} did not run`] });
+    expect(run.finished).toBe(true);
+  });
+
+  it('pool-db and host jobs that fail after the stop are final, and the run finishes with them', () => {
+    const run = new Run();
+    run.apply(done('plan', 'plan', plan(0, { poolDb: { runId: RUN, jobId: 'pool-db', try: 1, backupDir: '/b', stamp: '20261126-083000', maxBackups: 4, idleTimeoutS: 300 } })));
+    run.take();
+    run.apply(stop());
+    expect(run.finished).toBe(false);
+    run.apply(failed('pool-db', 'pool-db', { ...stopped, message: 'pool-db not started: the run was stopped by SIGTERM' }));
+    expect(run.finished).toBe(true);
+    expect(run.jobs.get('pool-db')).toMatchObject({ status: 'failed', error: { code: 'STOPPED' } });
+  });
+
+  it('stopped while planning: the plan’s jobs are not started, the run finishes at once', () => {
+    const run = new Run();
+    const t = run.apply(stop('SIGINT'));
+    expect(t.header.stopping).toEqual({ reason: 'SIGINT', at: now.toISOString() });
+    expect(run.finished).toBe(false);
+    run.apply(done('plan', 'plan', plan(3, { poolDb: { runId: RUN, jobId: 'pool-db', try: 1, backupDir: '/b', stamp: '20261126-083000', maxBackups: 4, idleTimeoutS: 300 } })));
+    expect(run.take()).toEqual([]);
+    expect(run.finished).toBe(true);
+    expect([...run.jobs.values()].map((j) => [j.jobId, j.status, j.error?.code])).toEqual([
+      ['vm.u1', 'failed', 'STOPPED'],
+      ['vm.u2', 'failed', 'STOPPED'],
+      ['vm.u3', 'failed', 'STOPPED'],
+      ['pool-db', 'failed', 'STOPPED'],
+    ]);
+    expect(run.header.warnings.at(-1)!.message).toMatch(/^the run was stopped by SIGINT at .*: 4 jobs not started/);
+  });
+
+  it('a stop is applied once, and not at all to a finished run', () => {
+    const run = started(3);
+    run.apply(stop());
+    const again = run.apply(stop('SIGINT'));
+    expect(again.jobs).toEqual([]);
+    expect(run.header.stopping!.reason).toBe('SIGTERM');
+    expect(run.header.warnings).toHaveLength(1);
+
+    const over = new Run();
+    over.apply(done('plan', 'plan', plan(0)));
+    expect(over.finished).toBe(true);
+    expect(over.apply(stop()).header.stopping).toBeUndefined();
   });
 });

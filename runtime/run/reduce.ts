@@ -1,8 +1,9 @@
 import { pipelines } from '../../functions/index.js';
 import type { JobKind } from '../../functions/index.js';
 import { PlanOutput } from '../../functions/plan/plan.js';
-import type { PhaseEvent } from '../events.js';
+import type { RunEvent, RunStop } from '../events.js';
 import type { Category, JobState, RunHeader } from './state.js';
+import { STOPPED } from '../errors.js';
 import type { ErrorInfo } from '../errors.js';
 import { HOOK_ABORTED } from '../hooks/kind.js';
 
@@ -10,6 +11,10 @@ import { HOOK_ABORTED } from '../hooks/kind.js';
 const PRE_HOOK = 'pre-hook';
 const POST_HOOK = 'post-hook';
 const VERIFY = 'verify';
+/** The phase that destroys a VM's snapshot (whatever happens to its transfer). */
+const EXPORT = 'export';
+/** The phase after which a VM's backup set is complete (its manifest is written). */
+const META = 'meta';
 
 /** A job to queue: function name, message, dedup id. */
 export interface Enqueue {
@@ -21,7 +26,10 @@ export interface Enqueue {
 /** What the coordinator must read before reducing an event: the header and some jobs. */
 export interface RunView {
   header: RunHeader;
-  /** The event's job and the first `header.concurrency` pending VM jobs, when they exist. */
+  /**
+   * The event's job and the first `header.concurrency` pending VM jobs, when they exist; for
+   * a RunStop, every pending VM job.
+   */
   jobs: ReadonlyMap<string, JobState>;
 }
 
@@ -50,11 +58,18 @@ export function enqueueId(runId: string, jobId: string, tryN: number, fn: string
  *   then its pipeline starts again from a new snapshot (`try` + 1).
  * - Duplicate or stale events (another `try`, a phase already past) change nothing, so
  *   redelivered events are harmless.
+ * - `run.stop` (SIGTERM): the run is `stopping`. VM jobs not started end at once as failed
+ *   (STOPPED); a running job ends with its current phase — no retry, no next phase, except
+ *   what cleans up: the export after a snapshot (it destroys the snapshot and, its run
+ *   stopped, transfers nothing) and the post-vm hooks after the pre-vm hooks. A job whose set
+ *   is complete (meta done) ends as a success with a warning: no verify, no prune. The run
+ *   finishes when the jobs under way have ended.
  */
-export function reduce(view: RunView, event: PhaseEvent, now: Date): Transition {
+export function reduce(view: RunView, event: RunEvent, now: Date): Transition {
   const header: RunHeader = { ...view.header };
   const out: Transition = { header, jobs: [], enqueue: [], finished: false };
   if (header.status === 'finished' || event.outcome === 'started') return out;
+  if (event.outcome === 'stop') return stop(out, view, event, now);
 
   if (event.fn === 'plan') {
     if (header.status !== 'planning') return out;
@@ -80,6 +95,14 @@ export function reduce(view: RunView, event: PhaseEvent, now: Date): Transition 
     header.remaining = created.length;
     header.pending = created.filter((j) => j.kind === 'vm').map((j) => j.jobId);
     out.jobs = created;
+    if (header.stopping !== undefined) {
+      // Stopped while planning: nothing is started.
+      for (const job of created) notStarted(job, header.stopping.reason, now);
+      header.pending = [];
+      header.remaining = 0;
+      header.warnings = [...header.warnings, stoppedWarning(header.stopping, created.length)];
+      return finish(out, now);
+    }
     for (const job of created) {
       if (job.kind !== 'vm') start(out, job, now);
     }
@@ -127,6 +150,12 @@ export function reduce(view: RunView, event: PhaseEvent, now: Date): Transition 
       return toPostHook(out, job, view, now, undefined, { skipped: { reason } });
     }
     const next = job.pipeline[job.pipeline.indexOf(event.fn) + 1];
+    if (header.stopping !== undefined && next !== undefined && next !== POST_HOOK && next !== EXPORT) {
+      // Stopping: the job ends here (its post-vm hooks still run).
+      if (setComplete(job, next)) return completeButStopped(out, job, view, now, next, event.output);
+      const error: ErrorInfo = { name: 'StoppedError', code: STOPPED, message: `stopped by ${header.stopping.reason} before ${next}`, permanent: true, retryable: false };
+      return failJob(out, job, view, now, next, error, event.output);
+    }
     if (next !== undefined) {
       job.phase = next;
       const data = next === POST_HOOK ? postHookInput(header.runId, job, event.output, {}) : event.output;
@@ -144,7 +173,25 @@ export function reduce(view: RunView, event: PhaseEvent, now: Date): Transition 
     job.warnings = [...job.warnings, `${job.label}: the post-vm hooks could not run (${event.error.message})`];
     return afterPostHook(out, job, view, event.input, now);
   }
+  if (header.stopping !== undefined && event.error.code === STOPPED && setComplete(job, event.fn)) {
+    return completeButStopped(out, job, view, now, event.fn, event.input);
+  }
   return failJob(out, job, view, now, event.fn, event.error, event.input);
+}
+
+/** Whether the VM's set is complete (meta wrote its manifest) when phase `fn` is reached. */
+function setComplete(job: JobState, fn: string): boolean {
+  return job.kind === 'vm' && job.pipeline.includes(META) && job.pipeline.indexOf(fn) > job.pipeline.indexOf(META);
+}
+
+/**
+ * Stopping, with the set complete: it counts, so the job is a success, with a warning that
+ * `fn` and what follows (verify, prune) did not run; its post-vm hooks still run.
+ */
+function completeButStopped(out: Transition, job: JobState, view: RunView, now: Date, fn: string, base: unknown): Transition {
+  const reason = out.header.stopping?.reason ?? 'a stop request';
+  job.warnings = [...job.warnings, `${job.label}: the run was stopped by ${reason}: the set is complete, but ${phasesFrom(job, fn)} did not run`];
+  return toPostHook(out, job, view, now, base, {});
 }
 
 /** A phase of the job failed: post-vm hooks first when pre-vm ran, then retry or end. */
@@ -164,9 +211,12 @@ function failJob(out: Transition, job: JobState, view: RunView, now: Date, fn: s
   return endJob(out, job, view, now);
 }
 
-/** A VM job whose backup failed with a retryable error and has retries left is backed up again. */
+/**
+ * A VM job whose backup failed with a retryable error and has retries left is backed up
+ * again — unless the run is stopping.
+ */
 function mayRetry(job: JobState, error: ErrorInfo, header: RunHeader): boolean {
-  return job.kind === 'vm' && error.retryable && job.try <= header.vmRetries;
+  return job.kind === 'vm' && error.retryable && job.try <= header.vmRetries && header.stopping === undefined;
 }
 
 /** Starts the job's pipeline again from its first phase (a new snapshot), as attempt `try` + 1. */
@@ -261,9 +311,10 @@ function start(out: Transition, job: JobState, now: Date): void {
   out.enqueue.push({ fn: job.phase, data: { ...(job.input as object), try: job.try }, id: enqueueId(out.header.runId, job.jobId, job.try, job.phase) });
 }
 
-/** Starts pending VM jobs while fewer than `concurrency` run. */
+/** Starts pending VM jobs while fewer than `concurrency` run (none when stopping). */
 function startPending(out: Transition, jobs: ReadonlyMap<string, JobState>, now: Date): void {
   const header = out.header;
+  if (header.stopping !== undefined) return stopPending(out, jobs, now);
   while (header.active < header.concurrency && header.pending.length > 0) {
     const id = header.pending[0]!;
     const pending = jobs.get(id);
@@ -286,6 +337,59 @@ function endJob(out: Transition, job: JobState, view: RunView, now: Date): Trans
   }
   if (header.remaining === 0) return finish(out, now);
   return out;
+}
+
+/**
+ * `run.stop`: the run is stopping — the pending VM jobs end now, the running ones with their
+ * current phase (reduce). Stopped while planning: the plan's outcome ends the run.
+ */
+function stop(out: Transition, view: RunView, event: RunStop, now: Date): Transition {
+  const header = out.header;
+  if (header.stopping !== undefined) return out;
+  header.stopping = { reason: event.reason, at: event.at };
+  if (header.status === 'planning') return out;
+  const pending = header.pending.length;
+  stopPending(out, view.jobs, now);
+  header.warnings = [...header.warnings, stoppedWarning(header.stopping, pending)];
+  if (header.remaining === 0) return finish(out, now);
+  return out;
+}
+
+/** Ends the pending VM jobs that are loaded as not started; the others stay for a later event. */
+function stopPending(out: Transition, jobs: ReadonlyMap<string, JobState>, now: Date): void {
+  const header = out.header;
+  const reason = header.stopping?.reason ?? 'a stop request';
+  const left: string[] = [];
+  for (const id of header.pending) {
+    const loaded = out.jobs.find((j) => j.jobId === id) ?? jobs.get(id);
+    if (loaded === undefined) {
+      left.push(id);
+      continue;
+    }
+    const job = out.jobs.includes(loaded) ? loaded : { ...loaded };
+    if (!out.jobs.includes(job)) out.jobs.push(job);
+    notStarted(job, reason, now);
+    header.remaining = Math.max(0, header.remaining - 1);
+  }
+  header.pending = left;
+}
+
+function notStarted(job: JobState, reason: string, now: Date): void {
+  job.status = 'failed';
+  job.error = { name: 'StoppedError', code: STOPPED, message: `not backed up: the run was stopped by ${reason}`, permanent: true, retryable: false };
+  job.finishedAt = now.toISOString();
+}
+
+function stoppedWarning(stopping: { reason: string; at: string }, notStartedCount: number): { message: string } {
+  const jobs = `${notStartedCount} job${notStartedCount === 1 ? '' : 's'}`;
+  return { message: `the run was stopped by ${stopping.reason} at ${stopping.at}: ${jobs} not started, the jobs under way were stopped` };
+}
+
+/** The phases of `job` from `fn` on that do something, but the post-vm hooks, for people: `verify and prune`. */
+function phasesFrom(job: JobState, fn: string): string {
+  const verify = (job.input as { verify?: unknown } | undefined)?.verify === true;
+  const later = job.pipeline.slice(job.pipeline.indexOf(fn)).filter((p) => p !== POST_HOOK && (p !== VERIFY || verify));
+  return later.length <= 1 ? (later[0] ?? 'nothing') : `${later.slice(0, -1).join(', ')} and ${later.at(-1)}`;
 }
 
 function finish(out: Transition, now: Date): Transition {

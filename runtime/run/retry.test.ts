@@ -95,6 +95,15 @@ describe('planRetry: where each failed job starts again', () => {
 });
 
 describe('planRetry: the run', () => {
+  it('a run stopped by SIGTERM, retried, is no longer stopping: its jobs not started start, the stopped ones again', () => {
+    const stopped: ErrorInfo = { name: 'StoppedError', code: 'STOPPED', message: 'not backed up: the run was stopped by SIGTERM', permanent: true, retryable: false };
+    const jobs = [failedAt('vm.a', 'export', { ...stopped, message: 'export stopped by SIGTERM' }), job('vm.b', { status: 'failed', error: stopped })];
+    const r = planRetry(finished(jobs, { stopping: { reason: 'SIGTERM', at: at.toISOString() } }), jobs, later);
+    if (!r.ok) throw new Error(r.message);
+    expect(r.header.stopping).toBeUndefined();
+    expect(r.enqueue.map((e) => e.id)).toEqual([`${RUN}:vm.a:2:${FIRST}`, `${RUN}:vm.b:2:${FIRST}`]);
+  });
+
   it('reopens the run: running, remaining = failed jobs, retries counted, finishedAt cleared; successes untouched', () => {
     const jobs = [job('vm.ok'), failedAt('vm.a', 'meta', transient), failedAt('pool-db', 'pool-db', transient, { kind: 'pool-db' })];
     const r = planRetry(finished(jobs, { retries: 1 }), jobs, later);

@@ -50,6 +50,7 @@ export function planRetry(current: RunHeader, jobs: readonly JobState[], now: Da
 
   const header: RunHeader = { ...current, status: 'running', remaining: current.remaining + failed.length, retries: (current.retries ?? 0) + 1 };
   delete header.finishedAt;
+  delete header.stopping; // a stopped run, retried, runs its failed jobs to the end
   const out: JobState[] = [];
   const enqueue: Enqueue[] = [];
   const retried: Extract<RetryResult, { ok: true }>['retried'] = [];

@@ -39,6 +39,11 @@ export const RunHeader = z.object({
   fatal: ErrorInfoSchema.optional(),
   /** Which trigger asked for the run (cli, gateway, webhook …), for status displays. */
   trigger: z.string().optional(),
+  /**
+   * The run was asked to stop (RunStop: SIGTERM or SIGINT): no VM, attempt or phase starts
+   * any more but those that clean up; the jobs not started end as failed (STOPPED).
+   */
+  stopping: z.object({ reason: z.string(), at: z.string() }).optional(),
   /** How many times the failed jobs of the finished run were run again (runtime/run/retry.ts). */
   retries: z.number().int().min(0).optional(),
 });

@@ -1,0 +1,180 @@
+import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import type { PlanOutput, RunOptions } from '../../functions/plan/plan.js';
+import type { SnapshotInput } from '../../functions/snapshot/snapshot.js';
+import { MemoryBus } from '../bus/memory.js';
+import { eventSubject, jobSubject } from '../events.js';
+import type { RunStop } from '../events.js';
+import { defineFunction, subject, systemClock } from '../function.js';
+import type { Ctx, FunctionDef } from '../function.js';
+import { silentLogger } from '../log.js';
+import { serve } from '../serve.js';
+import { waitFor } from '../../test/sim/test-helpers.js';
+import { startCoordinator } from './coordinator.js';
+import { startRun } from './start.js';
+import { MemoryRunStore } from './store.js';
+import { RunSummary } from './summary.js';
+
+/**
+ * The coordinator and the runtime together on the in-process bus, as the embedded run wires
+ * them (runtime/run/embedded.ts), with stand-in functions: what a stop (SIGTERM) does to the
+ * jobs under way, queued and pending.
+ */
+const RUN = '20261126-083000-stop';
+const STAMP = '20261126-083000';
+
+const options: RunOptions = {
+  backupDir: '/b',
+  vmExports: [],
+  vdiExports: [],
+  excludes: [],
+  maxBackups: 4,
+  compress: 'none',
+  format: 'raw',
+  poolBackup: true,
+  hostBackup: true,
+  spaceThreshold: 20,
+  concurrency: 1,
+  vmRetries: 1,
+  haltedWithoutSnapshot: true,
+  idleTimeoutS: 300,
+  leftoverAgeHours: 24,
+};
+
+function vmJob(n: number): SnapshotInput {
+  const vm = { uuid: `u${n}`, name: `vm${n}` };
+  return { runId: RUN, jobId: `vm.u${n}`, try: 1, vm, mode: 'vm', disks: [], backupDir: '/b', folder: vm.name, stamp: STAMP, maxBackups: 4, compress: 'none', format: 'raw', spaceThreshold: 20, haltedWithoutSnapshot: true, idleTimeoutS: 300 };
+}
+
+const planOutput: PlanOutput = {
+  runId: RUN,
+  jobId: 'plan',
+  try: 1,
+  pool: { uuid: 'p', name: 'pool' },
+  stamp: STAMP,
+  backupDir: '/b',
+  vmJobs: [vmJob(1), vmJob(2), vmJob(3)],
+  poolDb: { runId: RUN, jobId: 'pool-db', try: 1, backupDir: '/b', stamp: STAMP, maxBackups: 4, idleTimeoutS: 300 },
+  hostJobs: [1, 2].map((n) => ({ runId: RUN, jobId: `host.h${n}`, try: 1, backupDir: '/b', stamp: STAMP, maxBackups: 4, host: { uuid: `h${n}`, name: `xcp${n}` }, idleTimeoutS: 300 })),
+  excludes: [],
+  warnings: [],
+  cleaned: [],
+  concurrency: 1,
+  vmRetries: 1,
+};
+
+type Handler = (input: Record<string, unknown>, ctx: Ctx) => Promise<Record<string, unknown>>;
+
+/** Until the handler's signal is aborted: then it throws, as an aborted transfer does. */
+const untilAborted: Handler = (_input, ctx) =>
+  new Promise((_resolve, reject) => {
+    if (ctx.signal.aborted) reject(new Error('aborted before it began'));
+    ctx.signal.addEventListener('abort', () => reject(new Error('The operation was aborted')), { once: true });
+  });
+
+/** A rig: stand-in functions that record their calls, the coordinator, and a stop like embedded.ts's. */
+async function rig(handlers: Record<string, Handler>) {
+  const bus = new MemoryBus();
+  const store = new MemoryRunStore();
+  const calls: string[] = [];
+  const inputs = new Map<string, Record<string, unknown>>();
+  const passThrough: Handler = async (input) => input;
+  const fns: FunctionDef[] = ['plan', 'pre-hook', 'snapshot', 'export', 'meta', 'verify', 'prune', 'post-hook', 'pool-db', 'host-backup'].map((name) =>
+    defineFunction({
+      name,
+      description: 'stand-in',
+      subject: subject(jobSubject(name), z.looseObject({ runId: z.string(), jobId: z.string(), try: z.number() })),
+      output: z.record(z.string(), z.unknown()),
+      retry: { maxDeliver: 3, backoffMs: [10] },
+      async handle(input, ctx) {
+        const key = `${name}:${input.jobId}:${input.try}`;
+        calls.push(ctx.signal.aborted ? `${key} (aborted)` : key);
+        inputs.set(key, input);
+        if (name === 'plan') return planOutput;
+        return (handlers[name] ?? passThrough)(input, ctx);
+      },
+    }),
+  );
+  const abort = new AbortController();
+  const afterStop: Record<string, 'aborted' | 'finish'> = { export: 'aborted', 'post-hook': 'finish' };
+  let summary: RunSummary | undefined;
+  await bus.subscribe(eventSubject(RUN, 'run', 'finished'), {}, async (_s, data) => void (summary = RunSummary.parse(data)));
+  await startCoordinator(store, bus, systemClock, silentLogger());
+  await serve(
+    fns,
+    { bus, log: silentLogger(), xapi: () => Promise.reject(new Error('no XAPI here')), clock: systemClock, origin: { hostname: 'test', pid: 1 }, signal: abort.signal },
+    { concurrency: () => 1, shutdown: { mode: 'stop', afterStop: (fn) => afterStop[fn.name] ?? 'skip' } },
+  );
+  await startRun(store, bus, { runId: RUN, options, startedAt: new Date('2026-11-26T08:30:00Z') });
+  return {
+    calls,
+    inputs,
+    bus,
+    /** As runEmbedded on SIGTERM: the stop request, then the handlers' signals. */
+    stop() {
+      const stop: RunStop = { outcome: 'stop', runId: RUN, reason: 'SIGTERM', at: new Date().toISOString() };
+      void bus.publish(eventSubject(RUN, 'run', 'stop'), stop, { id: `${RUN}:run:stop` });
+      abort.abort(new Error('SIGTERM'));
+    },
+    summary: () => waitFor(() => summary, 5_000, 'the run summary'),
+  };
+}
+
+describe('coordinator and runtime: a stopped run', () => {
+  it('aborts the export and the pool-db under way, starts nothing else (no retry, next VM, host backup, prune), ends everything as STOPPED', async () => {
+    const r = await rig({ export: untilAborted, 'pool-db': untilAborted, 'host-backup': untilAborted });
+    try {
+      await waitFor(() => ['export:vm.u1:1', 'pool-db:pool-db:1', 'host-backup:host.h1:1'].every((c) => r.calls.includes(c)), 5_000, 'export, pool-db and host backup under way');
+      r.stop();
+      const summary = await r.summary();
+
+      expect(summary).toMatchObject({ status: 'error', exitCode: 1 });
+      const byName = Object.fromEntries(summary.jobs.map((j) => [j.name, { status: j.status, code: j.error?.code, message: j.error?.message, tries: j.tries }]));
+      expect(byName).toEqual({
+        vm1: { status: 'error', code: 'STOPPED', message: 'export stopped by SIGTERM', tries: 1 },
+        vm2: { status: 'error', code: 'STOPPED', message: 'not backed up: the run was stopped by SIGTERM', tries: 1 },
+        vm3: { status: 'error', code: 'STOPPED', message: 'not backed up: the run was stopped by SIGTERM', tries: 1 },
+        'pool database': { status: 'error', code: 'STOPPED', message: 'pool-db stopped by SIGTERM', tries: 1 },
+        xcp1: { status: 'error', code: 'STOPPED', message: 'host-backup stopped by SIGTERM', tries: 1 },
+        // queued behind xcp1 (one at a time here), delivered after the signal: not run
+        xcp2: { status: 'error', code: 'STOPPED', message: 'host-backup not started: the run was stopped by SIGTERM', tries: 1 },
+      });
+      expect(summary.warnings.map((w) => w.message)).toEqual([expect.stringMatching(/^the run was stopped by SIGTERM at .*: 2 jobs not started, the jobs under way were stopped$/)]);
+
+      // Ran: the plan, vm1 up to its export, its post-vm hooks (told it failed, not retried),
+      // the pool-db and the first host backup.
+      expect(r.calls.filter((c) => c.includes('vm.u') || c.startsWith('plan'))).toEqual(['plan:plan:1', 'pre-hook:vm.u1:1', 'snapshot:vm.u1:1', 'export:vm.u1:1', 'post-hook:vm.u1:1']);
+      expect(r.calls.filter((c) => !c.includes('vm.u') && !c.startsWith('plan')).sort()).toEqual(['host-backup:host.h1:1', 'pool-db:pool-db:1']);
+      expect(r.inputs.get('post-hook:vm.u1:1')).toMatchObject({ failed: { fn: 'export', retrying: false, error: { code: 'STOPPED' } } });
+      // Nothing is running or queued afterwards.
+      await r.bus.idle();
+      expect(r.calls).toHaveLength(7);
+    } finally {
+      await r.bus.close();
+    }
+  });
+
+  it('a snapshot that ends after the signal goes to an export that only cleans up; the post-vm hooks run to the end', async () => {
+    let finishSnapshot!: () => void;
+    const snapshotting = new Promise<void>((resolve) => (finishSnapshot = resolve));
+    let postHookSignal: AbortSignal | undefined;
+    const r = await rig({
+      // A snapshot cannot be cancelled half-way: it ends, whatever the signal.
+      snapshot: async (input) => (await snapshotting, { ...input, snapshot: 'made' }),
+      export: untilAborted,
+      'post-hook': async (input, ctx) => ((postHookSignal = ctx.signal), input),
+    });
+    try {
+      await waitFor(() => r.calls.includes('snapshot:vm.u1:1'), 5_000, 'snapshot under way');
+      r.stop();
+      finishSnapshot();
+      const summary = await r.summary();
+      expect(r.calls.filter((c) => c.includes('vm.u'))).toEqual(['pre-hook:vm.u1:1', 'snapshot:vm.u1:1', 'export:vm.u1:1 (aborted)', 'post-hook:vm.u1:1']);
+      expect(r.inputs.get('export:vm.u1:1')).toMatchObject({ snapshot: 'made' });
+      expect(postHookSignal?.aborted).toBe(false);
+      expect(summary.jobs.find((j) => j.name === 'vm1')).toMatchObject({ status: 'error', error: { code: 'STOPPED', message: 'export stopped by SIGTERM' } });
+    } finally {
+      await r.bus.close();
+    }
+  });
+});
