@@ -6,9 +6,10 @@ import type { Ctx } from '../../runtime/function.js';
 import { jobSubject } from '../../runtime/events.js';
 import { listFileNames } from '../../runtime/storage/files.js';
 import { checkManifest } from '../../runtime/storage/manifest.js';
+import type { Manifest } from '../../runtime/storage/manifest.js';
 import { parseBackupFileName } from '../../runtime/storage/naming.js';
 import { JobBase, VmRef } from '../job.js';
-import { planRetention } from './retention.js';
+import { manifestCheck, planRetention } from './retention.js';
 import type { FileEntry, ManifestCheck, RetentionPlan } from './retention.js';
 
 /**
@@ -55,23 +56,12 @@ export const prune = defineFunction({
   async handle(input, ctx) {
     const dir = path.join(input.backupDir, input.folder);
     const files = await listFiles(dir);
-    const manifests = new Map<string, ManifestCheck>();
+    const readings = await readManifests(dir, files);
+    const manifests = new Map([...readings].map(([stamp, r]) => [stamp, r.check]));
     const warnings: string[] = [];
-    for (const file of files) {
-      const info = parseBackupFileName(file.name);
-      if (info?.kind !== 'manifest') continue;
-      const status = await checkManifest(dir, file.name);
-      if (status.valid && status.manifest.verify?.ok === false) {
-        // A set that failed verification must not count: counted, it could push the last good set out.
-        const why = `failed verification at ${status.manifest.verify.at}${status.manifest.verify.error !== undefined ? `: ${status.manifest.verify.error}` : ''}`;
-        manifests.set(info.stamp, { valid: false, failedVerification: true, runId: status.manifest.runId, reason: why });
-        warnings.push(`${input.folder}: backup set ${info.stamp} does not count (${why})`);
-      } else if (status.valid) {
-        manifests.set(info.stamp, { valid: true, runId: status.manifest.runId });
-      } else {
-        manifests.set(info.stamp, { valid: false, reason: status.reason });
-        warnings.push(`${input.folder}: backup set ${info.stamp} is incomplete and does not count (${status.reason})`);
-      }
+    for (const [stamp, { check }] of readings) {
+      if (check.valid) continue;
+      warnings.push(`${input.folder}: backup set ${stamp} ${check.failedVerification === true ? 'does not count' : 'is incomplete and does not count'} (${check.reason})`);
     }
     const plan = planRetention({ files, manifests, maxBackups: input.maxBackups, now: ctx.clock.now().getTime(), protect: input.protect });
     await applyDeletions(dir, plan, ctx);
@@ -83,6 +73,33 @@ export const prune = defineFunction({
     };
   },
 });
+
+/** A set's manifest as read: whether it makes the set count (`manifestCheck`), and its content when it parsed. */
+export interface ManifestReading {
+  check: ManifestCheck;
+  /** Present when the manifest parsed and matches the files (even if its verification failed). */
+  manifest?: Manifest;
+}
+
+/**
+ * Reads and checks every manifest among `files` (a folder's listing), by stamp: what
+ * `planRetention` needs to tell which sets count. Shared by prune and the gateway's
+ * `GET /v1/backups`, so both count the same sets.
+ *
+ * @example
+ *   const readings = await readManifests(dir, await listFiles(dir));
+ *   planRetention({ files, manifests: new Map([...readings].map(([s, r]) => [s, r.check])), maxBackups, now });
+ */
+export async function readManifests(dir: string, files: readonly FileEntry[]): Promise<Map<string, ManifestReading>> {
+  const out = new Map<string, ManifestReading>();
+  for (const file of files) {
+    const info = parseBackupFileName(file.name);
+    if (info?.kind !== 'manifest') continue;
+    const status = await checkManifest(dir, file.name);
+    out.set(info.stamp, { check: manifestCheck(status), ...(status.valid ? { manifest: status.manifest } : {}) });
+  }
+  return out;
+}
 
 /** Regular files of a folder with size and mtime; an absent folder has none. */
 export async function listFiles(dir: string): Promise<FileEntry[]> {

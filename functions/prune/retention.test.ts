@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { LEGACY_HOSTS_SERIES, planRetention, planSeriesRetention, type FileEntry, type ManifestCheck, type RetentionPlan } from './retention.js';
+import type { Manifest } from '../../runtime/storage/manifest.js';
+import { LEGACY_HOSTS_SERIES, manifestCheck, planRetention, planSeriesRetention, type FileEntry, type ManifestCheck, type RetentionPlan } from './retention.js';
 
 const HOUR = 3_600_000;
 const NOW = Date.parse('2024-03-10T12:00:00Z');
@@ -335,5 +336,25 @@ describe('planSeriesRetention', () => {
 
   it('refuses max_backups < 1', () => {
     expect(() => planSeriesRetention({ kind: 'hosts', files: [], maxBackups: 0, now: NOW })).toThrow(/refusing to prune/);
+  });
+});
+
+describe('manifestCheck: which manifests make their set count (prune, the gateway)', () => {
+  const manifest = (verify?: Manifest['verify']): Manifest => ({
+    kind: 'vmbackup-set', version: 1, runId: 'r1', jobId: 'vm.u', try: 1, vm: { uuid: 'u', name: 'web1' }, mode: 'vm', stamp: '20261126-083000',
+    createdAt: '2026-11-26T08:31:00Z', bytes: 1, files: [{ name: 'backup_20261126-083000.xva', format: 'xva', size: 1 }], timings: {}, ...(verify !== undefined ? { verify } : {}),
+  });
+  it.each<[string, Parameters<typeof manifestCheck>[0], ManifestCheck]>([
+    ['valid, never verified', { valid: true, manifest: manifest() }, { valid: true, runId: 'r1' }],
+    ['valid, verified OK', { valid: true, manifest: manifest({ at: '2026-11-26T09:00:00Z', ok: true }) }, { valid: true, runId: 'r1' }],
+    [
+      'valid, failed verification',
+      { valid: true, manifest: manifest({ at: '2026-11-26T09:00:00Z', ok: false, error: 'backup_20261126-083000.xva: 4 bytes differ' }) },
+      { valid: false, failedVerification: true, runId: 'r1', reason: 'failed verification at 2026-11-26T09:00:00Z: backup_20261126-083000.xva: 4 bytes differ' },
+    ],
+    ['failed verification without detail', { valid: true, manifest: manifest({ at: '2026-11-26T09:00:00Z', ok: false }) }, { valid: false, failedVerification: true, runId: 'r1', reason: 'failed verification at 2026-11-26T09:00:00Z' }],
+    ['invalid', { valid: false, reason: 'backup_20261126-083000.xva: missing' }, { valid: false, reason: 'backup_20261126-083000.xva: missing' }],
+  ])('%s', (_name, status, check) => {
+    expect(manifestCheck(status)).toEqual(check);
   });
 });

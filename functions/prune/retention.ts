@@ -1,4 +1,5 @@
 import { PermanentError } from '../../runtime/errors.js';
+import type { ManifestStatus } from '../../runtime/storage/manifest.js';
 import {
   parseBackupFileName,
   parseHostBackupFileName,
@@ -63,6 +64,26 @@ export interface ManifestCheck {
   runId?: string;
   /** Why it is invalid, for the report. */
   reason?: string;
+}
+
+/**
+ * Whether a checked manifest makes its set count: the one rule, used by prune, by the
+ * gateway's `GET /v1/backups` and by anything else that says which sets count. A manifest
+ * counts when it parses and matches the files (`checkManifest`) and does not record a failed
+ * verification; a failed one keeps its run id and says when it failed and where.
+ *
+ * @example
+ *   manifestCheck({ valid: true, manifest: { …, runId: 'r1', verify: { at: '2026-11-26T09:00:00Z', ok: false, error: 'xvda: …' } } })
+ *   // → { valid: false, failedVerification: true, runId: 'r1', reason: 'failed verification at 2026-11-26T09:00:00Z: xvda: …' }
+ */
+export function manifestCheck(status: ManifestStatus): ManifestCheck {
+  if (!status.valid) return { valid: false, reason: status.reason };
+  const { runId, verify } = status.manifest;
+  if (verify?.ok === false) {
+    // Counted, a set that failed verification could push the last good set out.
+    return { valid: false, failedVerification: true, runId, reason: `failed verification at ${verify.at}${verify.error !== undefined ? `: ${verify.error}` : ''}` };
+  }
+  return { valid: true, runId };
 }
 
 export interface RetentionOptions extends StampOptions {

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { NatsConnection } from 'nats';
 import { openNats, redactUrl } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
-import { helpText } from '../config/args.js';
+import { commandHelp } from '../config/args.js';
 import type { Settings } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import { systemClock } from '../function.js';
@@ -33,7 +33,7 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
   const loaded = loadCommandSettings(
     argv.filter((a) => a !== NO_AUTH_FLAG),
     io,
-    { help: () => helpText({ prog: 'vmbackup gateway', version: VERSION }) + '\n' + GATEWAY_HELP },
+    { help: () => commandHelp('gateway', { version: VERSION }) },
   );
   if (typeof loaded === 'number') return loaded;
   const { settings } = loaded;
@@ -91,13 +91,6 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
     log.flush();
   }
 }
-
-const GATEWAY_HELP = `
-gateway: bearer tokens come from gateway_tokens_file (one per line, # comments); the
-webhook secret of POST /v1/hooks/generic from webhook_secret_file. Without any token the
-gateway refuses to start; ${NO_AUTH_FLAG} serves without authentication, and only on a
-loopback address (127.0.0.1, ::1). API: GET /v1/openapi.json.
-`;
 
 /** Tokens and the webhook secret, from their files; errors name the file, never a secret. */
 export function readSecrets(settings: Settings, noAuth: boolean, host: string): { tokens: string[]; webhookSecret?: string } {

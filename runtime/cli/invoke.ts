@@ -4,7 +4,7 @@ import { functionByName, functions } from '../../functions/index.js';
 import { JOBS_STREAM } from '../../infra/nats/jetstream.js';
 import { openNats } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
-import { helpText } from '../config/args.js';
+import { commandHelp, takePositionals } from '../config/args.js';
 import { UsageError } from '../errors.js';
 import { PhaseEvent, eventSubject, jobSubject } from '../events.js';
 import type { PhaseDone, PhaseFailed } from '../events.js';
@@ -19,7 +19,8 @@ import { commandLogger, loadCommandSettings } from './settings.js';
 /**
  * `vmbackup invoke NAME --input JSON` — one phase on its own: validates the input against
  * the function's schema (errors listed, exit 2), queues the job on NATS, waits for the
- * phase's `done` or `failed` event and prints it as JSON (exit 0 done, 1 failed).
+ * phase's `done` or `failed` event and prints it as JSON (exit 0 done, 1 failed). NAME may
+ * stand anywhere among the options.
  * `--input @FILE` reads the JSON from a file. Without `runId` / `jobId` in the input, an
  * ad-hoc run id (`adhoc-<stamp>-<hex>`) and the job id `invoke.<NAME>` are used.
  * `--no-wait` only queues the job; `--timeout S` stops waiting (exit 2). Exit 2 too when the
@@ -29,18 +30,20 @@ import { commandLogger, loadCommandSettings } from './settings.js';
  * @example vmbackup invoke prune --nats nats://127.0.0.1:4222 --input '{"backupDir":"/mnt/VmBackup/exports","folder":"web1","maxBackups":2}'
  */
 export async function invokeCommand(argv: readonly string[], io: Io): Promise<number> {
-  const name = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : undefined;
   let extras: Extras;
+  let args: { positionals: string[]; options: string[] };
   try {
-    extras = takeExtras(name !== undefined ? argv.slice(1) : argv, { '--input': 'value', '--no-wait': 'switch', '--timeout': 'value' });
+    extras = takeExtras(argv, { '--input': 'value', '--no-wait': 'switch', '--timeout': 'value' });
+    args = takePositionals(extras.rest, { command: 'vmbackup invoke', takes: 'one NAME', max: 1 });
   } catch (error) {
     return fail(io, error);
   }
+  const name = args.positionals[0];
   const raw = extras.values['--input'] as string | undefined;
   const wait = extras.values['--no-wait'] !== true;
   let timeoutS: number | undefined;
-  const loaded = loadCommandSettings(extras.rest, io, {
-    help: () => helpText({ prog: 'vmbackup invoke', version: VERSION }) + '\n' + INVOKE_HELP,
+  const loaded = loadCommandSettings(args.options, io, {
+    help: () => commandHelp('invoke', { version: VERSION, notes: [`Functions: ${functions.map((f) => f.name).join(', ')}.`] }),
     check: () => {
       timeoutS = seconds(extras.values['--timeout'], '--timeout');
     },
@@ -144,8 +147,3 @@ async function settledWithoutEvent(nats: NatsRuntime, seq: number): Promise<'sil
   await new Promise((r) => setTimeout(r, 3_000).unref());
   return 'silent';
 }
-
-const INVOKE_HELP = `
-invoke NAME --input JSON|@FILE: runs one phase on the workers and prints its outcome event.
-Schemas: functions/<NAME>/<NAME>.ts. --no-wait  only queue it. --timeout S  stop waiting.
-`;

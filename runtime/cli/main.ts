@@ -5,9 +5,11 @@ import { fail } from './io.js';
 
 /**
  * `vmbackup [COMMAND] [flags]`. Without a command it is VmBackup's command line (backup or
- * `--preview`), so cron lines written for VmBackup keep working.
+ * `--preview`), so cron lines written for VmBackup keep working. Each command's `--help`
+ * text, and the command list of `vmbackup --help`, come from runtime/config/commands.ts
+ * (a test checks that it describes exactly these commands).
  */
-const COMMANDS: Record<string, (argv: readonly string[], io: Io) => Promise<number>> = {
+export const COMMANDS: Record<string, (argv: readonly string[], io: Io) => Promise<number>> = {
   backup: backupCommand,
   verify: async (argv, io) => (await import('./verify.js')).verifyCommand(argv, io),
   restore: async (argv, io) => (await import('./restore.js')).restoreCommand(argv, io),

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { openNats } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
 import { redactUrl } from '../bus/nats-connect.js';
-import { helpText } from '../config/args.js';
+import { commandHelp } from '../config/args.js';
 import { UsageError } from '../errors.js';
 import { PhaseEvent, eventSubject, runEvents } from '../events.js';
 import { systemClock } from '../function.js';
@@ -35,7 +35,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   } catch (error) {
     return fail(io, error);
   }
-  const loaded = loadCommandSettings(extras.rest, io, { help: () => helpText({ prog: 'vmbackup run', version: VERSION }) + '\n' + RUN_HELP });
+  const loaded = loadCommandSettings(extras.rest, io, { help: () => commandHelp('run', { version: VERSION }) });
   if (typeof loaded === 'number') return loaded;
   const { settings, flags } = loaded;
   let timeoutS: number | undefined;
@@ -91,12 +91,6 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     log.flush();
   }
 }
-
-const RUN_HELP = `
-run: submits the run to the workers on NATS (--nats URL or nats_url) and waits for its
-summary. --trigger-id ID  one run per trigger id: sending it again follows the same run.
---timeout S  stop waiting after S seconds (exit 2; the run goes on).
-`;
 
 /**
  * The run id of a trigger: the same id always gives the same run, so a trigger sent twice

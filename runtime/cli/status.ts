@@ -1,11 +1,11 @@
-import { EVENTS_STREAM } from '../../infra/nats/jetstream.js';
 import { openNats } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
-import { helpText } from '../config/args.js';
+import { commandHelp, takePositionals } from '../config/args.js';
 import { UsageError } from '../errors.js';
-import { eventSubject } from '../events.js';
+import { listOutcomes, runOutcome } from '../run/outcome.js';
+import type { RunOutcome } from '../run/outcome.js';
 import type { JobState, RunHeader } from '../run/state.js';
-import { RunSummary, summarize } from '../run/summary.js';
+import { summarize } from '../run/summary.js';
 import { formatBytes, formatSeconds } from '../units.js';
 import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
@@ -15,21 +15,25 @@ import { commandLogger, loadCommandSettings } from './settings.js';
 
 /**
  * `vmbackup status [RUN] [--json] [--limit N]` — run state from the NATS KV bucket. Without
- * RUN: the recent runs, newest first, one per line. With RUN: the run and each of its jobs
- * (status, phase, try, size, time per phase, errors). Exit 0, or 2 when the run is unknown,
- * NATS is unreachable, or on a usage / config error.
+ * RUN: the recent runs, newest first, one per line, with their outcome once finished
+ * (`runOutcome`, as the gateway shows it). With RUN: the run, its outcome and each of its
+ * jobs (status, phase, try, size, time per phase, errors). RUN may stand anywhere among the
+ * options. Exit 0, or 2 when the run is unknown, NATS is unreachable, or on a usage / config
+ * error.
  */
 export async function statusCommand(argv: readonly string[], io: Io): Promise<number> {
-  const runId = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : undefined;
   let extras: Extras;
+  let args: { positionals: string[]; options: string[] };
   try {
-    extras = takeExtras(runId !== undefined ? argv.slice(1) : argv, { '--limit': 'value' });
+    extras = takeExtras(argv, { '--limit': 'value' });
+    args = takePositionals(extras.rest, { command: 'vmbackup status', takes: 'one RUN', max: 1 });
   } catch (error) {
     return fail(io, error);
   }
+  const runId = args.positionals[0];
   let limit = 20;
-  const loaded = loadCommandSettings(extras.rest, io, {
-    help: () => helpText({ prog: 'vmbackup status', version: VERSION }) + '\n' + STATUS_HELP,
+  const loaded = loadCommandSettings(args.options, io, {
+    help: () => commandHelp('status', { version: VERSION }),
     check: () => {
       const l = extras.values['--limit'];
       if (l !== undefined) {
@@ -47,13 +51,13 @@ export async function statusCommand(argv: readonly string[], io: Io): Promise<nu
     nats = await openNats(settings, log, { name: 'vmbackup status', reconnectForever: false });
     if (runId === undefined) {
       const headers = await nats.store.list(limit);
-      const summaries = await Promise.all(headers.map((h) => (h.status === 'finished' ? lastSummary(nats!, h.runId) : Promise.resolve(undefined))));
+      const outcomes = await listOutcomes(nats.store, headers);
       if (flags.json) {
-        io.stdout.write(JSON.stringify(headers.map((h, i) => ({ ...h, ...(summaries[i] !== undefined ? { outcome: summaries[i]!.status, exitCode: summaries[i]!.exitCode } : {}) })), null, 2) + '\n');
+        io.stdout.write(JSON.stringify(headers.map((h, i) => ({ ...h, ...outcomes[i] })), null, 2) + '\n');
       } else if (headers.length === 0) {
         io.stdout.write('no runs\n');
       } else {
-        for (const [i, h] of headers.entries()) io.stdout.write(runLine(h, summaries[i]) + '\n');
+        for (const [i, h] of headers.entries()) io.stdout.write(runLine(h, outcomes[i]) + '\n');
       }
       return 0;
     }
@@ -61,11 +65,11 @@ export async function statusCommand(argv: readonly string[], io: Io): Promise<nu
     if (current === undefined) throw new UsageError(`no run ${runId} (vmbackup status lists the recent runs)`);
     const header = current.header;
     const jobs = await nats.store.allJobs(runId);
-    const summary = header.status === 'finished' ? summarize(header, jobs) : undefined;
+    const outcome = runOutcome(header, jobs);
     if (flags.json) {
-      io.stdout.write(JSON.stringify({ header, jobs, ...(summary !== undefined ? { summary } : {}) }, null, 2) + '\n');
+      io.stdout.write(JSON.stringify({ header, ...outcome, jobs, ...(outcome !== undefined ? { summary: summarize(header, jobs) } : {}) }, null, 2) + '\n');
     } else {
-      io.stdout.write(formatRun(header, jobs, summary));
+      io.stdout.write(formatRun(header, jobs, outcome));
     }
     return 0;
   } catch (error) {
@@ -76,25 +80,9 @@ export async function statusCommand(argv: readonly string[], io: Io): Promise<nu
   }
 }
 
-const STATUS_HELP = `
-status: without RUN, the recent runs (--limit N, default 20); with RUN, its jobs.
-`;
-
-/** The run's summary as its coordinator published it (the events stream keeps a week). */
-async function lastSummary(nats: NatsRuntime, runId: string): Promise<RunSummary | undefined> {
-  try {
-    const jsm = await nats.nc.jetstreamManager();
-    const msg = await jsm.streams.getMessage(EVENTS_STREAM, { last_by_subj: eventSubject(runId, 'run', 'finished') });
-    const parsed = RunSummary.safeParse(msg.json());
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /** One run on one line: id, state (outcome when finished), start, duration, jobs, pool, trigger. */
-export function runLine(h: RunHeader, summary?: RunSummary): string {
-  const state = h.status === 'finished' ? (h.fatal !== undefined ? 'fatal' : (summary?.status ?? 'finished')) : h.status;
+export function runLine(h: RunHeader, outcome?: RunOutcome): string {
+  const state = outcome?.outcome ?? h.status;
   const duration = h.finishedAt !== undefined ? formatSeconds(Date.parse(h.finishedAt) - Date.parse(h.startedAt)) : 'running';
   const jobs = `${h.jobIds.length} job${h.jobIds.length === 1 ? '' : 's'}${h.status === 'running' ? `, ${h.remaining} to go` : ''}`;
   return [h.runId, state.padEnd(8), h.startedAt, duration.padStart(8), jobs, h.pool !== undefined ? `pool ${h.pool.name}` : '', h.trigger !== undefined ? `(${h.trigger})` : '']
@@ -103,10 +91,10 @@ export function runLine(h: RunHeader, summary?: RunSummary): string {
 }
 
 /** A run and its jobs, for people. */
-export function formatRun(h: RunHeader, jobs: readonly JobState[], summary?: RunSummary): string {
+export function formatRun(h: RunHeader, jobs: readonly JobState[], outcome?: RunOutcome): string {
   const lines: string[] = [];
-  const outcome = summary !== undefined ? `${h.status}: ${summary.status} (exit ${summary.exitCode})` : h.status;
-  lines.push(`run ${h.runId}  ${outcome}${h.pool !== undefined ? `  pool ${h.pool.name}` : ''}`);
+  const state = outcome !== undefined ? `${h.status}: ${outcome.outcome} (exit ${outcome.exitCode})` : h.status;
+  lines.push(`run ${h.runId}  ${state}${h.pool !== undefined ? `  pool ${h.pool.name}` : ''}`);
   lines.push(
     `started ${h.startedAt}${h.finishedAt !== undefined ? `  finished ${h.finishedAt} (${formatSeconds(Date.parse(h.finishedAt) - Date.parse(h.startedAt))})` : ''}${h.trigger !== undefined ? `  trigger ${h.trigger}` : ''}  concurrency ${h.concurrency}`,
   );

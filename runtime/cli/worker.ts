@@ -2,7 +2,7 @@ import { functions } from '../../functions/index.js';
 import type { Closer } from '../bus/bus.js';
 import { openNats, redactUrl } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
-import { helpText } from '../config/args.js';
+import { commandHelp } from '../config/args.js';
 import type { Settings } from '../config/schema.js';
 import { UsageError } from '../errors.js';
 import type { FunctionDef } from '../function.js';
@@ -50,7 +50,7 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
     return fail(io, error);
   }
   // Warnings once the worker's own options are known good.
-  const loaded = loadCommandSettings(extras.rest, io, { help: () => helpText({ prog: 'vmbackup worker', version: VERSION }) + '\n' + WORKER_HELP, warnings: false });
+  const loaded = loadCommandSettings(extras.rest, io, { help: () => commandHelp('worker', { version: VERSION, notes: [`Functions (--functions, Default: all): ${functions.map((f) => f.name).join(', ')}.`] }), warnings: false });
   if (typeof loaded === 'number') return loaded;
   let fns: FunctionDef[];
   let ackWaitS: number;
@@ -140,15 +140,6 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
     log.flush();
   }
 }
-
-const WORKER_HELP = `
-worker: serves the functions on NATS (--nats URL or nats_url) until SIGTERM.
---functions LIST    functions to serve, e.g. export,prune (default all: ${functions.map((f) => f.name).join(', ')})
---no-coordinator    do not run the run coordinator here (some worker must)
---ack-wait S        a dead worker's job is taken over after S seconds (default 30)
---drain-timeout S   on SIGTERM, running jobs get S seconds to finish (default 60)
---replicas N        in a JetStream cluster, keep N copies of vmbackup's streams (raised, never lowered)
-`;
 
 /** The functions of `--functions` / `worker_functions` (comma lists), all when empty. */
 export function chosenFunctions(items: readonly string[]): FunctionDef[] {

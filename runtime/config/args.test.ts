@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { UsageError } from '../errors.js';
-import { OPTIONS, helpText, parseArgs, usageText } from './args.js';
+import { OPTIONS, commandHelp, helpText, parseArgs, takePositionals, usageText } from './args.js';
+import { COMMAND_SPECS } from './commands.js';
 
 const NO_FLAGS = { preview: false, json: false, help: false, version: false };
 
@@ -161,5 +162,70 @@ describe('help text', () => {
     const config = lines.indexOf('  -c FILE, --config FILE');
     expect(lines[config + 1]).toMatch(/^ {24}Config file for runtime overrides/);
     expect(lines.filter((l) => l.length > 79)).toEqual([]);
+  });
+});
+
+describe('takePositionals: a subcommand\'s arguments, wherever they stand', () => {
+  const status = { command: 'vmbackup status', takes: 'one RUN', max: 1 };
+  it.each([
+    ['after the options', ['-c', '/etc/x.cfg', 'RUN'], ['RUN'], ['-c', '/etc/x.cfg']],
+    ['before them', ['RUN', '-c', '/etc/x.cfg'], ['RUN'], ['-c', '/etc/x.cfg']],
+    ['between them', ['--nats', 'nats://h:4222', 'RUN', '--json'], ['RUN'], ['--nats', 'nats://h:4222', '--json']],
+    ['after --opt=value', ['--config=/etc/x.cfg', 'RUN'], ['RUN'], ['--config=/etc/x.cfg']],
+    ['after -cFILE', ['-c/etc/x.cfg', 'RUN'], ['RUN'], ['-c/etc/x.cfg']],
+    ['after a cluster ending in a valued option', ['-pHe', 'web1', 'RUN'], ['RUN'], ['-pHe', 'web1']],
+    ['after switches', ['--json', '-p', 'RUN'], ['RUN'], ['--json', '-p']],
+    ['a value that looks like a number', ['--max-backups', '-1', 'RUN'], ['RUN'], ['--max-backups', '-1']],
+    ['after --', ['-b', '/b', '--', '-odd-run'], ['-odd-run'], ['-b', '/b']],
+    ['none', ['-b', '/b'], [], ['-b', '/b']],
+    ['after an unknown option (left for parseArgs to report)', ['--bogus', 'RUN'], ['RUN'], ['--bogus']],
+    ['a valued option missing its value (left for parseArgs)', ['RUN', '-c'], ['RUN'], ['-c']],
+  ])('%s', (_name, argv, positionals, options) => {
+    expect(takePositionals(argv, status)).toEqual({ positionals, options });
+  });
+
+  it('more than the command takes is a UsageError naming the command', () => {
+    const thrown = (f: () => unknown) => {
+      try {
+        f();
+      } catch (error) {
+        return error;
+      }
+      return undefined;
+    };
+    const two = thrown(() => takePositionals(['a', '-b', '/b', 'b'], status));
+    expect(two).toBeInstanceOf(UsageError);
+    expect(two).toMatchObject({ message: 'unexpected argument "b": vmbackup status takes one RUN (see vmbackup status --help)', data: { flag: 'b' } });
+    expect(thrown(() => takePositionals(['x'], { command: 'vmbackup run', takes: '', max: 0 }))).toMatchObject({ message: 'unexpected argument "x": vmbackup run takes no argument (see vmbackup run --help)' });
+  });
+
+  it('agrees with parseArgs on what is an option\'s value', () => {
+    for (const argv of [['-c', 'f', 'RUN'], ['-pHe', 'web1', 'RUN'], ['--max-backups', '-1', 'RUN'], ['-lwarning', 'RUN'], ['-e=web1', 'RUN']]) {
+      const { options } = takePositionals(argv, status);
+      expect(() => parseArgs(options), argv.join(' ')).not.toThrow();
+      expect(() => parseArgs(argv), argv.join(' ')).toThrow(/unexpected argument "RUN"/);
+    }
+  });
+});
+
+describe('command help', () => {
+  it('vmbackup --help lists the commands; --json is not only for --preview', () => {
+    const help = helpText({ version: '0.1.0' });
+    const commands = help.slice(help.indexOf('commands (vmbackup COMMAND --help describes each):'));
+    for (const c of COMMAND_SPECS) expect(commands).toContain(`\n  ${c.name}${c.args !== undefined ? ` ${c.args}` : ''} `);
+    expect(help.replace(/\s+/g, ' ')).toContain('--json Print JSON instead of text: the run summary');
+    // A subcommand's help built on helpText would not list them again.
+    expect(helpText({ prog: 'vmbackup status' })).not.toContain('commands (');
+  });
+
+  it.each(COMMAND_SPECS.filter((c) => c.ownHelp !== true).map((c) => [c.name]))('%s: usage with its arguments and options, fitting 79 columns', (name) => {
+    const spec = COMMAND_SPECS.find((c) => c.name === name)!;
+    const help = commandHelp(name, { version: '0.1.0' });
+    expect(help.startsWith(`usage: vmbackup ${name}${spec.args !== undefined ? ` ${spec.args}` : ''}`)).toBe(true);
+    expect(help).toContain(`vmbackup ${name} (vmbackup 0.1.0): `);
+    expect(help).toContain('\nconnection and config options:\n');
+    expect(help.split('\n').filter((l) => l.length > 79)).toEqual([]);
+    // Options named by long form are vmbackup's own, with their own text.
+    for (const o of spec.options ?? []) if (typeof o === 'string') expect(help).toContain(OPTIONS.find((x) => x.long === o)!.help.split(' ')[0]!);
   });
 });

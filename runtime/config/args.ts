@@ -1,4 +1,6 @@
 import { UsageError } from '../errors.js';
+import { COMMAND_SPECS, commandSpec } from './commands.js';
+import type { CommandOption } from './commands.js';
 import { closest } from './ini.js';
 import { Settings } from './schema.js';
 
@@ -134,7 +136,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { long: 'tls-ca-file', metavar: 'FILE', target: { kind: 'value', key: 'tls_ca_file' }, group: 'extra', help: "PEM file of the CA that signed the pool's certificate (Default: system CAs)" },
   { long: 'insecure', target: { kind: 'switch', key: 'insecure', value: true }, group: 'extra', help: "Do not check the pool's TLS certificate" },
   { long: 'no-insecure', target: { kind: 'switch', key: 'insecure', value: false }, group: 'extra', help: "Check the pool's TLS certificate (overrides insecure)" },
-  { long: 'json', target: { kind: 'flag', name: 'json' }, group: 'extra', help: 'Print JSON instead of text (with --preview)' },
+  { long: 'json', target: { kind: 'flag', name: 'json' }, group: 'extra', help: 'Print JSON instead of text: the run summary (each VM\'s status, files, sizes, errors), or with --preview what would be backed up' },
   { long: 'nats', metavar: 'URL', target: { kind: 'value', key: 'nats_url' }, group: 'nats', help: 'NATS server(s), e.g. nats://127.0.0.1:4222 (worker, run, status, invoke, gateway)' },
   { long: 'functions', metavar: 'LIST', target: { kind: 'value', key: 'worker_functions', repeat: true }, group: 'nats', help: 'Functions this worker serves, e.g. export,prune (Default: all)' },
   { long: 'listen', metavar: 'HOST:PORT', target: { kind: 'value', key: 'gateway_listen' }, group: 'nats', help: 'Where the gateway listens (Default: 127.0.0.1:8080)' },
@@ -247,6 +249,54 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
   return result;
 }
 
+/**
+ * Takes a subcommand's positional arguments out of `argv`, wherever they stand among the
+ * options: `status -c FILE RUN` and `status RUN -c FILE` both give RUN. Whether the word
+ * after an option is that option's value is decided as `parseArgs` decides it (OPTIONS: which
+ * options take a value, `-cFILE`, `--opt=value`, clusters such as `-pHe NAME`); after `--`
+ * every word is positional. Unknown options stay among the options, for `parseArgs` to report.
+ * More than `max` positionals is a UsageError naming the command's usage.
+ *
+ * @example
+ *   takePositionals(['-c', '/etc/x.cfg', '20261126-121153-292f', '--json'], { command: 'vmbackup status', takes: 'one RUN', max: 1 })
+ *   // → { positionals: ['20261126-121153-292f'], options: ['-c', '/etc/x.cfg', '--json'] }
+ */
+export function takePositionals(argv: readonly string[], spec: { command: string; takes: string; max: number }): { positionals: string[]; options: string[] } {
+  const positionals: string[] = [];
+  const options: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      positionals.push(...argv.slice(i + 1));
+      break;
+    }
+    if (arg.startsWith('--')) {
+      options.push(arg);
+      const option = BY_LONG.get(arg.slice(2));
+      if (option?.metavar !== undefined && i + 1 < argv.length && looksLikeValue(argv[i + 1]!)) options.push(argv[++i]!);
+      continue;
+    }
+    if (arg.startsWith('-') && arg !== '-') {
+      options.push(arg);
+      for (let j = 1; j < arg.length; j++) {
+        const option = BY_SHORT.get(arg[j]!);
+        if (option === undefined) break;
+        if (option.metavar === undefined) continue;
+        // The rest of the cluster is the value, or else the next word.
+        if (j === arg.length - 1 && i + 1 < argv.length && looksLikeValue(argv[i + 1]!)) options.push(argv[++i]!);
+        break;
+      }
+      continue;
+    }
+    positionals.push(arg);
+  }
+  if (positionals.length > spec.max) {
+    const extra = positionals[spec.max]!;
+    throw new UsageError(`unexpected argument ${JSON.stringify(extra)}: ${spec.command} takes ${spec.max === 0 ? 'no argument' : spec.takes} (see ${spec.command} --help)`, { flag: extra });
+  }
+  return { positionals, options };
+}
+
 const WIDTH = 79;
 const HELP_COLUMN = 24;
 
@@ -265,16 +315,17 @@ function wrap(text: string, width: number): string[] {
   return lines;
 }
 
-function invocation(option: OptionSpec): string {
+function invocation(option: CommandOption): string {
   const value = option.metavar ? ` ${option.metavar}` : '';
   return [option.short ? `-${option.short}${value}` : undefined, `--${option.long}${value}`].filter(Boolean).join(', ');
 }
 
-function section(title: string, options: readonly OptionSpec[]): string[] {
+/** Rows of a help section: the head, then its text from column 24 (on the next line when the head is long). */
+function rows(title: string, entries: readonly { head: string; help: string }[]): string[] {
   const out = [`${title}:`];
-  for (const option of options) {
-    const head = `  ${invocation(option)}`;
-    const help = wrap(option.help, WIDTH - HELP_COLUMN);
+  for (const entry of entries) {
+    const head = `  ${entry.head}`;
+    const help = wrap(entry.help, WIDTH - HELP_COLUMN);
     if (head.length <= HELP_COLUMN - 2) {
       out.push(head.padEnd(HELP_COLUMN) + (help[0] ?? ''));
       help.slice(1).forEach((l) => out.push(' '.repeat(HELP_COLUMN) + l));
@@ -286,10 +337,18 @@ function section(title: string, options: readonly OptionSpec[]): string[] {
   return out;
 }
 
-/** The usage line(s), argparse style: `usage: vmbackup [-h] [-v] [-c FILE] …`. */
-export function usageText(prog = 'vmbackup'): string {
+function section(title: string, options: readonly CommandOption[]): string[] {
+  return rows(title, options.map((o) => ({ head: invocation(o), help: o.help })));
+}
+
+function usagePart(o: CommandOption): string {
+  const part = `${o.short ? `-${o.short}` : `--${o.long}`}${o.metavar ? ` ${o.metavar}` : ''}`;
+  return o.required === true ? part : `[${part}]`;
+}
+
+/** `usage: PROG PART PART …`, wrapped under its first part. */
+function usageLines(prog: string, parts: readonly string[]): string {
   const lead = `usage: ${prog} `;
-  const parts = OPTIONS.map((o) => `[${o.short ? `-${o.short}` : `--${o.long}`}${o.metavar ? ` ${o.metavar}` : ''}]`);
   const lines: string[] = [];
   let line = '';
   for (const part of parts) {
@@ -302,6 +361,55 @@ export function usageText(prog = 'vmbackup'): string {
   }
   lines.push(line);
   return lines.map((l, n) => (n === 0 ? lead : ' '.repeat(lead.length)) + l).join('\n');
+}
+
+/** The usage line(s), argparse style: `usage: vmbackup [-h] [-v] [-c FILE] …`. */
+export function usageText(prog = 'vmbackup'): string {
+  return usageLines(prog, OPTIONS.map(usagePart));
+}
+
+/** The subcommands, for `vmbackup --help`. */
+function commandsSection(): string[] {
+  return rows(
+    'commands (vmbackup COMMAND --help describes each)',
+    COMMAND_SPECS.map((c) => ({ head: `${c.name}${c.args !== undefined ? ` ${c.args}` : ''}`, help: c.summary })),
+  );
+}
+
+/** A command's option: its own, or vmbackup's (by long name). */
+function commandOption(option: CommandOption | string): CommandOption {
+  if (typeof option !== 'string') return option;
+  const spec = BY_LONG.get(option);
+  if (spec === undefined) throw new Error(`commands.ts names an unknown option --${option}`);
+  return spec;
+}
+
+/**
+ * What `vmbackup COMMAND --help` prints for a command described in commands.ts: the usage
+ * line with its positional arguments, what it does, its arguments, its own options, then
+ * vmbackup's options it reads its settings with. `notes` are paragraphs added at the end
+ * (what is only known at run time, such as the list of functions).
+ *
+ * @example process.stdout.write(commandHelp('status', { version: '0.1.0' }));
+ */
+export function commandHelp(name: string, options: { version?: string; notes?: readonly string[] } = {}): string {
+  const spec = commandSpec(name);
+  const prog = `vmbackup ${spec.name}`;
+  const own = (spec.options ?? []).map(commandOption);
+  const shared = (spec.shared ?? []).map((g) => ({ title: g.title, options: g.options.map(commandOption) }));
+  const parts = [...(spec.args !== undefined ? [spec.args] : []), ...own.map(usagePart), ...shared.flatMap((g) => g.options.map(usagePart))];
+  const paragraphs = (texts: readonly string[]) => texts.flatMap((p) => ['', ...wrap(p, WIDTH)]);
+  return [
+    usageLines(prog, parts),
+    '',
+    ...wrap(`${prog}${options.version ? ` (vmbackup ${options.version})` : ''}: ${spec.summary}`, WIDTH),
+    ...paragraphs(spec.description ?? []),
+    ...(spec.arguments !== undefined ? ['', ...rows('arguments', spec.arguments.map((a) => ({ head: a.name, help: a.help })))] : []),
+    ...(own.length > 0 ? ['', ...section('options', own)] : []),
+    ...shared.flatMap((g) => ['', ...section(g.title, g.options)]),
+    ...paragraphs([...(spec.epilog ?? []), ...(options.notes ?? [])]),
+    '',
+  ].join('\n');
 }
 
 /**
@@ -330,6 +438,7 @@ export function helpText(options: { prog?: string; version?: string } = {}): str
     '',
     ...section('NATS and gateway options', OPTIONS.filter((o) => o.group === 'nats')),
     '',
+    ...(prog === 'vmbackup' ? [...commandsSection(), ''] : []),
     ...epilog.flatMap((p, n) => [...(n > 0 ? [''] : []), ...wrap(p, WIDTH)]),
     '',
   ].join('\n');

@@ -7,6 +7,7 @@ import { ConfigError, RetryLaterError } from '../errors.js';
 import { newRunHeader } from '../run/reduce.js';
 import type { JobState } from '../run/state.js';
 import { MemoryRunStore } from '../run/store.js';
+import { runOutcome } from '../run/outcome.js';
 import { silentLogger } from '../log.js';
 import { createGateway, gatewayRoutes } from './app.js';
 import { SECRET, TOKEN, OTHER_TOKEN, alertmanagerPayload, authJson, defaultRunOptions, testGateway } from './test-helpers.js';
@@ -213,6 +214,37 @@ describe('GET /v1/runs and /v1/runs/{id}', () => {
     expect(r.json.jobs[1]).not.toHaveProperty('failedInput');
     expect(r.json.jobs[0]).not.toHaveProperty('input');
     expect(r.json.summary).toMatchObject({ runId: 'r-finished', status: 'error', exitCode: 1, categories: { 'vm-export': { S: 1, E: 1 } } });
+  });
+
+  it('a finished run shows its outcome and exit code, in the list and alone, as `vmbackup status` does', async () => {
+    const gw = testGateway();
+    await seedFinishedRun(gw.store, 'r-success', [job('vm.a', 'success')]);
+    await seedFinishedRun(gw.store, 'r-warning', [job('vm.a', 'success', { warnings: ['a: snapshot left over from run r0 removed'] })]);
+    await seedFinishedRun(gw.store, 'r-error', [job('vm.a', 'success'), job('vm.b', 'failed')]);
+    const fatal = newRunHeader('r-fatal', new Date('2026-11-26T07:00:00Z'), { concurrency: 2, vmRetries: 0 });
+    await gw.store.create(fatal);
+    await gw.store.commit('r-fatal', { ...fatal, status: 'finished', finishedAt: '2026-11-26T07:00:01.000Z', fatal: { name: 'ConfigError', code: 'NO_SPACE', message: 'backup_dir below space_threshold', permanent: true, retryable: false } }, 1, []);
+    const running = newRunHeader('r-running', new Date('2026-11-26T09:00:00Z'), { concurrency: 2, vmRetries: 0 });
+    await gw.store.create(running);
+
+    const list = await call(gw, 'GET', '/v1/runs');
+    expect(list.status).toBe(200);
+    const byId = Object.fromEntries(list.json.runs.map((r: { runId: string; status: string; outcome?: string; exitCode?: number }) => [r.runId, [r.status, r.outcome, r.exitCode]]));
+    expect(byId).toEqual({
+      'r-success': ['finished', 'success', 0],
+      'r-warning': ['finished', 'warning', 0],
+      'r-error': ['finished', 'error', 1],
+      'r-fatal': ['finished', 'fatal', 2],
+      'r-running': ['planning', undefined, undefined],
+    });
+    for (const r of list.json.runs) {
+      const one = await call(gw, 'GET', `/v1/runs/${r.runId}`);
+      expect([one.json.outcome, one.json.exitCode], r.runId).toEqual(byId[r.runId].slice(1));
+      // The same code as the summary's (and so as `vmbackup status` and the exit code).
+      if (one.json.summary !== undefined) expect([one.json.summary.status, one.json.summary.exitCode]).toEqual([one.json.outcome, one.json.exitCode]);
+      expect(runOutcome((await gw.store.header(r.runId))!.header, await gw.store.allJobs(r.runId))).toEqual(r.outcome === undefined ? undefined : { outcome: r.outcome, exitCode: r.exitCode });
+    }
+    expect((await call(gw, 'GET', '/v1/runs/r-running')).json).not.toHaveProperty('outcome');
   });
 
   it.each([
@@ -480,6 +512,39 @@ describe('POST /v1/hooks/generic', () => {
 });
 
 describe('GET /v1/backups', () => {
+  it('?vm=PRD-db1: a set that failed `vmbackup verify` is complete: false with the reason, each set with its verification', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'vmb-gw-app-verify-'));
+    const folder = path.join(dir, 'PRD-db1');
+    await mkdir(folder);
+    const set = async (stamp: string, verify?: { at: string; ok: boolean; error?: string }) => {
+      await writeFile(path.join(folder, `backup_${stamp}.xva`), 'xva-data');
+      await writeFile(path.join(folder, `backup_${stamp}.meta`), 'meta');
+      const manifest = {
+        kind: 'vmbackup-set', version: 1, runId: `${stamp}-abcd`, jobId: 'vm.4444', try: 1, vm: { uuid: '4444', name: 'PRD-db1' }, mode: 'vm', stamp,
+        createdAt: '2026-11-26T08:31:00Z', bytes: 8,
+        files: [{ name: `backup_${stamp}.xva`, format: 'xva', size: 8 }, { name: `backup_${stamp}.meta`, format: 'meta', size: 4 }],
+        timings: {}, ...(verify !== undefined ? { verify } : {}),
+      };
+      await writeFile(path.join(folder, `backup_${stamp}.json`), JSON.stringify(manifest));
+    };
+    await set('20261125-083000', { at: '2026-11-26T12:10:00.000Z', ok: true });
+    await set('20261126-083000', { at: '2026-11-26T12:11:53.000Z', ok: false, error: 'backup_20261126-083000.xva: 3 bytes differ from the XXH64 the manifest records' });
+    const gw = testGateway({ backupDir: dir });
+    const r = await call(gw, 'GET', '/v1/backups?vm=PRD-db1');
+    expect(r.status).toBe(200);
+    expect(r.json.vms).toHaveLength(1);
+    const [failed, good] = r.json.vms[0].sets;
+    expect(failed).toMatchObject({
+      stamp: '20261126-083000',
+      complete: false,
+      incompleteReason: 'failed-verification',
+      incompleteMessage: 'failed verification at 2026-11-26T12:11:53.000Z: backup_20261126-083000.xva: 3 bytes differ from the XXH64 the manifest records',
+      verify: { at: '2026-11-26T12:11:53.000Z', ok: false, error: 'backup_20261126-083000.xva: 3 bytes differ from the XXH64 the manifest records' },
+    });
+    expect(good).toMatchObject({ stamp: '20261125-083000', complete: true, verify: { at: '2026-11-26T12:10:00.000Z', ok: true } });
+    expect(good).not.toHaveProperty('incompleteReason');
+  });
+
   it('lists a real folder, with a VM filter', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'vmb-gw-app-'));
     await mkdir(path.join(dir, 'POOL_DB'));

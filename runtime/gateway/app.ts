@@ -18,6 +18,7 @@ import { newRunId, startRun } from '../run/start.js';
 import { JobState, RunHeader } from '../run/state.js';
 import type { RunStore } from '../run/store.js';
 import { RunSummary, summarize } from '../run/summary.js';
+import { RunOutcome, listOutcomes, runOutcome } from '../run/outcome.js';
 import { formatStamp } from '../storage/naming.js';
 import { AlertmanagerPayload, deliveryKey, vmsToBackUp } from './alertmanager.js';
 import { checkBearer, tokenDigests } from './auth.js';
@@ -80,7 +81,13 @@ const RunAccepted = z.object({
   /** True when this request repeats an earlier one: no new run was started. */
   duplicate: z.boolean().optional(),
 });
+/** Once the run is finished: how it ended, as `vmbackup status` shows it (runtime/run/outcome.ts). */
+const Outcome = {
+  outcome: RunOutcome.shape.outcome.optional().describe('Once finished: success, warning (exit 0), error (a backup failed: exit 1), fatal (the run could not start: exit 2) — as `vmbackup status` shows it.'),
+  exitCode: RunOutcome.shape.exitCode.optional().describe('Once finished: the exit code `vmbackup` (or `vmbackup run`) gives for this run.'),
+};
 const RunListItem = RunHeader.pick({ runId: true, status: true, startedAt: true, finishedAt: true, pool: true, backupDir: true, trigger: true, remaining: true, retries: true, fatal: true }).extend({
+  ...Outcome,
   /** Number of jobs of the run. */
   jobs: z.number().int(),
 });
@@ -88,6 +95,7 @@ const RunList = z.object({ runs: z.array(RunListItem) });
 const JobView = JobState.omit({ input: true, failedInput: true });
 const RunDetail = z.object({
   run: RunHeader,
+  ...Outcome,
   /** Each job's state (without its messages), in plan order. */
   jobs: z.array(JobView),
   /** Present once the run is finished. */
@@ -321,15 +329,25 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
   );
 
   route(
-    { method: 'get', path: '/v1/runs', tag: 'runs', summary: 'Recent runs, newest first', query: RunsQuery, responses: { 200: { description: 'Runs', schema: RunList } } },
+    {
+      method: 'get',
+      path: '/v1/runs',
+      tag: 'runs',
+      summary: 'Recent runs, newest first, with the outcome of those finished',
+      description: 'A finished run carries `outcome` (success, warning, error, fatal) and `exitCode` (0, 1, 2): what `vmbackup status` shows, computed by the same code from the run’s jobs.',
+      query: RunsQuery,
+      responses: { 200: { description: 'Runs', schema: RunList } },
+    },
     validate('query', RunsQuery),
     async (c) => {
       const q = valid<z.infer<typeof RunsQuery>>(c, 'query');
       const headers = await deps.store.list(q.limit ?? 50);
+      const outcomes = await listOutcomes(deps.store, headers);
       return c.json({
-        runs: headers.map((h) => ({
+        runs: headers.map((h, i) => ({
           runId: h.runId,
           status: h.status,
+          ...outcomes[i],
           startedAt: h.startedAt,
           ...(h.finishedAt !== undefined ? { finishedAt: h.finishedAt } : {}),
           ...(h.pool !== undefined ? { pool: h.pool } : {}),
@@ -349,8 +367,9 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       method: 'get',
       path: '/v1/runs/{id}',
       tag: 'runs',
-      summary: 'One run: its state, its jobs, and its summary once finished',
-      description: 'Ad-hoc function invocations (POST /v1/functions/{name} without a runId) have no run state: their id answers 404.',
+      summary: 'One run: its state, its outcome and summary once finished, its jobs',
+      description:
+        'Once finished, `outcome` (success, warning, error, fatal) and `exitCode` (0, 1, 2) say how the run ended, as `vmbackup status RUN` does, and `summary` is the same RunSummary as `vmbackup --json`. Ad-hoc function invocations (POST /v1/functions/{name} without a runId) have no run state: their id answers 404.',
       params: { id: { description: 'Run id', schema: RunId } },
       responses: { 200: { description: 'The run', schema: RunDetail }, 404: { description: 'No such run', schema: undefined } },
     },
@@ -362,6 +381,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       const header = current.header;
       return c.json({
         run: header,
+        ...runOutcome(header, jobs),
         jobs: jobs.map(({ input: _i, failedInput: _f, ...rest }) => rest),
         ...(header.status === 'finished' ? { summary: summarize(header, jobs) } : {}),
       });

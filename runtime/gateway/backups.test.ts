@@ -16,13 +16,16 @@ import {
   poolDbFileName,
   vmFolderName,
 } from '../storage/naming.js';
+import { PruneInput, prune } from '../../functions/prune/prune.js';
+import { localCtx } from '../function.js';
+import { silentLogger } from '../log.js';
 import { BackupsResponse, listBackups } from './backups.js';
 import { HttpError } from './errors.js';
 
 const now = Date.parse('2026-11-26T12:00:00Z');
 
 /** Writes a complete new-style set: data files, .meta files, and the manifest last. */
-async function writeSet(dir: string, stamp: string, vm: { uuid: string; name: string }, mode: 'vm' | 'vdi', data: { format: WrittenFile['format']; disk?: string; bytes: number }[], opts: { breakManifest?: boolean } = {}) {
+async function writeSet(dir: string, stamp: string, vm: { uuid: string; name: string }, mode: 'vm' | 'vdi', data: { format: WrittenFile['format']; disk?: string; bytes: number }[], opts: { breakManifest?: boolean; verify?: Manifest['verify'] } = {}) {
   await mkdir(dir, { recursive: true });
   const files: WrittenFile[] = [];
   for (const d of data) {
@@ -46,6 +49,7 @@ async function writeSet(dir: string, stamp: string, vm: { uuid: string; name: st
     bytes: data.reduce((n, d) => n + d.bytes, 0),
     files: opts.breakManifest === true ? files.map((f, i) => (i === 0 ? { ...f, size: f.size + 1 } : f)) : files,
     timings: {},
+    ...(opts.verify !== undefined ? { verify: opts.verify } : {}),
   };
   await writeFile(path.join(dir, manifestFileName(stamp)), JSON.stringify(manifest));
 }
@@ -111,6 +115,48 @@ describe('listBackups: a real backup_dir', () => {
     const old = r.vms.find((v) => v.folder === 'old-vm')!;
     expect(old.vm).toBeUndefined();
     expect(old.sets).toMatchObject([{ legacy: true, complete: true, date: '2026-01-11T08:30:00.000Z', formats: ['xva'] }]);
+  });
+
+  it('a set that failed `vmbackup verify` is not complete, says why, and shows each set’s verification', async () => {
+    // What `vmbackup verify` leaves: its result recorded in each manifest.
+    const own = await mkdtemp(path.join(os.tmpdir(), 'vmb-gw-verified-'));
+    const folder = path.join(own, 'PRD-db1');
+    const prd = { uuid: '44444444-dddd', name: 'PRD-db1' };
+    const bad = { at: '2026-11-26T09:00:00.000Z', ok: false, error: 'backup_20261126-083000.xva: chunk Ref:3/00000042 fails its XXH64 checksum at byte 44107776' };
+    await writeSet(folder, '20261125-083000', prd, 'vm', [{ format: 'xva', bytes: 40 }], { verify: { at: '2026-11-26T08:59:00.000Z', ok: true } });
+    await writeSet(folder, '20261126-083000', prd, 'vm', [{ format: 'xva', bytes: 50 }], { verify: bad });
+    await writeSet(folder, '20261126-100000', prd, 'vm', [{ format: 'xva', bytes: 60 }]);
+
+    const r = BackupsResponse.parse(await listBackups(own, { now, vm: 'PRD-db1' }));
+    expect(r.vms.map((v) => [v.folder, v.vm])).toEqual([['PRD-db1', prd]]);
+    const [unverified, failed, good] = r.vms[0]!.sets;
+    expect(failed).toMatchObject({
+      stamp: '20261126-083000',
+      complete: false,
+      incompleteReason: 'failed-verification',
+      incompleteMessage: `failed verification at ${bad.at}: ${bad.error}`,
+      verify: bad,
+      mode: 'vm',
+      runId: '20261126-083000-abcd',
+    });
+    expect(good).toMatchObject({ stamp: '20261125-083000', complete: true, verify: { at: '2026-11-26T08:59:00.000Z', ok: true } });
+    expect(good).not.toHaveProperty('incompleteReason');
+    expect(unverified).toMatchObject({ stamp: '20261126-100000', complete: true });
+    expect(unverified).not.toHaveProperty('verify');
+
+    // The very sets prune counts (prune keeps every complete one, and says the failed one
+    // does not count).
+    const pruned = await prune.handle(PruneInput.parse({ runId: 'r', jobId: 'j', backupDir: own, folder: 'PRD-db1', maxBackups: 2 }), localCtx({ log: silentLogger(), clock: { now: () => new Date(now) } }));
+    expect(pruned.kept).toEqual(r.vms[0]!.sets.filter((s) => s.complete).map((s) => s.stamp));
+    expect(pruned.warnings).toEqual([`PRD-db1: backup set 20261126-083000 does not count (${failed!.incompleteMessage})`]);
+  });
+
+  it('says why each incomplete set does not count', async () => {
+    const r = await listBackups(dir, { now, vm: 'web1' });
+    expect(r.vms[0]!.sets.filter((s) => !s.complete).map((s) => [s.incompleteReason, s.incompleteMessage])).toEqual([
+      ['invalid-manifest', 'backup_20261126-090000.xva: 100 bytes, manifest says 101'],
+      ['partial', expect.stringContaining('.partial')],
+    ]);
   });
 
   it('pool DB and host backups, per host', async () => {

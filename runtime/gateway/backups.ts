@@ -1,26 +1,29 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { listFiles } from '../../functions/prune/prune.js';
+import { listFiles, readManifests } from '../../functions/prune/prune.js';
+import type { ManifestReading } from '../../functions/prune/prune.js';
 import { planRetention, planSeriesRetention } from '../../functions/prune/retention.js';
-import type { BackupSet, ManifestCheck, RetentionPlan } from '../../functions/prune/retention.js';
-import { checkManifest } from '../storage/manifest.js';
-import type { Manifest } from '../storage/manifest.js';
+import type { BackupSet, IncompleteReason, RetentionPlan } from '../../functions/prune/retention.js';
 import { HOSTS_FOLDER, POOL_DB_FOLDER, parseBackupFileName, parseHostBackupFileName, parsePoolDbFileName } from '../storage/naming.js';
 import { HttpError } from './errors.js';
 
 /**
  * What `GET /v1/backups` answers: the backup sets found in backup_dir, read with the same
- * parsers and rules as prune (runtime/storage/naming.ts, functions/prune/retention.ts), so
- * what is listed as complete is exactly what counts toward max_backups.
+ * code as prune (runtime/storage/naming.ts, `readManifests` in functions/prune/prune.ts,
+ * functions/prune/retention.ts), so what is listed as complete is exactly what counts toward
+ * max_backups: a set whose manifest records a failed `vmbackup verify` is not complete.
  *
  * @example
  *   { "backupDir": "/mnt/VmBackup/exports",
  *     "vms": [{ "folder": "web1", "vm": {"uuid": "…", "name": "web1"}, "sets": [
  *       { "stamp": "20261126-083000", "date": "2026-11-26T08:30:00.000Z", "legacy": false,
  *         "complete": true, "mode": "vm", "bytes": 1073743000, "formats": ["xva"], "disks": [],
- *         "runId": "20261126-083000-7f3a",
- *         "files": [{ "name": "backup_20261126-083000.xva", "size": 1073741824, "kind": "data", "format": "xva" }, …] }] }],
+ *         "runId": "20261126-083000-7f3a", "verify": { "at": "2026-11-26T09:12:00Z", "ok": true },
+ *         "files": [{ "name": "backup_20261126-083000.xva", "size": 1073741824, "kind": "data", "format": "xva" }, …] },
+ *       { "stamp": "20261125-083000", …, "complete": false, "incompleteReason": "failed-verification",
+ *         "incompleteMessage": "failed verification at 2026-11-26T09:20:00Z: backup_20261125-083000.xva: chunk Ref:3/00000042 fails its XXH64 checksum at byte 44107776",
+ *         "verify": { "at": "2026-11-26T09:20:00Z", "ok": false, "error": "backup_20261125-083000.xva: chunk Ref:3/00000042 …" }, … }] }],
  *     "poolDb": [ { "stamp": …, "files": [{ "name": "metadata_….db", "kind": "data", "format": "db", … }] } ],
  *     "hosts": [ { "host": "xcp1", "sets": [ … ] } ] }
  */
@@ -40,9 +43,20 @@ export const BackupSetInfo = z.object({
   date: z.string(),
   /** Made by VmBackup (`MMDDYYYY-HHMMSS`), not by vmbackup. */
   legacy: z.boolean(),
-  /** Counts toward max_backups: a valid manifest (or, for VmBackup's sets, data with its .meta). */
-  complete: z.boolean(),
-  incompleteReason: z.string().optional(),
+  complete: z.boolean().describe('Counts toward max_backups, as prune counts it: a valid manifest that does not record a failed verification (VmBackup sets: data with its .meta).'),
+  incompleteReason: z
+    .string()
+    .optional()
+    .describe('Why the set does not count: no-manifest, partial, invalid-manifest, failed-verification, no-data, empty-data, no-meta.'),
+  incompleteMessage: z.string().optional().describe('The same in words: what is wrong with the manifest, or when verification failed and where.'),
+  verify: z
+    .object({
+      at: z.string().describe('When the set was verified (ISO 8601).'),
+      ok: z.boolean(),
+      error: z.string().optional().describe('The first problem found: the file, and where in it.'),
+    })
+    .optional()
+    .describe('The last verification of the set (vmbackup verify, verify_after_backup), as its manifest records it; absent when never verified.'),
   /** From the manifest: whole VM (`vm`, XVA) or chosen disks (`vdi`). */
   mode: z.enum(['vm', 'vdi']).optional(),
   runId: z.string().optional(),
@@ -88,19 +102,12 @@ export async function listBackups(backupDir: string, opts: { now: number; vm?: s
   for (const folder of folders) {
     const dir = path.join(backupDir, folder);
     const files = await listFiles(dir);
-    const manifests = new Map<string, ManifestCheck>();
-    const manifestData = new Map<string, Manifest>();
-    for (const file of files) {
-      const info = parseBackupFileName(file.name);
-      if (info?.kind !== 'manifest') continue;
-      const status = await checkManifest(dir, file.name);
-      manifests.set(info.stamp, status.valid ? { valid: true, runId: status.manifest.runId } : { valid: false, reason: status.reason });
-      if (status.valid) manifestData.set(info.stamp, status.manifest);
-    }
+    const readings = await readManifests(dir, files);
+    const manifests = new Map([...readings].map(([stamp, r]) => [stamp, r.check]));
     const plan = planRetention({ files, manifests, maxBackups: Number.MAX_SAFE_INTEGER, now: opts.now });
     const sizes = new Map(files.map((f) => [f.name, f.size]));
-    const sets = allSets(plan).map((s) => vmSet(s, sizes, manifestData.get(s.stamp)));
-    const newest = [...manifestData.values()].sort((a, b) => b.stamp.localeCompare(a.stamp))[0];
+    const sets = allSets(plan).map((s) => vmSet(s, sizes, readings.get(s.stamp)));
+    const newest = [...readings.values()].flatMap((r) => (r.manifest !== undefined ? [r.manifest] : [])).sort((a, b) => b.stamp.localeCompare(a.stamp))[0];
     const vm = newest !== undefined ? newest.vm : undefined;
     if (sets.length > 0 && (opts.vm === undefined || opts.vm === folder || opts.vm === vm?.name)) {
       out.vms.push({ folder, ...(vm !== undefined ? { vm } : {}), sets });
@@ -127,20 +134,35 @@ function allSets(plan: RetentionPlan): BackupSet[] {
   return [...plan.keep, ...plan.incomplete.map((i) => i.set)].sort((a, b) => b.date.getTime() - a.date.getTime() || b.stamp.localeCompare(a.stamp));
 }
 
-function base(set: BackupSet): Omit<BackupSetInfo, 'files' | 'formats'> {
+/** Why a set does not count, in words, when no manifest check says more. */
+const INCOMPLETE_MESSAGES: Record<IncompleteReason, string> = {
+  'no-manifest': 'no manifest: a backup that did not finish, or is being written',
+  partial: 'files still being written (.partial): a backup in progress, or one that died',
+  'invalid-manifest': 'the manifest is invalid',
+  'failed-verification': 'failed verification',
+  'no-data': 'no data file',
+  'empty-data': 'its data files are empty',
+  'no-meta': 'a data file without its .meta: VmBackup removed it when the export failed',
+};
+
+function base(set: BackupSet, reading?: ManifestReading): Omit<BackupSetInfo, 'files' | 'formats'> {
+  const verify = reading?.manifest?.verify;
   return {
     stamp: set.stamp,
     date: set.date.toISOString(),
     legacy: set.legacy,
     complete: set.complete,
-    ...(set.incompleteReason !== undefined ? { incompleteReason: set.incompleteReason } : {}),
+    ...(set.incompleteReason !== undefined
+      ? { incompleteReason: set.incompleteReason, incompleteMessage: reading?.check.reason ?? INCOMPLETE_MESSAGES[set.incompleteReason] }
+      : {}),
     ...(set.runId !== undefined ? { runId: set.runId } : {}),
+    ...(verify !== undefined ? { verify: { at: verify.at, ok: verify.ok, ...(verify.error !== undefined ? { error: verify.error } : {}) } } : {}),
     bytes: set.bytes,
     disks: set.disks,
   };
 }
 
-function vmSet(set: BackupSet, sizes: Map<string, number>, manifest: Manifest | undefined): BackupSetInfo {
+function vmSet(set: BackupSet, sizes: Map<string, number>, reading: ManifestReading | undefined): BackupSetInfo {
   const files = set.files.map((name) => {
     const info = parseBackupFileName(name)!;
     return {
@@ -152,7 +174,7 @@ function vmSet(set: BackupSet, sizes: Map<string, number>, manifest: Manifest | 
     };
   });
   const formats = [...new Set(files.filter((f) => f.kind === 'data' && f.format !== undefined).map((f) => f.format!))].sort();
-  return { ...base(set), ...(manifest !== undefined ? { mode: manifest.mode } : {}), formats, files };
+  return { ...base(set, reading), ...(reading?.manifest !== undefined ? { mode: reading.manifest.mode } : {}), formats, files };
 }
 
 function seriesSet(set: BackupSet, sizes: Map<string, number>, format: 'db' | 'xbk'): BackupSetInfo {

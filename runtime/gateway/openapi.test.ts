@@ -64,6 +64,22 @@ describe('GET /v1/openapi.json', () => {
     expect(documented.required ?? []).toEqual((own.required ?? []).filter((k) => k !== 'runId' && k !== 'jobId'));
   });
 
+  it('runs carry their outcome and exit code, as `vmbackup status` shows them', () => {
+    type Props = Record<string, { enum?: string[]; anyOf?: { const: number }[]; description?: string }>;
+    const ok = (p: string) => (doc.paths[p]!.get!.responses['200'] as { content: { 'application/json': { schema: { properties: Props & { runs?: { items: { properties: Props } } } } } } }).content['application/json'].schema.properties;
+    for (const props of [ok('/v1/runs').runs!.items.properties, ok('/v1/runs/{id}')]) {
+      expect(props.outcome!.enum).toEqual(['success', 'warning', 'error', 'fatal']);
+      expect(props.exitCode!.anyOf!.map((a) => a.const)).toEqual([0, 1, 2]);
+      expect(props.outcome!.description).toContain('vmbackup status');
+    }
+    expect(doc.paths['/v1/runs']!.get).toMatchObject({ description: expect.stringContaining('outcome') });
+  });
+
+  it('backup sets say why they do not count, and how their verification went', () => {
+    const body = JSON.stringify(doc.paths['/v1/backups']!.get!.responses['200']);
+    for (const field of ['"complete"', '"incompleteReason"', '"incompleteMessage"', '"verify"', 'failed-verification']) expect(body).toContain(field);
+  });
+
   it('documents the path, query and header parameters', () => {
     expect(doc.paths['/v1/runs/{id}']!.get!.parameters).toEqual([expect.objectContaining({ name: 'id', in: 'path' })]);
     expect(doc.paths['/v1/runs']!.get!.parameters).toEqual([expect.objectContaining({ name: 'limit', in: 'query' })]);
