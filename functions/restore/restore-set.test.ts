@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { chooseDataFile, manifestNameOf, metaNameOf, parseRestoreFile, rawFormatOf, restoredName, setDataFiles } from './restore-set.js';
+import { RestoreInputError, chooseDataFile, manifestNameOf, metaNameOf, parseRestoreFile, rawFormatOf, restoredName, setDataFiles } from './restore-set.js';
 import type { SetDataFile } from './restore-set.js';
 
 const S = '20240102-030405';
@@ -64,14 +64,23 @@ describe('chooseDataFile', () => {
     expect(chooseDataFile(f, data, disk)).toEqual(expected);
   });
 
+  // A missing or wrong --disk is the command line's to fix (RestoreInputError: exit 2); a set
+  // without data is a broken backup (exit 1).
   it.each([
-    ['--disk on a VM export', file(`backup_${S}.xva`), xva, 'xvda', 'is a VM export (xva); --disk chooses a disk of a vdi-export set'],
-    ['--disk of another disk than FILE', file(`backup_xvda_${S}.vhd`), disks, 'xvdb', 'is the backup of disk xvda'],
-    ['an unknown --disk', file(`backup_${S}.json`), disks, 'xvdz', 'has no such disk (disks: xvda, xvdb)'],
-    ['a manifest of several disks without --disk', file(`backup_${S}.json`), disks, undefined, 'holds 2 disks (xvda, xvdb): choose one with --disk'],
-    ['a set without data', file(`backup_${S}.json`), [], undefined, 'the set has no data file'],
-  ])('refuses %s', (_what, f, data, disk, message) => {
-    expect(() => chooseDataFile(f, data, disk)).toThrow(message);
+    ['--disk on a VM export', file(`backup_${S}.xva`), xva, 'xvda', 'is a VM export (xva); --disk chooses a disk of a vdi-export set', true],
+    ['--disk of another disk than FILE', file(`backup_xvda_${S}.vhd`), disks, 'xvdb', 'is the backup of disk xvda', true],
+    ['an unknown --disk', file(`backup_${S}.json`), disks, 'xvdz', 'has no such disk (disks: xvda, xvdb)', true],
+    ['a manifest of several disks without --disk', file(`backup_${S}.json`), disks, undefined, 'holds 2 disks (xvda, xvdb): choose one with --disk', true],
+    ['a set without data', file(`backup_${S}.json`), [], undefined, 'the set has no data file', false],
+  ])('refuses %s', (_what, f, data, disk, message, input) => {
+    let thrown: unknown;
+    try {
+      chooseDataFile(f, data, disk);
+    } catch (error) {
+      thrown = error;
+    }
+    expect((thrown as Error).message).toContain(message);
+    expect(thrown instanceof RestoreInputError).toBe(input);
   });
 });
 

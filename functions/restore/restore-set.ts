@@ -20,6 +20,19 @@ import type { BackupFormat } from '../../runtime/storage/naming.js';
  *   // { dir: '/b/web1', stamp: '20240102-030405', legacy: false, kind: 'data', format: 'vhd', disk: 'xvdb', … }
  */
 
+/**
+ * The restore's input does not fit the backup or the pool: a missing or wrong `--disk`, an
+ * unknown or unusable `--sr` or `--vdi`, an option for the other kind of backup, a FILE that
+ * is not a backup. The operator's to fix, nothing was attempted: the CLI exits 2 (usage or
+ * config error), not 1 (the restore failed or was refused). Still a PermanentError: never
+ * redelivered.
+ *
+ * @example throw new RestoreInputError('SR_NOT_FOUND', '--sr nosuchsr: no SR has this uuid or name', { sr: 'nosuchsr' });
+ */
+export class RestoreInputError extends PermanentError {
+  override name = 'RestoreInputError';
+}
+
 /** What FILE names. */
 export interface RestoreFile {
   /** The set's folder. */
@@ -41,20 +54,20 @@ export interface SetDataFile {
   disk?: string;
 }
 
-/** Reads FILE's name; throws PermanentError(RESTORE_BAD_FILE) naming what is wrong with it. */
+/** Reads FILE's name; throws RestoreInputError(RESTORE_BAD_FILE) naming what is wrong with it. */
 export function parseRestoreFile(file: string): RestoreFile {
-  if (!path.isAbsolute(file)) throw new PermanentError('RESTORE_BAD_FILE', `${file}: the file to restore must be given as an absolute path`, { file });
+  if (!path.isAbsolute(file)) throw new RestoreInputError('RESTORE_BAD_FILE', `${file}: the file to restore must be given as an absolute path`, { file });
   const name = path.basename(file);
   const info = parseBackupFileName(name);
   if (info === null) {
-    throw new PermanentError(
+    throw new RestoreInputError(
       'RESTORE_BAD_FILE',
       `${file}: not a file of a backup set (expected backup_<stamp>.xva[.gz|.zst], backup_<disk>_<stamp>.raw|.vhd or backup_<stamp>.json)`,
       { file },
     );
   }
-  if (info.kind === 'partial') throw new PermanentError('RESTORE_BAD_FILE', `${file}: a .partial file is an unfinished backup, never restorable`, { file });
-  if (info.kind === 'meta') throw new PermanentError('RESTORE_BAD_FILE', `${file}: a .meta file describes a backup; give its data file (or the set's .json)`, { file });
+  if (info.kind === 'partial') throw new RestoreInputError('RESTORE_BAD_FILE', `${file}: a .partial file is an unfinished backup, never restorable`, { file });
+  if (info.kind === 'meta') throw new RestoreInputError('RESTORE_BAD_FILE', `${file}: a .meta file describes a backup; give its data file (or the set's .json)`, { file });
   return {
     dir: path.dirname(file),
     name,
@@ -84,16 +97,17 @@ export function setDataFiles(names: readonly string[], stamp: string): SetDataFi
 
 /**
  * The data file to restore: FILE itself when it is one, else the set's only one or the one of
- * `disk`. Throws PermanentError naming the choices when that is ambiguous or impossible.
+ * `disk`. Throws RestoreInputError naming the choices when `disk` is missing or wrong, and
+ * PermanentError(RESTORE_NO_DATA) when the set has no data file.
  */
 export function chooseDataFile(file: RestoreFile, data: readonly SetDataFile[], disk?: string): SetDataFile {
   const vdiSet = data.some((d) => d.disk !== undefined) || file.disk !== undefined;
   if (disk !== undefined && !vdiSet && (file.kind === 'data' || data.length > 0)) {
-    throw new PermanentError('RESTORE_BAD_DISK', `--disk ${disk}: ${file.name} is a VM export (xva); --disk chooses a disk of a vdi-export set`, { disk });
+    throw new RestoreInputError('RESTORE_BAD_DISK', `--disk ${disk}: ${file.name} is a VM export (xva); --disk chooses a disk of a vdi-export set`, { disk });
   }
   if (file.kind === 'data') {
     if (disk !== undefined && file.disk !== disk) {
-      throw new PermanentError('RESTORE_BAD_DISK', `--disk ${disk}: ${file.name} is the backup of disk ${file.disk}; give ${disk}'s file or the set's .json`, { disk });
+      throw new RestoreInputError('RESTORE_BAD_DISK', `--disk ${disk}: ${file.name} is the backup of disk ${file.disk}; give ${disk}'s file or the set's .json`, { disk });
     }
     return { name: file.name, format: file.format!, ...(file.disk !== undefined ? { disk: file.disk } : {}) };
   }
@@ -101,13 +115,13 @@ export function chooseDataFile(file: RestoreFile, data: readonly SetDataFile[], 
   if (disk !== undefined) {
     const found = data.find((d) => d.disk === disk);
     if (found === undefined) {
-      throw new PermanentError('RESTORE_BAD_DISK', `--disk ${disk}: the set ${file.stamp} has no such disk (disks: ${data.map((d) => d.disk).join(', ')})`, { disk });
+      throw new RestoreInputError('RESTORE_BAD_DISK', `--disk ${disk}: the set ${file.stamp} has no such disk (disks: ${data.map((d) => d.disk).join(', ')})`, { disk });
     }
     return found;
   }
   if (data.length > 1) {
     const disks = data.map((d) => d.disk ?? d.name);
-    throw new PermanentError('RESTORE_BAD_DISK', `the set ${file.stamp} holds ${data.length} disks (${disks.join(', ')}): choose one with --disk`, { disks });
+    throw new RestoreInputError('RESTORE_BAD_DISK', `the set ${file.stamp} holds ${data.length} disks (${disks.join(', ')}): choose one with --disk`, { disks });
   }
   return data[0]!;
 }

@@ -16,11 +16,12 @@ import { formatBytes, formatSeconds } from '../../runtime/units.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
 import { NULL_REF } from '../../runtime/xapi/records.js';
 import type { Ref, SrRecord, VdiRecord } from '../../runtime/xapi/records.js';
-import { TAG, jobKey } from '../../runtime/xapi/snapshots.js';
+import { BLOCK_REASON_PREFIX, TAG, jobKey } from '../../runtime/xapi/snapshots.js';
 import { JobBase } from '../job.js';
 import { parseMeta } from '../meta/meta-format.js';
+import { manifestCheck } from '../prune/retention.js';
 import type { MetaRecords } from '../meta/meta-format.js';
-import { chooseDataFile, manifestNameOf, metaNameOf, parseRestoreFile, rawFormatOf, restoredName, setDataFiles } from './restore-set.js';
+import { RestoreInputError, chooseDataFile, manifestNameOf, metaNameOf, parseRestoreFile, rawFormatOf, restoredName, setDataFiles } from './restore-set.js';
 import type { RestoreFile, SetDataFile } from './restore-set.js';
 
 /**
@@ -28,8 +29,12 @@ import type { RestoreFile, SetDataFile } from './restore-set.js';
  *
  * - A VM export (`.xva`, `.xva.gz`, `.xva.zst`) goes through `PUT /import` (XAPI recognises
  *   gzip and zstd itself) onto `sr` (default: the pool's default SR); `preserve` asks XAPI to
- *   keep the VM's uuid and MAC addresses (`restore=true`, as `xe vm-import preserve=true`;
- *   the original must be gone). The VM is then named (see `restoredName`).
+ *   keep the VM's uuid and MAC addresses (`restore=true`, as `xe vm-import preserve=true`).
+ *   With `preserve` the VM the backup came from (its uuid in the manifest or `.meta`) must be
+ *   gone: while it exists the restore is refused before uploading (two VMs of one name with
+ *   the same MACs), unless `force`. The VM is then named (see `restoredName`), and the start
+ *   block vmbackup put on a halted VM while exporting it (saved in ova.xml, which XAPI's
+ *   import keeps) is lifted: only entries whose reason is vmbackup's, never an operator's.
  * - A disk (`.raw`, `.vhd`) goes through `PUT /import_raw_vdi` into a new VDI (size, name and
  *   description from the set's `.meta`, type user, on `sr`), or into the existing VDI `vdi`
  *   when given (it must be large enough and detached).
@@ -38,6 +43,9 @@ import type { RestoreFile, SetDataFile } from './restore-set.js';
  * chunked upload). Before uploading, the set must be complete (its manifest valid) and must
  * not have failed verification; `force` restores it anyway, with a warning. The file's XXH64
  * is checked against the manifest as it streams (before writing, for an existing VDI).
+ *
+ * Input that does not fit the backup or the pool (`disk`, `sr`, `vdi`, an option for the other
+ * kind of backup) throws RestoreInputError before anything is uploaded.
  *
  * Nothing is left half-created: a failed `/import` is rolled back by XAPI; anything that
  * fails after objects exist (an upload, the checksum, naming, an abort) destroys the VDI
@@ -49,7 +57,7 @@ import type { RestoreFile, SetDataFile } from './restore-set.js';
  * @example
  *   { "runId": "restore-20261126-090000", "jobId": "restore.1", "file": "/mnt/VmBackup/exports/web1/backup_20261126-083000.xva.zst",
  *     "sr": "NFS", "preserve": false }
- *   → { "created": { "vms": [{ "uuid": "…", "name": "web1 (restored 20261126-083000)" }],
+ *   → { "created": { "vms": [{ "uuid": "…", "name": "web1 (restored 20261126-083000)", "unblocked": [] }],
  *                    "vdis": [{ "uuid": "…", "name": "web1 0", "sr": "…" }] }, … }
  */
 export const RestoreInput = JobBase.extend({
@@ -72,7 +80,15 @@ export const RestoreInput = JobBase.extend({
 });
 export type RestoreInput = z.infer<typeof RestoreInput>;
 
-export const RestoredVm = z.object({ uuid: z.string(), name: z.string() });
+export const RestoredVm = z.object({
+  uuid: z.string(),
+  name: z.string(),
+  /**
+   * Operations whose block this restore lifted: the `start`/`start_on` block vmbackup puts on a
+   * halted VM while exporting it without a snapshot, which the export saved. `["start"]`
+   */
+  unblocked: z.array(z.string()).default([]),
+});
 export const RestoredVdi = z.object({ uuid: z.string(), name: z.string(), sr: z.string().describe('SR uuid') });
 export type RestoredVm = z.infer<typeof RestoredVm>;
 export type RestoredVdi = z.infer<typeof RestoredVdi>;
@@ -123,9 +139,9 @@ export const restore = defineFunction({
     const set = await readSet(input, refuse, warn);
     const xapi = await ctx.xapi();
     const tags = { [RESTORE_TAG.from]: set.data.name, [RESTORE_TAG.job]: jobKey(input) };
-    const result = rawFormatOf(set.data.format) === undefined ? await restoreVm(xapi, ctx, input, set, tags, warn) : await restoreDisk(xapi, ctx, input, set, tags, warn);
+    const result = rawFormatOf(set.data.format) === undefined ? await restoreVm(xapi, ctx, input, set, tags, refuse, warn) : await restoreDisk(xapi, ctx, input, set, tags, warn);
     const restoreMs = Date.now() - started;
-    const what = [...result.created.vms.map((v) => `VM "${v.name}" (${v.uuid})`), ...result.created.vdis.map((v) => `VDI "${v.name}" (${v.uuid})`)];
+    const what = [...result.created.vms.map((v) => `VM "${v.name}" (${v.uuid})${v.unblocked.length > 0 ? ` (lifted vmbackup's block of ${v.unblocked.join(', ')})` : ''}`), ...result.created.vdis.map((v) => `VDI "${v.name}" (${v.uuid})`)];
     if (result.overwritten !== undefined) what.push(`existing VDI "${result.overwritten.name}" (${result.overwritten.uuid})`);
     ctx.log.info(`restored ${set.data.name} (${formatBytes(set.size)} in ${formatSeconds(restoreMs)}): ${what.join(', ')}`);
     return {
@@ -163,15 +179,16 @@ async function readSet(input: RestoreInput, refuse: (code: string, message: stri
     refuse('SET_UNCHECKED', `${file.name} is a VmBackup backup: it has no manifest, so nothing says it is complete`);
   } else {
     const status = await checkManifest(file.dir, manifestName);
+    // The rule prune and the gateway use for whether a set counts.
+    const check = manifestCheck(status);
     if (status.valid) manifest = status.manifest;
-    else {
+    if (check.failedVerification === true) {
+      refuse('SET_FAILED_VERIFY', `the backup set ${file.stamp} in ${file.dir} ${check.reason}`);
+    } else if (!status.valid) {
       const absent = !(await stat(path.join(file.dir, manifestName)).then(() => true, () => false));
       const reason = absent ? `no manifest ${manifestName}: the backup did not finish` : status.reason;
       refuse('SET_INCOMPLETE', `the backup set ${file.stamp} in ${file.dir} is incomplete (${reason})`);
     }
-  }
-  if (manifest?.verify?.ok === false) {
-    refuse('SET_FAILED_VERIFY', `the backup set ${file.stamp} in ${file.dir} failed verification on ${manifest.verify.at}: ${manifest.verify.error ?? 'no reason recorded'}`);
   }
   let names: string[];
   if (manifest !== undefined) names = manifest.files.map((f) => f.name);
@@ -217,10 +234,21 @@ async function readSet(input: RestoreInput, refuse: (code: string, message: stri
 /** The restore's result, without the job fields. */
 type Restored = Pick<RestoreOutput, 'created' | 'overwritten'>;
 
-/** `/import` of a VM export, then name and tag what it created. */
-async function restoreVm(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set: SetInfo, tags: Record<string, string>, warn: (message: string) => void): Promise<Restored> {
-  if (input.vdi !== undefined) throw new PermanentError('RESTORE_BAD_TARGET', `--vdi: ${set.data.name} is a VM export; --vdi takes a disk backup (raw or vhd)`);
+/** `/import` of a VM export, then name and tag what it created, and lift vmbackup's start block. */
+async function restoreVm(
+  xapi: XapiClient,
+  ctx: Ctx,
+  input: RestoreInput,
+  set: SetInfo,
+  tags: Record<string, string>,
+  refuse: (code: string, message: string) => void,
+  warn: (message: string) => void,
+): Promise<Restored> {
+  if (input.vdi !== undefined) throw new RestoreInputError('RESTORE_BAD_TARGET', `--vdi: ${set.data.name} is a VM export; --vdi takes a disk backup (raw or vhd)`);
   const sr = await resolveSr(xapi, input.sr);
+  const original = set.meta?.vm.name_label ?? set.manifest?.vm.name;
+  const originalUuid = set.meta?.vm.uuid ?? set.manifest?.vm.uuid;
+  if (input.preserve) await checkOriginalGone(xapi, set, originalUuid, refuse, warn);
   const query: Record<string, string> = { sr_id: sr.$ref };
   if (input.preserve) query.restore = 'true';
   const hash = new StreamHash();
@@ -239,15 +267,15 @@ async function restoreVm(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set: S
     for (const ref of vmRefs) vdiRefs.push(...(await vmDisks(xapi, ref)));
     if (ctx.signal.aborted) throw new VmbackupError('ABORTED', `${set.data.name}: restore aborted`);
     hash.check(set);
-    const original = set.meta?.vm.name_label ?? set.manifest?.vm.name;
-    const originalUuid = set.meta?.vm.uuid ?? set.manifest?.vm.uuid;
     const created: Restored['created'] = { vms: [], vdis: [] };
     for (const ref of vmRefs) {
       const vm = await xapi.getRecord('VM', ref);
       const name = restoredName(original ?? vm.name_label, set.file.stamp, { ...(input.name !== undefined ? { name: input.name } : {}), preserve: input.preserve });
       await xapi.call('VM.set_name_label', ref, name);
       await retag(xapi, 'VM', ref, vm.other_config, tags);
-      created.vms.push({ uuid: vm.uuid, name });
+      const unblocked = await liftExportBlock(xapi, ref, vm.blocked_operations);
+      if (unblocked.length > 0) ctx.log.info(`VM "${name}" (${vm.uuid}): lifted the ${unblocked.join(', ')} block vmbackup's export of the halted VM had saved in the backup`);
+      created.vms.push({ uuid: vm.uuid, name, unblocked });
       if (input.preserve && originalUuid !== undefined && vm.uuid !== originalUuid) {
         warn(`--preserve: the backup is of a snapshot of VM ${originalUuid}, so XAPI kept the snapshot's uuid ${vm.uuid} (a VM's uuid cannot be set); the MAC addresses are the original's`);
       }
@@ -267,7 +295,7 @@ async function restoreVm(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set: S
 /** `/import_raw_vdi` into a new VDI, or into the one given. */
 async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set: SetInfo, tags: Record<string, string>, warn: (message: string) => void): Promise<Restored> {
   const format = rawFormatOf(set.data.format)!;
-  if (input.preserve) throw new PermanentError('RESTORE_BAD_TARGET', `--preserve: ${set.data.name} is a disk backup; --preserve applies to VM exports (xva)`);
+  if (input.preserve) throw new RestoreInputError('RESTORE_BAD_TARGET', `--preserve: ${set.data.name} is a disk backup; --preserve applies to VM exports (xva)`);
   const diskMeta = set.meta?.disks.find((d) => d.vbd.device === set.data.disk);
   let needed: number;
   if (format === 'vhd') {
@@ -332,6 +360,49 @@ async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set:
   }
 }
 
+/** XAPI's codes for an object that does not exist (any more). */
+const GONE: readonly string[] = ['HANDLE_INVALID', 'UUID_INVALID'];
+
+/**
+ * `--preserve` puts the backup in place of the VM it came from, so that VM must be gone:
+ * while it exists, XAPI would make a second VM of that name with the same MAC addresses (a
+ * snapshot export has its own uuid), and the next backup would find two VMs of one name.
+ */
+async function checkOriginalGone(
+  xapi: XapiClient,
+  set: SetInfo,
+  uuid: string | undefined,
+  refuse: (code: string, message: string) => void,
+  warn: (message: string) => void,
+): Promise<void> {
+  if (uuid === undefined) {
+    warn(`--preserve: neither a manifest nor a .meta names the VM ${set.data.name} is a backup of: make sure it is gone`);
+    return;
+  }
+  const vm = await xapi.getRecordByUuid('VM', uuid).catch((error: unknown) => {
+    if (GONE.includes(errorInfo(error).code)) return undefined;
+    throw error;
+  });
+  if (vm === undefined) return;
+  refuse(
+    'RESTORE_ORIGINAL_EXISTS',
+    `--preserve: VM "${vm.name_label}" (${uuid}), which this backup is of, still exists in the pool: restoring in its place would make a second VM with its name and MAC addresses; destroy it first, or restore a copy without --preserve`,
+  );
+}
+
+/**
+ * Lifts the blocks vmbackup's export of a halted VM left in the backup (`start`, `start_on`
+ * with vmbackup's reason; ova.xml saves them and the import keeps them, so the restored VM
+ * could not start). Any other block, an operator's, stays. Returns the operations unblocked.
+ */
+async function liftExportBlock(xapi: XapiClient, ref: Ref, blocked: Record<string, string>): Promise<string[]> {
+  const ops = Object.keys(blocked)
+    .filter((op) => blocked[op]!.startsWith(BLOCK_REASON_PREFIX))
+    .sort();
+  for (const op of ops) await xapi.call('VM.remove_from_blocked_operations', ref, op);
+  return ops;
+}
+
 /** The VDIs behind a VM's disk VBDs. */
 async function vmDisks(xapi: XapiClient, vmRef: Ref): Promise<Ref[]> {
   const vm = await xapi.getRecord('VM', vmRef);
@@ -360,7 +431,7 @@ async function retag(xapi: XapiClient, cls: 'VM' | 'VDI', ref: Ref, otherConfig:
  */
 async function destroyAll(xapi: XapiClient, vms: Ref[], vdis: Ref[]): Promise<string[]> {
   const left: string[] = [];
-  const gone = (error: unknown) => ['HANDLE_INVALID', 'UUID_INVALID'].includes(errorInfo(error).code);
+  const gone = (error: unknown) => GONE.includes(errorInfo(error).code);
   for (const [cls, refs] of [['VM', vms], ['VDI', vdis]] as const) {
     for (const ref of refs) {
       const uuid = await xapi.call<string>(`${cls}.get_uuid`, ref).catch(() => ref);
@@ -384,12 +455,12 @@ function restoreError(error: unknown, set: SetInfo, leftovers: string[] = []): V
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** The SR to restore onto: by uuid, else by name (exactly one), else the pool's default SR. */
+/** The SR to restore onto: by uuid, else by name (exactly one), else the pool's default SR. RestoreInputError when none fits. */
 async function resolveSr(xapi: XapiClient, given: string | undefined): Promise<SrRecord> {
   let sr: SrRecord;
   if (given === undefined) {
     const ref = await xapi.call<string>('pool.get_default_SR', xapi.pool.$ref);
-    if (ref === NULL_REF || ref === '') throw new PermanentError('NO_DEFAULT_SR', 'the pool has no default SR: choose one with --sr');
+    if (ref === NULL_REF || ref === '') throw new RestoreInputError('NO_DEFAULT_SR', 'the pool has no default SR: choose one with --sr');
     sr = await xapi.getRecord('SR', ref);
   } else {
     let byUuid: SrRecord | undefined;
@@ -397,16 +468,16 @@ async function resolveSr(xapi: XapiClient, given: string | undefined): Promise<S
     if (byUuid !== undefined) sr = byUuid;
     else {
       const refs = await xapi.call<string[]>('SR.get_by_name_label', given);
-      if (refs.length === 0) throw new PermanentError('SR_NOT_FOUND', `--sr ${given}: no SR has this uuid or name`, { sr: given });
+      if (refs.length === 0) throw new RestoreInputError('SR_NOT_FOUND', `--sr ${given}: no SR has this uuid or name`, { sr: given });
       if (refs.length > 1) {
         const uuids = await Promise.all(refs.map((r) => xapi.call<string>('SR.get_uuid', r)));
-        throw new PermanentError('SR_AMBIGUOUS', `--sr ${given}: ${refs.length} SRs have this name (${uuids.join(', ')}): give the uuid`, { sr: given });
+        throw new RestoreInputError('SR_AMBIGUOUS', `--sr ${given}: ${refs.length} SRs have this name (${uuids.join(', ')}): give the uuid`, { sr: given });
       }
       sr = await xapi.getRecord('SR', refs[0]!);
     }
   }
   if ((sr as SrRecord & { content_type?: string }).content_type === 'iso') {
-    throw new PermanentError('SR_IS_ISO', `SR "${sr.name_label}" (${sr.uuid}) holds ISO images: choose another with --sr`, { sr: sr.uuid });
+    throw new RestoreInputError('SR_IS_ISO', `SR "${sr.name_label}" (${sr.uuid}) holds ISO images: choose another with --sr`, { sr: sr.uuid });
   }
   return sr;
 }
@@ -415,18 +486,20 @@ async function srUuid(xapi: XapiClient, vdi: VdiRecord): Promise<string> {
   return vdi.SR === NULL_REF ? '' : xapi.call<string>('SR.get_uuid', vdi.SR).catch(() => '');
 }
 
-/** `--vdi`: the existing VDI, checked: big enough, writable, not in use. */
+/** `--vdi`: the existing VDI, checked: big enough, writable (else RestoreInputError), not in use. */
 async function existingVdi(xapi: XapiClient, input: RestoreInput, needed: number): Promise<VdiRecord> {
   let vdi: VdiRecord;
   try {
     vdi = await xapi.getRecordByUuid('VDI', input.vdi!);
   } catch (error) {
-    throw new PermanentError('VDI_NOT_FOUND', `--vdi ${input.vdi}: no such VDI (${errorInfo(error).code})`, { vdi: input.vdi }, { cause: error });
+    const code = errorInfo(error).code;
+    if (!GONE.includes(code)) throw error;
+    throw new RestoreInputError('VDI_NOT_FOUND', `--vdi ${input.vdi}: no such VDI (${code})`, { vdi: input.vdi }, { cause: error });
   }
   if (Number(vdi.virtual_size) < needed) {
-    throw new PermanentError('VDI_TOO_SMALL', `--vdi ${vdi.uuid}: its virtual size ${vdi.virtual_size} is smaller than the backup's ${needed} bytes`, { vdi: vdi.uuid });
+    throw new RestoreInputError('VDI_TOO_SMALL', `--vdi ${vdi.uuid}: its virtual size ${vdi.virtual_size} is smaller than the backup's ${needed} bytes`, { vdi: vdi.uuid });
   }
-  if (vdi.read_only) throw new PermanentError('VDI_READ_ONLY', `--vdi ${vdi.uuid}: the VDI is read-only`, { vdi: vdi.uuid });
+  if (vdi.read_only) throw new RestoreInputError('VDI_READ_ONLY', `--vdi ${vdi.uuid}: the VDI is read-only`, { vdi: vdi.uuid });
   for (const vbdRef of vdi.VBDs) {
     const vbd = await xapi.getRecord('VBD', vbdRef).catch(() => undefined);
     if (vbd?.currently_attached === true) {
@@ -436,7 +509,7 @@ async function existingVdi(xapi: XapiClient, input: RestoreInput, needed: number
   }
   if (input.sr !== undefined) {
     const sr = await resolveSr(xapi, input.sr);
-    if (sr.$ref !== vdi.SR) throw new PermanentError('RESTORE_BAD_TARGET', `--sr ${input.sr} and --vdi ${vdi.uuid}: the VDI is on another SR (omit --sr)`, { vdi: vdi.uuid });
+    if (sr.$ref !== vdi.SR) throw new RestoreInputError('RESTORE_BAD_TARGET', `--sr ${input.sr} and --vdi ${vdi.uuid}: the VDI is on another SR (omit --sr)`, { vdi: vdi.uuid });
   }
   return vdi;
 }

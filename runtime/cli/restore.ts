@@ -2,7 +2,7 @@ import { mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { restore } from '../../functions/restore/restore.js';
 import type { RestoreInput, RestoreOutput } from '../../functions/restore/restore.js';
-import { parseRestoreFile } from '../../functions/restore/restore-set.js';
+import { RestoreInputError, parseRestoreFile } from '../../functions/restore/restore-set.js';
 import { OPTIONS } from '../config/args.js';
 import { closest } from '../config/ini.js';
 import type { Settings } from '../config/schema.js';
@@ -25,7 +25,8 @@ import { connectXapi, xapiPassword } from './xapi.js';
  * as for a backup (config files, environment, `--xapi`, `--password-file`, `--tls-ca-file`…).
  * Prints what it created (uuids), or the function's output as JSON with `--json`.
  * Exit codes: 0 restored; 1 the restore failed or was refused (nothing is left half-created);
- * 2 usage, config or connection error.
+ * 2 usage, config or connection error, including input the function finds does not fit the
+ * backup or the pool (RestoreInputError: `--disk`, `--sr`, `--vdi`), and a FILE not found.
  */
 export async function restoreCommand(argv: readonly string[], io: Io): Promise<number> {
   let args: RestoreArgs;
@@ -72,9 +73,11 @@ export async function restoreCommand(argv: readonly string[], io: Io): Promise<n
       output = restore.output.parse(await restore.handle(input, ctx));
     } catch (error) {
       if (!(error instanceof VmbackupError) || endsCommand(error)) throw error;
-      if (flags.json) io.stdout.write(JSON.stringify({ runId, status: 'failed', exitCode: 1, error: { code: error.code, message: error.message } }, null, 2) + '\n');
+      // Input that does not fit the backup or the pool is a usage error (2), as the help says.
+      const [status, exitCode] = error instanceof RestoreInputError ? (['fatal', 2] as const) : (['failed', 1] as const);
+      if (flags.json) io.stdout.write(JSON.stringify({ runId, status, exitCode, error: { code: error.code, message: error.message } }, null, 2) + '\n');
       else io.stderr.write(`vmbackup restore: ${error.message}\n`);
-      return 1;
+      return exitCode;
     }
     io.stdout.write(flags.json ? JSON.stringify({ status: 'success', exitCode: 0, ...output }, null, 2) + '\n' : formatRestored(output));
     return 0;
@@ -188,18 +191,20 @@ export function splitRestoreArgs(argv: readonly string[]): RestoreArgs {
 function restoreInput(args: RestoreArgs, cwd: string, runId: string, settings: Settings): RestoreInput {
   if (args.file === undefined) throw new UsageError('vmbackup restore: FILE is missing (the data file of a backup set, or its .json); see vmbackup restore --help');
   const file = path.resolve(cwd, args.file);
+  // Whether FILE exists first, so a missing file reads the same whatever its name.
+  let isFile: boolean;
+  try {
+    isFile = statSync(file).isFile();
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    throw new UsageError(code === 'ENOENT' || code === 'ENOTDIR' ? `${file}: no such file` : `${file}: cannot be read (${code})`, { file });
+  }
+  if (!isFile) throw new UsageError(`${file}: not a regular file`, { file });
   try {
     parseRestoreFile(file);
   } catch (error) {
     throw new UsageError((error as Error).message, { file });
   }
-  let isFile = false;
-  try {
-    isFile = statSync(file).isFile();
-  } catch {
-    isFile = false;
-  }
-  if (!isFile) throw new UsageError(`${file}: no such file`, { file });
   if (args.preserve && args.name !== undefined) throw new UsageError('--preserve restores the VM under its own name: --name cannot go with it', { flag: '--name' });
   const parsed = restore.subject.schema.safeParse({
     runId,
@@ -224,7 +229,10 @@ function restoreInput(args: RestoreArgs, cwd: string, runId: string, settings: S
 /** What a restore created, for people: one line per object, uuids first (warnings went to stderr). */
 export function formatRestored(out: RestoreOutput): string {
   const lines = [`Restored ${out.file} (${out.format}, ${out.bytes} bytes in ${formatSeconds(out.restoreMs)})`];
-  for (const vm of out.created.vms) lines.push(`  VM  ${vm.uuid}  ${vm.name}`);
+  for (const vm of out.created.vms) {
+    lines.push(`  VM  ${vm.uuid}  ${vm.name}`);
+    if (vm.unblocked.length > 0) lines.push(`      ${vm.unblocked.join(', ')}: lifted the block vmbackup's export of the halted VM had saved in the backup`);
+  }
   for (const vdi of out.created.vdis) lines.push(`  VDI ${vdi.uuid}  ${vdi.name}  (SR ${vdi.sr})`);
   if (out.overwritten !== undefined) lines.push(`  VDI ${out.overwritten.uuid}  ${out.overwritten.name}  (SR ${out.overwritten.sr}, overwritten)`);
   return lines.join('\n') + '\n';
@@ -243,17 +251,22 @@ options:
   --sr SR          SR (uuid or name) to restore onto (Default: the pool's default SR)
   --name NAME      name of the new VM or VDI (Default: the original's, plus " (restored <stamp>)")
   --preserve       VM exports: keep the VM's uuid and MAC addresses, and its name, as
-                   xe vm-import preserve=true (the original VM must be destroyed first)
+                   xe vm-import preserve=true (the original VM must be destroyed first:
+                   refused while it exists, unless --force)
   --vdi UUID       raw/vhd: write into this existing VDI (large enough, not attached)
                    instead of creating one; its content is replaced
   --disk DEV       vdi-export sets with several disks: which one (xvdb)
-  --force          restore a set that is incomplete or failed verification
+  --force          restore a set that is incomplete or failed verification, or with
+                   --preserve while the original VM still exists
   --json           print what was created as JSON
   -h, --help       show this help
 
 Connection and config options are those of vmbackup (see vmbackup --help). Nothing is left
-half-created: a failed restore removes what it made. Exit codes: 0 restored, 1 the restore
-failed or was refused, 2 usage, config or connection error.
+half-created: a failed restore removes what it made. A restored VM whose backup was taken while
+it was halted gets the start block vmbackup saved with it lifted (an operator's blocks stay).
+Exit codes: 0 restored; 1 the restore failed or was refused (an incomplete or failed set, the
+original VM still there with --preserve, a disk in use); 2 usage, config or connection error
+(a bad or missing option, FILE not found, an unknown SR or VDI, --disk missing or wrong).
 `;
 }
 

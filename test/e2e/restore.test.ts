@@ -95,8 +95,22 @@ function restoreCmd(ws: Workspace, args: string[]): Promise<CliResult> {
   return vmbackup(['restore', ...args, ...ws.args(sim)]);
 }
 
-function jsonOf(result: CliResult): { created: { vms: { uuid: string; name: string }[]; vdis: { uuid: string; name: string; sr: string }[] }; overwritten?: { uuid: string }; warnings: string[] } {
+function jsonOf(result: CliResult): { created: { vms: { uuid: string; name: string; unblocked: string[] }[]; vdis: { uuid: string; name: string; sr: string }[] }; overwritten?: { uuid: string }; warnings: string[] } {
   return JSON.parse(result.stdout) as ReturnType<typeof jsonOf>;
+}
+
+/** Destroys a VM the test restored, and its disks (shut down first if it runs). */
+async function destroyRestored(uuid: string): Promise<void> {
+  const vm = sim.state.record('VM', uuid) as SimRecord | undefined;
+  if (vm === undefined) return;
+  if (vm.power_state !== 'Halted') await xapi.call('VM.hard_shutdown', vm.ref);
+  const vdis: string[] = [];
+  for (const vbd of vm.VBDs as string[]) {
+    const r = sim.state.record('VBD', vbd) as SimRecord;
+    if (r.type === 'Disk' && r.VDI !== 'OpaqueRef:NULL') vdis.push(r.VDI as string);
+  }
+  await xapi.call('VM.destroy', vm.ref);
+  for (const vdi of vdis) await xapi.call('VDI.destroy', vdi);
 }
 
 async function flipByte(file: string, at: number): Promise<void> {
@@ -177,7 +191,7 @@ describe('vmbackup restore: round trips, bit for bit', () => {
     }
     // Both disks in the set: without --disk the manifest is ambiguous.
     const ambiguous = await restoreCmd(ws, [path.join(dir, json)]);
-    expect(ambiguous.code).toBe(1);
+    expect(ambiguous.code).toBe(2);
     expect(ambiguous.stderr).toContain('holds 2 disks (xvda, xvdb): choose one with --disk');
   });
 
@@ -194,7 +208,7 @@ describe('vmbackup restore: round trips, bit for bit', () => {
     const small = await newVdi(5);
     const before = census();
     const refused = await restoreCmd(ws, [xvda, '--vdi', small.uuid]);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(2);
     expect(refused.stderr).toContain(`--vdi ${small.uuid}: its virtual size ${5 << 20} is smaller than the backup's ${6 << 20} bytes`);
     expect(sim.state.transfers('import_raw_vdi').filter((t) => t.vdiUuid === small.uuid)).toEqual([]);
 
@@ -226,10 +240,20 @@ describe('vmbackup restore: round trips, bit for bit', () => {
     const original = sim.state.vm('db1');
     const originalDisk = await originalBytes('db1', 'xvda');
     const before = census();
-    // With the original still there, XAPI refuses and nothing is created.
+    const imports = sim.state.transfers('import').length;
+    // With the original still there, vmbackup refuses before uploading anything.
     const refused = await restoreCmd(ws, [file, '--preserve']);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toContain(`a VM with uuid ${original.uuid} already exists`);
+    expect(refused.stdout).toBe('');
+    expect(refused.stderr).toContain(`--preserve: VM "db1" (${original.uuid}), which this backup is of, still exists in the pool`);
+    expect(refused.stderr).toContain('; --force restores it anyway');
+    expect(sim.state.transfers('import')).toHaveLength(imports);
+    expect(census()).toEqual(before);
+    // With --force, vmbackup lets XAPI decide: it refuses a second VM with the same uuid.
+    const forced = await restoreCmd(ws, [file, '--preserve', '--force']);
+    expect(forced.code).toBe(1);
+    expect(forced.stderr).toContain(`still exists in the pool`);
+    expect(forced.stderr).toContain(`a VM with uuid ${original.uuid} already exists`);
     expect(census()).toEqual(before);
 
     const [vbd] = original.VBDs as string[];
@@ -247,24 +271,82 @@ describe('vmbackup restore: round trips, bit for bit', () => {
     expect((await disksOf(back.ref)).get('xvda')!.bytes.equals(originalDisk)).toBe(true);
   });
 
-  it('--preserve on the backup of a running VM (a snapshot export) says which uuid XAPI kept', async () => {
+  it('--preserve while the original still runs is refused (two VMs of that name with the same MACs); --force restores it anyway', async () => {
     const ws = await workspace();
     const { dir, names } = await backup(ws, ['-e', 'web1'], 'web1');
     const web1 = sim.state.vm('web1');
-    const result = await restoreCmd(ws, [path.join(dir, names.find((n) => n.endsWith('.xva'))!), '--preserve', '--json']);
-    expect(result.code).toBe(0);
-    const out = jsonOf(result);
+    const file = path.join(dir, names.find((n) => n.endsWith('.xva'))!);
+    const before = census();
+    const imports = sim.state.transfers('import').length;
     try {
-      const [vm] = out.created.vms;
+      for (const json of [[], ['--json']]) {
+        const refused = await restoreCmd(ws, [file, '--preserve', ...json]);
+        expect(refused.code).toBe(1);
+        const message = `--preserve: VM "web1" (${web1.uuid}), which this backup is of, still exists in the pool`;
+        if (json.length === 0) {
+          expect(refused.stderr).toContain(message);
+          expect(refused.stdout).toBe('');
+        } else expect(JSON.parse(refused.stdout)).toMatchObject({ status: 'failed', exitCode: 1, error: { code: 'RESTORE_ORIGINAL_EXISTS' } });
+      }
+      expect(sim.state.transfers('import')).toHaveLength(imports);
+      expect(census()).toEqual(before);
+      expect(sim.state.vms().filter((v) => v.name_label === 'web1')).toHaveLength(1);
+
+      const result = await restoreCmd(ws, [file, '--preserve', '--force', '--json']);
+      expect(result.code).toBe(0);
+      const [vm] = jsonOf(result).created.vms;
       expect(vm!.name).toBe('web1');
       expect(vm!.uuid).not.toBe(web1.uuid);
+      expect(result.stderr).toContain(`WARNING: --preserve: VM "web1" (${web1.uuid}), which this backup is of, still exists in the pool`);
+      expect(result.stderr).toContain('restoring anyway (--force)');
       expect(result.stderr).toContain(`WARNING: --preserve: the backup is of a snapshot of VM ${web1.uuid}, so XAPI kept the snapshot's uuid ${vm!.uuid}`);
       const vif = sim.state.record('VIF', (sim.state.record('VM', vm!.uuid)!.VIFs as string[])[0]!) as SimRecord;
       expect(vif.MAC).toBe('aa:bb:cc:dd:ee:01');
     } finally {
       // Two VMs named web1 would change the backup folder of the tests below.
-      for (const vm of out.created.vms) await xapi.call('VM.destroy', sim.state.record('VM', vm.uuid)!.ref);
-      for (const vdi of out.created.vdis) await xapi.call('VDI.destroy', sim.state.record('VDI', vdi.uuid)!.ref);
+      for (const copy of sim.state.vms().filter((v) => v.name_label === 'web1' && v.uuid !== web1.uuid)) await destroyRestored(copy.uuid as string);
+    }
+  });
+});
+
+describe('vmbackup restore: the backup of a halted VM (exported with its start blocked)', () => {
+  it("lifts vmbackup's start block saved in the .xva, so the VM starts; an operator's own blocks stay", async () => {
+    const db1 = sim.state.vm('db1');
+    // The operator's own blocks: vmbackup then blocks only `start` (it never overwrites one).
+    await xapi.call('VM.add_to_blocked_operations', db1.ref, 'start_on', 'maintenance');
+    await xapi.call('VM.add_to_blocked_operations', db1.ref, 'suspend', 'maintenance');
+    const created: string[] = [];
+    try {
+      const ws = await workspace();
+      const { dir, names } = await backup(ws, ['-e', 'db1'], 'db1');
+      const file = path.join(dir, names.find((n) => n.endsWith('.xva'))!);
+      // The export ran without a snapshot, its start blocked, and ova.xml saved that block.
+      expect((await readFile(file)).subarray(0, 64 << 10).toString('latin1')).toMatch(/vmbackup: export in progress \(run /);
+      expect(sim.state.vm('db1').blocked_operations).toEqual({ start_on: 'maintenance', suspend: 'maintenance' });
+
+      const result = await restoreCmd(ws, [file]);
+      const uuid = /^ {2}VM {2}(\S+) {2}/m.exec(result.stdout)?.[1];
+      if (uuid !== undefined) created.push(uuid);
+      expect(result.stderr).toBe('');
+      expect(result.code).toBe(0);
+      expect(result.stdout).toContain(`  VM  ${uuid}  db1 (restored `);
+      expect(result.stdout).toMatch(/^ {6}start: lifted the block vmbackup's export of the halted VM had saved in the backup$/m);
+      const restored = sim.state.record('VM', uuid!) as SimRecord;
+      expect(restored.blocked_operations).toEqual({ start_on: 'maintenance', suspend: 'maintenance' });
+      await xapi.call('VM.start', restored.ref, false, false);
+      expect(sim.state.record('VM', uuid!)).toMatchObject({ power_state: 'Running' });
+
+      // --json says the same.
+      const json = await restoreCmd(ws, [file, '--json']);
+      expect(json.code).toBe(0);
+      const out = jsonOf(json);
+      created.push(...out.created.vms.map((v) => v.uuid));
+      expect(out.created.vms.map((v) => v.unblocked)).toEqual([['start']]);
+      expect((sim.state.record('VM', out.created.vms[0]!.uuid) as SimRecord).blocked_operations).toEqual({ start_on: 'maintenance', suspend: 'maintenance' });
+    } finally {
+      await xapi.call('VM.remove_from_blocked_operations', db1.ref, 'start_on');
+      await xapi.call('VM.remove_from_blocked_operations', db1.ref, 'suspend');
+      for (const uuid of created) await destroyRestored(uuid);
     }
   });
 });
@@ -390,7 +472,7 @@ describe('vmbackup restore: nothing half-created', () => {
     await writeFile(manifestPath, JSON.stringify({ ...manifest, verify: { at: '2026-11-26T09:00:00Z', ok: false, error: 'xvda: 4 bytes differ from the recorded XXH64' } }));
     const failed = await restoreCmd(ws, [file]);
     expect(failed.code).toBe(1);
-    expect(failed.stderr).toContain('failed verification on 2026-11-26T09:00:00Z: xvda: 4 bytes differ from the recorded XXH64; --force restores it anyway');
+    expect(failed.stderr).toContain('failed verification at 2026-11-26T09:00:00Z: xvda: 4 bytes differ from the recorded XXH64; --force restores it anyway');
     expect(census()).toEqual(before);
     const forced = await restoreCmd(ws, [file, '--force']);
     expect(forced.code).toBe(0);
@@ -431,8 +513,9 @@ describe('vmbackup restore: a VmBackup set (no manifest)', () => {
 describe('vmbackup restore: usage, config and connection errors exit 2', () => {
   it.each([
     [[] as string[], 'FILE is missing'],
-    [['/tmp/notes.txt'], 'not a file of a backup set'],
-    [['/tmp/x/backup_20240102-030405.xva'], 'no such file'],
+    [['/tmp/x/notes.txt'], '/tmp/x/notes.txt: no such file'],
+    [['/tmp/x/backup_20240102-030405.xva'], '/tmp/x/backup_20240102-030405.xva: no such file'],
+    [['/tmp/x/backup_20240102-030405.json'], '/tmp/x/backup_20240102-030405.json: no such file'],
     [['/tmp/x/backup_20240102-030405.xva', '-e', 'web1'], 'option -e (--vm-export) does not apply to restore'],
     [['/tmp/x/backup_20240102-030405.xva', '--srr', 'x'], 'unrecognized option --srr (did you mean --sr?)'],
     [['/tmp/x/backup_20240102-030405.xva', '--sr'], 'option --sr needs a value'],
@@ -442,6 +525,55 @@ describe('vmbackup restore: usage, config and connection errors exit 2', () => {
     const result = await restoreCmd(ws, args);
     expect(result.code).toBe(2);
     expect(result.stderr).toContain(message);
+  });
+
+  it('an existing file that is not part of a backup set', async () => {
+    const ws = await workspace();
+    const notes = path.join(ws.base, 'notes.txt');
+    await writeFile(notes, 'hello\n');
+    const result = await restoreCmd(ws, [notes]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain(`${notes}: not a file of a backup set`);
+  });
+
+  describe('options that do not fit the backup or the pool: exit 2, nothing created', () => {
+    let ws: Workspace;
+    let xva: string;
+    let vdiSet: { dir: string; json: string; raw: string };
+    beforeAll(async () => {
+      ws = await workspace();
+      const vm = await backup(ws, ['-e', 'db1'], 'db1');
+      xva = path.join(vm.dir, vm.names.find((n) => n.endsWith('.xva'))!);
+      const ws2 = await workspace();
+      const disks = await backup(ws2, ['-E', 'web1:-1:xvda;xvdb', '-x', 'db1', '-x', 'big'], 'web1');
+      vdiSet = { dir: disks.dir, json: disks.names.find((n) => n.endsWith('.json'))!, raw: disks.names.find((n) => n.startsWith('backup_xvda_') && n.endsWith('.raw'))! };
+    });
+
+    it.each([
+      ['an unknown --sr', () => [xva, '--sr', 'nosuchsr'], '--sr nosuchsr: no SR has this uuid or name'],
+      ['--sr of an ISO SR', () => [xva, '--sr', 'XCP-ng Tools'], 'holds ISO images: choose another with --sr'],
+      ['a set of two disks without --disk', () => [path.join(vdiSet.dir, vdiSet.json)], 'holds 2 disks (xvda, xvdb): choose one with --disk'],
+      ['--disk the set does not hold', () => [path.join(vdiSet.dir, vdiSet.json), '--disk', 'xvdc'], '--disk xvdc: the set'],
+      ['--disk with a VM export', () => [xva, '--disk', 'xvda'], '--disk xvda: '],
+      ['--vdi with a VM export', () => [xva, '--vdi', '00000000-0000-4000-8000-000000000000'], '--vdi: '],
+      ['--vdi that does not exist', () => [path.join(vdiSet.dir, vdiSet.raw), '--vdi', '00000000-0000-4000-8000-000000000000'], '--vdi 00000000-0000-4000-8000-000000000000: no such VDI'],
+      ['--preserve with a disk', () => [path.join(vdiSet.dir, vdiSet.raw), '--preserve'], '--preserve: '],
+    ])('%s', async (_name, args, message) => {
+      const before = census();
+      const transfers = sim.state.transfers('import').length + sim.state.transfers('import_raw_vdi').length;
+      const result = await restoreCmd(ws, args());
+      expect(result.stderr).toContain(message);
+      expect(result.code).toBe(2);
+      expect(result.stdout).toBe('');
+      expect(census()).toEqual(before);
+      expect(sim.state.transfers('import').length + sim.state.transfers('import_raw_vdi').length).toBe(transfers);
+    });
+
+    it('--json: the error as JSON, exit 2', async () => {
+      const result = await restoreCmd(ws, [xva, '--sr', 'nosuchsr', '--json']);
+      expect(result.code).toBe(2);
+      expect(JSON.parse(result.stdout)).toMatchObject({ status: 'fatal', exitCode: 2, error: { code: 'SR_NOT_FOUND', message: '--sr nosuchsr: no SR has this uuid or name' } });
+    });
   });
 
   it('--help prints the usage', async () => {
