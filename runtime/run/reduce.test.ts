@@ -319,7 +319,7 @@ describe('reduce: hooks', () => {
     doneUpTo(ok, 1, 'post-hook');
     ok.apply(failed('post-hook', 'vm.u1', { code: 'INTERNAL', message: 'bug' }));
     expect(ok.jobs.get('vm.u1')).toMatchObject({ status: 'success' });
-    expect(ok.jobs.get('vm.u1')!.warnings).toEqual(['vm1: the post-vm hooks could not run (bug)']);
+    expect(ok.jobs.get('vm.u1')!.warnings).toEqual(['the post-vm hooks could not run (bug)']);
 
     const bad = started(1);
     doneUpTo(bad, 1, 'export');
@@ -380,7 +380,7 @@ describe('reduce: a stopped run (SIGTERM)', () => {
     expect(run.finished).toBe(false);
     run.apply(done('post-hook', 'vm.u2', {}));
     expect(run.take()).toEqual([]);
-    expect(run.jobs.get('vm.u2')).toMatchObject({ status: 'success', warnings: ['vm2: the run was stopped by SIGTERM: the set is complete, but prune did not run'] });
+    expect(run.jobs.get('vm.u2')).toMatchObject({ status: 'success', warnings: ['the run was stopped by SIGTERM: the set is complete, but prune did not run'] });
     expect(run.finished).toBe(true);
     expect(run.header.remaining).toBe(0);
 
@@ -430,7 +430,7 @@ describe('reduce: a stopped run (SIGTERM)', () => {
     expect(run.queued).toMatchObject([{ fn: 'post-hook', data: { marker: `input of ${fn}` } }]);
     expect((run.queued[0]!.data as Record<string, unknown>).failed).toBeUndefined();
     run.apply(done('post-hook', 'vm.u1', {}));
-    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'success', warnings: [`vm1: the run was stopped by SIGTERM: the set is complete, but ${phases} did not run`] });
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'success', warnings: [`the run was stopped by SIGTERM: the set is complete, but ${phases} did not run`] });
     expect(run.finished).toBe(true);
   });
 

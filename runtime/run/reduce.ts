@@ -170,7 +170,8 @@ export function reduce(view: RunView, event: RunEvent, now: Date): Transition {
   job.phaseMs[event.fn] = (job.phaseMs[event.fn] ?? 0) + event.durationMs;
   if (event.fn === POST_HOOK) {
     // The post-vm hooks could not be run: the backup's own outcome stands, said in a warning.
-    job.warnings = [...job.warnings, `${job.label}: the post-vm hooks could not run (${event.error.message})`];
+    // A job's warnings are printed after its category and VM name: they do not repeat it.
+    job.warnings = [...job.warnings, `the post-vm hooks could not run (${event.error.message})`];
     return afterPostHook(out, job, view, event.input, now);
   }
   if (header.stopping !== undefined && event.error.code === STOPPED && setComplete(job, event.fn)) {
@@ -190,7 +191,7 @@ function setComplete(job: JobState, fn: string): boolean {
  */
 function completeButStopped(out: Transition, job: JobState, view: RunView, now: Date, fn: string, base: unknown): Transition {
   const reason = out.header.stopping?.reason ?? 'a stop request';
-  job.warnings = [...job.warnings, `${job.label}: the run was stopped by ${reason}: the set is complete, but ${phasesFrom(job, fn)} did not run`];
+  job.warnings = [...job.warnings, `the run was stopped by ${reason}: the set is complete, but ${phasesFrom(job, fn)} did not run`];
   return toPostHook(out, job, view, now, base, {});
 }
 
@@ -225,7 +226,7 @@ function restart(out: Transition, job: JobState, failedFn: string, message: stri
   job.phase = job.pipeline[0]!;
   delete job.error;
   delete job.failedInput;
-  job.warnings = [...job.warnings, `${job.label}: ${failedFn} failed (${message}); backing up again (attempt ${job.try})`];
+  job.warnings = [...job.warnings, `${failedFn} failed (${message}); backing up again (attempt ${job.try})`];
   out.enqueue.push({ fn: job.phase, data: { ...(job.input as object), try: job.try }, id: enqueueId(out.header.runId, job.jobId, job.try, job.phase) });
   return out;
 }

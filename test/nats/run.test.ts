@@ -107,7 +107,7 @@ describe('vmbackup run through NATS with two workers', () => {
       expect(r.stdout).toContain('VmBackup vm-export Summary - S:1 W:1 E:1');
       expect(r.stdout).toContain('>> Success with Errors <<');
       expect(r.stdout).toContain('ERROR: vm-export broken: GET /export answered HTTP 500');
-      expect(r.stdout).toContain('WARNING: vm-export broken: broken: export failed (GET /export answered HTTP 500); backing up again (attempt 2)');
+      expect(r.stdout).toContain('WARNING: vm-export broken: export failed (GET /export answered HTTP 500); backing up again (attempt 2)');
       // Progress from the events, as they happen: each failed attempt.
       expect(r.stderr.match(/ERROR: broken: export failed \(\w+\): .*HTTP 500/g)).toHaveLength(2);
       expect(rig.sim.state.snapshots('broken')).toEqual([]);
