@@ -158,7 +158,7 @@ function exportDisk(vbd: VbdRecord, sourceUuid: string, read: VdiRecord): Export
 }
 
 /** The VM's disks (type Disk, with a VDI), in userdevice order. */
-async function vmDisks(xapi: XapiClient, vm: VmRecord): Promise<{ vbd: VbdRecord; vdi: VdiRecord }[]> {
+export async function vmDisks(xapi: XapiClient, vm: VmRecord): Promise<{ vbd: VbdRecord; vdi: VdiRecord }[]> {
   const disks: { vbd: VbdRecord; vdi: VdiRecord }[] = [];
   for (const vbdRef of vm.VBDs) {
     const vbd = await xapi.getRecord('VBD', vbdRef);
@@ -168,26 +168,35 @@ async function vmDisks(xapi: XapiClient, vm: VmRecord): Promise<{ vbd: VbdRecord
   return disks.sort((a, b) => Number(a.vbd.userdevice) - Number(b.vbd.userdevice));
 }
 
+/**
+ * A vdi-export's chosen disks among the VM's (by device, e.g. `xvdb`, or userdevice, e.g.
+ * `1`): those found, and a warning for each missing one — or, when none is found, the error
+ * that fails the job. What the snapshot does, and what `--preview` shows.
+ *
+ * @example matchDisks(disks, ['xvdb', 'xvdz']) // → { chosen: [xvdb], warnings: ['no disk xvdz (the VM has xvda, xvdb)'] }
+ */
+export function matchDisks<D extends { vbd: Pick<VbdRecord, 'device' | 'userdevice'> }>(all: readonly D[], wanted: readonly string[]): { chosen: D[]; warnings: string[]; error?: string } {
+  const has = all.map((d) => d.vbd.device).join(', ') || 'none';
+  const chosen: D[] = [];
+  const warnings: string[] = [];
+  for (const device of wanted) {
+    const found = all.find((d) => d.vbd.device === device || d.vbd.userdevice === device);
+    // The summary and the logs put the VM's name before a job's warnings and errors.
+    if (found === undefined) warnings.push(`no disk ${device} (the VM has ${has})`);
+    else chosen.push(found);
+  }
+  if (chosen.length === 0) return { chosen, warnings, error: `none of the chosen disks ${wanted.join(';')} exists (the VM has ${has})` };
+  return { chosen, warnings };
+}
+
 /** The disks a job exports: all for a vm-export, the chosen devices for a vdi-export. */
 async function chosenDisks(xapi: XapiClient, vm: VmRecord, input: SnapshotInput, warnings: string[]) {
   const all = await vmDisks(xapi, vm);
   if (input.mode === 'vm') return all;
-  const chosen = [];
-  for (const device of input.disks) {
-    const found = all.find((d) => d.vbd.device === device || d.vbd.userdevice === device);
-    if (found === undefined) {
-      // The summary and the logs put the VM's name before a job's warnings and errors.
-      warnings.push(`no disk ${device} (the VM has ${all.map((d) => d.vbd.device).join(', ') || 'none'})`);
-    } else {
-      chosen.push(found);
-    }
-  }
-  if (chosen.length === 0) {
-    throw new PermanentError('NO_DISKS', `none of the chosen disks ${input.disks.join(';')} exists (the VM has ${all.map((d) => d.vbd.device).join(', ') || 'none'})`, {
-      vm: input.vm.uuid,
-    });
-  }
-  return chosen;
+  const match = matchDisks(all, input.disks);
+  if (match.error !== undefined) throw new PermanentError('NO_DISKS', match.error, { vm: input.vm.uuid });
+  warnings.push(...match.warnings);
+  return match.chosen;
 }
 
 async function findOurVmSnapshot(xapi: XapiClient, vm: VmRecord, key: string): Promise<VmRecord | undefined> {

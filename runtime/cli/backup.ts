@@ -1,9 +1,11 @@
 import { constants } from 'node:os';
 import { selectVms } from '../../functions/plan/select.js';
+import { matchDisks, vmDisks } from '../../functions/snapshot/snapshot.js';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import { helpText } from '../config/args.js';
 import type { LoadedSettings } from '../config/load.js';
 import { formatPreview } from '../config/preview.js';
+import type { PreviewSelection } from '../config/preview.js';
 import type { Settings } from '../config/schema.js';
 import { isFatalToCommand } from '../errors.js';
 import { localOrigin, systemClock } from '../function.js';
@@ -129,23 +131,41 @@ export function runOptions(s: Settings): RunOptions {
   };
 }
 
-/** `--preview`: read-only — lists the pool's VMs and resolves the selection; writes nothing. */
+/**
+ * `--preview`: read-only — lists the pool's VMs, resolves the selection and checks the chosen
+ * disks of vdi-exports; writes nothing. What the run would refuse before it starts (no
+ * backup_dir, share not mounted) is printed after the preview, and exits 2 as the run would.
+ */
 async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
   const { settings, flags } = loaded;
+  let refusal: unknown;
+  try {
+    assertBackupDirExists(settings.backup_dir);
+    if (settings.mount_check) await assertShareMounted(settings.backup_dir, settings.share_type);
+  } catch (error) {
+    refusal = error;
+  }
   let xapi: XapiClient | undefined;
   try {
     xapi = await connectXapi(settings);
-    const vms = (await xapi.getAllRecords('VM'))
-      .filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot)
-      .map((vm) => ({ uuid: vm.uuid, name: vm.name_label }));
-    const selection = selectVms(vms, { excludes: settings.excludes, vdiExports: settings.vdi_exports, vmExports: settings.vm_exports, maxBackups: settings.max_backups });
-    io.stdout.write(formatPreview(loaded, selection, { json: flags.json }));
-    return 0;
+    const candidates = (await xapi.getAllRecords('VM')).filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot);
+    const selection = selectVms(
+      candidates.map((vm) => ({ uuid: vm.uuid, name: vm.name_label })),
+      { excludes: settings.excludes, vdiExports: settings.vdi_exports, vmExports: settings.vm_exports, maxBackups: settings.max_backups },
+    );
+    const warnings: PreviewSelection['warnings'] = [...selection.warnings];
+    for (const e of selection.vdiExports) {
+      const match = matchDisks(await vmDisks(xapi, candidates.find((vm) => vm.uuid === e.vm.uuid)!), e.disks);
+      const found = match.error !== undefined ? [`${match.error}: its backup would fail`] : match.warnings;
+      for (const w of found) warnings.push({ entry: e.entry, list: 'vdi_exports', message: `${e.vm.name}: ${w}` });
+    }
+    io.stdout.write(formatPreview(loaded, { ...selection, warnings }, { json: flags.json }));
   } catch (error) {
     return fail(io, error);
   } finally {
     await xapi?.close();
   }
+  return refusal === undefined ? 0 : fail(io, refusal);
 }
 
 /** The summary as the backup command prints it: text per log_level, or JSON. */

@@ -171,6 +171,25 @@ describe('vmbackup: a backup of a pool, end to end', () => {
     expect(sim.state.liveSessions()).toBe(0);
   });
 
+  it('--preview checks the chosen disks, and refuses what the run would refuse (exit 2) after showing the selection', async () => {
+    const ws = await workspace();
+    const disks = await vmbackup([...ws.args(sim), '--preview', '-E', 'web1:-1:xvdb;xvdz', '-E', 'db1:-1:xvdq']);
+    expect(disks.code).toBe(0);
+    expect(disks.stdout).toContain('    vdi_exports: web1: no disk xvdz (the VM has xvda, xvdb)\n');
+    expect(disks.stdout).toContain('    vdi_exports: db1: none of the chosen disks xvdq exists (the VM has xvda): its backup would fail\n');
+    const json = JSON.parse((await vmbackup([...ws.args(sim), '--preview', '--json', '-E', 'web1:-1:xvdb;xvdz'])).stdout) as { warnings: string[] };
+    expect(json.warnings).toEqual(['vdi_exports: web1: no disk xvdz (the VM has xvda, xvdb)']);
+
+    const gone = path.join(ws.base, 'not-mounted');
+    const refused = await vmbackup([...ws.args(sim), '--preview', '-b', gone, '-e', 'db1']);
+    expect(refused.code).toBe(2);
+    expect(refused.stdout).toContain('db1');
+    expect(refused.stderr).toContain(`backup_dir ${path.join(gone, 'exports')} does not exist or is not a directory (is the backup share mounted?)`);
+    const run = await vmbackup([...ws.args(sim), '-b', gone, '-e', 'db1']);
+    expect(run.code).toBe(2);
+    expect(sim.state.liveSessions()).toBe(0);
+  });
+
   it('-l warning prints nothing when all went well; --json prints the summary', async () => {
     const ws = await workspace();
     const quiet = await vmbackup([...ws.args(sim), '-e', 'db1', '-l', 'warning']);
