@@ -71,6 +71,15 @@ describe('loadCommandSettings', () => {
     expect(u.out()).toBe('');
   });
 
+  it('with --json, also prints the failure as JSON on stdout', () => {
+    const t = io();
+    expect(loadCommandSettings(['-b', base, '--json', '--max-backups', 'x'], t)).toBe(2);
+    expect(t.err()).toMatch(/^vmbackup: .*max/);
+    const out = JSON.parse(t.out()) as { status: string; exitCode: number; error: { code: string; message: string } };
+    expect(out).toMatchObject({ status: 'fatal', exitCode: 2, error: { code: expect.any(String) } });
+    expect(t.err()).toContain(out.error.message);
+  });
+
   it('rethrows what is not a usage or config error (a bug)', () => {
     const check = () => {
       throw new TypeError('boom');

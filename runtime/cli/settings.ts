@@ -3,6 +3,7 @@ import path from 'node:path';
 import { loadSettings } from '../config/load.js';
 import type { LoadedSettings } from '../config/load.js';
 import type { Settings } from '../config/schema.js';
+import type { VmbackupError } from '../errors.js';
 import { createLogger } from '../log.js';
 import type { Logger } from '../log.js';
 import { VERSION, fail } from './io.js';
@@ -38,7 +39,14 @@ export function loadCommandSettings(argv: readonly string[], io: Io, opts: Comma
     loaded = loadSettings({ argv, env: io.env, home: io.home, cwd: io.cwd });
     opts.check?.(loaded);
   } catch (error) {
-    return fail(io, error);
+    const code = fail(io, error);
+    // A caller that asked for JSON reads stdout: it gets the failure there too, in the shape
+    // of the commands' own fatal outcome (the flags did not parse, so --json is looked up).
+    if (argv.includes('--json')) {
+      const { code: errorCode, message } = error as VmbackupError;
+      io.stdout.write(JSON.stringify({ status: 'fatal', exitCode: code, error: { code: errorCode, message } }) + '\n');
+    }
+    return code;
   }
   if (opts.help !== undefined && loaded.flags.help) {
     io.stdout.write(opts.help());
