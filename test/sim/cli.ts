@@ -86,6 +86,12 @@ export async function main(argv: string[]): Promise<number> {
     throw error;
   }
 
+  // Listen for the stop signals before anything is started or printed: a supervisor (or a
+  // test) may signal as soon as it reads "listening on".
+  const stopped = new Promise<void>((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+  });
   const bind = typeof values.bind === 'string' ? values.bind.split(',').map((s) => s.trim()) : undefined;
   const sim = await startSimulator({
     pool: spec,
@@ -100,11 +106,7 @@ export async function main(argv: string[]): Promise<number> {
   if (sim.caFile !== undefined) process.stdout.write(`CA certificate: ${sim.caFile}\n`);
   process.stdout.write(`vmbackup-sim: master ${sim.hosts[0]!.name} listening on ${sim.url}\n`);
 
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-  });
+  await stopped;
   await sim.close();
   return 0;
 }
