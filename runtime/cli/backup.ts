@@ -1,5 +1,5 @@
 import { constants } from 'node:os';
-import { selectVms } from '../../functions/plan/select.js';
+import { duplicateNames, selectVms } from '../../functions/plan/select.js';
 import { matchDisks, vmDisks } from '../../functions/snapshot/snapshot.js';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import { helpText } from '../config/args.js';
@@ -19,6 +19,7 @@ import type { RunSummary } from '../run/summary.js';
 import { acquireLock } from '../storage/lock.js';
 import type { Lock, LockInfo } from '../storage/lock.js';
 import { assertBackupDirExists, assertShareMounted } from '../storage/mounts.js';
+import { vmFolderName } from '../storage/naming.js';
 import type { XapiClient } from '../xapi/client.js';
 import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
@@ -149,8 +150,11 @@ async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
   try {
     xapi = await connectXapi(settings);
     const candidates = (await xapi.getAllRecords('VM')).filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot);
+    const poolVms = candidates.map((vm) => ({ uuid: vm.uuid, name: vm.name_label }));
+    const shared = duplicateNames(poolVms);
+    // Each VM with the folder the run would give it (plan's buildVmJobs).
     const selection = selectVms(
-      candidates.map((vm) => ({ uuid: vm.uuid, name: vm.name_label })),
+      poolVms.map((vm) => ({ ...vm, folder: vmFolderName(vm.name, vm.uuid, { shared: shared.has(vm.name) }) })),
       { excludes: settings.excludes, vdiExports: settings.vdi_exports, vmExports: settings.vm_exports, maxBackups: settings.max_backups },
     );
     const warnings: PreviewSelection['warnings'] = [...selection.warnings];

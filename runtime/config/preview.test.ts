@@ -81,6 +81,38 @@ describe('previewText', () => {
   });
 });
 
+describe('where each VM goes', () => {
+  const u1 = '15f0961c-0000-4000-8000-000000000001';
+  const u2 = 'a524e889-0000-4000-8000-000000000002';
+  const dup: PreviewSelection = {
+    excludes: [],
+    vdiExports: [{ vm: { name: '../x', uuid: u1, folder: '_._x~d6b96a97' }, maxBackups: 2, disks: ['xvda'] }],
+    vmExports: [
+      { vm: { name: 'dup', uuid: u1, folder: 'dup~15f0961c' }, maxBackups: 4 },
+      { vm: { name: 'dup', uuid: u2, folder: 'dup~a524e889' }, maxBackups: 4 },
+      { vm: { name: 'web1', uuid: u2, folder: 'web1' }, maxBackups: 4 },
+    ],
+    warnings: [],
+  };
+
+  it('the text names the folder, and the VM, where the folder is not the name', () => {
+    const text = previewText(load([]), dup);
+    expect(text).toContain(`    ../x  (max_backups 2, disks xvda, folder _._x~d6b96a97 (VM ${u1}))\n`);
+    expect(text).toContain(`    dup  (max_backups 4, folder dup~15f0961c (VM ${u1}))\n    dup  (max_backups 4, folder dup~a524e889 (VM ${u2}))\n`);
+    expect(text).toContain('    web1  (max_backups 4)\n');
+  });
+
+  it('the JSON gives every VM its uuid and folder', () => {
+    const json = previewJson(load([]), dup);
+    expect(json.vm_exports).toEqual([
+      { vm: 'dup', max_backups: 4, uuid: u1, folder: 'dup~15f0961c' },
+      { vm: 'dup', max_backups: 4, uuid: u2, folder: 'dup~a524e889' },
+      { vm: 'web1', max_backups: 4, uuid: u2, folder: 'web1' },
+    ]);
+    expect(json.vdi_exports[0]).toEqual({ vm: '../x', max_backups: 2, disks: ['xvda'], uuid: u1, folder: '_._x~d6b96a97' });
+  });
+});
+
 describe('previewJson', () => {
   it('has exactly settings, excludes, vdi_exports, vm_exports and warnings', () => {
     const loaded = load(['-b', '/mnt/VmBackup', '--password-file', passwordFile, '-F', 'vhd']);

@@ -16,9 +16,17 @@ import { Settings } from './schema.js';
  */
 export interface PreviewSelection {
   excludes: { name: string }[];
-  vdiExports: { vm: { name: string }; maxBackups: number; disks: string[] }[];
-  vmExports: { vm: { name: string }; maxBackups: number }[];
+  vdiExports: { vm: PreviewVm; maxBackups: number; disks: string[] }[];
+  vmExports: { vm: PreviewVm; maxBackups: number }[];
   warnings: { entry: string; list: string; message: string }[];
+}
+
+/** A VM to back up: its name, and where known its uuid and the folder its backups go to. */
+export interface PreviewVm {
+  name: string;
+  uuid?: string;
+  /** Shown in the text when it is not the name (shared names, names mapped to be safe). */
+  folder?: string;
 }
 
 /** The part of loadSettings' result the preview shows; `files` and `warnings` are optional. */
@@ -31,9 +39,22 @@ export type PreviewInput = Pick<LoadedSettings, 'settings' | 'sources'> & Partia
 export interface PreviewJson {
   settings: Record<string, unknown>;
   excludes: string[];
-  vdi_exports: { vm: string; max_backups: number; disks: string[] }[];
-  vm_exports: { vm: string; max_backups: number }[];
+  vdi_exports: ({ vm: string; max_backups: number; disks: string[] } & VmWhere)[];
+  vm_exports: ({ vm: string; max_backups: number } & VmWhere)[];
   warnings: string[];
+}
+
+/** A VM's uuid and folder in the JSON preview, when known. */
+type VmWhere = { uuid?: string; folder?: string };
+
+function vmWhere(vm: PreviewVm): VmWhere {
+  return { ...(vm.uuid !== undefined ? { uuid: vm.uuid } : {}), ...(vm.folder !== undefined ? { folder: vm.folder } : {}) };
+}
+
+// `, folder web~1a2b3c4d (VM 1a2b3c4d-…)` when the folder is not the VM's name.
+function folderNote(vm: PreviewVm): string {
+  if (vm.folder === undefined || vm.folder === vm.name) return '';
+  return `, folder ${vm.folder}${vm.uuid !== undefined ? ` (VM ${vm.uuid})` : ''}`;
 }
 
 /** `(set from file /etc/vmbackup/password)`, `(set from environment VMBACKUP_PASSWORD)`, or undefined. */
@@ -97,8 +118,8 @@ export function previewText(input: PreviewInput, selection: PreviewSelection): s
     for (const item of items) lines.push(`    ${item}`);
   };
   list('excludes', selection.excludes.map((vm) => showName(vm.name)));
-  list('vdi-exports', selection.vdiExports.map((e) => `${showName(e.vm.name)}  (max_backups ${e.maxBackups}, disks ${e.disks.join(';')})`));
-  list('vm-exports', selection.vmExports.map((e) => `${showName(e.vm.name)}  (max_backups ${e.maxBackups})`));
+  list('vdi-exports', selection.vdiExports.map((e) => `${showName(e.vm.name)}  (max_backups ${e.maxBackups}, disks ${e.disks.join(';')}${folderNote(e.vm)})`));
+  list('vm-exports', selection.vmExports.map((e) => `${showName(e.vm.name)}  (max_backups ${e.maxBackups}${folderNote(e.vm)})`));
   const warnings = [...(input.warnings ?? []), ...selection.warnings.map(selectionWarning)];
   if (warnings.length > 0) list('warnings', warnings);
   return `${lines.join('\n')}\n`;
@@ -112,8 +133,8 @@ export function previewJson(input: PreviewInput, selection: PreviewSelection): P
   return {
     settings,
     excludes: selection.excludes.map((vm) => vm.name),
-    vdi_exports: selection.vdiExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, disks: [...e.disks] })),
-    vm_exports: selection.vmExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups })),
+    vdi_exports: selection.vdiExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, disks: [...e.disks], ...vmWhere(e.vm) })),
+    vm_exports: selection.vmExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, ...vmWhere(e.vm) })),
     warnings: [...(input.warnings ?? []), ...selection.warnings.map(selectionWarning)],
   };
 }

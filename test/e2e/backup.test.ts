@@ -161,8 +161,8 @@ describe('vmbackup: a backup of a pool, end to end', () => {
     const parsed = JSON.parse(json.stdout) as Record<string, unknown>;
     expect(parsed).toMatchObject({
       excludes: [],
-      vdi_exports: [{ vm: 'web1', max_backups: 3, disks: ['xvdb'] }],
-      vm_exports: [{ vm: 'db1', max_backups: 4 }],
+      vdi_exports: [{ vm: 'web1', max_backups: 3, disks: ['xvdb'], folder: 'web1', uuid: sim.state.vm('web1').uuid }],
+      vm_exports: [{ vm: 'db1', max_backups: 4, folder: 'db1' }],
     });
     expect((parsed.settings as Record<string, unknown>).backup_dir).toBe(ws.exports);
     expect(JSON.stringify(parsed)).not.toContain('"secret"'); // the password's value
