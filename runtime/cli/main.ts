@@ -36,6 +36,11 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
 /** The process entry (bin/vmbackup.js): runs `main` and exits with its code. */
 export async function runCli(): Promise<void> {
   const io: Io = { stdout: process.stdout, stderr: process.stderr, env: process.env, home: os.homedir(), cwd: process.cwd() };
+  // The reader went away (`vmbackup status | head -3`): the rest of the output is not wanted,
+  // but a backup under way carries on (the log file has everything).
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+  });
   let code: number;
   try {
     code = await main(process.argv.slice(2), io);
@@ -48,5 +53,6 @@ export async function runCli(): Promise<void> {
     }
   }
   // xen-api and undici may keep sockets alive a moment; the work is done and logged.
+  if (process.stdout.destroyed) process.exit(code);
   process.stdout.write('', () => process.exit(code));
 }

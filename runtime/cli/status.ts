@@ -119,7 +119,10 @@ export function formatRun(h: RunHeader, jobs: readonly JobState[], outcome?: Run
     for (const row of [head, ...rows]) lines.push(row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd());
   }
   for (const j of jobs) {
-    if (j.error !== undefined) lines.push(`ERROR: ${j.category} ${j.label}: ${j.error.message}`);
+    // As the run's summary prints them (runtime/run/summary.ts): a VM its pre-vm hook
+    // skipped is SKIPPED, not an error.
+    if (j.status === 'skipped') lines.push(`SKIPPED: ${j.category} ${j.label}: ${j.error?.message ?? 'skipped'}`);
+    else if (j.error !== undefined) lines.push(`ERROR: ${j.category} ${j.label}: ${j.error.message}`);
     for (const w of j.warnings) lines.push(`WARNING: ${j.category} ${j.label}: ${w}`);
   }
   return lines.join('\n') + '\n';

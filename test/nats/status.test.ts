@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -106,6 +107,16 @@ describe('vmbackup status', () => {
       const shown = JSON.parse((await vmbackup(['status', runId, '--json', '-c', config, '-b', base])).stdout) as { outcome?: string; exitCode?: number };
       expect([shown.outcome, shown.exitCode]).toEqual([outcome, exitCode]);
     }
+  });
+
+  it('ends quietly when its reader goes away (`vmbackup status | head -1`)', async () => {
+    const child = spawn(process.execPath, [path.join(process.cwd(), 'bin/vmbackup.js'), 'status', '-c', config, '-b', base], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.destroy(); // the reader is gone before the first line
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise((resolve) => child.on('exit', resolve));
+    expect(stderr).not.toMatch(/EPIPE|Error/);
+    expect(code).toBe(0);
   });
 
   it('a second run id is refused, naming the command', async () => {
