@@ -262,6 +262,19 @@ describe('reduce: hooks', () => {
     expect(formatSummary(summary)).toContain('SKIPPED: vm-export vm1: pre-vm command hook: replica lagging\n');
   });
 
+  it('every VM skipped by its pre-vm hooks: nothing backed up, the run is an error (exit 1)', () => {
+    const run = started(1);
+    run.apply(done('pre-hook', 'vm.u1', { ...vmJob(1), skipped: { reason: 'pre-vm command hook: timed out' }, warnings: [] }));
+    run.take();
+    run.apply(done('post-hook', 'vm.u1', { skipped: { reason: 'x' } }));
+    expect(run.finished).toBe(true);
+    const summary = RunSummary.parse(summarize(run.header, [...run.jobs.values()]));
+    expect(summary.categories['vm-export']).toEqual({ S: 0, W: 1, E: 0 });
+    expect(summary).toMatchObject({ status: 'error', exitCode: 1 });
+    expect(formatSummary(summary)).toContain('SKIPPED: vm-export vm1: pre-vm command hook: timed out\n');
+    expect(formatSummary(summary)).toContain('>> Error: every VM was skipped, none backed up <<\n');
+  });
+
   it('post-hook gets the prune output with the set’s files, mode and stamp', () => {
     const run = started(1);
     doneUpTo(run, 1, 'post-hook');

@@ -11,7 +11,8 @@ import type { JobState, RunHeader } from './state.js';
  * `run.finished` event.
  *
  * Counts per category, VmBackup's way: S = jobs that succeeded, W = warnings, E = jobs that
- * failed. A VM skipped by its pre-vm hook counts as one warning (status `skipped`). Exit code:
+ * failed. A VM skipped by its pre-vm hook counts as one warning (status `skipped`); when every
+ * VM of the run was skipped, the run is an error (exit 1): nothing of them was backed up. Exit code:
  * 0 when nothing failed (warnings and skips allowed), 1 when a backup failed or the run-start
  * hook skipped the whole run (`skipped`: nothing was backed up), 2 when the run could not
  * start (`fatal`).
@@ -90,7 +91,11 @@ export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSumm
     };
   });
   for (const w of header.warnings) count(LIST_CATEGORY[w.list ?? ''] ?? 'vm-export').W += 1;
-  const anyError = summaries.some((j) => j.status === 'error' || j.status === 'pending');
+  // Every VM skipped by its pre-vm hooks: nothing of the VMs was backed up, which cron and
+  // monitoring must notice (exit 1), as for a run its run-start hooks skipped.
+  const vmJobs = jobs.filter((j) => j.kind === 'vm');
+  const allVmsSkipped = vmJobs.length > 0 && vmJobs.every((j) => j.status === 'skipped');
+  const anyError = allVmsSkipped || summaries.some((j) => j.status === 'error' || j.status === 'pending');
   const anyWarning = Object.values(categories).some((c) => c.W > 0);
   const runSkipped = header.fatal?.code === HOOK_ABORTED;
   const status = runSkipped ? 'error' : header.fatal !== undefined ? 'fatal' : anyError ? 'error' : anyWarning ? 'warning' : 'success';
@@ -158,6 +163,8 @@ export function formatSummary(summary: RunSummary): string {
     lines.push(`VmBackup ${TITLES[category] ?? category} Summary - S:${counts.S} W:${counts.W} E:${counts.E}`);
     lines.push(verdict(counts));
   }
+  const vmJobs = summary.jobs.filter((j) => j.category === 'vm-export' || j.category === 'vdi-export');
+  if (vmJobs.length > 0 && vmJobs.every((j) => j.status === 'skipped')) lines.push('>> Error: every VM was skipped, none backed up <<');
   if (summary.backupDir !== undefined) lines.push(`backups in ${summary.backupDir}`);
   return lines.join('\n') + '\n';
 }

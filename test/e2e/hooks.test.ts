@@ -232,8 +232,10 @@ describe('vmbackup: hooks, end to end', () => {
     const ws2 = await hookWorkspace();
     const hang2 = await script(ws2, 'hang.sh', 'exec sleep 120');
     const r2 = await vmbackup([...ws2.args(sim), '-e', 'db1', ...(await ws2.cfg([`hook_command_pre_vm = ${hang2}`, 'hook_timeout = 1', 'hooks_on_timeout = abort']))]);
-    expect(r2.code).toBe(0);
+    // Its only VM skipped: nothing backed up, exit 1.
+    expect(r2.code).toBe(1);
     expect(r2.stdout).toContain('SKIPPED: vm-export db1: pre-vm command hook: timed out (hang.sh did not finish within 1 s: killed; hooks_on_timeout = abort)');
+    expect(r2.stdout).toContain('>> Error: every VM was skipped, none backed up <<');
     expect(await exists(path.join(ws2.exports, 'db1'))).toBe(false);
   });
 
