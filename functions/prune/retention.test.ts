@@ -321,7 +321,6 @@ describe('planSeriesRetention', () => {
     ];
     const p = planSeriesRetention({ kind: 'hosts', files, maxBackups: 1, now: NOW, protect: [day(2)] });
     expect(p.keep.map((s) => `${s.series} ${s.stamp} ${s.reason}`)).toEqual([
-      `${LEGACY_HOSTS_SERIES} ${legacyDay(2)} within-max-backups`,
       `xcp-a ${day(3)} within-max-backups`,
       `xcp-a ${day(2)} protected`,
       `xcp_b ${day(3)} within-max-backups`,
@@ -331,7 +330,26 @@ describe('planSeriesRetention', () => {
       `${LEGACY_HOSTS_SERIES} ${legacyDay(1)} over-max-backups`,
       `xcp-a ${day(1)} over-max-backups`,
       `xcp-a ${day(4)} incomplete-stale`,
+      // Each host has max_backups (1) of its own newer than it: VmBackup's last one goes too.
+      `${LEGACY_HOSTS_SERIES} ${legacyDay(2)} over-max-backups`,
     ]);
+  });
+
+  it('HOSTS: VmBackup files age out once every host holds max_backups newer files of its own', () => {
+    const legacy = [1, 2, 3].map((d) => f(`hosts_${legacyDay(d)}.xbk`));
+    const plan = (hostFiles: FileEntry[]) => planSeriesRetention({ kind: 'hosts', files: [...legacy, ...hostFiles], maxBackups: 2, now: NOW });
+    const legacyKept = (p: RetentionPlan) => p.keep.filter((s) => s.series === LEGACY_HOSTS_SERIES).map((s) => s.stamp);
+    // No backup of vmbackup's yet: VmBackup's are kept by max_backups, as before.
+    expect(legacyKept(plan([]))).toEqual([legacyDay(3), legacyDay(2)]);
+    // xcp-a has two newer files, xcp-b one: not yet.
+    const some = plan([f(`hosts_xcp-a_${day(4)}.xbk`), f(`hosts_xcp-a_${day(5)}.xbk`), f(`hosts_xcp-b_${day(5)}.xbk`)]);
+    expect(legacyKept(some)).toEqual([legacyDay(3), legacyDay(2)]);
+    // Both have two: VmBackup's go, oldest first.
+    const both = plan([f(`hosts_xcp-a_${day(4)}.xbk`), f(`hosts_xcp-a_${day(5)}.xbk`), f(`hosts_xcp-b_${day(4)}.xbk`), f(`hosts_xcp-b_${day(5)}.xbk`)]);
+    expect(legacyKept(both)).toEqual([]);
+    expect(both.delete.filter((d) => d.series === LEGACY_HOSTS_SERIES).map((d) => d.stamp)).toEqual([legacyDay(1), legacyDay(2), legacyDay(3)]);
+    // An empty (failed) host file does not count.
+    expect(legacyKept(plan([f(`hosts_xcp-a_${day(4)}.xbk`), f(`hosts_xcp-a_${day(5)}.xbk`, 0)]))).toEqual([legacyDay(3), legacyDay(2)]);
   });
 
   it('refuses max_backups < 1', () => {

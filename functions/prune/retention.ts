@@ -372,5 +372,28 @@ export function planSeriesRetention(input: SeriesRetentionInput): RetentionPlan 
     plan.delete.push(...part.delete);
     plan.incomplete.push(...part.incomplete);
   }
+  if (input.kind === 'hosts') ageOutLegacyHosts(plan, input.maxBackups);
   return plan;
+}
+
+/**
+ * VmBackup's `hosts_<stamp>.xbk` name no host, so no new file ever joins their series and
+ * they would stay forever. One ages out once every host's own series holds `maxBackups`
+ * complete files newer than it: by then each host has as many backups as it is meant to keep.
+ */
+function ageOutLegacyHosts(plan: RetentionPlan, maxBackups: number): void {
+  const hostDates = new Map<string, number[]>();
+  for (const set of plan.keep) {
+    if (set.series === undefined || set.series === LEGACY_HOSTS_SERIES) continue;
+    let dates = hostDates.get(set.series);
+    if (!dates) hostDates.set(set.series, (dates = []));
+    dates.push(set.date.getTime());
+  }
+  if (hostDates.size === 0) return;
+  const superseded = (set: BackupSet) => [...hostDates.values()].every((dates) => dates.filter((d) => d > set.date.getTime()).length >= maxBackups);
+  const aged = plan.keep.filter((set) => set.series === LEGACY_HOSTS_SERIES && set.reason === 'within-max-backups' && superseded(set));
+  if (aged.length === 0) return;
+  plan.keep = plan.keep.filter((set) => !aged.includes(set));
+  // keep is newest first; deletions go oldest first.
+  plan.delete.push(...aged.reverse().map((set) => ({ stamp: set.stamp, files: set.files, reason: 'over-max-backups' as const, series: set.series })));
 }
