@@ -6,7 +6,7 @@ import { PermanentError } from '../../runtime/errors.js';
 import { jobSubject } from '../../runtime/events.js';
 import { defineFunction, subject } from '../../runtime/function.js';
 import type { Ctx } from '../../runtime/function.js';
-import { pidAlive } from '../../runtime/storage/lock.js';
+import { otherRunsLock, pidAlive } from '../../runtime/storage/lock.js';
 import { formatStamp, vmFolderName } from '../../runtime/storage/naming.js';
 import { freeSpace } from '../../runtime/storage/space.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
@@ -96,6 +96,11 @@ export const plan = defineFunction({
     // The operator's run-start hooks come first; an abort ends the run here (HOOK_ABORTED).
     const hookWarnings = await runStartHooks({ runId: input.runId, startedAt: input.startedAt, backupDir: o.backupDir }, ctx);
     await checkBackupDir(o.backupDir, o.spaceThreshold);
+    // An embedded `vmbackup` holding backup_dir's lock is not this run: do not work beside it.
+    const held = await otherRunsLock(o.backupDir, { runId: input.runId, now: ctx.clock.now(), me: ctx.origin, staleHours: o.leftoverAgeHours });
+    if (held !== undefined) {
+      throw new PermanentError('LOCKED', `another vmbackup run holds ${held.file}: run ${held.runId}, pid ${held.pid} on ${held.hostname}, since ${held.startedAt}`, { ...held });
+    }
     const xapi = await ctx.xapi();
     // Of the VDIs only snapshots can be leftovers: do not fetch every disk of a large pool.
     const [all, vdis] = await Promise.all([xapi.getAllRecords('VM'), xapi.getAllRecordsWhere('VDI', 'field "is_a_snapshot"="true"')]);

@@ -93,6 +93,21 @@ export async function acquireLock(
   throw new LockedError('LOCKED', `could not take ${file}: another run took it first`, { file });
 }
 
+/**
+ * The live lock of another run on `backupDir`, if there is one: what a run that does not
+ * take the lock itself (a run on NATS workers) checks before it starts, so that it never
+ * backs up or prunes beside the embedded `vmbackup` holding it. A stale lock does not count.
+ *
+ * @example await otherRunsLock('/mnt/VmBackup/exports', { runId, now, me: localOrigin(), staleHours: 24 })
+ */
+export async function otherRunsLock(backupDir: string, opts: { runId: string; now: Date; me: Origin; staleHours: number }): Promise<(LockInfo & { file: string }) | undefined> {
+  const file = path.join(backupDir, LOCK_FILE);
+  const existing = await readLock(file);
+  if (existing === undefined || existing.runId === opts.runId) return undefined;
+  if (isStale(existing, opts.now, opts.me, opts.staleHours, pidAlive)) return undefined;
+  return { ...existing, file };
+}
+
 async function readLock(file: string): Promise<LockInfo | undefined> {
   try {
     const parsed = JSON.parse(await readFile(file, 'utf8')) as Partial<LockInfo>;

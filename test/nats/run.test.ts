@@ -1,4 +1,5 @@
-import { mkdir, readdir } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pipelines } from '../../functions/index.js';
@@ -129,6 +130,17 @@ describe('vmbackup run through NATS with two workers', () => {
     const r = await vmbackup(['run', ...rig.args('--space-threshold', '99')]);
     expect(r.code).toBe(2);
     expect(r.stdout).toMatch(/ERROR: the run could not start: backup_dir .* below space_threshold 99%/);
+    // An embedded vmbackup holds backup_dir's lock (this test process stands for it).
+    const lock = path.join(rig.ws.exports, '.vmbackup.lock');
+    await writeFile(lock, JSON.stringify({ hostname: os.hostname(), pid: process.pid, runId: 'embedded-1', startedAt: new Date().toISOString() }));
+    try {
+      const locked = await vmbackup(['run', ...rig.args('-e', 'web1')]);
+      expect(locked.code).toBe(2);
+      expect(locked.stdout).toContain(`ERROR: the run could not start: another vmbackup run holds ${lock}: run embedded-1, pid ${process.pid} on ${os.hostname()}`);
+      expect(rig.sim.state.snapshots('web1')).toEqual([]);
+    } finally {
+      await rm(lock, { force: true });
+    }
     const down = await vmbackup(['run', ...rig.ws.args(rig.sim), '--nats', 'nats://127.0.0.1:9']);
     expect(down.code).toBe(2);
     expect(down.stderr).toContain('cannot reach NATS at nats://127.0.0.1:9');
