@@ -202,22 +202,26 @@ export async function finishedState(store: RunStore, runId: string): Promise<Run
   return summarize(current.header, await store.allJobs(runId));
 }
 
-function progress(event: PhaseEvent, labels: Map<string, string>, log: Logger): void {
+/** One progress line of `vmbackup run` for a phase event (debug for a start). */
+export function progress(event: PhaseEvent, labels: Map<string, string>, log: Logger): void {
   if (event.outcome === 'started') {
     if (event.label !== undefined) labels.set(event.jobId, event.label);
     log.debug(`${event.label ?? event.jobId}: ${event.fn} started`);
     return;
   }
-  const output = event.outcome === 'done' ? (event.output as { vm?: { name?: string }; bytes?: number; vmJobs?: unknown[] } | undefined) : undefined;
+  const output =
+    event.outcome === 'done' ? (event.output as { vm?: { name?: string }; bytes?: number; vmJobs?: unknown[]; skipped?: { reason?: string } } | undefined) : undefined;
   const who = labels.get(event.jobId) ?? output?.vm?.name ?? event.jobId;
-  const took = formatSeconds(event.durationMs);
+  // A delivery after the first: the worker that had the job died or let it go.
+  const took = `${formatSeconds(event.durationMs)}${event.attempt > 1 ? ` (delivery ${event.attempt}: an earlier worker did not finish it)` : ''}`;
   if (event.outcome === 'failed') {
     // An error, as the embedded command logs it: the phase gave up (the coordinator may
     // still back the VM up again from a new snapshot; the summary says how it ended).
     log.error(`${who}: ${event.fn} failed (${event.error.code}): ${event.error.message}`);
     return;
   }
-  if (event.fn === 'plan' && Array.isArray(output?.vmJobs)) log.info(`plan: ${output.vmJobs.length} VM(s) to back up`);
+  if (event.fn === 'pre-hook' && output?.skipped !== undefined) log.warn(`${who}: skipped by its pre-vm hooks: ${output.skipped.reason ?? 'no reason given'}`);
+  else if (event.fn === 'plan' && Array.isArray(output?.vmJobs)) log.info(`plan: ${output.vmJobs.length} VM(s) to back up`);
   else if (event.fn === 'export' && typeof output?.bytes === 'number') log.info(`${who}: exported ${formatBytes(output.bytes)} in ${took}`);
   else log.info(`${who}: ${event.fn} done in ${took}`);
 }
