@@ -11,7 +11,7 @@ import { isFatalToCommand } from '../errors.js';
 import { localOrigin, systemClock } from '../function.js';
 import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
-import { hooksFromSettings } from '../hooks/settings.js';
+import { hookConfigFromSettings, hooksFromSettings } from '../hooks/settings.js';
 import { runEmbedded } from '../run/embedded.js';
 import { newRunId } from '../run/start.js';
 import { formatSummary } from '../run/summary.js';
@@ -38,7 +38,14 @@ import { connectXapi, xapiPassword } from './xapi.js';
  * second signal exits at once with 128 + its number (130, 143) and says what it leaves behind.
  */
 export async function backupCommand(argv: readonly string[], io: Io): Promise<number> {
-  const loaded = loadCommandSettings(argv, io, { help: () => helpText({ prog: 'vmbackup', version: VERSION }) + '\n' });
+  const loaded = loadCommandSettings(argv, io, {
+    help: () => helpText({ prog: 'vmbackup', version: VERSION }) + '\n',
+    // Hook settings are settings: a bad one is reported as every config error is
+    // (`vmbackup: <key> = <value> in <file> line N: <reason>`, exit 2), before anything runs.
+    check: (l) => {
+      if (!l.flags.preview) hookConfigFromSettings(l.settings, { hasBus: false, where: l.where });
+    },
+  });
   if (typeof loaded === 'number') return loaded;
   const { settings, flags } = loaded;
 

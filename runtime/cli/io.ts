@@ -15,9 +15,8 @@ export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.j
 /** Prints a command-ending error (exit 2) or rethrows a bug. */
 export function fail(io: Io, error: unknown): number {
   if (isFatalToCommand(error)) {
+    // A ConfigError of several values lists them in its message already (configError).
     io.stderr.write(`vmbackup: ${error.message}\n`);
-    const issues = (error.data as { issues?: { message: string }[] }).issues;
-    if (Array.isArray(issues) && issues.length > 1) for (const i of issues) io.stderr.write(`  - ${i.message}\n`);
     return 2;
   }
   throw error;

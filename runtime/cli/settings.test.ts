@@ -71,6 +71,15 @@ describe('loadCommandSettings', () => {
     expect(u.out()).toBe('');
   });
 
+  it('lists several bad values once each', () => {
+    const t = io();
+    expect(loadCommandSettings(['-b', base, '--max-backups', '0', '--concurrency', 'x'], t)).toBe(2);
+    const lines = t.err().trimEnd().split('\n');
+    expect(lines[0]).toBe('vmbackup: 2 configuration errors:');
+    expect(lines).toHaveLength(3);
+    expect(lines.slice(1).every((l) => l.startsWith('  - '))).toBe(true);
+  });
+
   it('with --json, also prints the failure as JSON on stdout', () => {
     const t = io();
     expect(loadCommandSettings(['-b', base, '--json', '--max-backups', 'x'], t)).toBe(2);

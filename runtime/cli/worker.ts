@@ -8,7 +8,7 @@ import { UsageError } from '../errors.js';
 import type { FunctionDef } from '../function.js';
 import { localOrigin, systemClock } from '../function.js';
 import { startRunEndTrigger } from '../hooks/run-end.js';
-import { hooksFromSettings } from '../hooks/settings.js';
+import { hookConfigFromSettings, hooksFromSettings } from '../hooks/settings.js';
 import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
 import { startCoordinator } from '../run/coordinator.js';
@@ -50,7 +50,12 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
     return fail(io, error);
   }
   // Warnings once the worker's own options are known good.
-  const loaded = loadCommandSettings(extras.rest, io, { help: () => commandHelp('worker', { version: VERSION, notes: [`Functions (--functions, Default: all): ${functions.map((f) => f.name).join(', ')}.`] }), warnings: false });
+  const loaded = loadCommandSettings(extras.rest, io, {
+    help: () => commandHelp('worker', { version: VERSION, notes: [`Functions (--functions, Default: all): ${functions.map((f) => f.name).join(', ')}.`] }),
+    warnings: false,
+    // Hook settings are settings: a bad one ends the worker before it connects (exit 2).
+    check: (l) => void hookConfigFromSettings(l.settings, { hasBus: true, where: l.where }),
+  });
   if (typeof loaded === 'number') return loaded;
   let fns: FunctionDef[];
   let ackWaitS: number;

@@ -576,7 +576,12 @@ function coerce(key: SettingKey, raw: string | boolean | string[], cwd: string):
   }
 }
 
-function configError(issues: ConfigIssue[]): ConfigError {
+/**
+ * The ConfigError of one or more invalid values: the one sentence, or `N configuration
+ * errors:` and one line each; `data.issues` has them all. Every settings check ends with it
+ * (this loader, the hook settings), so the commands print them alike.
+ */
+export function configError(issues: readonly Pick<ConfigIssue, 'key' | 'file' | 'reason' | 'message'>[]): ConfigError {
   const message = issues.length === 1 ? issues[0]!.message : `${issues.length} configuration errors:\n${issues.map((i) => `  - ${i.message}`).join('\n')}`;
   const first = issues[0]!;
   const error = new ConfigError(message, { ...(first.key !== undefined ? { key: first.key } : {}), ...(first.file !== undefined ? { file: first.file } : {}), reason: first.reason });

@@ -91,7 +91,7 @@ describe('runCommand', () => {
       VMBACKUP_MODE: 'vm',
       VMBACKUP_STAMP: '20261126-083000',
     });
-    expect(lines.map((l) => l.msg)).toContain('pre-vm hook ok.sh: quiesced DEV MYSQL');
+    expect(lines.map((l) => l.msg)).toContain('DEV MYSQL: pre-vm hook ok.sh: quiesced DEV MYSQL');
   });
 
   it(`exit ${ABORT_EXIT_CODE} aborts, the last line of stdout being the reason`, async () => {
@@ -105,7 +105,7 @@ describe('runCommand', () => {
     const cmd = await script('fail.sh', 'echo "mysql: access denied" >&2; exit 1');
     const { log, lines } = capture();
     expect(await runCommand([cmd], preVm, { timeoutMs: 10_000, env: {}, log })).toEqual({ kind: 'command', outcome: 'failed', reason: 'fail.sh exited with 1: mysql: access denied' });
-    expect(lines.find((l) => l.stream === 'stderr')!.msg).toBe('pre-vm hook fail.sh (stderr): mysql: access denied');
+    expect(lines.find((l) => l.stream === 'stderr')!.msg).toBe('DEV MYSQL: pre-vm hook fail.sh (stderr): mysql: access denied');
     expect(await runCommand([path.join(dir, 'nope')], preVm, { timeoutMs: 10_000, env: {}, log })).toMatchObject({ outcome: 'failed', reason: expect.stringMatching(/cannot run .*nope: ENOENT/) });
     const notExec = path.join(dir, 'plain.txt');
     await writeFile(notExec, 'x');

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { Logger } from 'pino';
+import { hookSubject } from './event.js';
 import type { HookEvent } from './event.js';
 import type { KindResult } from './kind.js';
 
@@ -36,14 +37,15 @@ export interface CommandOptions {
 export function runCommand(argv: readonly string[], event: HookEvent, opts: CommandOptions): Promise<KindResult> {
   const [program, ...args] = argv;
   const name = path.basename(program ?? '');
+  const who = hookSubject(event);
   const result = (outcome: KindResult['outcome'], reason: string): KindResult => ({ kind: 'command', outcome, reason });
   if (program === undefined) return Promise.resolve(result('failed', 'no command'));
   if (opts.signal?.aborted === true) return Promise.resolve(result('failed', 'interrupted by shutdown'));
 
   return new Promise((resolve) => {
     const child = spawn(program, args, { detached: true, stdio: ['pipe', 'pipe', 'pipe'], env: hookEnv(event, opts.env) });
-    const stdout = new OutputLines((line) => opts.log.info({ hook: 'command', point: event.point, stream: 'stdout' }, `${event.point} hook ${name}: ${line}`));
-    const stderr = new OutputLines((line) => opts.log.info({ hook: 'command', point: event.point, stream: 'stderr' }, `${event.point} hook ${name} (stderr): ${line}`));
+    const stdout = new OutputLines((line) => opts.log.info({ hook: 'command', point: event.point, stream: 'stdout' }, `${who}: ${event.point} hook ${name}: ${line}`));
+    const stderr = new OutputLines((line) => opts.log.info({ hook: 'command', point: event.point, stream: 'stderr' }, `${who}: ${event.point} hook ${name} (stderr): ${line}`));
     child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
     child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
     // A command that does not read its stdin closes it early: not an error.

@@ -121,6 +121,16 @@ export type HookEvent = z.infer<typeof HookEvent>;
 export type EventOf<P extends HookPoint> = Extract<HookEvent, { point: P }>;
 
 /**
+ * Whom a hook's log lines are about, as other progress lines start: the VM's name at pre-vm
+ * and post-vm (several VMs' hooks run at once), `run <id>` at run-start and run-end.
+ *
+ * @example `${hookSubject(event)}: pre-vm command hook: continue (0.0 s)` // web1: pre-vm command hook: …
+ */
+export function hookSubject(event: HookEvent): string {
+  return event.point === 'pre-vm' || event.point === 'post-vm' ? event.vm.name : `run ${event.runId}`;
+}
+
+/**
  * What the hooks of one point decided, all kinds together.
  *
  * - `decision`: `abort` only at a point that can abort (pre-vm, run-start).

@@ -5,10 +5,12 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { MemoryBus } from '../bus/memory.js';
 import { silentLogger } from '../log.js';
-import type { PostVmEvent, PreVmEvent } from './event.js';
+import type { PostVmEvent, PreVmEvent, RunStartEvent } from './event.js';
 import { createHookRunner, noHooks } from './runner.js';
 import type { HookConfig } from './runner.js';
 
@@ -165,6 +167,28 @@ describe('createHookRunner', () => {
     const after = beats;
     await new Promise((r) => setTimeout(r, 300));
     expect(beats).toBe(after); // stopped with the hooks
+  });
+
+  it('its progress lines name the VM (pre-vm, post-vm) or the run (run-start, run-end)', async () => {
+    const lines: string[] = [];
+    const log = pino({}, new Writable({ write: (c: Buffer, _e, cb) => (lines.push((JSON.parse(c.toString()) as { msg: string }).msg), cb()) }));
+    const runner = createHookRunner(
+      config({
+        commands: { 'pre-vm': await command('echo quiesced'), 'post-vm': await command('exit 1'), 'run-start': await command('echo "in maintenance"; exit 3') },
+      }),
+      { ...deps(), log },
+    );
+    await runner.run('pre-vm', pre);
+    await runner.run('post-vm', post);
+    const start: RunStartEvent = { point: 'run-start', runId: 'r1', at: pre.at, startedAt: pre.at, backupDir: '/b' };
+    await runner.run('run-start', start);
+    expect(lines).toEqual([
+      expect.stringMatching(/^db1: pre-vm hook cmd-.*\.sh: quiesced$/),
+      expect.stringMatching(/^db1: pre-vm command hook: continue \(\d+\.\d s\)$/),
+      expect.stringMatching(/^db1: post-vm command hook failed: cmd-.*\.sh exited with 1$/),
+      expect.stringMatching(/^run r1: run-start hook cmd-.*\.sh: in maintenance$/),
+      expect.stringMatching(/^run r1: run-start command hook: in maintenance → abort \(\d+\.\d s\)$/),
+    ]);
   });
 
   it('throws on shutdown, so the runtime hands the job back', async () => {

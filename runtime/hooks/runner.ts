@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { Bus } from '../bus/bus.js';
 import { formatSeconds } from '../units.js';
 import { runCommand } from './command.js';
-import { ABORT_POINTS } from './event.js';
+import { ABORT_POINTS, hookSubject } from './event.js';
 import type { EventOf, HookPoint, HookResult } from './event.js';
 import { postHook } from './http.js';
 import { HOOK_KINDS } from './kind.js';
@@ -99,6 +99,8 @@ export function createHookRunner(config: HookConfig, deps: HookRunnerDeps): Hook
     async run(point, event, opts = {}) {
       if (event.point !== point) throw new Error(`hooks: a ${event.point} event given for ${point}`);
       const log = opts.log ?? deps.log;
+      // Progress lines name their VM (or run): hooks of several VMs run at once.
+      const who = hookSubject(event);
       const canAbort = ABORT_POINTS.has(point);
       const kinds = canAbort ? HOOK_KINDS : [...HOOK_KINDS].reverse();
       const reasons: string[] = [];
@@ -116,11 +118,11 @@ export function createHookRunner(config: HookConfig, deps: HookRunnerDeps): Hook
           if (decision === 'abort') {
             const reason = `${what}: ${describe(r)}`;
             reasons.push(reason);
-            log.info({ hook: kind, point, outcome: r.outcome, durationMs: Date.now() - started }, `${reason} → abort (${took})`);
+            log.info({ hook: kind, point, outcome: r.outcome, durationMs: Date.now() - started }, `${who}: ${reason} → abort (${took})`);
             break;
           }
           if (r.outcome === 'continue') {
-            log.info({ hook: kind, point, durationMs: Date.now() - started }, `${what}: continue${r.reason !== '' ? ` (${r.reason})` : ''} (${took})`);
+            log.info({ hook: kind, point, durationMs: Date.now() - started }, `${who}: ${what}: continue${r.reason !== '' ? ` (${r.reason})` : ''} (${took})`);
             continue;
           }
           const policy = canAbort ? `; going on (${r.outcome === 'timeout' ? 'hooks_on_timeout' : 'hooks_on_failure'} = continue)` : '';
@@ -131,7 +133,7 @@ export function createHookRunner(config: HookConfig, deps: HookRunnerDeps): Hook
           warnings.push(warning);
           // run-end's warnings reach no summary (it is out): said in the log. The others are
           // the job's or the run's warnings, reported in the summary.
-          log[point === 'run-end' ? 'warn' : 'info']({ hook: kind, point, outcome: r.outcome, durationMs: Date.now() - started }, warning);
+          log[point === 'run-end' ? 'warn' : 'info']({ hook: kind, point, outcome: r.outcome, durationMs: Date.now() - started }, `${who}: ${warning}`);
         }
       } finally {
         clearInterval(beat);

@@ -1,4 +1,4 @@
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -10,12 +10,28 @@ import type { LoadedSettings } from '../config/load.js';
 import { ConfigError } from '../errors.js';
 import { silentLogger } from '../log.js';
 import { noHooks } from './runner.js';
-import { hookConfigFromSettings, hooksFromSettings } from './settings.js';
+import { hookConfigFromSettings, hooksFromSettings, programProblem } from './settings.js';
 
 let root: string;
+/** An executable hook program in root. */
+let quiesce: string;
 beforeAll(async () => {
   root = await mkdtemp(path.join(os.tmpdir(), 'vmb-hook-settings-'));
+  quiesce = path.join(root, 'quiesce');
+  await writeFile(quiesce, '#!/bin/sh\nexit 0\n');
+  await chmod(quiesce, 0o755);
 });
+
+/** The ConfigError `f` throws. */
+function configError(f: () => unknown): ConfigError {
+  try {
+    f();
+  } catch (error) {
+    if (error instanceof ConfigError) return error;
+    throw error;
+  }
+  throw new Error('expected a ConfigError');
+}
 afterAll(async () => rm(root, { recursive: true, force: true }));
 
 /** Settings from a real config file (`-c`), as the command loads them. */
@@ -33,7 +49,7 @@ describe('hookConfigFromSettings', () => {
     await chmod(secret, 0o600);
     const { settings, where } = await load(
       [
-        `hook_command_pre_vm = /usr/local/bin/quiesce --db "sales db"`,
+        `hook_command_pre_vm = ${quiesce} --db "sales db"`,
         `hook_command_run_end = /bin/sh -c 'mail -s done ops'`,
         'hook_url_post_vm = https://ops.example/hooks/vmbackup',
         'hook_secret_file = hook-secret',
@@ -43,7 +59,7 @@ describe('hookConfigFromSettings', () => {
     );
     const { config, warnings } = hookConfigFromSettings(settings, { hasBus: false, where });
     expect(config).toEqual({
-      commands: { 'pre-vm': ['/usr/local/bin/quiesce', '--db', 'sales db'], 'run-end': ['/bin/sh', '-c', 'mail -s done ops'] },
+      commands: { 'pre-vm': [quiesce, '--db', 'sales db'], 'run-end': ['/bin/sh', '-c', 'mail -s done ops'] },
       urls: { 'post-vm': 'https://ops.example/hooks/vmbackup' },
       secret: 's3cret',
       nats: false,
@@ -55,7 +71,7 @@ describe('hookConfigFromSettings', () => {
     expect(warnings).toEqual([]);
   });
 
-  it('names every bad key, with its file and line, in one ConfigError', async () => {
+  it('names every bad key, with its value, file and line, in one ConfigError worded as the config loader’s', async () => {
     const { settings, where, file } = await load([
       'hook_command_pre_vm = quiesce --now',
       `hook_command_post_vm = /bin/x "open`,
@@ -72,14 +88,66 @@ describe('hookConfigFromSettings', () => {
     expect(error).toBeInstanceOf(ConfigError);
     const issues = ((error as ConfigError).data.issues as { key: string; message: string }[]).map((i) => i.message);
     expect(issues).toEqual([
-      `hook_command_pre_vm = quiesce --now (${file} line 2): the program must be an absolute path (/usr/local/bin/…), not "quiesce"`,
-      `hook_command_post_vm = /bin/x "open (${file} line 3): unbalanced double quote`,
-      `hook_url_run_start = ftp://ops.example/x (${file} line 4): scheme ftp is not supported (use https:// or http://)`,
-      `hook_url_run_end = https://user:tok@ops.example/x (${file} line 5): must not contain a user or password (requests are signed with hook_secret_file)`,
-      `hooks_nats = true (${file} line 6): NATS hooks need a NATS connection, which this command does not have (use command or HTTP hooks, or run on NATS with vmbackup worker)`,
+      `hook_command_pre_vm = quiesce --now in ${file} line 2: the program must be an absolute path (/usr/local/bin/…), not "quiesce"`,
+      `hook_command_post_vm = /bin/x "open in ${file} line 3: unbalanced double quote`,
+      `hook_url_run_start = ftp://ops.example/x in ${file} line 4: scheme ftp is not supported (use https:// or http://)`,
+      // The token is not repeated in the message.
+      `hook_url_run_end = https://***@ops.example/x in ${file} line 5: must not contain a user or password (requests are signed with hook_secret_file)`,
+      `hooks_nats = true in ${file} line 6: NATS hooks need a NATS connection, which this command does not have (use command or HTTP hooks, or run on NATS with vmbackup worker)`,
       'hook_url_* is set but hook_secret_file is not: HTTP hooks are always signed (X-Vmbackup-Signature-256), set hook_secret_file',
     ]);
-    expect((error as ConfigError).message).toMatch(/^6 hook configuration errors:\n {2}- hook_command_pre_vm/);
+    expect((error as ConfigError).message).toMatch(/^6 configuration errors:\n {2}- hook_command_pre_vm/);
+    expect((error as ConfigError).data).toMatchObject({ key: 'hook_command_pre_vm', file, reason: expect.stringMatching(/^the program must be an absolute path/) });
+    expect((error as ConfigError).data.issues).toContainEqual({
+      key: 'hook_url_run_start',
+      file,
+      line: 4,
+      where: `${file} line 4`,
+      reason: 'scheme ftp is not supported (use https:// or http://)',
+      message: `hook_url_run_start = ftp://ops.example/x in ${file} line 4: scheme ftp is not supported (use https:// or http://)`,
+    });
+  });
+
+  it('one bad key: the message is its sentence, as the loader’s (`<key> = <value> in <file> line N: <reason>`); the environment is named', async () => {
+    const { settings, where, file } = await load(['hook_timeout = 5', `hook_command_pre_vm = ${root}/nonexistent --freeze`]);
+    expect(configError(() => hookConfigFromSettings(settings, { hasBus: false, where })).message).toBe(
+      `hook_command_pre_vm = ${root}/nonexistent --freeze in ${file} line 3: the program ${root}/nonexistent does not exist`,
+    );
+    const fromEnv = await load([], { VMBACKUP_HOOK_COMMAND_POST_VM: `${root}/gone` });
+    expect(configError(() => hookConfigFromSettings(fromEnv.settings, { hasBus: false, where: fromEnv.where })).message).toBe(
+      `hook_command_post_vm = ${root}/gone in the environment (VMBACKUP_HOOK_COMMAND_POST_VM): the program ${root}/gone does not exist`,
+    );
+  });
+
+  it('refuses a command whose program does not exist, is a directory, is not a regular file or is not executable — only the program is checked', async () => {
+    const dir = path.join(root, 'a-dir');
+    await mkdir(dir, { recursive: true });
+    const plain = path.join(root, 'plain.sh');
+    await writeFile(plain, '#!/bin/sh\n');
+    await chmod(plain, 0o644);
+    const link = path.join(root, 'quiesce-link');
+    await symlink(quiesce, link).catch(() => {});
+    const { settings, where, file } = await load([
+      `hook_command_pre_vm = ${root}/nonexistent --freeze`,
+      `hook_command_post_vm = ${dir}`,
+      `hook_command_run_start = ${plain} --check`,
+      'hook_command_run_end = /dev/null',
+    ]);
+    const error = configError(() => hookConfigFromSettings(settings, { hasBus: false, where }));
+    expect((error.data.issues as { message: string }[]).map((i) => i.message)).toEqual([
+      `hook_command_pre_vm = ${root}/nonexistent --freeze in ${file} line 2: the program ${root}/nonexistent does not exist`,
+      `hook_command_post_vm = ${dir} in ${file} line 3: the program ${dir} is a directory`,
+      `hook_command_run_start = ${plain} --check in ${file} line 4: the program ${plain} is not executable (mode 0644: chmod +x it)`,
+      `hook_command_run_end = /dev/null in ${file} line 5: the program /dev/null is not a regular file`,
+    ]);
+    expect(error.data).toMatchObject({ key: 'hook_command_pre_vm', file, reason: `the program ${root}/nonexistent does not exist` });
+    // A link to an executable is fine; arguments are not checked (they are the program's business).
+    const ok = await load([`hook_command_pre_vm = ${link} /nonexistent/arg`, `hook_command_post_vm = /bin/sh ${root}/nonexistent.sh`]);
+    expect(hookConfigFromSettings(ok.settings, { hasBus: false, where: ok.where }).config.commands).toEqual({
+      'pre-vm': [link, '/nonexistent/arg'],
+      'post-vm': ['/bin/sh', `${root}/nonexistent.sh`],
+    });
+    expect(programProblem(`${plain}/x`)).toBe(`the program ${plain}/x does not exist (a part of its path is not a directory)`);
   });
 
   it('refuses an unreadable or empty secret file; warns about one others can read', async () => {
@@ -88,7 +156,7 @@ describe('hookConfigFromSettings', () => {
     const { settings: s1 } = await load(['hook_url_pre_vm = http://127.0.0.1:9/x', `hook_secret_file = ${empty}`]);
     expect(() => hookConfigFromSettings(s1, { hasBus: false })).toThrow(/hook_secret_file = .*empty-secret: its first line \(the secret\) is empty/);
     const { settings: s2 } = await load(['hook_url_pre_vm = http://127.0.0.1:9/x', 'hook_secret_file = /nonexistent/secret']);
-    expect(() => hookConfigFromSettings(s2, { hasBus: false })).toThrow('hook_secret_file = /nonexistent/secret: cannot read it (ENOENT)');
+    expect(() => hookConfigFromSettings(s2, { hasBus: false })).toThrow('hook_secret_file = /nonexistent/secret: cannot read it: does not exist');
     const open = path.join(root, 'open-secret');
     await writeFile(open, 'x\n');
     await chmod(open, 0o644);
@@ -103,6 +171,17 @@ describe('hookConfigFromSettings', () => {
 });
 
 describe('hooksFromSettings', () => {
+  it('checks the settings as hookConfigFromSettings does — with a bus too (vmbackup worker)', async () => {
+    const bus = new MemoryBus();
+    try {
+      const { settings, where, file } = await load(['hooks_nats = true', `hook_command_pre_vm = ${root}/nonexistent`]);
+      const error = configError(() => hooksFromSettings(settings, { log: silentLogger(), env: {}, bus, where }));
+      expect(error.message).toBe(`hook_command_pre_vm = ${root}/nonexistent in ${file} line 3: the program ${root}/nonexistent does not exist`);
+    } finally {
+      await bus.close();
+    }
+  });
+
   it('is noHooks when nothing is configured', async () => {
     const { settings } = await load([]);
     expect(hooksFromSettings(settings, { log: silentLogger(), env: {} })).toBe(noHooks);

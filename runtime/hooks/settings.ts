@@ -1,6 +1,7 @@
-import { readFileSync, statSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Bus } from '../bus/bus.js';
+import { configError } from '../config/load.js';
 import type { Settings } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import { splitCommand } from './command-line.js';
@@ -25,21 +26,44 @@ export interface HookSettingsOptions {
   where?: Partial<Record<string, string>>;
   /** True when the caller can give the runner a NATS bus (hooks_nats needs one). */
   hasBus: boolean;
+  /** Why a command's program cannot be run, or undefined when it can. Default: programProblem. */
+  checkProgram?: (path: string) => string | undefined;
+}
+
+/** One invalid hook setting, in the shape of the config loader's issues (ConfigIssue). */
+export interface HookSettingIssue {
+  key: string;
+  /** Config file the value is in; absent for the environment, the command line, a missing key. */
+  file?: string;
+  line?: number;
+  /** `/etc/vmbackup.cfg line 4`, `environment (VMBACKUP_HOOK_URL_PRE_VM)`; absent for a missing key. */
+  where?: string;
+  reason: string;
+  /** The whole sentence: `hook_command_pre_vm = /x in /etc/vmbackup.cfg line 4: the program /x does not exist`. */
+  message: string;
 }
 
 /**
- * The hook configuration of the settings, checked: commands split (command-line.ts) and
- * absolute, URLs http(s), the HMAC secret read when a URL is set. Throws one ConfigError
- * naming every bad key and where it was set.
+ * The hook configuration of the settings, checked: commands split (command-line.ts), their
+ * program an absolute path to an executable file that exists (so a typo stops the command at
+ * start-up, not each VM at run time), URLs http(s), the HMAC secret read when a URL is set.
+ * Throws one ConfigError naming every bad key, its value, where it was set and why, worded
+ * as the config loader's (`hook_timeout = 0 in /etc/vmbackup.cfg line 9: …`).
  *
  * @example hookConfigFromSettings(settings, { hasBus: false }) // → { config, warnings: [] }
  */
 export function hookConfigFromSettings(settings: Settings, opts: HookSettingsOptions): { config: HookConfig; warnings: string[] } {
   const readFile = opts.readFile ?? ((p: string) => readFileSync(p, 'utf8'));
   const fileMode = opts.fileMode ?? defaultFileMode;
-  const issues: { key: string; message: string }[] = [];
+  const checkProgram = opts.checkProgram ?? programProblem;
+  const issues: HookSettingIssue[] = [];
   const warnings: string[] = [];
-  const at = (key: string) => (opts.where?.[key] !== undefined && opts.where[key] !== 'default' ? ` (${opts.where[key]})` : '');
+  /** An issue of a key that is set: `<key> = <value> in <where>: <reason>`. */
+  const issue = (key: string, value: string, reason: string): void => {
+    const where = opts.where?.[key];
+    const { phrase, ...place } = where !== undefined && where !== 'default' ? placeOf(where) : { phrase: undefined };
+    issues.push({ key, ...place, reason, message: `${key} = ${shown(value)}${phrase !== undefined ? ` ${phrase}` : ''}: ${reason}` });
+  };
   const config: HookConfig = {
     commands: {},
     urls: {},
@@ -54,44 +78,41 @@ export function hookConfigFromSettings(settings: Settings, opts: HookSettingsOpt
     const command = settings[commandKey];
     if (command !== undefined) {
       const split = splitCommand(command);
-      if ('error' in split) issues.push({ key: commandKey, message: `${commandKey} = ${command}${at(commandKey)}: ${split.error}` });
-      else config.commands[point] = split.argv;
+      // Only the program: what the arguments name is the program's business.
+      const problem = 'error' in split ? split.error : checkProgram(split.argv[0]!);
+      if (problem !== undefined) issue(commandKey, command, problem);
+      else config.commands[point] = (split as { argv: string[] }).argv;
     }
     const urlKey = `hook_url_${KEY_OF[point]}` as const;
     const url = settings[urlKey];
     if (url !== undefined) {
       const problem = urlProblem(url);
-      if (problem !== undefined) issues.push({ key: urlKey, message: `${urlKey} = ${url}${at(urlKey)}: ${problem}` });
+      if (problem !== undefined) issue(urlKey, url, problem);
       else config.urls[point] = url;
     }
   }
   if (settings.hooks_nats && !opts.hasBus) {
-    issues.push({
-      key: 'hooks_nats',
-      message: `hooks_nats = true${at('hooks_nats')}: NATS hooks need a NATS connection, which this command does not have (use command or HTTP hooks, or run on NATS with vmbackup worker)`,
-    });
+    issue('hooks_nats', 'true', 'NATS hooks need a NATS connection, which this command does not have (use command or HTTP hooks, or run on NATS with vmbackup worker)');
   }
   const file = settings.hook_secret_file;
   if (HookPoint.options.some((point) => settings[`hook_url_${KEY_OF[point]}`] !== undefined)) {
     if (file === undefined) {
-      issues.push({ key: 'hook_secret_file', message: 'hook_url_* is set but hook_secret_file is not: HTTP hooks are always signed (X-Vmbackup-Signature-256), set hook_secret_file' });
+      const reason = 'hook_url_* is set but hook_secret_file is not: HTTP hooks are always signed (X-Vmbackup-Signature-256), set hook_secret_file';
+      issues.push({ key: 'hook_secret_file', reason, message: reason });
     } else {
       try {
         const secret = readFile(file).split(/\r?\n/)[0] ?? '';
-        if (secret === '') issues.push({ key: 'hook_secret_file', message: `hook_secret_file = ${file}${at('hook_secret_file')}: its first line (the secret) is empty` });
+        if (secret === '') issue('hook_secret_file', file, 'its first line (the secret) is empty');
         else config.secret = secret;
         const mode = fileMode(file);
         if (mode !== undefined && (mode & 0o044) !== 0) warnings.push(`hook_secret_file ${file} is readable by group or others (mode ${(mode & 0o777).toString(8).padStart(4, '0')}): chmod 600 ${file}`);
       } catch (error) {
-        issues.push({ key: 'hook_secret_file', message: `hook_secret_file = ${file}${at('hook_secret_file')}: cannot read it (${(error as { code?: string }).code ?? String(error)})` });
+        issue('hook_secret_file', file, `cannot read it: ${fsReason(error)}`);
       }
     }
   }
   if (issues.length > 0) {
-    const message = issues.length === 1 ? issues[0]!.message : `${issues.length} hook configuration errors:\n${issues.map((i) => `  - ${i.message}`).join('\n')}`;
-    const error = new ConfigError(message, { key: issues[0]!.key });
-    Object.assign(error.data, { issues });
-    throw error;
+    throw configError(issues);
   }
   return { config, warnings };
 }
@@ -138,6 +159,58 @@ function urlProblem(url: string): string | undefined {
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return `scheme ${u.protocol.slice(0, -1)} is not supported (use https:// or http://)`;
   if (u.username !== '' || u.password !== '') return 'must not contain a user or password (requests are signed with hook_secret_file)';
   return undefined;
+}
+
+/**
+ * Why `path` cannot be run as a hook's program, or undefined when it can: it must exist, be a
+ * regular file (or a link to one) and be executable by this process.
+ *
+ * @example programProblem('/usr/local/sbin/nope') // → 'the program /usr/local/sbin/nope does not exist'
+ */
+export function programProblem(path: string): string | undefined {
+  let stat;
+  try {
+    stat = statSync(path);
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    if (code === 'ENOENT') return `the program ${path} does not exist`;
+    if (code === 'ENOTDIR') return `the program ${path} does not exist (a part of its path is not a directory)`;
+    if (code === 'EACCES') return `the program ${path} cannot be reached (permission denied on a directory of its path)`;
+    return `the program ${path} cannot be checked (${code ?? String(error)})`;
+  }
+  if (stat.isDirectory()) return `the program ${path} is a directory`;
+  if (!stat.isFile()) return `the program ${path} is not a regular file`;
+  try {
+    accessSync(path, constants.X_OK);
+  } catch {
+    return `the program ${path} is not executable (mode ${(stat.mode & 0o777).toString(8).padStart(4, '0')}: chmod +x it)`;
+  }
+  return undefined;
+}
+
+/**
+ * `where` (LoadedSettings.where: `/etc/vmbackup.cfg line 4`, `environment (VMBACKUP_…)`,
+ * `command line (--…)`) as the config loader words it in a message, with the file and line.
+ */
+function placeOf(where: string): { where: string; phrase: string; file?: string; line?: number } {
+  if (where.startsWith('environment (') || where.startsWith('command line (')) return { where, phrase: `${where.startsWith('environment') ? 'in' : 'on'} the ${where}` };
+  const m = /^(.*) line (\d+)$/.exec(where);
+  return { where, phrase: `in ${where}`, ...(m !== null ? { file: m[1]!, line: Number(m[2]) } : {}) };
+}
+
+/** A file system error as the config loader words it (`cannot read it: does not exist`). */
+function fsReason(error: unknown): string {
+  const code = (error as { code?: unknown }).code;
+  if (code === 'ENOENT' || code === 'ENOTDIR') return 'does not exist';
+  if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
+  if (code === 'EISDIR') return 'is a directory';
+  return typeof code === 'string' ? code : error instanceof Error ? error.message : String(error);
+}
+
+/** A value as the config loader shows it: quoted when blank at an end, no URL user or password. */
+function shown(value: string): string {
+  if (value === '' || /^\s|\s$|\n/.test(value)) return JSON.stringify(value);
+  return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/]*@/i, '$1***@');
 }
 
 function defaultFileMode(path: string): number | undefined {

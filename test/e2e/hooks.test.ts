@@ -12,6 +12,7 @@ import type { PoolSpecInput } from '../sim/pool-spec.js';
 import type { Simulator } from '../sim/server.js';
 import { httpsSim, vmbackup, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
+import { startNatsServer } from '../helpers/nats-server.js';
 
 const vm = (name: string, mib = 2) => ({
   name_label: name,
@@ -269,9 +270,77 @@ describe('vmbackup: hooks, end to end', () => {
     const ws = await hookWorkspace();
     const r = await vmbackup([...ws.args(sim), ...(await ws.cfg(['hook_command_pre_vm = quiesce --now', 'hook_url_post_vm = https://ops.example/h']))]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('hook_command_pre_vm = quiesce --now');
+    expect(r.stderr).toMatch(/^vmbackup: 2 configuration errors:\n {2}- hook_command_pre_vm = quiesce --now in /);
     expect(r.stderr).toContain('the program must be an absolute path');
     expect(r.stderr).toContain('set hook_secret_file');
     expect(await readdir(ws.exports)).toEqual([]);
+  });
+
+  it('a hook program that does not exist or cannot be run stops the command at start-up (exit 2): nothing locked or snapshotted', async () => {
+    const ws = await hookWorkspace();
+    const missing = path.join(ws.hooks, 'nonexistent');
+    const before = sim.state.mutations();
+    const flags = await ws.cfg(['hook_timeout = 5', `hook_command_pre_vm = ${missing} --freeze`]);
+    const r = await vmbackup([...ws.args(sim), ...flags]);
+    expect(r.code).toBe(2);
+    // As every config error: the key, its value, the file and line, the reason.
+    expect(r.stderr).toContain(`vmbackup: hook_command_pre_vm = ${missing} --freeze in ${flags[1]} line 3: the program ${missing} does not exist\n`);
+    expect(r.stdout).not.toContain('backing up');
+    expect(sim.state.mutations()).toBe(before); // no snapshot, nothing on the pool
+    expect(await readdir(ws.exports)).toEqual([]); // no lock, no folder
+
+    const plain = await script(ws, 'plain.sh', 'exit 0');
+    await chmod(plain, 0o644);
+    const flags2 = await ws.cfg([`hook_command_post_vm = ${plain}`, `hook_command_run_end = ${ws.hooks}`]);
+    const r2 = await vmbackup([...ws.args(sim), ...flags2]);
+    expect(r2.code).toBe(2);
+    expect(r2.stderr).toContain(`hook_command_post_vm = ${plain} in ${flags2[1]} line 2: the program ${plain} is not executable (mode 0644: chmod +x it)\n`);
+    expect(r2.stderr).toContain(`hook_command_run_end = ${ws.hooks} in ${flags2[1]} line 3: the program ${ws.hooks} is a directory\n`);
+    expect(sim.state.mutations()).toBe(before);
+  });
+
+  it('vmbackup worker checks its hook programs at start-up too: exit 2, printed as a config error', async () => {
+    const nats = await startNatsServer();
+    try {
+      const ws = await hookWorkspace();
+      const missing = path.join(ws.hooks, 'nonexistent');
+      const flags = await ws.cfg([`hook_command_pre_vm = ${missing}`]);
+      const r = await vmbackup(['worker', '--nats', nats.url, ...ws.args(sim), ...flags], { timeoutMs: 60_000 });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`vmbackup: hook_command_pre_vm = ${missing} in ${flags[1]} line 2: the program ${missing} does not exist\n`);
+      expect(r.stdout + r.stderr).not.toContain('worker ready');
+      // Before it connects: NATS unreachable, the hook setting is still what it reports.
+      const early = await vmbackup(['worker', '--nats', 'nats://127.0.0.1:9', ...ws.args(sim), ...flags], { timeoutMs: 60_000 });
+      expect(early.code).toBe(2);
+      expect(early.stderr).toContain(`the program ${missing} does not exist`);
+      expect(early.stderr).not.toContain('cannot reach NATS');
+    } finally {
+      await nats.stop();
+    }
+  });
+
+  it('hook progress lines name their VM (VMs backed up two at a time) or the run', async () => {
+    const ws = await hookWorkspace();
+    const pre = await script(ws, 'pre.sh', 'echo "quiescing $VMBACKUP_VM_NAME"');
+    const post = await script(ws, 'post.sh', 'exit 0');
+    const start = await script(ws, 'start.sh', 'exit 0');
+    const r = await vmbackup([
+      ...ws.args(sim),
+      '--concurrency',
+      '2',
+      ...(await ws.cfg([`hook_command_pre_vm = ${pre}`, `hook_command_post_vm = ${post}`, `hook_command_run_start = ${start}`, `hook_command_run_end = ${start}`])),
+    ]);
+    expect(r.code).toBe(0);
+    const lines = r.stdout.split('\n');
+    for (const name of ['web1', 'db1', 'app1']) {
+      expect(lines).toContain(`${name}: pre-vm hook pre.sh: quiescing ${name}`);
+      expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^${name}: pre-vm command hook: continue \\(\\d+\\.\\d s\\)$`)));
+      expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^${name}: post-vm command hook: continue \\(\\d+\\.\\d s\\)$`)));
+    }
+    const runId = /run (\S+): backing up/.exec(r.stdout)?.[1];
+    expect(runId).toBeDefined();
+    expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^run ${runId}: run-start command hook: continue \\(\\d+\\.\\d s\\)$`)));
+    expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^run ${runId}: run-end command hook: continue \\(\\d+\\.\\d s\\)$`)));
+    expect(lines.filter((l) => /^(pre-vm|post-vm|run-start|run-end) /.test(l))).toEqual([]);
   });
 });
