@@ -68,7 +68,7 @@ export async function openNats(settings: NatsSettings, log: Logger, opts: OpenNa
   try {
     nc = await connect(connectOptions);
   } catch (error) {
-    throw natsConnectionError(error, shown, connectOptions.tls !== undefined || /^tls:/i.test(shown));
+    throw natsConnectionError(error, shown, connectOptions.tls !== undefined || /^tls:/i.test(shown), credentialInUse(settings));
   }
   try {
     void watchStatus(nc, log, shown);
@@ -76,7 +76,11 @@ export async function openNats(settings: NatsSettings, log: Logger, opts: OpenNa
     try {
       jsm = await nc.jetstreamManager();
     } catch (error) {
-      throw new ConnectionError('NATS_NO_JETSTREAM', `NATS at ${shown} has no JetStream (${(error as Error).message}): run nats-server with JetStream on (-js, or infra/nats/nats-server.conf)`, { url: shown }, { cause: error });
+      const hint =
+        settings.nats_creds_file !== undefined
+          ? "the account of nats_creds_file needs JetStream limits in its JWT (nsc edit account --js-mem-storage … --js-disk-storage …) and the user may publish to $JS.API.>; or the server runs without JetStream (-js)"
+          : 'run nats-server with JetStream on (-js, or infra/nats/nats-server.conf), and let this user publish to $JS.API.>';
+      throw new ConnectionError('NATS_NO_JETSTREAM', `NATS at ${shown} has no JetStream for this connection (${(error as Error).message}): ${hint}`, { url: shown }, { cause: error });
     }
     const applied = await applyStreams(jsm, opts.replicas !== undefined ? { replicas: opts.replicas } : {});
     for (const [what, done] of Object.entries(applied)) if (done !== 'unchanged') log.info(`NATS: ${what} ${done}`);
@@ -115,6 +119,13 @@ export function natsConnectOptions(settings: NatsSettings, opts: Pick<OpenNatsOp
   }
   if (settings.nats_creds_file !== undefined) {
     const creds = readSecret(settings.nats_creds_file, 'nats_creds_file');
+    // nats.js would only fail at connect time, and its BAD_CREDS reads as the server's refusal.
+    if (!/-{3,}BEGIN NATS USER JWT-{3,}[\s\S]*-{3,}BEGIN USER NKEY SEED-{3,}\s*\n\s*SU[A-Z2-7]+/.test(creds)) {
+      throw new ConfigError(
+        `nats_creds_file ${settings.nats_creds_file} is not a NATS credentials file: it needs the user JWT block and the nkey seed block, as nsc writes them (nsc generate creds)`,
+        { key: 'nats_creds_file', file: settings.nats_creds_file },
+      );
+    }
     options.authenticator = credsAuthenticator(new TextEncoder().encode(creds));
   }
   const tls = { ca: settings.nats_tls_ca_file, cert: settings.nats_tls_cert_file, key: settings.nats_tls_key_file };
@@ -146,12 +157,20 @@ function firstLine(file: string, key: string): string {
   return line;
 }
 
+/** The credential settings a connection uses, as the NATS_AUTH message names them. */
+function credentialInUse(settings: NatsSettings): string {
+  if (settings.nats_creds_file !== undefined) return `nats_creds_file ${settings.nats_creds_file} (is its user signed by an account the server knows, and not expired?)`;
+  if (settings.nats_token_file !== undefined) return `nats_token_file ${settings.nats_token_file}`;
+  if (settings.nats_user !== undefined) return `nats_user ${settings.nats_user} and nats_password_file`;
+  return 'none is set: the server wants nats_token_file, nats_user / nats_password_file or nats_creds_file';
+}
+
 /** A connection failure in the operator's terms. */
-function natsConnectionError(error: unknown, url: string, tls: boolean): ConnectionError {
+function natsConnectionError(error: unknown, url: string, tls: boolean, credential: string): ConnectionError {
   const code = (error as { code?: string }).code ?? '';
   const message = (error as Error).message ?? String(error);
   if (code === 'AUTHORIZATION_VIOLATION' || code === 'BAD_AUTHENTICATION' || code === 'BAD_CREDS' || /authori[sz]ation|authentication/i.test(message)) {
-    return new ConnectionError('NATS_AUTH', `NATS at ${url} refused the credentials (${code || message}): check nats_token_file, nats_user / nats_password_file or nats_creds_file`, { url }, { cause: error });
+    return new ConnectionError('NATS_AUTH', `NATS at ${url} refused the credentials (${code || message}): ${credential}`, { url }, { cause: error });
   }
   if (code === 'CONNECTION_REFUSED' || code === 'CONNECTION_TIMEOUT' || code === 'TIMEOUT' || /ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|timeout/i.test(message)) {
     // A server that refuses the TLS handshake (an unknown client certificate) just hangs up.

@@ -177,21 +177,20 @@ describe('nats_creds_file against nats-server in operator mode', () => {
     results.forEach(([r, ms], i) => {
       const c = cases[i]!;
       expectCleanFailure(r, ms, c.secrets);
-      expect(r.stderr, c.name).toMatch(
-        /^vmbackup: NATS at nats:\/\/127\.0\.0\.1:\d+ refused the credentials \(AUTHORIZATION_VIOLATION\): check nats_token_file, nats_user \/ nats_password_file or nats_creds_file$/m,
-      );
+      // It names the credential in use: the creds file, or that none is set.
+      const named = c.file !== undefined ? `nats_creds_file ${c.file} \\(is its user signed by an account the server knows, and not expired\\?\\)` : 'none is set: the server wants nats_token_file, nats_user / nats_password_file or nats_creds_file';
+      expect(r.stderr, c.name).toMatch(new RegExp(`^vmbackup: NATS at nats://127\\.0\\.0\\.1:\\d+ refused the credentials \\(AUTHORIZATION_VIOLATION\\): ${named}$`, 'm'));
     });
   });
 
-  it('a file that is not a creds file: exit 2, naming nats_creds_file (BAD_CREDS)', async () => {
+  it('a file that is not a creds file: exit 2, saying so before any connection', async () => {
     // Only the JWT block (the seed cut off), and a file of something else altogether.
     const jwtOnly = credsText.slice(0, credsText.indexOf('*****'));
     const files = [await writeCreds(path.join(dir, 'jwt-only.creds'), jwtOnly), await writeCreds(path.join(dir, 'token.creds'), 'not-a-creds-file\n')];
     const results = await Promise.all(files.map((f) => timed(vmbackup(['worker', ...ws.args(sim), '--nats', nats.url], { env: { VMBACKUP_NATS_CREDS_FILE: f }, timeoutMs: 30_000 }))));
     for (const [r, ms] of results) {
       expectCleanFailure(r, ms, secretsOf(credsText));
-      // The client could not parse the file; the message blames the server (see the report).
-      expect(r.stderr).toMatch(/^vmbackup: NATS at nats:\/\/127\.0\.0\.1:\d+ refused the credentials \(BAD_CREDS\): check .*nats_creds_file$/m);
+      expect(r.stderr).toMatch(/^vmbackup: nats_creds_file \S+ is not a NATS credentials file: it needs the user JWT block and the nkey seed block, as nsc writes them/m);
     }
   });
 
@@ -200,9 +199,8 @@ describe('nats_creds_file against nats-server in operator mode', () => {
     const file = await writeCreds(path.join(dir, 'no-jetstream.creds'), text);
     const [r, ms] = await timed(vmbackup(['worker', ...ws.args(sim), '--nats', nats.url], { env: { VMBACKUP_NATS_CREDS_FILE: file }, timeoutMs: 30_000 }));
     expectCleanFailure(r, ms, secretsOf(text));
-    // The server has JetStream; the account's JWT has no JetStream limits. The hint speaks of
-    // the server only (see the report).
-    expect(r.stderr).toMatch(/^vmbackup: NATS at nats:\/\/127\.0\.0\.1:\d+ has no JetStream \(503\): /m);
+    // The server has JetStream; the account's JWT has no JetStream limits: the hint says so.
+    expect(r.stderr).toMatch(/^vmbackup: NATS at nats:\/\/127\.0\.0\.1:\d+ has no JetStream for this connection \(503\): the account of nats_creds_file needs JetStream limits in its JWT/m);
   });
 
   it('a user denied the JetStream API: NATS_NO_JETSTREAM with the permissions violation', async () => {
