@@ -38,6 +38,16 @@ export interface Bus {
   reply(subject: string, handler: (data: unknown) => Promise<unknown>): Promise<Closer>;
 
   close(): Promise<void>;
+
+  /**
+   * False while the binding knows its transport is down (NATS: disconnected and
+   * reconnecting, or closed), so that a caller answering someone (the gateway) can refuse at
+   * once instead of waiting for a timeout. True says only that no outage is known. A binding
+   * that cannot be down (in-process) leaves it out.
+   *
+   * @example if (bus.connected?.() === false) throw new Error('NATS is not reachable');
+   */
+  connected?(): boolean;
 }
 
 export interface WorkOptions {

@@ -1,4 +1,4 @@
-import { DeliverPolicy, RequestStrategy } from 'nats';
+import { DeliverPolicy, Events, RequestStrategy } from 'nats';
 import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection } from 'nats';
 import type { Logger } from 'pino';
 import { DEFAULT_MAX_ACK_PENDING, EVENTS_STREAM, JOBS_STREAM, eventConsumer, jobConsumer } from '../../infra/nats/jetstream.js';
@@ -70,6 +70,8 @@ export class NatsBus implements Bus {
   private readonly loops = new Set<Promise<void>>();
   private readonly closers: Closer[] = [];
   private closed = false;
+  /** False between a `disconnect` status of the connection and the next `reconnect`. */
+  private linked = true;
 
   private constructor(
     readonly nc: NatsConnection,
@@ -81,7 +83,31 @@ export class NatsBus implements Bus {
   /** A bus on a connection whose streams exist already (openNats applies them). */
   static async create(nc: NatsConnection, opts: NatsBusOptions = {}): Promise<NatsBus> {
     const jsm = await nc.jetstreamManager();
-    return new NatsBus(nc, nc.jetstream(), jsm, opts);
+    const bus = new NatsBus(nc, nc.jetstream(), jsm, opts);
+    void bus.watchConnection();
+    return bus;
+  }
+
+  /**
+   * False while the connection is known to be down: closed, or disconnected and not yet
+   * reconnected (nats.js then holds requests until they time out, and drops what it held at
+   * its next reconnect attempt). A server that hangs without closing the socket is only
+   * noticed by the missed pings: until then this says true.
+   */
+  connected(): boolean {
+    return this.linked && !this.nc.isClosed();
+  }
+
+  /** Follows the connection's status; ends when the connection closes. */
+  private async watchConnection(): Promise<void> {
+    try {
+      for await (const s of this.nc.status()) {
+        if (s.type === Events.Disconnect) this.linked = false;
+        else if (s.type === Events.Reconnect) this.linked = true;
+      }
+    } catch {
+      // the iterator only ends; nothing to report
+    }
   }
 
   async enqueue(subject: string, data: unknown, opts: { id: string }): Promise<void> {

@@ -1,6 +1,9 @@
 import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { ErrorCode, NatsError } from 'nats';
+import { pino } from 'pino';
+import type { Logger } from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { PlanInput } from '../../functions/plan/plan.js';
 import { ConfigError, RetryLaterError } from '../errors.js';
@@ -10,7 +13,8 @@ import { MemoryRunStore } from '../run/store.js';
 import { runOutcome } from '../run/outcome.js';
 import { silentLogger } from '../log.js';
 import { createGateway, gatewayRoutes } from './app.js';
-import { SECRET, TOKEN, OTHER_TOKEN, alertmanagerPayload, authJson, defaultRunOptions, testGateway } from './test-helpers.js';
+import { RecordingBus, SECRET, TOKEN, OTHER_TOKEN, TestClock, alertmanagerPayload, authJson, defaultRunOptions, testGateway } from './test-helpers.js';
+import { MemoryTriggerLog } from './trigger-log.js';
 import { signBody } from './webhook.js';
 
 type Gw = ReturnType<typeof testGateway>;
@@ -596,6 +600,181 @@ describe('errors', () => {
     }
     // `{}` to /v1/runs is valid; the only things queued are those runs' plans.
     expect(gw.bus.enqueued.every((e) => e.subject === 'vmbackup.jobs.plan')).toBe(true);
+  });
+});
+
+describe('NATS not reachable: 503 UNAVAILABLE with Retry-After, never a 500', () => {
+  const timeout = () => NatsError.errorForCode(ErrorCode.Timeout);
+  const fresh = (id: string) => JSON.stringify({ id, timestamp: '2026-11-26T08:29:30Z', vm_exports: ['web1'] });
+  const signed = (raw: string, over: Record<string, string> = {}) => ({ ...authJson(), 'X-Hub-Signature-256': signBody(SECRET, raw), ...over });
+  /** A valid request to each route that needs NATS. */
+  const natsRoutes: [string, string, { raw: string; headers: Record<string, string> } | undefined][] = [
+    ['POST', '/v1/runs', { raw: '', headers: { Authorization: `Bearer ${TOKEN}`, 'Idempotency-Key': 'nightly-2026-11-26' } }],
+    ['POST', '/v1/runs', undefined],
+    ['GET', '/v1/runs', undefined],
+    ['GET', '/v1/runs/20261126-083000-abcd', undefined],
+    ['POST', '/v1/runs/20261126-083000-abcd/retry', undefined],
+    ['POST', '/v1/functions/prune', { raw: JSON.stringify({ backupDir: '/backups', folder: 'web1', maxBackups: 2 }), headers: authJson() }],
+    ['POST', '/v1/functions/prune', { raw: JSON.stringify({ backupDir: '/backups', folder: 'web1', maxBackups: 2 }), headers: { ...authJson(), 'Idempotency-Key': 'prune-1' } }],
+    ['POST', '/v1/hooks/alertmanager', { raw: JSON.stringify(alertmanagerPayload(['web1'])), headers: authJson() }],
+    ['POST', '/v1/hooks/generic', { raw: fresh('d-1'), headers: signed(fresh('d-1')) }],
+  ];
+  const send = (gw: Gw, method: string, url: string, req?: { raw: string; headers: Record<string, string> }) => call(gw, method, url, req ?? { headers: { Authorization: `Bearer ${TOKEN}` } });
+
+  /** A store whose every call fails as nats.js fails while NATS is down; counts the calls. */
+  function downStore(): MemoryRunStore & { calls: number } {
+    const store = Object.assign(new MemoryRunStore(), { calls: 0 });
+    for (const m of ['create', 'header', 'jobs', 'allJobs', 'commit', 'list'] as const) {
+      (store as unknown as Record<string, () => Promise<never>>)[m] = async () => {
+        store.calls++;
+        throw timeout();
+      };
+    }
+    return store;
+  }
+  /** A bus whose first `failures` enqueues time out. */
+  function flakyBus(failures: number): RecordingBus {
+    const bus = new RecordingBus();
+    const enqueue = bus.enqueue.bind(bus);
+    let left = failures;
+    bus.enqueue = async (subject, data, opts) => {
+      if (left-- > 0) throw timeout();
+      return enqueue(subject, data, opts);
+    };
+    return bus;
+  }
+  function capturingLog(): { log: Logger; lines: { level: number; msg: string }[] } {
+    const lines: { level: number; msg: string }[] = [];
+    return { log: pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as { level: number; msg: string }) }), lines };
+  }
+
+  it.each(natsRoutes.map(([m, u, r], i) => [`${m} ${u}${r?.headers['Idempotency-Key'] !== undefined ? ' (Idempotency-Key)' : ''} #${i}`, m, u, r] as const))(
+    '%s: NATS times out → 503, Retry-After, the error body; a warning in the log, not a bug',
+    async (_name, method, url, req) => {
+      const { log, lines } = capturingLog();
+      const triggers = new MemoryTriggerLog(new TestClock());
+      triggers.claim = async () => {
+        throw timeout();
+      };
+      const gw = testGateway({ store: downStore(), triggers, bus: flakyBus(Infinity), log });
+      const r = await send(gw, method, url, req);
+      expect(r.status).toBe(503);
+      expect(r.headers.get('Retry-After')).toBe('30');
+      expect(r.json).toEqual({ error: 'UNAVAILABLE', message: 'NATS is not reachable: no answer in time (TIMEOUT)' });
+      expect(gw.bus.sent()).toBe(0);
+      expect(lines.filter((l) => l.level >= 50)).toEqual([]);
+      expect(lines.some((l) => l.level === 40 && l.msg.includes('NATS is not reachable'))).toBe(true);
+    },
+  );
+
+  it('while the bus knows the connection is down: refused at once, nothing asked of NATS; bad input still 400; health and backups answer', async () => {
+    const store = downStore();
+    const triggers = new MemoryTriggerLog(new TestClock());
+    let claims = 0;
+    triggers.claim = async () => {
+      claims++;
+      throw timeout();
+    };
+    const bus = new RecordingBus();
+    bus.connected = () => false;
+    let probed = 0;
+    const gw = testGateway({ store, triggers, bus, ready: async () => (probed++, true), backupDir: await mkdtemp(path.join(os.tmpdir(), 'vmb-gw-app-')) });
+    for (const [method, url, req] of natsRoutes) {
+      const r = await send(gw, method, url, req);
+      expect(r.status, `${method} ${url}`).toBe(503);
+      expect(r.headers.get('Retry-After')).toBe('30');
+      expect(r.json).toEqual({ error: 'UNAVAILABLE', message: 'NATS is not reachable: the connection is down (the gateway is reconnecting)' });
+    }
+    expect({ store: store.calls, claims, sent: bus.sent(), enqueueCalls: bus.enqueueCalls }).toEqual({ store: 0, claims: 0, sent: 0, enqueueCalls: 0 });
+    // What another attempt cannot fix is still said first.
+    expect((await call(gw, 'POST', '/v1/runs', { body: { max_backups: 'x' } })).status).toBe(400);
+    expect((await call(gw, 'GET', '/v1/runs/..%2F..')).status).toBe(400);
+    expect((await call(gw, 'POST', '/v1/runs/..%2F../retry')).status).toBe(400);
+    expect((await call(gw, 'GET', '/v1/runs?limit=0')).status).toBe(400);
+    expect((await call(gw, 'POST', '/v1/functions/nope', { body: {} })).status).toBe(404);
+    const stale = JSON.stringify({ id: 'd-2', timestamp: '2026-11-26T07:00:00Z' });
+    expect(await call(gw, 'POST', '/v1/hooks/generic', { raw: stale, headers: signed(stale) })).toMatchObject({ status: 400, json: { error: 'STALE_DELIVERY' } });
+    expect((await call(gw, 'POST', '/v1/hooks/generic', { raw: fresh('d-3'), headers: authJson() })).status).toBe(401);
+    expect((await call(gw, 'POST', '/v1/runs', { headers: {} })).status).toBe(401);
+    // Liveness, readiness (without waiting for the probe), the backup folder.
+    expect((await call(gw, 'GET', '/healthz', { headers: {} })).status).toBe(200);
+    expect(await call(gw, 'GET', '/readyz', { headers: {} })).toMatchObject({ status: 503, json: { status: expect.stringContaining('not ready') } });
+    expect(probed).toBe(0);
+    expect((await call(gw, 'GET', '/v1/backups')).status).toBe(200);
+    expect(store.calls + claims + bus.sent()).toBe(0);
+  });
+
+  it('POST /v1/functions/{name} with an Idempotency-Key: the claim taken before the failure is released; the retry queues the job, once', async () => {
+    const gw = testGateway({ bus: flakyBus(1) });
+    const req = () => ({ raw: JSON.stringify({ backupDir: '/backups', folder: 'web1', maxBackups: 2 }), headers: { ...authJson(), 'Idempotency-Key': 'prune-2' } });
+    expect(await call(gw, 'POST', '/v1/functions/prune', req())).toMatchObject({ status: 503, json: { error: 'UNAVAILABLE' } });
+    expect(gw.bus.enqueued).toEqual([]);
+    const retry = await call(gw, 'POST', '/v1/functions/prune', req());
+    expect(retry.status).toBe(202);
+    expect(gw.bus.enqueued).toHaveLength(1);
+    expect((await call(gw, 'POST', '/v1/functions/prune', req())).json).toMatchObject({ runId: retry.json.runId, duplicate: true });
+    expect(gw.bus.enqueued).toHaveLength(1);
+  });
+
+  describe.each([
+    ['POST /v1/hooks/alertmanager', '/v1/hooks/alertmanager', 'alertmanager', () => ({ raw: JSON.stringify(alertmanagerPayload(['web1'])), headers: authJson() })],
+    ['POST /v1/hooks/generic', '/v1/hooks/generic', 'webhook', () => ({ raw: fresh('d-4'), headers: signed(fresh('d-4')) })],
+  ])('%s: the repeat of a delivery that got a 503 starts the run, once', (_name, url, trigger, req) => {
+    it('NATS lost before the run was recorded: the repeat starts the claimed run (202)', async () => {
+      const store = new MemoryRunStore();
+      const create = store.create.bind(store);
+      let down = true;
+      store.create = async (h) => {
+        if (down) throw timeout();
+        return create(h);
+      };
+      const gw = testGateway({ store });
+      expect(await call(gw, 'POST', url, req())).toMatchObject({ status: 503, json: { error: 'UNAVAILABLE' } });
+      expect(gw.bus.sent()).toBe(0);
+      down = false;
+      const started = await call(gw, 'POST', url, req());
+      expect(started.status).toBe(202);
+      expect(started.json.duplicate).toBeUndefined();
+      expect(await store.list()).toEqual([expect.objectContaining({ runId: started.json.runId, trigger })]);
+      expect(planOf(gw).runId).toBe(started.json.runId);
+      expect((await call(gw, 'POST', url, req())).json).toMatchObject({ runId: started.json.runId, duplicate: true });
+      expect(gw.bus.enqueued).toHaveLength(1);
+    });
+
+    it('NATS lost after the run was recorded, before its plan was queued: the repeat queues it (no second run)', async () => {
+      const gw = testGateway({ bus: flakyBus(1) });
+      expect(await call(gw, 'POST', url, req())).toMatchObject({ status: 503, json: { error: 'UNAVAILABLE' } });
+      const [recorded] = await gw.store.list();
+      expect(recorded).toMatchObject({ status: 'planning', trigger });
+      expect(gw.bus.enqueued).toEqual([]);
+      const again = await call(gw, 'POST', url, req());
+      expect(again).toMatchObject({ status: 200, json: { runId: recorded!.runId, duplicate: true } });
+      expect(planOf(gw).runId).toBe(recorded!.runId);
+      expect(await gw.store.list()).toHaveLength(1);
+      // Once the run is under way, a repeat touches nothing.
+      await gw.store.commit(recorded!.runId, { ...recorded!, status: 'running' }, (await gw.store.header(recorded!.runId))!.revision, []);
+      expect((await call(gw, 'POST', url, req())).json).toMatchObject({ runId: recorded!.runId, duplicate: true });
+      expect(gw.bus.enqueueCalls).toBe(1);
+    });
+  });
+
+  it('POST /v1/runs with an Idempotency-Key: after a 503, the same key starts the run', async () => {
+    const store = new MemoryRunStore();
+    const create = store.create.bind(store);
+    let down = true;
+    store.create = async (h) => {
+      if (down) throw timeout();
+      return create(h);
+    };
+    const gw = testGateway({ store });
+    const headers = { Authorization: `Bearer ${TOKEN}`, 'Idempotency-Key': 'nightly-2026-11-26' }; // curl -X POST, no body
+    expect(await call(gw, 'POST', '/v1/runs', { headers })).toMatchObject({ status: 503, json: { error: 'UNAVAILABLE' } });
+    expect(gw.bus.sent()).toBe(0);
+    down = false;
+    const r = await call(gw, 'POST', '/v1/runs', { headers });
+    expect(r.status).toBe(202);
+    expect((await call(gw, 'POST', '/v1/runs', { headers })).json).toEqual({ runId: r.json.runId, duplicate: true });
+    expect(gw.bus.enqueued).toHaveLength(1);
   });
 });
 

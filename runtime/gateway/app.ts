@@ -23,7 +23,7 @@ import { formatStamp } from '../storage/naming.js';
 import { AlertmanagerPayload, deliveryKey, vmsToBackUp } from './alertmanager.js';
 import { checkBearer, tokenDigests } from './auth.js';
 import { BackupsResponse, listBackups } from './backups.js';
-import { HttpError, badInput, errorResponse, zodIssues } from './errors.js';
+import { HttpError, badInput, errorResponse, natsUnavailable, zodIssues } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import type { RouteDoc } from './openapi.js';
 import { RunRequest, exactNameEntry, runOptionsFrom } from './run-request.js';
@@ -56,7 +56,10 @@ export interface GatewayDeps {
   runDefaults: RunOptions;
   clock: Clock;
   log: Logger;
-  /** True when the bus can take work (NATS connected, JetStream answering). */
+  /**
+   * True when the bus can take work (NATS connected, JetStream answering). The routes that
+   * need NATS also refuse at once (503) while `bus.connected()` says the connection is down.
+   */
   ready(): Promise<boolean>;
   /** Dedup windows of webhook deliveries, in ms. */
   windows?: { alertmanagerMs?: number; genericMs?: number; idempotencyMs?: number };
@@ -181,6 +184,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
   app.onError((error, c) => {
     const r = errorResponse(error);
     if (r.bug) log.error({ err: error, method: c.req.method, path: c.req.path }, `gateway: ${(error as Error).message}`);
+    else if (r.status === 503) log.warn({ err: error, method: c.req.method, path: c.req.path }, `${c.req.method} ${c.req.path}: ${r.body.message}`);
     return c.json(r.body, r.status, r.headers);
   });
   app.notFound((c) => c.json({ error: 'NOT_FOUND', message: `no route ${c.req.method} ${c.req.path} (see GET /v1/openapi.json)` }, 404));
@@ -228,11 +232,26 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       if (!result.success) throw target === 'json' ? badInput(zodIssues(result.error.issues)) : badInput(zodIssues(result.error.issues, '(query)'), 'invalid query');
     }) as unknown as AnyHandler;
 
-  /** Registers a route and its description together. */
+  /**
+   * Refuses at once while the bus knows NATS is down, rather than after nats.js's request
+   * timeout; and nothing is sent then. An outage it does not know of yet ends the same way,
+   * later: errorResponse maps the timeout to the same 503.
+   */
+  const natsUp: AnyHandler = (_c, next) => {
+    if (deps.bus.connected?.() === false) throw natsUnavailable('the connection is down (the gateway is reconnecting)');
+    return next();
+  };
+
+  /**
+   * Registers a route and its description together. A route that needs NATS (`doc.nats`)
+   * gets the natsUp check just before its handler: after authentication and validation, so
+   * bad input is still a 400 while NATS is down.
+   */
   function route(doc: RouteDoc, ...handlers: AnyHandler[]): void {
     docs.push(doc);
     const honoPath = doc.path.replace(/\{(\w+)\}/g, ':$1');
-    (app.on as unknown as (method: string, path: string, ...h: AnyHandler[]) => void)(doc.method.toUpperCase(), honoPath, ...handlers);
+    const chain = doc.nats === true ? [...handlers.slice(0, -1), natsUp, handlers[handlers.length - 1]!] : handlers;
+    (app.on as unknown as (method: string, path: string, ...h: AnyHandler[]) => void)(doc.method.toUpperCase(), honoPath, ...chain);
   }
 
   const runIdParam = (c: Context<Env>): string => {
@@ -240,6 +259,24 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     const ok = RunId.safeParse(id);
     if (!ok.success) throw badInput([{ path: 'id', message: ok.error.issues[0]?.message ?? 'invalid run id' }], 'invalid run id');
     return id;
+  };
+  /** The run id of the path checked before anything else (a bad id is a 400 even with NATS down). */
+  const checkRunId: AnyHandler = (c, next) => {
+    runIdParam(c);
+    return next();
+  };
+  /**
+   * Gives the claim of an Idempotency-Key back after a failure, so that the retry may queue
+   * the work. With NATS known to be down the release cannot work either: not waiting for
+   * its timeout then (the key stays claimed until its window ends; said in the log).
+   */
+  const releaseClaim = async (key: string, runId: string): Promise<void> => {
+    const kept = `the key stays claimed for ${windows.idempotencyMs / 3_600_000} h, a retry with it queues nothing`;
+    if (deps.bus.connected?.() === false) {
+      log.warn(`could not release the claim ${key}: NATS is not reachable; ${kept}`);
+      return;
+    }
+    await deps.triggers.release(key, runId).catch((e: unknown) => log.warn({ err: e }, `could not release the claim ${key}: ${(e as Error).message}; ${kept}`));
   };
   const idempotencyKey = (c: Context<Env>): string | undefined => {
     const key = c.req.header('Idempotency-Key');
@@ -249,21 +286,31 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     return key;
   };
 
-  /** Starts a run for a webhook delivery unless the delivery was seen within the window. */
+  /**
+   * Starts a run for a webhook delivery unless the delivery was seen within the window.
+   *
+   * The key is claimed first, for a new run id. When NATS goes away after the claim (the
+   * run not recorded, or recorded without its plan queued), the claim is kept with its run
+   * id, and the sender's repeat starts that run: startRun records it once, or queues its
+   * plan again (the plan's id dedups a copy already queued). Releasing the claim instead
+   * could fail the same way, and would leave a recorded run that never starts.
+   */
   async function triggerRun(c: Context<Env>, key: string, windowMs: number, options: RunOptions, trigger: string, vms?: string[]): Promise<Response> {
     const now = deps.clock.now();
-    const runId = newRunId(now);
-    const claim = await deps.triggers.claim(key, runId, windowMs);
+    const fresh = newRunId(now);
+    const claim = await deps.triggers.claim(key, fresh, windowMs);
+    const runId = claim === 'new' ? fresh : claim.runId;
+    const duplicate = () => {
+      log.info({ runId, trigger }, `${trigger}: repeated delivery, run ${runId} already started`);
+      return c.json({ runId, duplicate: true, ...(vms !== undefined ? { vms } : {}) }, 200, { Location: `/v1/runs/${runId}` });
+    };
     if (claim !== 'new') {
-      log.info({ runId: claim.runId, trigger }, `${trigger}: repeated delivery, run ${claim.runId} already started`);
-      return c.json({ runId: claim.runId, duplicate: true, ...(vms !== undefined ? { vms } : {}) }, 200, { Location: `/v1/runs/${claim.runId}` });
+      const existing = await deps.store.header(runId);
+      if (existing !== undefined && existing.header.status !== 'planning') return duplicate();
+      if (existing === undefined) log.warn({ runId, trigger }, `${trigger}: delivery ${key} was claimed for run ${runId}, which was never recorded: starting it now`);
     }
-    try {
-      await startRun(deps.store, deps.bus, { runId, options, startedAt: now, trigger });
-    } catch (error) {
-      await deps.triggers.release(key, runId).catch((e: unknown) => log.warn({ err: e }, `could not release trigger claim ${key}`));
-      throw error;
-    }
+    const created = await startRun(deps.store, deps.bus, { runId, options, startedAt: now, trigger });
+    if (claim !== 'new' && !created) return duplicate();
     log.info({ runId, trigger }, `${trigger}: run ${runId} started${vms !== undefined ? ` for ${vms.join(', ')}` : ''}`);
     return c.json({ runId, ...(vms !== undefined ? { vms } : {}) }, 202, { Location: `/v1/runs/${runId}` });
   }
@@ -280,12 +327,12 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       tag: 'health',
       public: true,
       summary: 'Readiness: NATS is reachable',
-      responses: { 200: { description: 'Ready', schema: Health }, 503: { description: 'NATS not reachable', schema: Health } },
+      responses: { 200: { description: 'Ready', schema: Health }, 503: { description: 'NATS not reachable (the connection is down, or NATS or JetStream does not answer within 2 s)', schema: Health } },
     },
     async (c) => {
       let ready = false;
       try {
-        ready = await deps.ready();
+        ready = deps.bus.connected?.() !== false && (await deps.ready());
       } catch (error) {
         log.warn({ err: error }, `readiness check failed: ${(error as Error).message}`);
       }
@@ -304,6 +351,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       method: 'post',
       path: '/v1/runs',
       tag: 'runs',
+      nats: true,
       summary: 'Start a run',
       description:
         'Backs up the pool with the gateway’s settings, overridden by the body (config key names). An empty body runs with the settings alone. With `Idempotency-Key`, a repeated request gives the same run and starts nothing.',
@@ -333,6 +381,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       method: 'get',
       path: '/v1/runs',
       tag: 'runs',
+      nats: true,
       summary: 'Recent runs, newest first, with the outcome of those finished',
       description: 'A finished run carries `outcome` (success, warning, error, fatal) and `exitCode` (0, 1, 2): what `vmbackup status` shows, computed by the same code from the run’s jobs.',
       query: RunsQuery,
@@ -367,12 +416,14 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       method: 'get',
       path: '/v1/runs/{id}',
       tag: 'runs',
+      nats: true,
       summary: 'One run: its state, its outcome and summary once finished, its jobs',
       description:
         'Once finished, `outcome` (success, warning, error, fatal) and `exitCode` (0, 1, 2) say how the run ended, as `vmbackup status RUN` does, and `summary` is the same RunSummary as `vmbackup --json`. Ad-hoc function invocations (POST /v1/functions/{name} without a runId) have no run state: their id answers 404.',
       params: { id: { description: 'Run id', schema: RunId } },
       responses: { 200: { description: 'The run', schema: RunDetail }, 404: { description: 'No such run', schema: undefined } },
     },
+    checkRunId,
     async (c) => {
       const id = runIdParam(c);
       const current = await deps.store.header(id);
@@ -393,6 +444,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       method: 'post',
       path: '/v1/runs/{id}/retry',
       tag: 'runs',
+      nats: true,
       summary: 'Run the failed jobs of a finished run again',
       description:
         'Each failed job runs again from the phase that failed (meta, prune, pool-db, host-backup), or from a new snapshot when the failed message is spent (export). The run is running again until they end; its summary is published again.',
@@ -403,6 +455,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
         409: { description: 'The run is not finished, could not start, has no failed job, or changed meanwhile' },
       },
     },
+    checkRunId,
     async (c) => {
       const id = runIdParam(c);
       const current = await deps.store.header(id);
@@ -445,6 +498,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
         method: 'post',
         path: `/v1/functions/${fn.name}`,
         tag: 'functions',
+        nats: true,
         summary: `Run ${fn.name} on its own: ${fn.description}`,
         description: `Validated with ${fn.name}'s own input schema and queued on ${fn.subject.name}. Without runId/jobId the invocation is ad hoc (runId adhoc-…, jobId adhoc): it has no run state, GET /v1/runs/{id} answers 404 for it; its events are published on vmbackup.events.<runId>.${fn.name}.*. With Idempotency-Key a repeated request queues nothing new.`,
         body: { schema, required: true },
@@ -472,7 +526,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
         try {
           await deps.bus.enqueue(fn.subject.name, parsed.data, { id: dedupId });
         } catch (error) {
-          if (key !== undefined) await deps.triggers.release(claimKey, runId).catch(() => undefined);
+          if (key !== undefined) await releaseClaim(claimKey, runId);
           throw error;
         }
         log.info({ runId, jobId, fn: fn.name }, `${fn.name} invoked on its own (run ${runId}, job ${jobId})`);
@@ -491,6 +545,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       method: 'post',
       path: '/v1/hooks/alertmanager',
       tag: 'hooks',
+      nats: true,
       summary: 'Prometheus Alertmanager webhook (version 4): back up the VMs its firing alerts name',
       description: `Each firing alert's label "${deps.alertmanagerLabel}" (alertmanager_label) names a VM, backed up as a whole VM (vm-export, exact name); resolved alerts ask for nothing. Other options come from the gateway's settings; its excludes still apply. A delivery repeating one seen within ${windows.alertmanagerMs / 3_600_000} h (same group, same firing alerts by fingerprint and startsAt) starts no second run.`,
       body: { schema: AlertmanagerPayload, required: true },
@@ -528,6 +583,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       method: 'post',
       path: '/v1/hooks/generic',
       tag: 'hooks',
+      nats: true,
       summary: 'A signed webhook: start a run with the options it carries',
       description: `Needs both the bearer token and \`${SIGNATURE_HEADER}: sha256=<hex HMAC-SHA256(webhook secret, raw body)>\`. \`timestamp\` may be at most ${freshness.maxAgeMs / 60_000} min old and ${freshness.maxAheadMs / 60_000} min ahead; a delivery \`id\` seen within ${windows.genericMs / 60_000} min starts no second run.`,
       body: { schema: GenericHook, required: true },
@@ -541,10 +597,13 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     verify,
     jsonBody,
     validate('json', GenericHook),
+    (c, next) => {
+      const stale = checkFreshness(valid<GenericHook>(c, 'json').timestamp, deps.clock.now(), freshness);
+      if (stale !== undefined) throw new HttpError(400, 'STALE_DELIVERY', stale, [{ path: 'timestamp', message: stale }]);
+      return next();
+    },
     async (c) => {
       const body = valid<GenericHook>(c, 'json');
-      const stale = checkFreshness(body.timestamp, deps.clock.now(), freshness);
-      if (stale !== undefined) throw new HttpError(400, 'STALE_DELIVERY', stale, [{ path: 'timestamp', message: stale }]);
       const { id: _id, timestamp: _ts, ...req } = body;
       return triggerRun(c, genericDeliveryKey(body.id), windows.genericMs, runOptionsFrom(deps.runDefaults, req), 'webhook');
     },

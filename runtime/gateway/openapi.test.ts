@@ -46,6 +46,21 @@ describe('GET /v1/openapi.json', () => {
     }
   });
 
+  it('every route that needs NATS documents 503 UNAVAILABLE with Retry-After; health, the document and backups do not', () => {
+    const withoutNats = ['/healthz', '/readyz', '/v1/openapi.json', '/v1/backups'];
+    for (const [p, ops] of Object.entries(doc.paths)) {
+      for (const [m, op] of Object.entries(ops)) {
+        const r503 = op.responses['503'] as { description: string; headers?: Record<string, unknown> } | undefined;
+        if (withoutNats.includes(p)) {
+          expect(r503?.headers?.['Retry-After'], `${m} ${p}`).toBeUndefined();
+          continue;
+        }
+        expect(r503, `${m} ${p}`).toMatchObject({ description: expect.stringContaining('NATS is not reachable'), headers: { 'Retry-After': expect.anything() } });
+      }
+    }
+    expect(Object.keys(doc.paths).filter((p) => !withoutNats.includes(p)).length).toBeGreaterThanOrEqual(10);
+  });
+
   it.each([
     ['/v1/runs', RunRequest],
     ['/v1/hooks/alertmanager', AlertmanagerPayload],

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ErrorBody } from './errors.js';
+import { ErrorBody, UNAVAILABLE_RETRY_AFTER_S } from './errors.js';
 
 /**
  * A route as the OpenAPI document describes it. The gateway registers each route through
@@ -19,6 +19,11 @@ export interface RouteDoc {
   tag: string;
   /** No bearer token needed (health, the document itself). */
   public?: boolean;
+  /**
+   * Needs NATS (the bus, the run store or the trigger log): refused with 503 `UNAVAILABLE`
+   * and `Retry-After` while NATS is not reachable.
+   */
+  nats?: boolean;
   body?: { schema: z.ZodType; required: boolean; description?: string };
   query?: z.ZodObject;
   params?: Record<string, { description: string; schema: z.ZodType }>;
@@ -53,6 +58,13 @@ function standardResponses(route: RouteDoc): Record<string, unknown> {
   if (route.body !== undefined) {
     out['413'] = { description: 'The body is larger than gateway_body_limit.', content: errorContent() };
     out['415'] = { description: 'A body that is not `application/json`.', content: errorContent() };
+  }
+  if (route.nats === true) {
+    out['503'] = {
+      description: `NATS is not reachable (\`UNAVAILABLE\`: the connection is down, or NATS did not answer in time). Retry after \`Retry-After\` seconds (${UNAVAILABLE_RETRY_AFTER_S}); with the same \`Idempotency-Key\` or delivery id a retry is safe.`,
+      headers: { 'Retry-After': { description: 'Seconds to wait before retrying.', schema: { type: 'string' } } },
+      content: errorContent(),
+    };
   }
   out['500'] = { description: 'A bug in the gateway (details only in its log).', content: errorContent() };
   return out;

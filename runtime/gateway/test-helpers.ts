@@ -46,6 +46,9 @@ export class RecordingBus implements Bus {
   close(): Promise<void> {
     return this.inner.close();
   }
+  connected(): boolean {
+    return this.inner.connected?.() ?? true;
+  }
   /** Everything sent so far, queued or published. */
   sent(): number {
     return this.enqueued.length + this.published.length;

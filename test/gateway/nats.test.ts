@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,6 +21,8 @@ import type { NatsServer } from '../helpers/nats-server.js';
 import { startSimulator } from '../sim/server.js';
 import type { Simulator } from '../sim/server.js';
 import { waitFor } from '../sim/test-helpers.js';
+import { startGatewayCommand } from './gateway-command.js';
+import type { GatewayCommand } from './gateway-command.js';
 
 let nats: NatsServer;
 beforeAll(async () => {
@@ -70,27 +71,13 @@ describe('NatsTriggerLog on a real nats-server', () => {
   });
 });
 
-/** `vmbackup gateway` as a child process; resolves with its URL once it listens. */
-async function startGatewayCommand(args: string[], env: Record<string, string>): Promise<{ url: string; child: ChildProcess; output: () => string; exited: Promise<number | null> }> {
-  const child = spawn(process.execPath, [VMBACKUP, 'gateway', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: os.tmpdir(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const url = await waitFor(() => /listening on (http:\/\/\S+)/.exec(output)?.[1], 30_000, `the gateway to listen:\n${output}`).catch((error: Error) => {
-    child.kill('SIGKILL');
-    throw new Error(`${error.message}\n${output}`);
-  });
-  return { url, child, output: () => output, exited };
-}
-
 describe('vmbackup gateway on NATS, with workers and the XAPI simulator', () => {
   const token = 'nats-gateway-token-0123456789';
   const secret = 'nats-webhook-secret-0123456789';
   let sim: Simulator;
   let xapi: XapiClient;
   let worker: NatsRuntime;
-  let gw: Awaited<ReturnType<typeof startGatewayCommand>>;
+  let gw: GatewayCommand;
   let base: string;
   const headers = { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' };
 
