@@ -51,7 +51,8 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
   const log = createLogger({ consoleLevel: settings.log_level, console: io.stdout, consoleErrors: io.stderr });
   let nats: NatsRuntime | undefined;
   try {
-    nats = await openNats(settings, log, { name: 'vmbackup gateway' });
+    // A request waits at most 5 s for a publish while NATS is away, then gets its 503.
+    nats = await openNats(settings, log, { name: 'vmbackup gateway', bus: { publishRetryMs: 5_000 } });
     const { nc } = nats;
     const triggers = await NatsTriggerLog.open(nc, { clock: systemClock, maxTtlMs: Math.max(...Object.values(DEFAULT_WINDOWS)) });
     const app = createGateway({
