@@ -90,6 +90,14 @@ export class LockedError extends VmbackupError {
   override name = 'LockedError';
 }
 
+/**
+ * A run id (an Idempotency-Key, a trigger id) already names a run asked for with other
+ * options: repeating a request may not change it. The gateway answers 422; a command exits 2.
+ */
+export class RequestConflictError extends UsageError {
+  override name = 'RequestConflictError';
+}
+
 /** Errors that stop the command before any backup is attempted (exit code 2). */
 export function isFatalToCommand(error: unknown): error is VmbackupError {
   return error instanceof UsageError || error instanceof ConfigError || error instanceof ConnectionError || error instanceof LockedError;

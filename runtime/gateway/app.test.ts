@@ -126,6 +126,11 @@ describe('POST /v1/runs', () => {
     expect(first.status).toBe(202);
     expect(again).toMatchObject({ status: 200, json: { runId: first.json.runId, duplicate: true } });
     expect(gw.bus.enqueued).toHaveLength(1);
+    // The same key with another body: 422, nothing queued (IETF idempotency-key draft).
+    const changed = await call(gw, 'POST', '/v1/runs', { headers, body: { vm_exports: ['web1'] } });
+    expect(changed).toMatchObject({ status: 422, json: { error: 'IDEMPOTENCY_KEY_REUSED' } });
+    expect(changed.json.message).toContain('asked for with other options');
+    expect(gw.bus.enqueued).toHaveLength(1);
     const other = await call(gw, 'POST', '/v1/runs', { headers: { ...authJson(), 'Idempotency-Key': 'nightly-2026-11-27' }, body: {} });
     expect(other.status).toBe(202);
     expect(other.json.runId).not.toBe(first.json.runId);
@@ -468,6 +473,17 @@ describe('POST /v1/hooks/generic', () => {
     expect(first.status).toBe(202);
     expect(same).toMatchObject({ status: 200, json: { runId: first.json.runId, duplicate: true } });
     expect(replayed).toMatchObject({ status: 200, json: { runId: first.json.runId, duplicate: true } });
+    expect(gw.bus.enqueued).toHaveLength(1);
+  });
+
+  it('a repeated delivery (same id) whose body changed: still the one trigger, its run stands, no 422', async () => {
+    const gw = testGateway();
+    const raw = delivery();
+    const first = await call(gw, 'POST', '/v1/hooks/generic', { raw, headers: signed(raw) });
+    const raw2 = delivery({ vm_exports: ['web1', 'db1'] });
+    const changed = await call(gw, 'POST', '/v1/hooks/generic', { raw: raw2, headers: signed(raw2) });
+    expect(first.status).toBe(202);
+    expect(changed).toMatchObject({ status: 200, json: { runId: first.json.runId, duplicate: true } });
     expect(gw.bus.enqueued).toHaveLength(1);
   });
 

@@ -10,7 +10,7 @@ import { functions } from '../../functions/index.js';
 import { JobBase } from '../../functions/job.js';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import type { Bus } from '../bus/bus.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, RequestConflictError } from '../errors.js';
 import { jobSubject } from '../events.js';
 import type { Clock, FunctionDef } from '../function.js';
 import { planRetry } from '../run/retry.js';
@@ -309,7 +309,15 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       if (existing !== undefined && existing.header.status !== 'planning') return duplicate();
       if (existing === undefined) log.warn({ runId, trigger }, `${trigger}: delivery ${key} was claimed for run ${runId}, which was never recorded: starting it now`);
     }
-    const created = await startRun(deps.store, deps.bus, { runId, options, startedAt: now, trigger });
+    let created: boolean;
+    try {
+      created = await startRun(deps.store, deps.bus, { runId, options, startedAt: now, trigger });
+    } catch (error) {
+      // A repeated delivery whose payload changed meanwhile (e.g. more alerts in the group):
+      // it is still the one trigger, and its run stands.
+      if (error instanceof RequestConflictError && claim !== 'new') return duplicate();
+      throw error;
+    }
     if (claim !== 'new' && !created) return duplicate();
     log.info({ runId, trigger }, `${trigger}: run ${runId} started${vms !== undefined ? ` for ${vms.join(', ')}` : ''}`);
     return c.json({ runId, ...(vms !== undefined ? { vms } : {}) }, 202, { Location: `/v1/runs/${runId}` });
@@ -360,6 +368,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       responses: {
         202: { description: 'Run submitted', schema: RunAccepted, headers: { Location: 'The run: /v1/runs/{id}' } },
         200: { description: 'A repeated request (same Idempotency-Key): the existing run, nothing started', schema: RunAccepted },
+        422: { description: 'The Idempotency-Key was used before with another body (IDEMPOTENCY_KEY_REUSED): nothing started' },
       },
     },
     jsonBody,

@@ -1,7 +1,7 @@
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { z } from 'zod';
-import { ConfigError, ConnectionError, LockedError, RetryLaterError, UsageError, VmbackupError } from '../errors.js';
+import { ConfigError, ConnectionError, LockedError, RequestConflictError, RetryLaterError, UsageError, VmbackupError } from '../errors.js';
 
 /**
  * The body of every error answer: a code for programs, a sentence for people, and for bad
@@ -102,6 +102,9 @@ export function errorResponse(error: unknown): { status: ContentfulStatusCode; b
     const code = status === 400 ? 'BAD_REQUEST' : status === 413 ? 'PAYLOAD_TOO_LARGE' : `HTTP_${status}`;
     return { status, body: { error: code, message: error.message || 'bad request' }, headers: {}, bug: status >= 500 };
   }
+  // The same Idempotency-Key (or trigger id) with another request body (IETF httpapi
+  // idempotency-key draft: 422).
+  if (error instanceof RequestConflictError) return { status: 422, body: { error: 'IDEMPOTENCY_KEY_REUSED', message: error.message }, headers: {}, bug: false };
   if (error instanceof UsageError || error instanceof ConfigError) {
     return { status: 400, body: { error: error.code, message: error.message }, headers: {}, bug: false };
   }

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import type { Bus } from '../bus/bus.js';
 import { MemoryBus } from '../bus/memory.js';
+import { RequestConflictError } from '../errors.js';
 import { jobSubject } from '../events.js';
 import { newRunHeader } from './reduce.js';
 import { startRun } from './start.js';
@@ -57,6 +58,18 @@ describe('startRun', () => {
     await new Promise((r) => setTimeout(r, 20));
     // The run keeps its own start time: its files are named after it.
     expect(plans).toEqual([{ runId: 'r2', jobId: 'plan', try: 1, options, startedAt: at.toISOString() }]);
+  });
+
+  it('a repeat with other options is refused (RequestConflictError); nothing queued again', async () => {
+    const store = new MemoryRunStore();
+    const { bus, plans } = recording();
+    const at = new Date('2026-11-26T08:30:00Z');
+    expect(await startRun(store, bus, { runId: 'r4', options, startedAt: at })).toBe(true);
+    await expect(startRun(store, bus, { runId: 'r4', options: { ...options, vmExports: ['web1'] }, startedAt: at })).rejects.toThrow(RequestConflictError);
+    await expect(startRun(store, bus, { runId: 'r4', options: { ...options, vmExports: ['web1'] }, startedAt: at })).rejects.toThrow(/run r4 was asked for with other options/);
+    expect(await startRun(store, bus, { runId: 'r4', options: { ...options }, startedAt: at })).toBe(false);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(plans).toHaveLength(1);
   });
 
   it('a repeat of a run past planning queues nothing', async () => {

@@ -1,7 +1,8 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import type { PlanInput } from '../../functions/plan/plan.js';
 import type { Bus } from '../bus/bus.js';
+import { RequestConflictError } from '../errors.js';
 import { jobSubject } from '../events.js';
 import { formatStamp } from '../storage/naming.js';
 import { enqueueId, newRunHeader } from './reduce.js';
@@ -13,7 +14,8 @@ export function newRunId(at: Date): string {
 }
 
 /**
- * Submits a run: records its header (status `planning`) and queues its plan job. Returns
+ * Submits a run: records its header (status `planning`, with a hash of its options) and
+ * queues its plan job. A repeat with other options throws RequestConflictError. Returns
  * false when a run with this id exists already (a repeated trigger). Then nothing new is
  * started — but if that run is still `planning`, its plan is queued again (the plan's id
  * dedups a copy that is already queued): the first submission may have recorded the run and
@@ -24,15 +26,24 @@ export async function startRun(
   bus: Bus,
   run: { runId: string; options: RunOptions; startedAt: Date; trigger?: string },
 ): Promise<boolean> {
-  const header = newRunHeader(run.runId, run.startedAt, {
-    concurrency: run.options.concurrency,
-    vmRetries: run.options.vmRetries,
-    ...(run.trigger !== undefined ? { trigger: run.trigger } : {}),
-  });
+  const requestHash = createHash('sha256').update(JSON.stringify(run.options)).digest('hex');
+  const header = {
+    ...newRunHeader(run.runId, run.startedAt, {
+      concurrency: run.options.concurrency,
+      vmRetries: run.options.vmRetries,
+      ...(run.trigger !== undefined ? { trigger: run.trigger } : {}),
+    }),
+    requestHash,
+  };
   const planJob = (startedAt: string): PlanInput => ({ runId: run.runId, jobId: 'plan', try: 1, options: run.options, startedAt });
   const id = enqueueId(run.runId, 'plan', 1, 'plan');
   if (!(await store.create(header))) {
     const existing = await store.header(run.runId);
+    if (existing?.header.requestHash !== undefined && existing.header.requestHash !== requestHash) {
+      throw new RequestConflictError(`run ${run.runId} was asked for with other options: a repeated request (the same Idempotency-Key or trigger id) must repeat them, or use a new key`, {
+        runId: run.runId,
+      });
+    }
     if (existing?.header.status === 'planning') await bus.enqueue(jobSubject('plan'), planJob(existing.header.startedAt), { id });
     return false;
   }

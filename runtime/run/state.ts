@@ -39,6 +39,8 @@ export const RunHeader = z.object({
   fatal: ErrorInfoSchema.optional(),
   /** Which trigger asked for the run (cli, gateway, webhook …), for status displays. */
   trigger: z.string().optional(),
+  /** SHA-256 of the run's options: a repeated submission with other options is refused. */
+  requestHash: z.string().optional(),
   /**
    * The run was asked to stop (RunStop: SIGTERM or SIGINT): no VM, attempt or phase starts
    * any more but those that clean up; the jobs not started end as failed (STOPPED).
