@@ -506,6 +506,14 @@ describe('loadSettings: password', () => {
     expect(s.load(['--password-file', pf]).warnings).toEqual([`password_file ${pf} is readable by group or others (mode 0640): chmod 600 ${pf}`]);
   });
 
+  it('the other secret files (NATS, gateway) warn alike when others can read them', () => {
+    const s = sandbox();
+    const creds = s.write(join(s.root, 'nats.creds'), 'x\n', 0o644);
+    const tokens = s.write(join(s.root, 'tokens'), 'x\n', 0o600);
+    s.write(s.system, cfg(`nats_creds_file = ${creds}`, `gateway_tokens_file = ${tokens}`));
+    expect(s.load().warnings).toEqual([`nats_creds_file ${creds} is readable by group or others (mode 0644): chmod 600 ${creds}`]);
+  });
+
   it('the password never appears in error messages', () => {
     const s = sandbox();
     s.write(s.system, cfg('password = hunter2', 'max_backups = 0'));

@@ -463,6 +463,17 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
 
   resolvePassword();
 
+  // The other secret files are read by the commands that use them (NATS, the gateway); a
+  // file others can read is worth saying at once, as for password_file.
+  for (const key of SECRET_FILE_KEYS) {
+    const file = settings[key];
+    if (typeof file !== 'string') continue;
+    const mode = fileMode(file);
+    if (mode !== undefined && (mode & 0o044) !== 0) {
+      warnings.push(`${key} ${file} is readable by group or others (mode ${(mode & 0o777).toString(8).padStart(4, '0')}): chmod 600 ${file}`);
+    }
+  }
+
   if (settings.insecure === true) {
     warnings.push(`insecure is on (${where.insecure}): the pool's TLS certificate is NOT checked`);
     if (settings.tls_ca_file !== undefined) warnings.push(`tls_ca_file (${where.tls_ca_file}) is not used while insecure is on`);
@@ -575,6 +586,9 @@ function coerce(key: SettingKey, raw: string | boolean | string[], cwd: string):
       return { value: text };
   }
 }
+
+/** Files that hold a secret besides password_file (which resolvePassword reads and checks). */
+const SECRET_FILE_KEYS = ['nats_token_file', 'nats_password_file', 'nats_creds_file', 'nats_tls_key_file', 'gateway_tokens_file', 'webhook_secret_file'] as const satisfies readonly SettingKey[];
 
 /**
  * The ConfigError of one or more invalid values: the one sentence, or `N configuration
