@@ -186,7 +186,11 @@ function sourceOf(origin: Origin): SettingSource {
 function show(key: SettingKey, raw: string | boolean | string[]): string {
   if (SECRET_KEYS.has(key)) return '(hidden)';
   if (Array.isArray(raw)) return raw.map((item) => JSON.stringify(item)).join(' ');
-  const text = String(raw);
+  return showText(String(raw));
+}
+
+/** A value as messages show it: quoted when blank at an end, no URL user or password. */
+export function showText(text: string): string {
   return text === '' || /^\s|\s$|\n/.test(text) ? JSON.stringify(text) : redactUrl(text);
 }
 
@@ -194,7 +198,8 @@ function redactUrl(text: string): string {
   return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/]*@/i, '$1***@');
 }
 
-function fsReason(error: unknown): string {
+/** A file system error in words (`does not exist`, `permission denied`…), for `cannot read it: …`. */
+export function fsReason(error: unknown): string {
   const code = (error as { code?: unknown }).code;
   if (code === 'ENOENT' || code === 'ENOTDIR') return 'does not exist';
   if (code === 'EACCES' || code === 'EPERM') return 'permission denied';

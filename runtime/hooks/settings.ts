@@ -1,7 +1,7 @@
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Bus } from '../bus/bus.js';
-import { configError } from '../config/load.js';
+import { configError, fsReason, showText } from '../config/load.js';
 import type { Settings } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import { splitCommand } from './command-line.js';
@@ -62,7 +62,7 @@ export function hookConfigFromSettings(settings: Settings, opts: HookSettingsOpt
   const issue = (key: string, value: string, reason: string): void => {
     const where = opts.where?.[key];
     const { phrase, ...place } = where !== undefined && where !== 'default' ? placeOf(where) : { phrase: undefined };
-    issues.push({ key, ...place, reason, message: `${key} = ${shown(value)}${phrase !== undefined ? ` ${phrase}` : ''}: ${reason}` });
+    issues.push({ key, ...place, reason, message: `${key} = ${showText(value)}${phrase !== undefined ? ` ${phrase}` : ''}: ${reason}` });
   };
   const config: HookConfig = {
     commands: {},
@@ -198,20 +198,6 @@ function placeOf(where: string): { where: string; phrase: string; file?: string;
   return { where, phrase: `in ${where}`, ...(m !== null ? { file: m[1]!, line: Number(m[2]) } : {}) };
 }
 
-/** A file system error as the config loader words it (`cannot read it: does not exist`). */
-function fsReason(error: unknown): string {
-  const code = (error as { code?: unknown }).code;
-  if (code === 'ENOENT' || code === 'ENOTDIR') return 'does not exist';
-  if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
-  if (code === 'EISDIR') return 'is a directory';
-  return typeof code === 'string' ? code : error instanceof Error ? error.message : String(error);
-}
-
-/** A value as the config loader shows it: quoted when blank at an end, no URL user or password. */
-function shown(value: string): string {
-  if (value === '' || /^\s|\s$|\n/.test(value)) return JSON.stringify(value);
-  return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/]*@/i, '$1***@');
-}
 
 function defaultFileMode(path: string): number | undefined {
   try {
