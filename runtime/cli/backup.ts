@@ -1,3 +1,4 @@
+import { access, constants as fsConstants } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { duplicateNames, selectVms } from '../../functions/plan/select.js';
 import { matchDisks, vmDisks } from '../../functions/snapshot/snapshot.js';
@@ -7,7 +8,7 @@ import type { LoadedSettings } from '../config/load.js';
 import { formatPreview } from '../config/preview.js';
 import type { PreviewSelection } from '../config/preview.js';
 import type { Settings } from '../config/schema.js';
-import { isFatalToCommand } from '../errors.js';
+import { ConfigError, isFatalToCommand } from '../errors.js';
 import { localOrigin, systemClock } from '../function.js';
 import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
@@ -150,6 +151,10 @@ async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
   try {
     assertBackupDirExists(settings.backup_dir);
     if (settings.mount_check) await assertShareMounted(settings.backup_dir, settings.share_type);
+    // Read-only, unlike the run's probe: what access(2) can tell (a read-only mount, the mode).
+    await access(settings.backup_dir, fsConstants.W_OK).catch((error: NodeJS.ErrnoException) => {
+      throw new ConfigError(`backup_dir ${settings.backup_dir} is not writable (${error.code ?? String(error)})`, { key: 'backup_dir', errno: error.code });
+    });
   } catch (error) {
     refusal = error;
   }

@@ -1,6 +1,6 @@
 import { open, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { LockedError } from '../errors.js';
+import { ConfigError, LockedError } from '../errors.js';
 import type { Origin } from '../function.js';
 
 /** Name of the lock file in backup_dir. */
@@ -77,7 +77,11 @@ export async function acquireLock(
         },
       };
     } catch (error) {
-      if ((error as { code?: string }).code !== 'EEXIST') throw error;
+      const code = (error as { code?: string }).code;
+      if (code !== 'EEXIST') {
+        // EACCES, EROFS, ENOSPC…: backup_dir cannot take a file, so no backup could either.
+        throw new ConfigError(`backup_dir ${backupDir} is not writable: cannot create ${LOCK_FILE} (${code ?? String(error)})`, { key: 'backup_dir', errno: code });
+      }
     }
     const existing = await readLock(file);
     if (existing !== undefined && !isStale(existing, opts.now, owner, opts.staleHours, pidAlive)) {

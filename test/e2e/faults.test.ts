@@ -79,6 +79,15 @@ describe('vmbackup: connection and config errors exit 2 with a clear message', (
     expect(r.stderr).toContain('does not exist or is not a directory (is the backup share mounted?)');
   });
 
+  it('a backup_dir that takes no file is a setup error (exit 2), not a crash', async () => {
+    // sysfs takes no new file, even from root: what a read-only or root-squashed share does.
+    const ws = await workspace();
+    const r = await vmbackup(['-b', ws.base, '-d', '/sys', '--xapi', 'https://127.0.0.1:9', '--password-file', ws.passwordFile]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^ERROR: backup_dir \/sys is not writable: cannot create \.vmbackup\.lock \((EACCES|EROFS|EPERM)\)$/m);
+    expect(r.stderr).not.toContain('internal error');
+  });
+
   it('mount_check refuses a backup_dir that is not on the share', async () => {
     const ws = await workspace();
     const cfg = path.join(ws.base, 'mount.cfg');
