@@ -233,6 +233,29 @@ describe('fault matrix', () => {
     expect(s.state.liveSessions()).toBe(0);
   });
 
+  it('space_threshold is checked before each VM: the VM that would go below it is not backed up, exit 1', async () => {
+    const s = await sim([vm('a', 'Running', 3), vm('b', 'Running', 3), vm('c', 'Running', 3)]);
+    const ws = await workspace();
+    // A 10 MiB tmpfs: after a and b (about 3 MiB each) it is about 40 % free, below 50 %.
+    const dir = path.join(ws.base, 'small');
+    await mkdir(dir);
+    const script = [
+      'set -e',
+      `mount -t tmpfs -o size=10m tmpfs '${dir}'`,
+      `'${process.execPath}' '${VMBACKUP}' ${[...ws.args(s), '-d', dir, '-x', 'bystander', '--space-threshold', '50', '--concurrency', '1'].map((a) => `'${a}'`).join(' ')} > '${ws.base}/out.txt' 2> '${ws.base}/err.txt' || echo "exit=$?" > '${ws.base}/code.txt'`,
+      `cd '${dir}' && find . -type f | sort > '${ws.base}/files.txt'`,
+    ].join('\n');
+    const unshare = process.getuid?.() === 0 ? ['--mount'] : ['--user', '--map-root-user', '--mount'];
+    await run('unshare', [...unshare, 'bash', '-c', script], { env: { PATH: process.env.PATH ?? '' } });
+    expect(await readFile(path.join(ws.base, 'code.txt'), 'utf8')).toBe('exit=1\n');
+    expect(await readFile(path.join(ws.base, 'err.txt'), 'utf8')).toMatch(/c: snapshot failed: .* has \d+\.\d% free, below space_threshold 50%: c not backed up/);
+    const files = (await readFile(path.join(ws.base, 'files.txt'), 'utf8')).trim().split('\n');
+    expect(files.filter((f) => f.startsWith('./a/backup_'))).toHaveLength(3);
+    expect(files.filter((f) => f.startsWith('./b/backup_'))).toHaveLength(3);
+    expect(files.filter((f) => f.startsWith('./c/'))).toEqual([]);
+    expect(s.state.snapshots().filter((v) => (v.other_config as Record<string, string>)['vmbackup:run'] !== undefined)).toEqual([]);
+  });
+
   it('the command killed with SIGKILL mid-export, then run again: the next run cleans up and backs up', async () => {
     const s = await sim([vm('web1', 'Running', 8), vm('db1')]);
     const ws = await workspace();
