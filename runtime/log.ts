@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { format } from 'node:util';
@@ -50,6 +50,27 @@ export interface LogOptions {
   consoleErrors?: NodeJS.WritableStream;
   /** Plain JSON lines on the console instead of readable text (for log shippers). */
   consoleJson?: boolean;
+  /** When the log file is rotated (at start-up); default DEFAULT_ROTATION. */
+  rotate?: { maxBytes: number; keep: number };
+}
+
+/** `vmbackup.log` past 10 MiB at start-up becomes `vmbackup.log.1`; five old files are kept. */
+export const DEFAULT_ROTATION = { maxBytes: 10 * 2 ** 20, keep: 5 } as const;
+
+/**
+ * Rotates `file` when it is larger than `maxBytes`: `file.N` → `file.N+1` (the oldest, N =
+ * keep, is dropped), `file` → `file.1`. Done when a process opens the log, as VmBackup's
+ * RotatingFileHandler did between records; a failure leaves the log as it is.
+ */
+export function rotateLog(file: string, opts: { maxBytes: number; keep: number }): void {
+  try {
+    if (statSync(file).size <= opts.maxBytes) return;
+    rmSync(`${file}.${opts.keep}`, { force: true });
+    for (let n = opts.keep - 1; n >= 1; n--) if (existsSync(`${file}.${n}`)) renameSync(`${file}.${n}`, `${file}.${n + 1}`);
+    renameSync(file, `${file}.1`);
+  } catch {
+    // No file yet, or another process rotated it first: log on.
+  }
 }
 
 /**
@@ -64,7 +85,9 @@ export function createLogger(opts: LogOptions): Logger {
   streams.push({ level: pinoLevel(opts.consoleLevel), stream: opts.consoleJson === true ? consoleOut : consoleFormatter(consoleOut, consoleErr) });
   if (opts.dir !== undefined) {
     mkdirSync(opts.dir, { recursive: true });
-    streams.push({ level: 'debug', stream: pino.destination({ dest: path.join(opts.dir, 'vmbackup.log'), sync: true, mkdir: true }) });
+    const file = path.join(opts.dir, 'vmbackup.log');
+    rotateLog(file, opts.rotate ?? DEFAULT_ROTATION);
+    streams.push({ level: 'debug', stream: pino.destination({ dest: file, sync: true, mkdir: true }) });
   }
   return pino(
     {
