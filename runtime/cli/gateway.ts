@@ -33,7 +33,7 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
   const loaded = loadCommandSettings(
     argv.filter((a) => a !== NO_AUTH_FLAG),
     io,
-    { help: () => commandHelp('gateway', { version: VERSION }) },
+    { command: 'gateway', help: () => commandHelp('gateway', { version: VERSION }) },
   );
   if (typeof loaded === 'number') return loaded;
   const { settings } = loaded;

@@ -43,6 +43,7 @@ export async function invokeCommand(argv: readonly string[], io: Io): Promise<nu
   const wait = extras.values['--no-wait'] !== true;
   let timeoutS: number | undefined;
   const loaded = loadCommandSettings(args.options, io, {
+    command: 'invoke',
     help: () => commandHelp('invoke', { version: VERSION, notes: [`Functions: ${functions.map((f) => f.name).join(', ')}.`] }),
     check: () => {
       timeoutS = seconds(extras.values['--timeout'], '--timeout');

@@ -98,3 +98,19 @@ describe('positional arguments stand anywhere among the options', () => {
     expect(r.err).not.toContain('unexpected argument');
   });
 });
+
+describe('mode options a command does not take', () => {
+  it.each(['run', 'status', 'invoke', 'worker', 'gateway', 'verify'])('vmbackup %s --preview is refused (exit 2), never ignored', async (command) => {
+    const r = await vmbackup(command, '--preview', '--nats', 'nats://127.0.0.1:9');
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(new RegExp(`^vmbackup: option --preview does not apply to vmbackup ${command}`));
+    expect(r.out).toBe('');
+  });
+
+  it('a mode option the command takes is accepted (status --json); settings options are, as config keys are', async () => {
+    expect((await vmbackup('status', '--json', '--help')).code).toBe(0);
+    expect((await vmbackup('run', '--json', '--help')).code).toBe(0);
+    expect((await vmbackup('status', '--xapi', 'https://pool', '-e', 'web1', '--help')).code).toBe(0);
+    expect((await vmbackup('worker', '--json', '--help')).err).toMatch(/^vmbackup: option --json does not apply to vmbackup worker/);
+  });
+});

@@ -35,7 +35,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   } catch (error) {
     return fail(io, error);
   }
-  const loaded = loadCommandSettings(extras.rest, io, { help: () => commandHelp('run', { version: VERSION }) });
+  const loaded = loadCommandSettings(extras.rest, io, { command: 'run', help: () => commandHelp('run', { version: VERSION }) });
   if (typeof loaded === 'number') return loaded;
   const { settings, flags } = loaded;
   let timeoutS: number | undefined;

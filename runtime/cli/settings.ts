@@ -1,8 +1,11 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { isModeOption, parseArgs } from '../config/args.js';
+import { commandAccepts } from '../config/commands.js';
 import { loadSettings } from '../config/load.js';
 import type { LoadedSettings } from '../config/load.js';
 import type { Settings } from '../config/schema.js';
+import { UsageError } from '../errors.js';
 import type { VmbackupError } from '../errors.js';
 import { createLogger } from '../log.js';
 import type { Logger } from '../log.js';
@@ -20,6 +23,13 @@ export interface CommandSettingsOptions {
   check?: (loaded: LoadedSettings) => void;
   /** Print the settings' warnings to stderr (default true); false leaves them to the command. */
   warnings?: boolean;
+  /**
+   * The command whose options these are (commandAccepts): a mode option of vmbackup's
+   * command line that it does not take is refused (`--preview` does not apply to `vmbackup
+   * run`), never silently ignored. Options that set a config key are taken by every command,
+   * as the config file's keys are; each command uses those it needs.
+   */
+  command?: string;
 }
 
 /**
@@ -36,6 +46,12 @@ export interface CommandSettingsOptions {
 export function loadCommandSettings(argv: readonly string[], io: Io, opts: CommandSettingsOptions = {}): LoadedSettings | number {
   let loaded: LoadedSettings;
   try {
+    const accepts = opts.command !== undefined ? commandAccepts(opts.command) : undefined;
+    if (accepts !== undefined) {
+      for (const [long, spelled] of parseArgs(argv).given) {
+        if (!accepts.has(long) && isModeOption(long)) throw new UsageError(`option ${spelled} does not apply to vmbackup ${opts.command} (see vmbackup ${opts.command} --help)`, { flag: spelled });
+      }
+    }
     loaded = loadSettings({ argv, env: io.env, home: io.home, cwd: io.cwd });
     opts.check?.(loaded);
   } catch (error) {

@@ -33,6 +33,7 @@ export async function statusCommand(argv: readonly string[], io: Io): Promise<nu
   const runId = args.positionals[0];
   let limit = 20;
   const loaded = loadCommandSettings(args.options, io, {
+    command: 'status',
     help: () => commandHelp('status', { version: VERSION }),
     check: () => {
       const l = extras.values['--limit'];

@@ -47,7 +47,12 @@ export async function verifyCommand(argv: readonly string[], io: Io): Promise<nu
     io.stdout.write(verifyHelp());
     return 0;
   }
-  const loaded = loadCommandSettings(args.rest, io);
+  const loaded = loadCommandSettings(args.rest, io, {
+    check: (l) => {
+      // verify records each result in the set's manifest: it has no read-only mode.
+      if (l.flags.preview) throw new UsageError('option --preview does not apply to vmbackup verify (it reads the backups and records each result in the set\'s manifest)');
+    },
+  });
   if (typeof loaded === 'number') return loaded;
   const { settings, flags } = loaded;
 

@@ -51,6 +51,7 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
   }
   // Warnings once the worker's own options are known good.
   const loaded = loadCommandSettings(extras.rest, io, {
+    command: 'worker',
     help: () => commandHelp('worker', { version: VERSION, notes: [`Functions (--functions, Default: all): ${functions.map((f) => f.name).join(', ')}.`] }),
     warnings: false,
     // Hook settings are settings: a bad one ends the worker before it connects (exit 2).

@@ -66,6 +66,8 @@ export interface ParsedArgs {
   /** The spelling that set each key (the last one wins), for messages: `--max-backups`, `-F`. */
   spellings: Partial<Record<ArgKey | 'config', string>>;
   flags: CliFlags;
+  /** Every option given, by long name and as spelled (`preview` → `--preview`, `pool-backup` → `-p`). */
+  given: Map<string, string>;
 }
 
 type Target =
@@ -105,6 +107,15 @@ function defaults() {
     formats: d.vdi_export_format.unwrap().options.join(' or '),
     compressions: d.compress.unwrap().options.join(', '),
   };
+}
+
+/**
+ * Whether an option changes what a command does (`--preview`, `--json`, `--help`,
+ * `--version`) rather than setting a config key: a command that does not take one must
+ * refuse it, where a setting it does not use is ignored like that key in a config file.
+ */
+export function isModeOption(long: string): boolean {
+  return OPTIONS.some((o) => o.long === long && o.target.kind === 'flag');
 }
 
 /** Every option, in `--help` order. */
@@ -156,9 +167,10 @@ function looksLikeValue(arg: string): boolean {
 
 /** Parse `argv` (without the node and script names). Throws UsageError. */
 export function parseArgs(argv: readonly string[]): ParsedArgs {
-  const result: ParsedArgs = { values: {}, spellings: {}, flags: { preview: false, json: false, help: false, version: false } };
+  const result: ParsedArgs = { values: {}, spellings: {}, flags: { preview: false, json: false, help: false, version: false }, given: new Map() };
 
   const apply = (option: OptionSpec, spelled: string, value?: string): void => {
+    result.given.set(option.long, spelled);
     const target = option.target;
     if (target.kind === 'flag') {
       result.flags[target.name] = true;

@@ -147,3 +147,16 @@ export function commandSpec(name: string): CommandSpec {
   if (spec === undefined) throw new Error(`no command ${name}`);
   return spec;
 }
+
+/**
+ * The options of vmbackup's command line that `name` reads (its shared groups and the
+ * shared options it lists as its own), by long name; undefined for a command with its own
+ * parser or help (backup, verify, restore). What loadCommandSettings refuses the rest with.
+ *
+ * @example commandAccepts('status') // Set { 'nats', 'config', 'base-dir', 'log-level', 'help', 'version', 'json' … }
+ */
+export function commandAccepts(name: string): ReadonlySet<string> | undefined {
+  const spec = COMMAND_SPECS.find((c) => c.name === name);
+  if (spec === undefined || spec.ownHelp === true) return undefined;
+  return new Set([...(spec.options ?? []).map((o) => (typeof o === 'string' ? o : o.long)), ...(spec.shared ?? []).flatMap((g) => g.options)]);
+}
