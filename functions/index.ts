@@ -1,9 +1,9 @@
 import type { FunctionDef } from '../runtime/function.js';
 import { exportFn } from './export/export.js';
 import { hostBackup } from './host-backup/host-backup.js';
-import { postHook } from './hooks/post-hook.js';
-import { preHook } from './hooks/pre-hook.js';
-import { runEnd } from './hooks/run-end.js';
+import { postHook } from './post-hook/post-hook.js';
+import { preHook } from './pre-hook/pre-hook.js';
+import { runEnd } from './run-end/run-end.js';
 import { meta } from './meta/meta.js';
 import { plan } from './plan/plan.js';
 import { poolDb } from './pool-db/pool-db.js';

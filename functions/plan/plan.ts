@@ -13,7 +13,7 @@ import type { XapiClient } from '../../runtime/xapi/client.js';
 import type { VdiRecord, VmRecord } from '../../runtime/xapi/records.js';
 import { TAG, destroySnapshotVdi, destroySnapshotVm, isLeftover, parseBlockReason } from '../../runtime/xapi/snapshots.js';
 import { HostBackupInput } from '../host-backup/host-backup.js';
-import { runStartHooks } from '../hooks/run-start.js';
+import { runStartHooks } from './run-start.js';
 import { JobBase, VmRef } from '../job.js';
 import { PoolDbInput } from '../pool-db/pool-db.js';
 import { SnapshotInput } from '../snapshot/snapshot.js';

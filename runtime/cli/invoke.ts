@@ -57,7 +57,7 @@ export async function invokeCommand(argv: readonly string[], io: Io): Promise<nu
   if (fn === undefined) {
     return fail(io, new UsageError(name === undefined ? `which function? vmbackup invoke NAME --input JSON (functions: ${known})` : `unknown function "${name}" (functions: ${known})`));
   }
-  if (raw === undefined) return fail(io, new UsageError(`--input JSON is required: the ${fn.name} job's message (its schema: functions/${fn.name}/)`));
+  if (raw === undefined) return fail(io, new UsageError(`--input JSON is required: the ${fn.name} job's message (its schema: functions/${fn.name}/${fn.name}.ts)`));
 
   let input: unknown;
   try {

@@ -239,9 +239,11 @@ export function formatRestored(out: RestoreOutput): string {
 }
 
 export function restoreHelp(): string {
-  return `usage: vmbackup restore FILE [--sr SR] [--name NAME] [--preserve] [--vdi UUID] [--disk DEV] [--force] [--json]
-                        [-c FILE] [-b PATH] [-l LEVEL] [--xapi URL] [--user NAME] [--password-file FILE]
-                        [--tls-ca-file FILE] [--insecure]
+  return `usage: vmbackup restore FILE [--sr SR] [--name NAME] [--preserve] [--vdi UUID]
+                        [--disk DEV] [--force] [--json]
+                        [-c FILE] [-b PATH] [-d PATH] [-l LEVEL] [-v]
+                        [--xapi URL] [--user NAME] [--password-file FILE]
+                        [--tls-ca-file FILE] [--insecure | --no-insecure]
 
 Restore one backup into the pool. FILE is a data file of a backup set, or the set's .json:
   backup_<stamp>.xva, .xva.gz, .xva.zst   imported as a new VM (PUT /import)

@@ -135,7 +135,7 @@ export const COMMAND_SPECS: readonly CommandSpec[] = [
     description: [
       'Serves the HTTP API (runtime/gateway/README.md; GET /v1/openapi.json) until SIGTERM. Bearer tokens come from gateway_tokens_file (one per line, # comments); the secret of POST /v1/hooks/generic from webhook_secret_file. Without any token the gateway refuses to start.',
     ],
-    options: ['listen', { long: 'no-auth', help: 'Serve without authentication: only on a loopback address (127.0.0.1, ::1), for a try-out' }],
+    options: ['listen', { long: 'no-auth', help: 'Serve without authentication: only on a loopback address (127.x.x.x, ::1, localhost), for a try-out' }],
     shared: [{ title: 'defaults of the runs it starts, and the backups it lists (as for vmbackup)', options: RUN_OPTIONS }, NATS_CONNECTION],
     epilog: ['Exit codes: 0 after a signal, 2 usage or config error (no token, unreadable file, no NATS).'],
   },

@@ -7,7 +7,7 @@ import { STOPPED } from '../errors.js';
 import type { ErrorInfo } from '../errors.js';
 import { HOOK_ABORTED } from '../hooks/kind.js';
 
-/** The phases that run the operator's pre-vm and post-vm hooks (functions/hooks/). */
+/** The phases that run the operator's pre-vm and post-vm hooks (functions/pre-hook/, functions/post-hook/). */
 const PRE_HOOK = 'pre-hook';
 const POST_HOOK = 'post-hook';
 const VERIFY = 'verify';
