@@ -6,7 +6,7 @@ import { PermanentError } from '../../runtime/errors.js';
 import { jobSubject } from '../../runtime/events.js';
 import { defineFunction, subject } from '../../runtime/function.js';
 import type { Ctx } from '../../runtime/function.js';
-import { otherRunsLock, pidAlive } from '../../runtime/storage/lock.js';
+import { lockHeldMessage, otherRunsLock, pidAlive } from '../../runtime/storage/lock.js';
 import { formatStamp, vmFolderName } from '../../runtime/storage/naming.js';
 import { freeSpace } from '../../runtime/storage/space.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
@@ -99,7 +99,7 @@ export const plan = defineFunction({
     // An embedded `vmbackup` holding backup_dir's lock is not this run: do not work beside it.
     const held = await otherRunsLock(o.backupDir, { runId: input.runId, now: ctx.clock.now(), me: ctx.origin, staleHours: o.leftoverAgeHours });
     if (held !== undefined) {
-      throw new PermanentError('LOCKED', `another vmbackup run holds ${held.file}: run ${held.runId}, pid ${held.pid} on ${held.hostname}, since ${held.startedAt}`, { ...held });
+      throw new PermanentError('LOCKED', lockHeldMessage(held), { ...held });
     }
     const xapi = await ctx.xapi();
     // Of the VDIs only snapshots can be leftovers: do not fetch every disk of a large pool.

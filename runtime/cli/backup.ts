@@ -12,7 +12,7 @@ import { ConfigError, isFatalToCommand } from '../errors.js';
 import { localOrigin, systemClock } from '../function.js';
 import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
-import { hookConfigFromSettings, hooksFromSettings } from '../hooks/settings.js';
+import { hookConfigFromSettings, hooksFromConfig } from '../hooks/settings.js';
 import { runEmbedded } from '../run/embedded.js';
 import { newRunId } from '../run/start.js';
 import { formatSummary } from '../run/summary.js';
@@ -23,7 +23,7 @@ import { assertBackupDirExists, assertShareMounted } from '../storage/mounts.js'
 import { vmFolderName } from '../storage/naming.js';
 import type { XapiClient } from '../xapi/client.js';
 import type { Io } from './io.js';
-import { VERSION, fail } from './io.js';
+import { VERSION, fail, writeFatalJson } from './io.js';
 import { commandLogger, loadCommandSettings } from './settings.js';
 import { connectXapi, xapiPassword } from './xapi.js';
 
@@ -39,12 +39,13 @@ import { connectXapi, xapiPassword } from './xapi.js';
  * second signal exits at once with 128 + its number (130, 143) and says what it leaves behind.
  */
 export async function backupCommand(argv: readonly string[], io: Io): Promise<number> {
+  let hookConfig: ReturnType<typeof hookConfigFromSettings> | undefined;
   const loaded = loadCommandSettings(argv, io, {
     help: () => helpText({ prog: 'vmbackup', version: VERSION }) + '\n',
     // Hook settings are settings: a bad one is reported as every config error is
     // (`vmbackup: <key> = <value> in <file> line N: <reason>`, exit 2), before anything runs.
     check: (l) => {
-      if (!l.flags.preview) hookConfigFromSettings(l.settings, { hasBus: false, where: l.where });
+      if (!l.flags.preview) hookConfig = hookConfigFromSettings(l.settings, { hasBus: false, where: l.where });
     },
   });
   if (typeof loaded === 'number') return loaded;
@@ -79,8 +80,8 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
   try {
     xapiPassword(settings);
     assertBackupDirExists(settings.backup_dir);
-    // A bad hook setting ends the command (exit 2) before anything is locked or snapshotted.
-    const hooks = hooksFromSettings(settings, { log, env: io.env, where: loaded.where });
+    // Checked with the settings (a bad one ended the command there, exit 2); set on this path.
+    const hooks = hooksFromConfig(hookConfig!, { log, env: io.env });
     if (settings.mount_check) await assertShareMounted(settings.backup_dir, settings.share_type);
     lock = await acquireLock(settings.backup_dir, { ...origin, runId }, { now: startedAt, staleHours: settings.lock_stale_hours });
     if (lock.previous !== undefined) log.warn(`took over a stale lock of run ${lock.previous.runId} (pid ${lock.previous.pid} on ${lock.previous.hostname})`);
@@ -207,6 +208,6 @@ export function report(summary: RunSummary, settings: Settings, io: Io, json: bo
 export function fatalExit(error: unknown, log: Logger, io: Io, opts: { runId: string; json: boolean }): number {
   if (!isFatalToCommand(error)) throw error;
   log.error({ err: error }, error.message);
-  if (opts.json) io.stdout.write(JSON.stringify({ runId: opts.runId, status: 'fatal', exitCode: 2, error: { code: error.code, message: error.message } }) + '\n');
+  if (opts.json) writeFatalJson(io, error, opts.runId);
   return 2;
 }

@@ -12,6 +12,14 @@ export interface Io {
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
+/**
+ * The JSON outcome of a command that could not do its work (exit 2), for callers that asked
+ * for `--json` and read stdout: `{runId?, status: 'fatal', exitCode: 2, error: {code, message}}`.
+ */
+export function writeFatalJson(io: Io, error: { code: string; message: string }, runId?: string): void {
+  io.stdout.write(JSON.stringify({ ...(runId !== undefined ? { runId } : {}), status: 'fatal', exitCode: 2, error: { code: error.code, message: error.message } }) + '\n');
+}
+
 /** Prints a command-ending error (exit 2) or rethrows a bug. */
 export function fail(io: Io, error: unknown): number {
   if (isFatalToCommand(error)) {

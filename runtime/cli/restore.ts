@@ -14,7 +14,7 @@ import { newRunId } from '../run/start.js';
 import type { XapiClient } from '../xapi/client.js';
 import { formatSeconds } from '../units.js';
 import type { Io } from './io.js';
-import { fail } from './io.js';
+import { fail, writeFatalJson } from './io.js';
 import { loadCommandSettings } from './settings.js';
 import { connectXapi, xapiPassword } from './xapi.js';
 
@@ -83,7 +83,7 @@ export async function restoreCommand(argv: readonly string[], io: Io): Promise<n
     return 0;
   } catch (error) {
     if (isFatalToCommand(error)) {
-      if (flags.json) io.stdout.write(JSON.stringify({ runId, status: 'fatal', exitCode: 2, error: { code: error.code, message: error.message } }) + '\n');
+      if (flags.json) writeFatalJson(io, error, runId);
       return fail(io, error);
     }
     throw error;

@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { isModeOption, parseArgs } from '../config/args.js';
+import { isModeOption } from '../config/args.js';
 import { commandAccepts } from '../config/commands.js';
 import { loadSettings } from '../config/load.js';
 import type { LoadedSettings } from '../config/load.js';
@@ -9,7 +9,7 @@ import { UsageError } from '../errors.js';
 import type { VmbackupError } from '../errors.js';
 import { createLogger } from '../log.js';
 import type { Logger } from '../log.js';
-import { VERSION, fail } from './io.js';
+import { VERSION, fail, writeFatalJson } from './io.js';
 import type { Io } from './io.js';
 
 /** How a command wants its settings loaded; see `loadCommandSettings`. */
@@ -46,22 +46,19 @@ export interface CommandSettingsOptions {
 export function loadCommandSettings(argv: readonly string[], io: Io, opts: CommandSettingsOptions = {}): LoadedSettings | number {
   let loaded: LoadedSettings;
   try {
+    loaded = loadSettings({ argv, env: io.env, home: io.home, cwd: io.cwd });
     const accepts = opts.command !== undefined ? commandAccepts(opts.command) : undefined;
     if (accepts !== undefined) {
-      for (const [long, spelled] of parseArgs(argv).given) {
+      for (const [long, spelled] of loaded.given) {
         if (!accepts.has(long) && isModeOption(long)) throw new UsageError(`option ${spelled} does not apply to vmbackup ${opts.command} (see vmbackup ${opts.command} --help)`, { flag: spelled });
       }
     }
-    loaded = loadSettings({ argv, env: io.env, home: io.home, cwd: io.cwd });
     opts.check?.(loaded);
   } catch (error) {
     const code = fail(io, error);
-    // A caller that asked for JSON reads stdout: it gets the failure there too, in the shape
-    // of the commands' own fatal outcome (the flags did not parse, so --json is looked up).
-    if (argv.includes('--json')) {
-      const { code: errorCode, message } = error as VmbackupError;
-      io.stdout.write(JSON.stringify({ status: 'fatal', exitCode: code, error: { code: errorCode, message } }) + '\n');
-    }
+    // A caller that asked for JSON reads stdout: it gets the failure there too (the flags did
+    // not parse, so --json is looked up).
+    if (argv.includes('--json')) writeFatalJson(io, error as VmbackupError);
     return code;
   }
   if (opts.help !== undefined && loaded.flags.help) {

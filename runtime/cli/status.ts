@@ -5,7 +5,7 @@ import { UsageError } from '../errors.js';
 import { listOutcomes, runOutcome } from '../run/outcome.js';
 import type { RunOutcome } from '../run/outcome.js';
 import type { JobState, RunHeader } from '../run/state.js';
-import { summarize } from '../run/summary.js';
+import { jobOutcomeLines, summarize } from '../run/summary.js';
 import { formatBytes, formatSeconds } from '../units.js';
 import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
@@ -120,11 +120,16 @@ export function formatRun(h: RunHeader, jobs: readonly JobState[], outcome?: Run
     for (const row of [head, ...rows]) lines.push(row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd());
   }
   for (const j of jobs) {
-    // As the run's summary prints them (runtime/run/summary.ts): a VM its pre-vm hook
-    // skipped is SKIPPED, not an error.
-    if (j.status === 'skipped') lines.push(`SKIPPED: ${j.category} ${j.label}: ${j.error?.message ?? 'skipped'}`);
-    else if (j.error !== undefined) lines.push(`ERROR: ${j.category} ${j.label}: ${j.error.message}`);
-    for (const w of j.warnings) lines.push(`WARNING: ${j.category} ${j.label}: ${w}`);
+    // As the run's summary prints them: a VM its pre-vm hook skipped is SKIPPED, not an error.
+    const skipped = j.status === 'skipped';
+    lines.push(
+      ...jobOutcomeLines({
+        category: j.category,
+        name: j.label,
+        ...(skipped ? { skipped: j.error?.message ?? 'skipped' } : j.error !== undefined ? { error: j.error.message } : {}),
+        warnings: j.warnings,
+      }),
+    );
   }
   return lines.join('\n') + '\n';
 }

@@ -8,7 +8,7 @@ import { UsageError } from '../errors.js';
 import type { FunctionDef } from '../function.js';
 import { localOrigin, systemClock } from '../function.js';
 import { startRunEndTrigger } from '../hooks/run-end.js';
-import { hookConfigFromSettings, hooksFromSettings } from '../hooks/settings.js';
+import { hookConfigFromSettings, hooksFromConfig } from '../hooks/settings.js';
 import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
 import { startCoordinator } from '../run/coordinator.js';
@@ -50,12 +50,13 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
     return fail(io, error);
   }
   // Warnings once the worker's own options are known good.
+  let hookConfig: ReturnType<typeof hookConfigFromSettings> | undefined;
   const loaded = loadCommandSettings(extras.rest, io, {
     command: 'worker',
     help: () => commandHelp('worker', { version: VERSION, notes: [`Functions (--functions, Default: all): ${functions.map((f) => f.name).join(', ')}.`] }),
     warnings: false,
     // Hook settings are settings: a bad one ends the worker before it connects (exit 2).
-    check: (l) => void hookConfigFromSettings(l.settings, { hasBus: true, where: l.where }),
+    check: (l) => void (hookConfig = hookConfigFromSettings(l.settings, { hasBus: true, where: l.where })),
   });
   if (typeof loaded === 'number') return loaded;
   let fns: FunctionDef[];
@@ -107,7 +108,8 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
     });
     const maxPayload = nats.nc.info?.max_payload ?? 0;
     if (maxPayload < 4 << 20) log.debug(`NATS max_payload is ${maxPayload} bytes: a plan of more than ~${Math.floor(maxPayload / 700)} VMs will not fit (infra/nats/nats-server.conf sets 8 MB)`);
-    const hooks = hooksFromSettings(settings, { log, env: io.env, bus: nats.bus, where: loaded.where });
+    // Checked with the settings, before connecting (a bad one ended the worker there).
+    const hooks = hooksFromConfig(hookConfig!, { log, env: io.env, bus: nats.bus });
     if (coordinator) {
       // Before serving: no phase event of ours may predate the coordinator's consumer.
       closers.push(await startCoordinator(nats.store, nats.bus, systemClock, log));

@@ -48,6 +48,8 @@ export interface LoadedSettings {
   files: string[];
   warnings: string[];
   flags: CliFlags;
+  /** The command-line options given, by long name, as spelled (ParsedArgs.given). */
+  given: ReadonlyMap<string, string>;
 }
 
 /** One invalid value; ConfigError's `data.issues` carries them all. */
@@ -296,7 +298,7 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
   const searchBase = resolve(cwd, typeof flagBase === 'string' && flagBase !== '' ? flagBase : envValue('base_dir') ?? defaultBase);
 
   if (args.flags.help || args.flags.version) {
-    return finishDefaults(defaultBase, args.flags);
+    return finishDefaults(defaultBase, args.flags, args.given);
   }
 
   const configFlag = args.config !== undefined ? resolve(cwd, args.config) : undefined;
@@ -501,7 +503,7 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
     }));
   }
 
-  return { settings: parsed.data, sources, where, files, warnings, flags: args.flags };
+  return { settings: parsed.data, sources, where, files, warnings, flags: args.flags, given: args.given };
 
   function placeOf(key: SettingKey): Place {
     const w = winner(key);
@@ -608,9 +610,9 @@ export function configError(issues: readonly Pick<ConfigIssue, 'key' | 'file' | 
   return error;
 }
 
-function finishDefaults(baseDir: string, flags: CliFlags): LoadedSettings {
+function finishDefaults(baseDir: string, flags: CliFlags, given: ReadonlyMap<string, string>): LoadedSettings {
   const settings = Settings.parse({ base_dir: baseDir, backup_dir: join(baseDir, 'exports'), vm_exports: ['.*'] });
   const sources = Object.fromEntries(KEYS.map((key) => [key, 'default'])) as Record<SettingKey, SettingSource>;
   const where = Object.fromEntries(KEYS.map((key) => [key, 'default'])) as Record<SettingKey, string>;
-  return { settings, sources, where, files: [], warnings: [], flags };
+  return { settings, sources, where, files: [], warnings: [], flags, given };
 }

@@ -140,13 +140,21 @@ export interface HooksFromSettingsDeps {
  *   await serve(functions, { bus, log, xapi, clock, origin, hooks }, opts);
  */
 export function hooksFromSettings(settings: Settings, deps: HooksFromSettingsDeps): HookRunner {
-  const { config, warnings } = hookConfigFromSettings(settings, {
+  const checked = hookConfigFromSettings(settings, {
     hasBus: deps.bus !== undefined,
     ...(deps.where !== undefined ? { where: deps.where } : {}),
     ...(deps.readFile !== undefined ? { readFile: deps.readFile } : {}),
   });
-  for (const w of warnings) deps.log.warn(w);
-  return createHookRunner(config, { log: deps.log, env: deps.env, ...(deps.bus !== undefined ? { bus: deps.bus } : {}) });
+  return hooksFromConfig(checked, deps);
+}
+
+/**
+ * The HookRunner of a hook config already checked (hookConfigFromSettings, e.g. while the
+ * command's settings were loaded): logs its warnings, reads nothing again.
+ */
+export function hooksFromConfig(checked: { config: HookConfig; warnings: readonly string[] }, deps: Pick<HooksFromSettingsDeps, 'log' | 'env' | 'bus'>): HookRunner {
+  for (const w of checked.warnings) deps.log.warn(w);
+  return createHookRunner(checked.config, { log: deps.log, env: deps.env, ...(deps.bus !== undefined ? { bus: deps.bus } : {}) });
 }
 
 function urlProblem(url: string): string | undefined {

@@ -93,9 +93,7 @@ export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSumm
   for (const w of header.warnings) count(LIST_CATEGORY[w.list ?? ''] ?? 'vm-export').W += 1;
   // Every VM skipped by its pre-vm hooks: nothing of the VMs was backed up, which cron and
   // monitoring must notice (exit 1), as for a run its run-start hooks skipped.
-  const vmJobs = jobs.filter((j) => j.kind === 'vm');
-  const allVmsSkipped = vmJobs.length > 0 && vmJobs.every((j) => j.status === 'skipped');
-  const anyError = allVmsSkipped || summaries.some((j) => j.status === 'error' || j.status === 'pending');
+  const anyError = everyVmSkipped(summaries) || summaries.some((j) => j.status === 'error' || j.status === 'pending');
   const anyWarning = Object.values(categories).some((c) => c.W > 0);
   const runSkipped = header.fatal?.code === HOOK_ABORTED;
   const status = runSkipped ? 'error' : header.fatal !== undefined ? 'fatal' : anyError ? 'error' : anyWarning ? 'warning' : 'success';
@@ -117,6 +115,12 @@ export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSumm
   };
 }
 
+/** Whether the run had VMs to back up and its pre-vm hooks skipped every one. */
+function everyVmSkipped(jobs: readonly Pick<JobSummary, 'category' | 'status'>[]): boolean {
+  const vms = jobs.filter((j) => j.category === 'vm-export' || j.category === 'vdi-export');
+  return vms.length > 0 && vms.every((j) => j.status === 'skipped');
+}
+
 /** VmBackup's verdict line for a category. */
 export function verdict(c: { S: number; W: number; E: number }): string {
   if (c.E > 0) return c.S > 0 ? '>> Success with Errors <<' : '>> Error <<';
@@ -130,6 +134,19 @@ const TITLES: Record<string, string> = {
   'pool-db': 'pool-db backup',
   'host-backup': 'host backup',
 };
+
+/**
+ * A job's lines as the summary and `vmbackup status` print them: `ERROR:` (failed) or
+ * `SKIPPED:` (its pre-vm hooks skipped it), then a `WARNING:` per warning.
+ */
+export function jobOutcomeLines(job: { category: string; name: string; error?: string; skipped?: string; warnings: readonly string[] }): string[] {
+  const who = `${job.category} ${job.name}`;
+  return [
+    ...(job.error !== undefined ? [`ERROR: ${who}: ${job.error}`] : []),
+    ...(job.skipped !== undefined ? [`SKIPPED: ${who}: ${job.skipped}`] : []),
+    ...job.warnings.map((w) => `WARNING: ${who}: ${w}`),
+  ];
+}
 
 /** The summary as text for cron mail, in VmBackup's shape. */
 export function formatSummary(summary: RunSummary): string {
@@ -149,9 +166,15 @@ export function formatSummary(summary: RunSummary): string {
   for (const w of summary.warnings) lines.push(`WARNING: ${w.list !== undefined ? `${w.list}: ` : ''}${w.message}`);
   for (const line of summary.cleaned) lines.push(`cleaned: ${line}`);
   for (const job of summary.jobs) {
-    if (job.status === 'error') lines.push(`ERROR: ${job.category} ${job.name}: ${job.error?.message ?? 'failed'}`);
-    if (job.status === 'skipped') lines.push(`SKIPPED: ${job.category} ${job.name}: ${job.skipped?.reason ?? 'skipped'}`);
-    for (const w of job.warnings) lines.push(`WARNING: ${job.category} ${job.name}: ${w}`);
+    lines.push(
+      ...jobOutcomeLines({
+        category: job.category,
+        name: job.name,
+        ...(job.status === 'error' ? { error: job.error?.message ?? 'failed' } : {}),
+        ...(job.status === 'skipped' ? { skipped: job.skipped?.reason ?? 'skipped' } : {}),
+        warnings: job.warnings,
+      }),
+    );
   }
   const verified = summary.jobs.filter((j) => j.verified !== undefined);
   if (verified.length > 0) {
@@ -163,8 +186,7 @@ export function formatSummary(summary: RunSummary): string {
     lines.push(`VmBackup ${TITLES[category] ?? category} Summary - S:${counts.S} W:${counts.W} E:${counts.E}`);
     lines.push(verdict(counts));
   }
-  const vmJobs = summary.jobs.filter((j) => j.category === 'vm-export' || j.category === 'vdi-export');
-  if (vmJobs.length > 0 && vmJobs.every((j) => j.status === 'skipped')) lines.push('>> Error: every VM was skipped, none backed up <<');
+  if (everyVmSkipped(summary.jobs)) lines.push('>> Error: every VM was skipped, none backed up <<');
   if (summary.backupDir !== undefined) lines.push(`backups in ${summary.backupDir}`);
   return lines.join('\n') + '\n';
 }

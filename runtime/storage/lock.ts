@@ -85,16 +85,17 @@ export async function acquireLock(
     }
     const existing = await readLock(file);
     if (existing !== undefined && !isStale(existing, opts.now, owner, opts.staleHours, pidAlive)) {
-      throw new LockedError(
-        'LOCKED',
-        `another vmbackup run holds ${file}: run ${existing.runId}, pid ${existing.pid} on ${existing.hostname}, since ${existing.startedAt}`,
-        { ...existing, file },
-      );
+      throw new LockedError('LOCKED', lockHeldMessage({ ...existing, file }), { ...existing, file });
     }
     previous = existing;
     await rm(file, { force: true });
   }
   throw new LockedError('LOCKED', `could not take ${file}: another run took it first`, { file });
+}
+
+/** `another vmbackup run holds <file>: run …, pid … on <host>, since …`: who holds a live lock. */
+export function lockHeldMessage(held: LockInfo & { file: string }): string {
+  return `another vmbackup run holds ${held.file}: run ${held.runId}, pid ${held.pid} on ${held.hostname}, since ${held.startedAt}`;
 }
 
 /**
