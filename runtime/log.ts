@@ -50,6 +50,11 @@ export interface LogOptions {
   consoleErrors?: NodeJS.WritableStream;
   /** Plain JSON lines on the console instead of readable text (for log shippers). */
   consoleJson?: boolean;
+  /**
+   * Readable lines end with the run and VM they are about (`[run <runId>, vm <uuid>]`) when
+   * the record is bound to them: a worker serves many runs, and two VMs may share a name.
+   */
+  consoleContext?: boolean;
   /** When the log file is rotated (at start-up); default DEFAULT_ROTATION. */
   rotate?: { maxBytes: number; keep: number };
 }
@@ -82,7 +87,7 @@ export function createLogger(opts: LogOptions): Logger {
   const streams: pino.StreamEntry[] = [];
   const consoleOut = opts.console ?? process.stdout;
   const consoleErr = opts.consoleErrors ?? process.stderr;
-  streams.push({ level: pinoLevel(opts.consoleLevel), stream: opts.consoleJson === true ? consoleOut : consoleFormatter(consoleOut, consoleErr) });
+  streams.push({ level: pinoLevel(opts.consoleLevel), stream: opts.consoleJson === true ? consoleOut : consoleFormatter(consoleOut, consoleErr, opts.consoleContext === true) });
   if (opts.dir !== undefined) {
     mkdirSync(opts.dir, { recursive: true });
     const file = path.join(opts.dir, 'vmbackup.log');
@@ -124,18 +129,28 @@ const LEVEL_PREFIX: Record<string, string> = { warn: 'WARNING: ', error: 'ERROR:
  * Console lines for people and cron mail: progress on stdout, warnings and errors on stderr,
  * prefixed by their severity.
  */
-function consoleFormatter(out: NodeJS.WritableStream, err: NodeJS.WritableStream): Writable {
+function consoleFormatter(out: NodeJS.WritableStream, err: NodeJS.WritableStream, context: boolean): Writable {
   return new Writable({
     write(chunk: Buffer, _encoding, callback) {
       try {
-        const record = JSON.parse(chunk.toString('utf8')) as { level?: string; msg?: string; err?: { message?: string } };
+        const record = JSON.parse(chunk.toString('utf8')) as { level?: string; msg?: string; err?: { message?: string }; runId?: unknown; vmUuid?: unknown };
         const prefix = LEVEL_PREFIX[record.level ?? ''];
-        if (prefix === undefined) out.write(`${record.msg ?? ''}\n`);
-        else err.write(`${prefix}${record.msg ?? ''}\n`);
+        const text = `${record.msg ?? ''}${context ? contextSuffix(record) : ''}`;
+        if (prefix === undefined) out.write(`${text}\n`);
+        else err.write(`${prefix}${text}\n`);
       } catch {
         out.write(chunk);
       }
       callback();
     },
   });
+}
+
+/** ` [run R, vm U]` for a record bound to a run (and a VM); empty otherwise. */
+function contextSuffix(record: { runId?: unknown; vmUuid?: unknown }): string {
+  const parts = [
+    ...(typeof record.runId === 'string' ? [`run ${record.runId}`] : []),
+    ...(typeof record.vmUuid === 'string' ? [`vm ${record.vmUuid}`] : []),
+  ];
+  return parts.length > 0 ? ` [${parts.join(', ')}]` : '';
 }

@@ -97,12 +97,15 @@ async function handleDelivery(
   const started = Date.now();
   const parsed = fn.subject.schema.safeParse(delivery.data);
   const ids = parsed.success ? (parsed.data as JobIds) : idsOf(delivery.data);
-  const vmName = parsed.success ? (parsed.data as { vm?: { name?: string } }).vm?.name : undefined;
+  const vmRef = parsed.success ? (parsed.data as { vm?: { name?: string; uuid?: string } }).vm : undefined;
+  const vmName = vmRef?.name;
+  // The uuid too: two VMs may share a name, and a worker serves many runs at once.
   const log = deps.log.child({
     fn: fn.name,
     subject: delivery.subject,
     ...(ids !== undefined ? { runId: ids.runId, jobId: ids.jobId, try: ids.try } : {}),
     ...(vmName !== undefined ? { vm: vmName } : {}),
+    ...(vmRef?.uuid !== undefined ? { vmUuid: vmRef.uuid } : {}),
     attempt: delivery.attempt,
   });
   const who = vmName !== undefined ? `${vmName}: ` : '';

@@ -47,7 +47,8 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   const triggerId = extras.values['--trigger-id'] as string | undefined;
   const startedAt = systemClock.now();
   const runId = triggerId !== undefined ? runIdForTrigger(triggerId) : newRunId(startedAt);
-  const log = commandLogger(settings, io, { json: flags.json, file: true });
+  // Progress lines end with the run and the VM they are about (two VMs may share a name).
+  const log = commandLogger(settings, io, { json: flags.json, file: true, context: true });
   const restoreConsole = captureConsole(log);
   let nats: NatsRuntime | undefined;
   const stop = new AbortController();
@@ -202,28 +203,34 @@ export async function finishedState(store: RunStore, runId: string): Promise<Run
   return summarize(current.header, await store.allJobs(runId));
 }
 
-/** One progress line of `vmbackup run` for a phase event (debug for a start). */
+/**
+ * One progress line of `vmbackup run` for a phase event (debug for a start). Its record is
+ * bound to the run, the job and, for a VM job, the VM's name and uuid (`vmUuid`, from the
+ * job id `vm.<uuid>`): two VMs sharing a name give two distinguishable lines.
+ */
 export function progress(event: PhaseEvent, labels: Map<string, string>, log: Logger): void {
-  if (event.outcome === 'started') {
-    if (event.label !== undefined) labels.set(event.jobId, event.label);
-    log.debug(`${event.label ?? event.jobId}: ${event.fn} started`);
-    return;
-  }
+  const vmUuid = event.jobId.startsWith('vm.') ? event.jobId.slice(3) : undefined;
+  if (event.outcome === 'started' && event.label !== undefined) labels.set(event.jobId, event.label);
   const output =
     event.outcome === 'done' ? (event.output as { vm?: { name?: string }; bytes?: number; vmJobs?: unknown[]; skipped?: { reason?: string } } | undefined) : undefined;
   const who = labels.get(event.jobId) ?? output?.vm?.name ?? event.jobId;
+  const line = log.child({ runId: event.runId, jobId: event.jobId, ...(who !== event.jobId ? { vm: who } : {}), ...(vmUuid !== undefined ? { vmUuid } : {}) });
+  if (event.outcome === 'started') {
+    line.debug(`${who}: ${event.fn} started`);
+    return;
+  }
   // A delivery after the first: the worker that had the job died or let it go.
   const took = `${formatSeconds(event.durationMs)}${event.attempt > 1 ? ` (delivery ${event.attempt}: an earlier worker did not finish it)` : ''}`;
   if (event.outcome === 'failed') {
     // An error, as the embedded command logs it: the phase gave up (the coordinator may
     // still back the VM up again from a new snapshot; the summary says how it ended).
-    log.error(`${who}: ${event.fn} failed (${event.error.code}): ${event.error.message}`);
+    line.error(`${who}: ${event.fn} failed (${event.error.code}): ${event.error.message}`);
     return;
   }
-  if (event.fn === 'pre-hook' && output?.skipped !== undefined) log.warn(`${who}: skipped by its pre-vm hooks: ${output.skipped.reason ?? 'no reason given'}`);
-  else if (event.fn === 'plan' && Array.isArray(output?.vmJobs)) log.info(`plan: ${output.vmJobs.length} VM(s) to back up`);
-  else if (event.fn === 'export' && typeof output?.bytes === 'number') log.info(`${who}: exported ${formatBytes(output.bytes)} in ${took}`);
-  else log.info(`${who}: ${event.fn} done in ${took}`);
+  if (event.fn === 'pre-hook' && output?.skipped !== undefined) line.warn(`${who}: skipped by its pre-vm hooks: ${output.skipped.reason ?? 'no reason given'}`);
+  else if (event.fn === 'plan' && Array.isArray(output?.vmJobs)) line.info(`plan: ${output.vmJobs.length} VM(s) to back up`);
+  else if (event.fn === 'export' && typeof output?.bytes === 'number') line.info(`${who}: exported ${formatBytes(output.bytes)} in ${took}`);
+  else line.info(`${who}: ${event.fn} done in ${took}`);
 }
 
 // ---- helpers shared by the NATS commands (worker, run, status, invoke) ----

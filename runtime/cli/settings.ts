@@ -83,7 +83,7 @@ export function printWarnings(io: Io, warnings: readonly string[]): void {
  * backup command), else or when that directory cannot be made, the console only. With
  * `json`, stdout carries the command's JSON alone: the console log goes to stderr.
  */
-export function commandLogger(settings: Settings, io: Io, opts: { json: boolean; file: boolean }): Logger {
+export function commandLogger(settings: Settings, io: Io, opts: { json: boolean; file: boolean; context?: boolean }): Logger {
   let dir: string | undefined;
   if (opts.file) {
     dir = path.join(settings.base_dir, 'logs');
@@ -94,5 +94,5 @@ export function commandLogger(settings: Settings, io: Io, opts: { json: boolean;
       dir = undefined;
     }
   }
-  return createLogger({ consoleLevel: settings.log_level, ...(dir !== undefined ? { dir } : {}), console: opts.json ? io.stderr : io.stdout, consoleErrors: io.stderr });
+  return createLogger({ consoleLevel: settings.log_level, ...(dir !== undefined ? { dir } : {}), console: opts.json ? io.stderr : io.stdout, consoleErrors: io.stderr, ...(opts.context === true ? { consoleContext: true } : {}) });
 }

@@ -82,7 +82,8 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
   printWarnings(io, loaded.warnings);
 
   const origin = localOrigin();
-  const log = commandLogger(settings, io, { json: false, file: true });
+  // A worker's lines name the run and the VM they are about: it serves many runs at once.
+  const log = commandLogger(settings, io, { json: false, file: true, context: true });
   const restoreConsole = captureConsole(log);
   const xapi = lazyXapi(settings, log);
   const abort = new AbortController();
