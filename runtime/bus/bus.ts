@@ -48,6 +48,27 @@ export interface Bus {
    * @example if (bus.connected?.() === false) throw new Error('NATS is not reachable');
    */
   connected?(): boolean;
+
+  /**
+   * Whether some process consumes each kind of work: the job subjects `jobs`
+   * (`vmbackup.jobs.plan`), and the durable subscriptions `durables` (`coordinator`). What
+   * nobody consumes waits in silence: a run stays `planning` for ever. A binding that cannot
+   * tell (in-process: the work is in this process) leaves it out.
+   *
+   * @example await bus.consumption?.(['vmbackup.jobs.plan'], ['coordinator'])
+   *   // → [{ name: 'vmbackup.jobs.plan', consumed: false, queued: 1 }, { name: 'coordinator', consumed: true, queued: 0 }]
+   */
+  consumption?(jobs: readonly string[], durables: readonly string[]): Promise<Consumption[]>;
+}
+
+/** Who takes one kind of work, as far as the transport can tell. */
+export interface Consumption {
+  /** The job subject (`vmbackup.jobs.export`) or the durable subscription's name (`coordinator`). */
+  name: string;
+  /** Some process waits for this work, or holds some of it now. */
+  consumed: boolean;
+  /** Messages not yet handed to anyone (jobs queued; events not yet taken). */
+  queued: number;
 }
 
 export interface WorkOptions {

@@ -1,8 +1,8 @@
 import { DeliverPolicy, Events, RequestStrategy } from 'nats';
 import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection } from 'nats';
 import type { Logger } from 'pino';
-import { DEFAULT_MAX_ACK_PENDING, EVENTS_STREAM, JOBS_STREAM, eventConsumer, jobConsumer } from '../../infra/nats/jetstream.js';
-import type { Bus, Closer, Delivery, EventHandler, JobHandler, Settle, WorkOptions } from './bus.js';
+import { DEFAULT_MAX_ACK_PENDING, EVENTS_STREAM, JOBS_STREAM, eventConsumer, jobConsumer, jobConsumerName } from '../../infra/nats/jetstream.js';
+import type { Bus, Closer, Consumption, Delivery, EventHandler, JobHandler, Settle, WorkOptions } from './bus.js';
 import { applyConsumer } from './nats-infra.js';
 
 export interface NatsBusOptions {
@@ -108,6 +108,47 @@ export class NatsBus implements Bus {
     } catch {
       // the iterator only ends; nothing to report
     }
+  }
+
+  /**
+   * Who consumes each job subject and durable subscription, from JetStream's consumer info.
+   * What nats-server 2.9 (Debian's) tells reliably, checked against it:
+   *
+   * - `num_waiting`: pull requests waiting for a message. Every idle slot of a worker keeps
+   *   one (it pulls again as soon as one expires, every 5 s), and the server drops a
+   *   client's requests the moment its connection goes: > 0 means a live worker waits.
+   * - `num_ack_pending`: deliveries not yet acked. A worker whose every slot is busy has no
+   *   request waiting but holds jobs: counted as consumed. It cannot be told from a worker
+   *   that died holding a job (the count stays after ack_wait until someone pulls): that
+   *   case shows only as a run that stops moving (`vmbackup run --wait-timeout`).
+   * - not used: `push_bound` (push consumers only; ours pull), `delivered.last_active`
+   *   (moves on a delivery, not on in-progress acks, so a long export looks idle).
+   * - a consumer that does not exist was never served: nobody consumes, and its queued jobs
+   *   are counted on the stream.
+   *
+   * A slot re-pulling at the very instant of the look shows no waiting request: what looks
+   * unconsumed is looked at again 250 ms later, and counts as consumed if it is then.
+   */
+  async consumption(jobs: readonly string[], durables: readonly string[]): Promise<Consumption[]> {
+    this.assertOpen();
+    const look = async (): Promise<Consumption[]> => {
+      const onStream = jobs.length > 0 ? ((await this.jsm.streams.info(JOBS_STREAM, { subjects_filter: `${JOBS_PREFIX}>` })).state.subjects ?? {}) : {};
+      const one = async (stream: string, durable: string, name: string): Promise<Consumption> => {
+        try {
+          const info = await this.jsm.consumers.info(stream, durable);
+          return { name, consumed: info.num_waiting > 0 || info.num_ack_pending > 0, queued: info.num_pending };
+        } catch (error) {
+          if (!/consumer not found/i.test((error as Error).message)) throw error;
+          return { name, consumed: false, queued: stream === JOBS_STREAM ? (onStream[name] ?? 0) : 0 };
+        }
+      };
+      return Promise.all([...jobs.map((j) => one(JOBS_STREAM, jobConsumerName(j), j)), ...durables.map((d) => one(EVENTS_STREAM, d, d))]);
+    };
+    const first = await look();
+    if (first.every((c) => c.consumed)) return first;
+    await sleep(250);
+    const second = await look();
+    return second.map((c, i) => (first[i]!.consumed ? { ...c, consumed: true } : c));
   }
 
   async enqueue(subject: string, data: unknown, opts: { id: string }): Promise<void> {

@@ -55,7 +55,7 @@ describe('vmbackup COMMAND --help describes that command', () => {
   it.each([
     ['status', '[RUN]', ['--limit', '--json', '--nats', '-c', '-b', '-l'], ['--preview', '-C', '-F', '-e', '--xapi']],
     ['invoke', 'NAME', ['--input', '--no-wait', '--timeout', '--nats', '-c'], ['--preview', '-C', '-F', '-e', '--xapi']],
-    ['run', '', ['--trigger-id', '--timeout', '--json', '-e', '-E', '-x', '-p', '-H', '-C', '-F', '--nats', '-c'], ['--preview', '--xapi', '--listen']],
+    ['run', '', ['--trigger-id', '--timeout', '--wait-timeout', '--json', '-e', '-E', '-x', '-p', '-H', '-C', '-F', '--nats', '-c'], ['--preview', '--xapi', '--listen']],
     ['worker', '', ['--functions', '--no-coordinator', '--ack-wait', '--drain-timeout', '--replicas', '--nats', '--xapi', '--password-file', '-c'], ['--preview', '-C', '-F', '-e', '--listen']],
     ['gateway', '', ['--listen', '--no-auth', '--nats', '-c', '-e'], ['--preview', '--xapi', '--functions']],
   ])('%s', async (name, args, has, hasNot) => {

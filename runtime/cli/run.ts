@@ -8,7 +8,10 @@ import { PhaseEvent, eventSubject, runEvents } from '../events.js';
 import { systemClock } from '../function.js';
 import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
+import { describeUnconsumed, runFunctions, unconsumedWork } from '../run/consumers.js';
+import type { Unconsumed } from '../run/consumers.js';
 import { newRunId, startRun } from '../run/start.js';
+import type { Bus } from '../bus/bus.js';
 import type { RunStore } from '../run/store.js';
 import { RunSummary, summarize } from '../run/summary.js';
 import { formatBytes, formatSeconds } from '../units.js';
@@ -27,11 +30,17 @@ import { commandLogger, loadCommandSettings } from './settings.js';
  * `--trigger-id ID` derives the run id from ID: the same trigger sent twice makes one run
  * (the second `run` follows the first's run). `--timeout S` stops waiting after S seconds
  * (exit 2; the run goes on, `vmbackup status RUN` shows it).
+ *
+ * Nothing waits in silence: within a few seconds it says on stderr which of the run's jobs
+ * no worker consumes (and whether no worker runs the coordinator), and `--wait-timeout S`
+ * (default 300) stops waiting (exit 2) once the run has gone S seconds without progress: no
+ * event of the run, and no phase of it under way. A long export is under way: it is never
+ * cut short. The run stays queued and starts when a worker comes.
  */
 export async function runCommand(argv: readonly string[], io: Io): Promise<number> {
   let extras: Extras;
   try {
-    extras = takeExtras(argv, { '--trigger-id': 'value', '--timeout': 'value' });
+    extras = takeExtras(argv, { '--trigger-id': 'value', '--timeout': 'value', '--wait-timeout': 'value' });
   } catch (error) {
     return fail(io, error);
   }
@@ -39,8 +48,10 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   if (typeof loaded === 'number') return loaded;
   const { settings, flags } = loaded;
   let timeoutS: number | undefined;
+  let waitTimeoutS: number;
   try {
     timeoutS = seconds(extras.values['--timeout'], '--timeout');
+    waitTimeoutS = seconds(extras.values['--wait-timeout'], '--wait-timeout') ?? DEFAULT_WAIT_TIMEOUT_S;
   } catch (error) {
     return fail(io, error);
   }
@@ -62,22 +73,19 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     const submitted = await startRun(nats.store, nats.bus, { runId, options, startedAt, trigger: 'cli' });
     if (submitted) log.info(`vmbackup ${VERSION} run ${runId}: submitted to NATS ${redactUrl(settings.nats_url!)} (backups to ${options.backupDir} on the workers)`);
     else log.info(`run ${runId} exists already (trigger ${triggerId ?? runId} was sent before): following it`);
-    const noWorker = setTimeout(
-      () => {
-        if (!follower.heard()) log.warn(`nothing has happened to run ${runId} for 30 s: is a vmbackup worker (serving plan) connected to NATS ${redactUrl(settings.nats_url!)}?`);
-      },
-      30_000,
-    ).unref();
+    const watch = watchProgress(nats.bus, follower, { runId, fns: runFunctions(options), waitMs: waitTimeoutS * 1000, log });
     const outcome = await Promise.race([
       follower.summary.then((summary) => ({ summary })),
-      abortable(stop.signal).then((reason) => ({ stopped: `${reason.message} received` })),
-      ...(timeoutS !== undefined ? [delay(timeoutS * 1000).then(() => ({ stopped: `no summary within ${timeoutS} s` }))] : []),
+      abortable(stop.signal).then((reason) => ({ stopped: `${reason.message} received`, code: 'NOT_FINISHED' })),
+      watch.stalled.then((reason) => ({ stopped: reason, code: 'NO_PROGRESS' })),
+      ...(timeoutS !== undefined ? [delay(timeoutS * 1000).then(() => ({ stopped: `no summary within ${timeoutS} s`, code: 'NOT_FINISHED' }))] : []),
     ]);
-    clearTimeout(noWorker);
+    watch.stop();
     await follower.close();
     if ('stopped' in outcome) {
-      log.warn(`${outcome.stopped}: stopped waiting; run ${runId} goes on on the workers (vmbackup status ${runId})`);
-      if (flags.json) io.stdout.write(JSON.stringify({ runId, status: 'unknown', exitCode: 2, error: { code: 'NOT_FINISHED', message: outcome.stopped } }) + '\n');
+      if (outcome.code === 'NO_PROGRESS') log.error(`${outcome.stopped}: stopped waiting; run ${runId} stays queued and goes on when a worker takes it (vmbackup status ${runId})`);
+      else log.warn(`${outcome.stopped}: stopped waiting; run ${runId} goes on on the workers (vmbackup status ${runId})`);
+      if (flags.json) io.stdout.write(JSON.stringify({ runId, status: 'unknown', exitCode: 2, error: { code: outcome.code, message: outcome.stopped } }) + '\n');
       return 2;
     }
     report(outcome.summary, settings, io, flags.json);
@@ -110,6 +118,10 @@ export interface RunFollower {
   summary: Promise<RunSummary>;
   /** True once any event of the run was seen. */
   heard(): boolean;
+  /** When the last event of the run was seen (ms since the epoch; 0 before any). */
+  lastEventAt(): number;
+  /** True while a phase of the run has started and not ended (a worker works on it). */
+  underWay(): boolean;
   close(): Promise<void>;
 }
 
@@ -127,6 +139,9 @@ export async function followRun(
   opts: { pollMs?: number; runEndPickupMs?: number; runEndMs?: number } = {},
 ): Promise<RunFollower> {
   let heard = false;
+  let lastEventAt = 0;
+  /** `<jobId> <fn>` of each phase started and not yet done or failed. */
+  const running = new Set<string>();
   let resolve!: (s: RunSummary) => void;
   const summary = new Promise<RunSummary>((r) => (resolve = r));
   const labels = new Map<string, string>();
@@ -139,6 +154,7 @@ export async function followRun(
   };
   const sub = await nats.bus.subscribe(runEvents(runId), {}, async (subject, data) => {
     heard = true;
+    lastEventAt = Date.now();
     if (subject === finishedSubject) {
       const parsed = RunSummary.safeParse(data);
       if (!parsed.success || finished !== undefined) return;
@@ -160,6 +176,9 @@ export async function followRun(
     }
     const event = PhaseEvent.safeParse(data);
     if (!event.success) return;
+    const phase = `${event.data.jobId} ${event.data.fn}`;
+    if (event.data.outcome === 'started') running.add(phase);
+    else running.delete(phase);
     if (event.data.fn === 'run-end') {
       runEnd = event.data.outcome === 'started' ? 'started' : 'over';
       if (event.data.outcome === 'failed') log.warn(`run-end hooks failed: ${event.data.error.message}`);
@@ -188,10 +207,74 @@ export async function followRun(
   return {
     summary,
     heard: () => heard,
+    lastEventAt: () => lastEventAt,
+    underWay: () => running.size > 0,
     close: async () => {
       clearInterval(poll);
       for (const t of timers) clearTimeout(t);
       await sub.close();
+    },
+  };
+}
+
+/** `vmbackup run --wait-timeout`'s default: five minutes without progress. */
+export const DEFAULT_WAIT_TIMEOUT_S = 300;
+
+/**
+ * Watches a submitted run for work that waits in silence. Every few seconds (the first look
+ * after 2 s) it asks the bus which of the run's functions (`fns`) have jobs queued that no
+ * worker consumes, and whether a worker runs the coordinator: each is said once on stderr,
+ * naming it (and again if it comes back after a worker took it). `stalled` resolves once
+ * the run has gone `waitMs` without progress — no event of the run, no phase of it under
+ * way — with the reason; never while a phase runs, however long (a big export).
+ */
+export function watchProgress(
+  bus: Bus,
+  follower: Pick<RunFollower, 'lastEventAt' | 'underWay'>,
+  opts: { runId: string; fns: readonly string[]; waitMs: number; log: Logger; firstMs?: number; everyMs?: number },
+): { stalled: Promise<string>; stop(): void } {
+  const started = Date.now();
+  let progressAt = started;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let missing: Unconsumed[] = [];
+  const warned = new Set<string>();
+  let resolve!: (reason: string) => void;
+  const stalled = new Promise<string>((r) => (resolve = r));
+  const tick = async (): Promise<void> => {
+    try {
+      const found = await unconsumedWork(bus, opts.fns);
+      // Functions with nothing queued may wait for no worker yet: only what is stuck counts.
+      missing = (found ?? []).filter((m) => m.kind === 'coordinator' || m.queued > 0);
+    } catch (error) {
+      opts.log.debug({ err: error }, `cannot tell who consumes run ${opts.runId}'s jobs: ${(error as Error).message}`);
+    }
+    if (stopped) return;
+    const fresh = missing.filter((m) => !warned.has(m.name));
+    if (fresh.length > 0) opts.log.warn(`${describeUnconsumed(fresh)}: run ${opts.runId} waits for it`);
+    for (const m of fresh) warned.add(m.name);
+    for (const name of [...warned]) {
+      if (missing.some((m) => m.name === name)) continue;
+      warned.delete(name);
+      opts.log.info(`${name === 'coordinator' ? 'a worker runs the coordinator' : `a worker consumes ${name} jobs`} now`);
+    }
+    const now = Date.now();
+    if (follower.underWay()) progressAt = now;
+    progressAt = Math.max(progressAt, follower.lastEventAt());
+    if (now - progressAt >= opts.waitMs) {
+      const s = Math.round(opts.waitMs / 1000);
+      resolve(`run ${opts.runId} made no progress for ${s} s (--wait-timeout ${s})${missing.length > 0 ? `: ${describeUnconsumed(missing)}` : ''}`);
+      return;
+    }
+    const next = Math.min(opts.everyMs ?? 5_000, Math.max(100, progressAt + opts.waitMs - now));
+    timer = setTimeout(() => void tick(), next);
+  };
+  timer = setTimeout(() => void tick(), Math.min(opts.firstMs ?? 2_000, opts.waitMs));
+  return {
+    stalled,
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
     },
   };
 }

@@ -89,14 +89,20 @@ export const COMMAND_SPECS: readonly CommandSpec[] = [
     summary: 'submit a run to the workers on NATS, follow it, print its summary',
     description: [
       'Submits a run to the workers on NATS (--nats URL or nats_url), shows its progress and prints the same summary as the embedded vmbackup, with the same exit codes. The run is made of the backup options below (and the config files); the workers do the backups.',
+      'When no worker consumes some of the run\'s jobs (or none runs the coordinator), it says so on stderr within a few seconds, naming them; the run waits for a worker until --wait-timeout.',
     ],
     options: [
       { long: 'trigger-id', metavar: 'ID', help: 'One run per trigger id: sending it again follows the same run' },
       { long: 'timeout', metavar: 'S', help: 'Stop waiting after S seconds (exit 2; the run goes on: vmbackup status RUN)' },
+      {
+        long: 'wait-timeout',
+        metavar: 'S',
+        help: 'Stop waiting (exit 2) once the run has gone S seconds without progress: no event, no phase under way; a long export is progress (Default: 300). The run stays queued',
+      },
       { long: 'json', help: 'Print the run summary as JSON instead of text' },
     ],
     shared: [{ title: 'backup options (as for vmbackup)', options: RUN_OPTIONS }, NATS_CONNECTION],
-    epilog: ['Exit codes: 0 all backed up (warnings allowed), 1 a backup failed, 2 the run could not start, NATS is unreachable, or a usage or config error.'],
+    epilog: ['Exit codes: 0 all backed up (warnings allowed), 1 a backup failed, 2 the run could not start, made no progress within --wait-timeout, NATS is unreachable, or a usage or config error.'],
   },
   {
     name: 'status',

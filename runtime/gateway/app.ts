@@ -13,6 +13,7 @@ import type { Bus } from '../bus/bus.js';
 import { ConfigError, RequestConflictError } from '../errors.js';
 import { jobSubject } from '../events.js';
 import type { Clock, FunctionDef } from '../function.js';
+import { describeUnconsumed, runFunctions, unconsumedWork } from '../run/consumers.js';
 import { planRetry } from '../run/retry.js';
 import { newRunId, startRun } from '../run/start.js';
 import { JobState, RunHeader } from '../run/state.js';
@@ -79,10 +80,19 @@ export const DEFAULT_WINDOWS = { alertmanagerMs: 24 * 3600_000, genericMs: 3600_
 const RunId = JobBase.shape.runId;
 const IdempotencyKey = z.string().regex(/^[\x21-\x7e]{1,200}$/, 'Idempotency-Key: 1 to 200 visible ASCII characters');
 
+/**
+ * What no worker consumes when a run is accepted: the run waits (and starts when a worker
+ * comes), so the answer says so instead of leaving it to wait in silence.
+ */
+const NoWorker = {
+  warning: z.string().optional().describe('Set when no worker consumes some of the work this run needs: the run is queued and starts when a worker serving it connects.'),
+  unconsumed: z.array(z.string()).optional().describe('The functions (and `coordinator`) no worker consumes now.'),
+};
 const RunAccepted = z.object({
   runId: z.string(),
   /** True when this request repeats an earlier one: no new run was started. */
   duplicate: z.boolean().optional(),
+  ...NoWorker,
 });
 /** Once the run is finished: how it ended, as `vmbackup status` shows it (runtime/run/outcome.ts). */
 const Outcome = {
@@ -126,8 +136,13 @@ const HookAnswer = z.object({
   duplicate: z.boolean().optional(),
   vms: z.array(z.string()).optional(),
   message: z.string().optional(),
+  ...NoWorker,
 });
-const Health = z.object({ status: z.string() });
+const Health = z.object({
+  status: z.string(),
+  /** Not ready: the functions (and `coordinator`) no worker consumes. */
+  unconsumed: z.array(z.string()).optional(),
+});
 const RunsQuery = z.object({ limit: z.coerce.number().int().min(1).max(1000).optional().describe('At most this many runs, newest first (default 50).') });
 const BackupsQuery = z.object({ vm: z.string().min(1).max(1000).optional().describe('Only this VM: its folder name or the VM name recorded in its manifests.') });
 
@@ -287,6 +302,24 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
   };
 
   /**
+   * `{warning, unconsumed}` when no worker consumes some work the run needs (nothing when
+   * all is consumed, or the bus cannot tell). The run is accepted all the same: it waits in
+   * the queue and starts when a worker comes, as a cron run queued at night should.
+   */
+  const noWorker = async (runId: string, options: RunOptions): Promise<{ warning?: string; unconsumed?: string[] }> => {
+    try {
+      const missing = await unconsumedWork(deps.bus, runFunctions(options));
+      if (missing === undefined || missing.length === 0) return {};
+      const warning = `${describeUnconsumed(missing)}: run ${runId} is queued and starts when one connects`;
+      log.warn({ runId }, warning);
+      return { warning, unconsumed: missing.map((m) => m.name) };
+    } catch (error) {
+      log.debug({ err: error, runId }, `could not tell whether workers consume run ${runId}'s work: ${(error as Error).message}`);
+      return {};
+    }
+  };
+
+  /**
    * Starts a run for a webhook delivery unless the delivery was seen within the window.
    *
    * The key is claimed first, for a new run id. When NATS goes away after the claim (the
@@ -320,7 +353,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     }
     if (claim !== 'new' && !created) return duplicate();
     log.info({ runId, trigger }, `${trigger}: run ${runId} started${vms !== undefined ? ` for ${vms.join(', ')}` : ''}`);
-    return c.json({ runId, ...(vms !== undefined ? { vms } : {}) }, 202, { Location: `/v1/runs/${runId}` });
+    return c.json({ runId, ...(vms !== undefined ? { vms } : {}), ...(await noWorker(runId, options)) }, 202, { Location: `/v1/runs/${runId}` });
   }
 
   // --- health ---------------------------------------------------------------------------
@@ -334,8 +367,13 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       path: '/readyz',
       tag: 'health',
       public: true,
-      summary: 'Readiness: NATS is reachable',
-      responses: { 200: { description: 'Ready', schema: Health }, 503: { description: 'NATS not reachable (the connection is down, or NATS or JetStream does not answer within 2 s)', schema: Health } },
+      summary: 'Readiness: NATS is reachable and workers consume the work of a run',
+      description:
+        'Not ready (503) when NATS or JetStream does not answer, or when no worker consumes some of the work a run with the gateway’s settings needs (its plan, the VM phases, pool-db / host-backup when configured) or no worker runs the coordinator: `unconsumed` names them. Runs are still accepted then; they wait for a worker.',
+      responses: {
+        200: { description: 'Ready', schema: Health },
+        503: { description: 'NATS not reachable (the connection is down, or NATS or JetStream does not answer within 2 s), or no worker consumes some work (`unconsumed`)', schema: Health },
+      },
     },
     async (c) => {
       let ready = false;
@@ -344,7 +382,17 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       } catch (error) {
         log.warn({ err: error }, `readiness check failed: ${(error as Error).message}`);
       }
-      return ready ? c.json({ status: 'ready' }) : c.json({ status: 'not ready: the bus (NATS) is not reachable' }, 503);
+      if (!ready) return c.json({ status: 'not ready: the bus (NATS) is not reachable' }, 503);
+      let missing;
+      try {
+        // Any selection: webhooks and requests choose VMs whatever the gateway's own list is.
+        missing = await unconsumedWork(deps.bus, runFunctions({ poolBackup: deps.runDefaults.poolBackup, hostBackup: deps.runDefaults.hostBackup }));
+      } catch (error) {
+        log.warn({ err: error }, `readiness check failed: ${(error as Error).message}`);
+        return c.json({ status: `not ready: cannot tell whether workers consume the jobs (${(error as Error).message})` }, 503);
+      }
+      if (missing !== undefined && missing.length > 0) return c.json({ status: `not ready: ${describeUnconsumed(missing)}`, unconsumed: missing.map((m) => m.name) }, 503);
+      return c.json({ status: 'ready' });
     },
   );
   route(
@@ -378,10 +426,11 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       const key = idempotencyKey(c);
       const now = deps.clock.now();
       const runId = key !== undefined ? `req-${createHash('sha256').update(`idempotency:${key}`).digest('hex').slice(0, 24)}` : newRunId(now);
-      const created = await startRun(deps.store, deps.bus, { runId, options: runOptionsFrom(deps.runDefaults, req), startedAt: now, trigger: 'gateway' });
+      const options = runOptionsFrom(deps.runDefaults, req);
+      const created = await startRun(deps.store, deps.bus, { runId, options, startedAt: now, trigger: 'gateway' });
       if (!created) return c.json({ runId, duplicate: true }, 200, { Location: `/v1/runs/${runId}` });
       log.info({ runId }, `run ${runId} submitted`);
-      return c.json({ runId }, 202, { Location: `/v1/runs/${runId}` });
+      return c.json({ runId, ...(await noWorker(runId, options)) }, 202, { Location: `/v1/runs/${runId}` });
     },
   );
 
