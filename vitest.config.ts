@@ -6,8 +6,9 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['functions/**/*.test.ts', 'runtime/**/*.test.ts', 'test/**/*.test.ts'],
-    // A temporary root for the run (TMPDIR), removed at its end.
-    globalSetup: ['test/helpers/global-tmp.ts'],
+    // The Debian tools the tests run (test/provision.ts: installed as root, else the line to
+    // run), then a temporary root for the run (TMPDIR), removed at its end.
+    globalSetup: ['test/provision.ts', 'test/helpers/global-tmp.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',

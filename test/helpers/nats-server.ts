@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
-/** Debian's nats-server (2.9): CI installs the `nats-server` package (see .ci/run). */
+/** Debian's nats-server (2.9): `npm test` installs the `nats-server` package (test/provision.ts). */
 export const NATS_SERVER = process.env.NATS_SERVER ?? (process.platform === 'linux' ? '/usr/sbin/nats-server' : 'nats-server');
 
 export interface NatsServerOptions {
