@@ -111,8 +111,7 @@ export const plan = defineFunction({
     // Of the VDIs only snapshots can be leftovers: do not fetch every disk of a large pool.
     const [all, vdis] = await Promise.all([xapi.getAllRecords('VM'), xapi.getAllRecordsWhere('VDI', 'field "is_a_snapshot"="true"')]);
     const cleaned = await cleanLeftovers(xapi, all, vdis, input, ctx);
-    const candidates = all.filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot);
-    const poolVms = candidates.map((vm) => ({ uuid: vm.uuid, name: vm.name_label }));
+    const poolVms = selectableVms(all);
     const selection = selectVms(poolVms, selectOptions(o));
     if (selection.errors.length > 0) throw selectionError(selection.errors);
     // As they are found (stderr, the log file), besides the run's summary.
@@ -143,6 +142,11 @@ export const plan = defineFunction({
     };
   },
 });
+
+/** The VMs a selection chooses from: not dom0, not a template, not a snapshot. */
+export function selectableVms(all: readonly VmRecord[]): { uuid: string; name: string }[] {
+  return all.filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot).map((vm) => ({ uuid: vm.uuid, name: vm.name_label }));
+}
 
 /** The selection's options of a run's options. */
 export function selectOptions(o: RunOptions): Parameters<typeof selectVms>[1] {
