@@ -17,8 +17,8 @@ import { runStartHooks } from './run-start.js';
 import { JobBase, VmRef } from '../job.js';
 import { PoolDbInput } from '../pool-db/pool-db.js';
 import { SnapshotInput } from '../snapshot/snapshot.js';
-import { duplicateNames, selectVms } from './select.js';
-import type { Selection } from './select.js';
+import { SelectionSources, duplicateNames, selectVms } from './select.js';
+import type { Selection, SelectionWarning as SelectionIssue } from './select.js';
 
 /**
  * The options of one run: what to back up and how. Built from the settings by the command
@@ -48,6 +48,12 @@ export const RunOptions = z.object({
   leftoverAgeHours: z.number().min(0).default(24),
   /** Verify each VM's backup set right after it is written (verify_after_backup); absent = false. */
   verifyAfterBackup: z.boolean().optional(),
+  /**
+   * Where the lists come from (select.ts): which this request gave (an entry of theirs that
+   * matches no VM stops the run) and the config's export entries (the MAX of a VM the request
+   * selects without one). Absent: every list counts as the config's.
+   */
+  selection: SelectionSources.optional(),
 });
 export type RunOptions = z.infer<typeof RunOptions>;
 
@@ -105,9 +111,9 @@ export const plan = defineFunction({
     // Of the VDIs only snapshots can be leftovers: do not fetch every disk of a large pool.
     const [all, vdis] = await Promise.all([xapi.getAllRecords('VM'), xapi.getAllRecordsWhere('VDI', 'field "is_a_snapshot"="true"')]);
     const cleaned = await cleanLeftovers(xapi, all, vdis, input, ctx);
-    const candidates = all.filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot);
-    const poolVms = candidates.map((vm) => ({ uuid: vm.uuid, name: vm.name_label }));
-    const selection = selectVms(poolVms, { excludes: o.excludes, vdiExports: o.vdiExports, vmExports: o.vmExports, maxBackups: o.maxBackups });
+    const poolVms = selectableVms(all);
+    const selection = selectVms(poolVms, selectOptions(o));
+    if (selection.errors.length > 0) throw selectionError(selection.errors);
     // As they are found (stderr, the log file), besides the run's summary.
     for (const w of selection.warnings) ctx.log.warn({ entry: w.entry, list: w.list, code: w.code }, `${w.list}: ${w.message}`);
     const stamp = formatStamp(new Date(input.startedAt));
@@ -136,6 +142,27 @@ export const plan = defineFunction({
     };
   },
 });
+
+/** The VMs a selection chooses from: not dom0, not a template, not a snapshot. */
+export function selectableVms(all: readonly VmRecord[]): { uuid: string; name: string }[] {
+  return all.filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot).map((vm) => ({ uuid: vm.uuid, name: vm.name_label }));
+}
+
+/** The selection's options of a run's options. */
+export function selectOptions(o: RunOptions): Parameters<typeof selectVms>[1] {
+  return { excludes: o.excludes, vdiExports: o.vdiExports, vmExports: o.vmExports, maxBackups: o.maxBackups, ...(o.selection !== undefined ? { sources: o.selection } : {}) };
+}
+
+/**
+ * The error of a selection that must not run (select.ts: an invalid entry or regex, a
+ * request's entry matching no VM): SELECTION, naming every entry, `data.errors` listing them.
+ * The run is fatal (exit 2); the gateway answers 422 with the same messages.
+ */
+export function selectionError(errors: readonly SelectionIssue[]): PermanentError {
+  const lines = errors.map((e) => `${e.list}: ${e.message}`);
+  const message = lines.length === 1 ? `nothing backed up: ${lines[0]}` : `nothing backed up, ${lines.length} selection errors: ${lines.join('; ')}`;
+  return new PermanentError('SELECTION', message, { errors: errors.map((e) => ({ entry: e.entry, list: e.list, code: e.code, message: e.message })) });
+}
 
 /** The selection as jobs: one per VM, with its folder (names shared by VMs get a suffix). */
 export function buildVmJobs(selection: Selection, poolVms: { uuid: string; name: string }[], input: PlanInput, stamp: string): SnapshotInput[] {

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../runtime/errors.js';
-import { compilePythonMatch, duplicateNames, isSimpleName, parseEntry, selectVms, type PoolVm, type SelectOptions } from './select.js';
+import { compilePythonMatch, duplicateNames, isSimpleName, literalNameEntry, parseEntry, selectVms, type PoolVm, type SelectOptions, type SelectionSources } from './select.js';
 
 // A pool holding a name for every README example, and the near misses that tell them apart.
 const NAMES = [
@@ -332,7 +332,7 @@ describe('selectVms: precedence', () => {
     const r = select({ excludes: [''], vmExports: ['.*'] });
     expect(r.excludes).toEqual([]);
     expect(r.vmExports).toHaveLength(POOL.length);
-    expect(r.warnings).toMatchObject([{ entry: '', list: 'excludes', code: 'invalid-entry' }]);
+    expect(r.errors).toMatchObject([{ entry: '', list: 'excludes', code: 'invalid-entry' }]);
   });
 
   it('spaces around entries are ignored', () => {
@@ -355,16 +355,17 @@ describe('selectVms: warnings', () => {
     ]);
   });
 
-  it('invalid regexes and entries are skipped, naming the entry', () => {
+  it('invalid regexes and entries are errors (the run must not start), naming the entry, in every list', () => {
     const r = select({ excludes: ['PRD-(', 'DEV-web3:0'], vmExports: ['DEV-web3', 'SAVE:abc:xvdb'] });
     expect(r.excludes).toEqual([]);
     expect(vm(r)).toEqual(['DEV-web3:4']);
-    expect(r.warnings.map((w) => [w.entry, w.list, w.code])).toEqual([
+    expect(r.warnings).toEqual([]);
+    expect(r.errors.map((w) => [w.entry, w.list, w.code])).toEqual([
       ['PRD-(', 'excludes', 'invalid-regex'],
       ['DEV-web3:0', 'excludes', 'invalid-entry'],
       ['SAVE:abc:xvdb', 'vm_exports', 'invalid-entry'],
     ]);
-    expect(r.warnings[0]!.message).toMatch(/^invalid entry "PRD-\(": invalid regex: .*; entry skipped$/);
+    expect(r.errors[0]!.message).toMatch(/^invalid entry "PRD-\(": invalid regex: /);
   });
 
   it('disks on a vm_exports entry are ignored, the entry is used', () => {
@@ -399,6 +400,111 @@ describe('selectVms: warnings', () => {
     expect(duplicateNames(pool)).toEqual(new Set(['web', 'db']));
     // excluded duplicates are not worth a warning
     expect(select({ excludes: ['web'], vmExports: ['solo'] }, pool).warnings).toEqual([]);
+  });
+});
+
+describe('selectVms: where a VM\'s MAX comes from (never looser than the config)', () => {
+  const CFG = '/etc/vmbackup.cfg';
+  const sources = (requested: SelectionSources['requested'], config: SelectionSources['config']): SelectionSources => ({
+    requested,
+    config,
+    maxBackups: `${CFG} line 2`,
+  });
+  const max = (r: ReturnType<typeof select>) => [...r.vdiExports, ...r.vmExports].map((s) => [s.vm.name, s.maxBackups, s.maxFrom]);
+
+  it.each([
+    // [what, request entries, config vm_exports, config vdi_exports, expected MAX, expected source]
+    ['the request\'s own MAX wins', ['SAVE:3'], ['SAVE:7'], [], 3, { from: 'request', entry: 'SAVE:3', where: 'command line (-e)' }],
+    ['else the config\'s entry for that VM', ['SAVE'], ['SAVE:7'], [], 7, { from: 'config', entry: 'SAVE:7', where: `${CFG} line 3` }],
+    ['a config regex selecting the VM counts', ['SAVE'], ['DEV-.*', '.*SAVE$:6'], [], 6, { from: 'config', entry: '.*SAVE$:6', where: `${CFG} line 3` }],
+    ['the config\'s vdi_exports too (tried first, as the config\'s own run does)', ['SAVE'], ['SAVE:7'], ['SAVE:5:xvdb'], 5, { from: 'config', entry: 'SAVE:5:xvdb', where: `${CFG} line 4` }],
+    ['the config entry that selects the VM decides, also without MAX', ['SAVE'], ['.*', 'SAVE:7'], [], 1, { from: 'max_backups', where: `${CFG} line 2` }],
+    ['`:-1` in the request falls back like no MAX', ['SAVE:-1'], ['SAVE:7'], [], 7, { from: 'config', entry: 'SAVE:7', where: `${CFG} line 3` }],
+    ['no config entry: max_backups', ['SAVE'], ['DEV-.*:9'], [], 1, { from: 'max_backups', where: `${CFG} line 2` }],
+  ] as const)('%s', (_what, request, configVm, configVdi, expected, from) => {
+    const r = select({
+      vmExports: [...request],
+      maxBackups: 1,
+      sources: sources(
+        [{ list: 'vm_exports', where: 'command line (-e)' }],
+        [
+          { list: 'vm_exports', entries: [...configVm], where: `${CFG} line 3` },
+          ...(configVdi.length > 0 ? [{ list: 'vdi_exports' as const, entries: [...configVdi], where: `${CFG} line 4` }] : []),
+        ],
+      ),
+    });
+    expect(r.errors).toEqual([]);
+    expect(max(r)).toEqual([['SAVE', expected, from]]);
+  });
+
+  it('a list of the config keeps its entries\' MAX, with the file and line', () => {
+    const r = select({ vmExports: ['SAVE:7', 'DEV-web3'], maxBackups: 1, sources: sources([], [{ list: 'vm_exports', entries: ['SAVE:7', 'DEV-web3'], where: `${CFG} line 3` }]) });
+    expect(max(r)).toEqual([
+      ['DEV-web3', 1, { from: 'max_backups', where: `${CFG} line 2` }],
+      ['SAVE', 7, { from: 'config', entry: 'SAVE:7', where: `${CFG} line 3` }],
+    ]);
+  });
+
+  it('without sources (a plan message of an older client): the entry\'s MAX, else max_backups', () => {
+    const r = select({ vmExports: ['SAVE:7', 'DEV-web3'], maxBackups: 2 });
+    expect(max(r)).toEqual([
+      ['DEV-web3', 2, { from: 'max_backups' }],
+      ['SAVE', 7, { from: 'config', entry: 'SAVE:7' }],
+    ]);
+  });
+});
+
+describe('selectVms: a request that matches nothing is an error', () => {
+  const requested = (...lists: ('excludes' | 'vdi_exports' | 'vm_exports')[]) => ({ requested: lists.map((list) => ({ list, where: 'request' })), config: [], maxBackups: 'default' });
+
+  it('an entry of the request matching no VM is an error; of the config, a warning', () => {
+    const r = select({ excludes: ['NOPE-x'], vdiExports: ['nope.*:3'], vmExports: ['DEV-web3', 'Nothing:2'], sources: requested('vm_exports', 'excludes') });
+    expect(r.errors).toEqual([
+      { entry: 'NOPE-x', list: 'excludes', code: 'no-match', message: 'entry "NOPE-x" matches no VM of the pool' },
+      { entry: 'Nothing:2', list: 'vm_exports', code: 'no-match', message: 'entry "Nothing:2" matches no VM of the pool' },
+    ]);
+    expect(r.warnings).toEqual([{ entry: 'nope.*:3', list: 'vdi_exports', code: 'no-match', message: 'entry "nope.*:3" matches no VM of the pool' }]);
+  });
+
+  it('an entry whose VMs an earlier list took is no error (the documented precedence)', () => {
+    const r = select({ excludes: ['DEV-web3'], vmExports: ['DEV-web3'], sources: requested('vm_exports') });
+    expect(r.errors).toEqual([]);
+    expect(r.vmExports).toEqual([]);
+  });
+
+  it('a name with regex characters that equals a VM\'s name says so, and how to escape it', () => {
+    const pool = [...POOL, { uuid: 'f0000000-0000-4000-8000-000000000000', name: 'File Server (old)' }];
+    const r = select({ vmExports: ['File Server (old)'], sources: requested('vm_exports') }, pool);
+    expect(r.vmExports).toEqual([]);
+    expect(r.errors).toEqual([
+      {
+        entry: 'File Server (old)',
+        list: 'vm_exports',
+        code: 'no-match',
+        message:
+          'entry "File Server (old)" matches no VM of the pool: it is read as a regular expression, which the VM named "File Server (old)" does not match; to select that VM by its name, escape the regex characters: File Server \\(old\\)$',
+      },
+    ]);
+    // The suggested entry selects that VM, and only it.
+    const fixed = select({ vmExports: ['File Server \\(old\\)$'], sources: requested('vm_exports') }, [...pool, { uuid: 'f1', name: 'File Server (old) 2' }]);
+    expect(fixed.errors).toEqual([]);
+    expect(names(fixed.vmExports.map((s) => s.vm))).toEqual(['File Server (old)']);
+  });
+
+  it('a regex that selects other VMs but not the one it names literally: a warning with the hint', () => {
+    const pool = [{ uuid: 'a', name: 'web(1)' }, { uuid: 'b', name: 'web1' }];
+    const r = select({ vmExports: ['web(1)'], sources: requested('vm_exports') }, pool);
+    expect(names(r.vmExports.map((s) => s.vm))).toEqual(['web1']);
+    expect(r.errors).toEqual([]);
+    expect(r.warnings).toMatchObject([{ entry: 'web(1)', code: 'literal-name', message: expect.stringContaining('escape the regex characters: web\\(1\\)$') }]);
+  });
+
+  it.each(['a.b', ' lead', 'trail ', 'x:y', 'p|q', 'c++', '[x]', 'a\\b', '{1}', 'tab\there', 'ü ideo\u3000'])('literalNameEntry(%j) selects exactly that name', (name) => {
+    const entry = literalNameEntry(name);
+    const parsed = parseEntry(entry);
+    expect(parsed.matches(name)).toBe(true);
+    expect(parsed.matches(`${name}x`)).toBe(false);
+    expect(parsed.matches(name.slice(1))).toBe(false);
   });
 });
 

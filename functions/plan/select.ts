@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import { ConfigError } from '../../runtime/errors.js';
 import { DISK_NAME_RE } from '../../runtime/storage/naming.js';
 
@@ -23,16 +24,32 @@ import { DISK_NAME_RE } from '../../runtime/storage/naming.js';
  * defect 6 let an entry with `:MAX` take a VM twice). Within a list the first entry matching a
  * VM wins (its MAX and disks apply). Results are in pool order.
  *
- * Warnings (the entry is skipped unless said otherwise):
+ * Errors (`Selection.errors`; the run does not start, the command exits 2, the gateway answers
+ * 422 — unlike VmBackup, which skipped such entries with a warning):
  * - `invalid-entry`: bad syntax (`NAME:0`, `NAME:abc:xvdb`, `NAME:xvdb`, empty entry, …);
- * - `invalid-regex`: not a valid Python regex, or a Python feature JavaScript lacks;
- * - `no-match`: matches no VM of the pool at all. An entry whose VMs were all taken by an
- *   earlier list or entry is NOT warned about: that is the documented precedence (so
- *   `-x '.*' -p -H` stays quiet);
+ * - `invalid-regex`: not a valid Python regex, or a Python feature JavaScript lacks — in every
+ *   list, the config files' included;
+ * - `no-match` in a list this request gave (`SelectionSources.requested`: `-e`, `-E`, `-x`, a
+ *   gateway body, a webhook): the entry matches no VM of the pool at all.
+ *
+ * Warnings (the entry is used unless said otherwise):
+ * - `no-match` in a list of the config files: the entry matches no VM (as in VmBackup). An entry
+ *   whose VMs were all taken by an earlier list or entry is NOT reported: that is the
+ *   documented precedence (so `-x '.*' -p -H` stays quiet);
+ * - `literal-name`: a regex entry that does not select the VM whose name it equals literally
+ *   (`File Server (old)`); the message says how to escape it. With no match at all this hint
+ *   is part of the `no-match` message;
  * - `duplicate-name`: several VMs carry the name of a selected VM. VmBackup skipped them; all
  *   are backed up (each into its own folder, see `vmFolderName`). Once per name;
- * - `disks-ignored` (vm_exports entry with disks), `fields-ignored` (excludes entry with MAX):
- *   the entry is still used.
+ * - `disks-ignored` (vm_exports entry with disks), `fields-ignored` (excludes entry with MAX).
+ *
+ * MAX of a selected VM, from the most specific source (`maxFrom` says which, so that a one-off
+ * run never prunes harder than the config says):
+ * 1. the MAX of the entry that selected it;
+ * 2. when that entry came with the request and has no MAX: the config's entry for the VM — the
+ *    first of the config's vdi_exports, then vm_exports entries that selects it (the request's
+ *    lists replaced the config's for selection, not for retention): its MAX if it has one;
+ * 3. `maxBackups` (max_backups).
  *
  * Python regex → JavaScript (`u` flag), following CPython 3's `sre_parse` (str patterns), checked
  * against Python 3.11 by a differential test:
@@ -76,17 +93,53 @@ export interface ParsedEntry {
   matches(vmName: string): boolean;
 }
 
+/**
+ * Where the lists of a selection come from, as the run options carry them: which lists this
+ * request gave (their entries must match a VM), the config files' export lists (the MAX of a
+ * VM a request's entry selects without one), and where max_backups is set. Every `where` is
+ * a phrase for messages: `/etc/vmbackup.cfg line 4`, `command line (-e)`, `request`, `default`.
+ *
+ * @example
+ *   { "requested": [{ "list": "vm_exports", "where": "command line (-e)" }],
+ *     "config": [{ "list": "vm_exports", "entries": ["web01:7", "db.*"], "where": "/etc/vmbackup.cfg line 3" }],
+ *     "maxBackups": "/etc/vmbackup.cfg line 2" }
+ */
+export const SelectionSources = z.object({
+  requested: z.array(z.object({ list: z.enum(['excludes', 'vdi_exports', 'vm_exports']), where: z.string() })),
+  config: z.array(z.object({ list: z.enum(['vdi_exports', 'vm_exports']), entries: z.array(z.string()), where: z.string() })),
+  maxBackups: z.string(),
+});
+export type SelectionSources = z.infer<typeof SelectionSources>;
+
 export interface SelectOptions {
   excludes: string[];
   vdiExports: string[];
   vmExports: string[];
   /** The global max_backups (>= 1). */
   maxBackups: number;
+  /**
+   * Where the lists come from. Without it every list counts as the config's (an entry
+   * matching nothing is a warning) and the config's lists are the ones given.
+   */
+  sources?: SelectionSources;
+}
+
+/**
+ * Where a VM's MAX comes from: `request` (the entry of this request that selected it),
+ * `config` (an entry of the config files, `where` is its file and line), `max_backups`.
+ */
+export interface MaxSource {
+  from: 'request' | 'config' | 'max_backups';
+  /** The entry whose MAX applies (request, config). */
+  entry?: string;
+  /** `/etc/vmbackup.cfg line 3`, `command line (-e)`, `default`…, where known. */
+  where?: string;
 }
 
 export interface VdiExportSelection<V extends PoolVm = PoolVm> {
   vm: V;
   maxBackups: number;
+  maxFrom: MaxSource;
   disks: string[];
   /** The entry that selected the VM. */
   entry: string;
@@ -95,10 +148,11 @@ export interface VdiExportSelection<V extends PoolVm = PoolVm> {
 export interface VmExportSelection<V extends PoolVm = PoolVm> {
   vm: V;
   maxBackups: number;
+  maxFrom: MaxSource;
   entry: string;
 }
 
-export type SelectionWarningCode = 'invalid-entry' | 'invalid-regex' | 'no-match' | 'duplicate-name' | 'disks-ignored' | 'fields-ignored';
+export type SelectionWarningCode = 'invalid-entry' | 'invalid-regex' | 'no-match' | 'literal-name' | 'duplicate-name' | 'disks-ignored' | 'fields-ignored';
 
 export interface SelectionWarning {
   entry: string;
@@ -112,6 +166,8 @@ export interface Selection<V extends PoolVm = PoolVm> {
   vdiExports: VdiExportSelection<V>[];
   vmExports: VmExportSelection<V>[];
   warnings: SelectionWarning[];
+  /** Entries that make the selection unusable: the run must not start (see the module comment). */
+  errors: SelectionWarning[];
 }
 
 const SIMPLE_NAME_RE = /^[\p{L}\p{M}\p{N} _-]+$/u;
@@ -563,6 +619,22 @@ interface Assignment {
 }
 
 /**
+ * The regex entry that selects exactly the VM called `name`, as the messages suggest it:
+ * Python's regex characters (and `:`) escaped, `$` anchoring the end, spaces at either end
+ * written `\x20` so that the entry's trimming keeps them.
+ *
+ * @example literalNameEntry('File Server (old)') // 'File Server \\(old\\)$'
+ */
+export function literalNameEntry(name: string): string {
+  const body = name.replace(/[\\.^$*+?{}[\]|():#]/g, (c) => `\\${c}`);
+  const lead = /^\s*/.exec(body)![0].length;
+  const trail = /\s*$/.exec(body.slice(lead))![0].length;
+  const hex = (ws: string) =>
+    [...ws].map((c) => (c.codePointAt(0)! > 0xff ? `\\U${c.codePointAt(0)!.toString(16).padStart(8, '0')}` : `\\x${c.codePointAt(0)!.toString(16).padStart(2, '0')}`)).join('');
+  return `${hex(body.slice(0, lead))}${body.slice(lead, body.length - trail)}${hex(body.slice(body.length - trail))}$`;
+}
+
+/**
  * Splits the pool into excluded VMs, vdi-exports and vm-exports. See the module comment for
  * the rules. Throws a ConfigError when `maxBackups` is not an integer >= 1.
  *
@@ -584,8 +656,12 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
   });
   const assigned: (Assignment | undefined)[] = new Array(count);
   const warnings: SelectionWarning[] = [];
+  const errors: SelectionWarning[] = [];
+  const requestedWhere = (list: SelectionListName): string | undefined => opts.sources?.requested.find((r) => r.list === list)?.where;
+  const configWhere = (list: SelectionListName): string | undefined => opts.sources?.config.find((c) => c.list === list)?.where;
 
   const pass = (list: SelectionListName, entries: readonly string[]): void => {
+    const requested = requestedWhere(list) !== undefined;
     for (const raw of entries) {
       let parsed: ParsedEntry;
       try {
@@ -593,7 +669,7 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
       } catch (error) {
         if (!(error instanceof ConfigError)) throw error;
         const code = error.data.reason === 'invalid-regex' ? 'invalid-regex' : 'invalid-entry';
-        warnings.push({ entry: raw, list, code, message: `${error.message}; entry skipped` });
+        errors.push({ entry: raw, list, code, message: error.message });
         continue;
       }
       if (list === 'vm_exports' && parsed.disks) {
@@ -617,8 +693,17 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
           }
         }
       }
+      // A name with regex characters is a regex: `File Server (old)` does not select the VM
+      // of that name. Say so, and how to write it, when that VM exists.
+      const missedLiteral = parsed.kind === 'regex' && byName.has(parsed.name) && !parsed.matches(parsed.name);
+      const hint = missedLiteral
+        ? `it is read as a regular expression, which the VM named "${parsed.name}" does not match; to select that VM by its name, escape the regex characters: ${literalNameEntry(parsed.name)}`
+        : undefined;
       if (!matchedAny) {
-        warnings.push({ entry: parsed.entry, list, code: 'no-match', message: `entry "${parsed.entry}" matches no VM of the pool` });
+        const message = `entry "${parsed.entry}" matches no VM of the pool${hint !== undefined ? `: ${hint}` : ''}`;
+        (requested ? errors : warnings).push({ entry: parsed.entry, list, code: 'no-match', message });
+      } else if (hint !== undefined) {
+        warnings.push({ entry: parsed.entry, list, code: 'literal-name', message: `entry "${parsed.entry}": ${hint}` });
       }
     }
   };
@@ -626,7 +711,36 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
   pass('vdi_exports', opts.vdiExports);
   pass('vm_exports', opts.vmExports);
 
-  const result: Selection<V> = { excludes: [], vdiExports: [], vmExports: [], warnings };
+  // The config's export entries, in the order the config's own selection would try them.
+  const configEntries: { parsed: ParsedEntry; where: string }[] = [];
+  for (const list of ['vdi_exports', 'vm_exports'] as const) {
+    for (const c of opts.sources?.config.filter((c) => c.list === list) ?? []) {
+      for (const raw of c.entries) {
+        try {
+          configEntries.push({ parsed: parseEntry(raw), where: c.where });
+        } catch {
+          // A bad config entry is the config's error (loadSettings), not a MAX.
+        }
+      }
+    }
+  }
+  const globalMax = (): { maxBackups: number; maxFrom: MaxSource } => ({
+    maxBackups: opts.maxBackups,
+    maxFrom: { from: 'max_backups', ...(opts.sources !== undefined ? { where: opts.sources.maxBackups } : {}) },
+  });
+  const maxOf = (a: Assignment, vmName: string): { maxBackups: number; maxFrom: MaxSource } => {
+    const requested = requestedWhere(a.list);
+    if (a.parsed.maxBackups !== null) {
+      const where = requested ?? configWhere(a.list);
+      return { maxBackups: a.parsed.maxBackups, maxFrom: { from: requested !== undefined ? 'request' : 'config', entry: a.parsed.entry, ...(where !== undefined ? { where } : {}) } };
+    }
+    if (requested === undefined) return globalMax();
+    const config = configEntries.find((c) => c.parsed.matches(vmName));
+    if (config === undefined || config.parsed.maxBackups === null) return globalMax();
+    return { maxBackups: config.parsed.maxBackups, maxFrom: { from: 'config', entry: config.parsed.entry, where: config.where } };
+  };
+
+  const result: Selection<V> = { excludes: [], vdiExports: [], vmExports: [], warnings, errors };
   const warnedNames = new Set<string>();
   for (let i = 0; i < count; i++) {
     const a = assigned[i];
@@ -636,11 +750,11 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
       result.excludes.push(vm);
       continue;
     }
-    const maxBackups = a.parsed.maxBackups ?? opts.maxBackups;
+    const max = maxOf(a, vm.name);
     if (a.list === 'vdi_exports') {
-      result.vdiExports.push({ vm, maxBackups, disks: [...(a.parsed.disks ?? DEFAULT_VDI_DISKS)], entry: a.parsed.entry });
+      result.vdiExports.push({ vm, ...max, disks: [...(a.parsed.disks ?? DEFAULT_VDI_DISKS)], entry: a.parsed.entry });
     } else {
-      result.vmExports.push({ vm, maxBackups, entry: a.parsed.entry });
+      result.vmExports.push({ vm, ...max, entry: a.parsed.entry });
     }
     const same = byName.get(vm.name)!;
     if (same.length > 1 && !warnedNames.has(vm.name)) {

@@ -1,7 +1,9 @@
 import { access, constants as fsConstants } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { duplicateNames, selectVms } from '../../functions/plan/select.js';
+import type { SelectionSources } from '../../functions/plan/select.js';
 import { matchDisks, vmDisks } from '../../functions/snapshot/snapshot.js';
+import { selectOptions, selectionError } from '../../functions/plan/plan.js';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import { helpText } from '../config/args.js';
 import type { LoadedSettings } from '../config/load.js';
@@ -88,7 +90,7 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     log.info(`vmbackup ${VERSION} run ${runId}: backing up ${settings.xapi_url} to ${settings.backup_dir}`);
     xapi = await connectXapi(settings, log);
     if (settings.insecure) log.warn(`TLS certificate checks are off (--insecure) for ${settings.xapi_url}`);
-    const summary = await runEmbedded({ runId, options: runOptions(settings), startedAt }, { xapi, log, clock: systemClock, origin, signal: abort.signal, hooks });
+    const summary = await runEmbedded({ runId, options: runOptions(settings, loaded), startedAt }, { xapi, log, clock: systemClock, origin, signal: abort.signal, hooks });
     if (abort.signal.aborted) {
       // Stopped: exit 1, also when the signal came too late to stop anything (run-end hooks).
       report({ ...summary, exitCode: 1 }, settings, io, flags.json);
@@ -119,8 +121,12 @@ function leftBehind(opts: { runId: string; lock: string | undefined; xapi: boole
   ].join(', ');
 }
 
-/** The settings a run needs, as its plan message carries them. */
-export function runOptions(s: Settings): RunOptions {
+/**
+ * The settings a run needs, as its plan message carries them. With `loaded`, also where the
+ * selection's lists come from (`selectionSources`): lists given on the command line are this
+ * request's, and the config files' export lists give the MAX of the VMs they select.
+ */
+export function runOptions(s: Settings, loaded?: Pick<LoadedSettings, 'sources' | 'where' | 'configLists'>): RunOptions {
   return {
     backupDir: s.backup_dir,
     vmExports: s.vm_exports,
@@ -138,6 +144,23 @@ export function runOptions(s: Settings): RunOptions {
     idleTimeoutS: s.export_idle_timeout,
     leftoverAgeHours: s.lock_stale_hours,
     verifyAfterBackup: s.verify_after_backup,
+    ...(loaded !== undefined ? { selection: selectionSources(loaded) } : {}),
+  };
+}
+
+/**
+ * Where the selection's lists come from: `-e`, `-E`, `-x` are this request's (an entry of
+ * theirs must match a VM); the config files' vdi_exports and vm_exports (also when replaced)
+ * with their file and line; where max_backups is set.
+ *
+ * @example selectionSources(loaded) // { requested: [{ list: 'vm_exports', where: 'command line (-e)' }], config: [...], maxBackups: 'default' }
+ */
+export function selectionSources(loaded: Pick<LoadedSettings, 'sources' | 'where' | 'configLists'>): SelectionSources {
+  const lists = ['excludes', 'vdi_exports', 'vm_exports'] as const;
+  return {
+    requested: lists.filter((list) => loaded.sources[list] === 'flag').map((list) => ({ list, where: loaded.where[list] })),
+    config: loaded.configLists.map((c) => ({ list: c.list, entries: [...c.entries], where: c.where })),
+    maxBackups: loaded.where.max_backups,
   };
 }
 
@@ -168,7 +191,7 @@ async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
     // Each VM with the folder the run would give it (plan's buildVmJobs).
     const selection = selectVms(
       poolVms.map((vm) => ({ ...vm, folder: vmFolderName(vm.name, vm.uuid, { shared: shared.has(vm.name) }) })),
-      { excludes: settings.excludes, vdiExports: settings.vdi_exports, vmExports: settings.vm_exports, maxBackups: settings.max_backups },
+      selectOptions(runOptions(settings, loaded)),
     );
     const warnings: PreviewSelection['warnings'] = [...selection.warnings];
     for (const e of selection.vdiExports) {
@@ -177,6 +200,11 @@ async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
       for (const w of found) warnings.push({ entry: e.entry, list: 'vdi_exports', message: `${e.vm.name}: ${w}` });
     }
     io.stdout.write(formatPreview(loaded, { ...selection, warnings }, { json: flags.json }));
+    // What the run would refuse to start with: exit 2, as the run would.
+    if (selection.errors.length > 0) {
+      io.stderr.write(`vmbackup: ${selectionError(selection.errors).message}\n`);
+      return 2;
+    }
   } catch (error) {
     return fail(io, error);
   } finally {

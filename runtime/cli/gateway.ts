@@ -65,7 +65,7 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
       ...(secrets.webhookSecret !== undefined ? { webhookSecret: secrets.webhookSecret } : {}),
       bodyLimit: settings.gateway_body_limit,
       alertmanagerLabel: settings.alertmanager_label,
-      runDefaults: runOptions(settings),
+      runDefaults: runOptions(settings, loaded),
       clock: systemClock,
       log,
       ready: () => natsReady(nc),

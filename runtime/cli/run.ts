@@ -69,7 +69,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   try {
     nats = await openNats(settings, log, { name: 'vmbackup run' });
     const follower = await followRun(nats, runId, log, { runEndMs: (settings.hook_timeout + 5) * 1000 });
-    const options = runOptions(settings);
+    const options = runOptions(settings, loaded);
     const submitted = await startRun(nats.store, nats.bus, { runId, options, startedAt, trigger: 'cli' });
     if (submitted) log.info(`vmbackup ${VERSION} run ${runId}: submitted to NATS ${redactUrl(settings.nats_url!)} (backups to ${options.backupDir} on the workers)`);
     else log.info(`run ${runId} exists already (trigger ${triggerId ?? runId} was sent before): following it`);

@@ -1,4 +1,5 @@
 import { functions } from '../../functions/index.js';
+import { answerSelectionChecks } from '../../functions/plan/check.js';
 import type { Closer } from '../bus/bus.js';
 import { openNats, redactUrl } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
@@ -116,6 +117,8 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
       closers.push(await startCoordinator(nats.store, nats.bus, systemClock, log));
       closers.push(await startRunEndTrigger(nats.bus, log));
     }
+    // The gateway asks whether a request's entries match the pool before it starts a run.
+    if (fns.some((f) => f.name === 'plan')) closers.push(await answerSelectionChecks(nats.bus, { xapi: xapi.get, log }));
     const serving = await serve(
       fns,
       { bus: nats.bus, log, xapi: xapi.get, clock: systemClock, origin, signal: abort.signal, hooks },

@@ -50,6 +50,12 @@ export interface LoadedSettings {
   flags: CliFlags;
   /** The command-line options given, by long name, as spelled (ParsedArgs.given). */
   given: ReadonlyMap<string, string>;
+  /**
+   * The config files' vdi_exports and vm_exports (the file that wins), also when `-E`/`-e`
+   * replaced them for selection: the MAX of a VM a request selects without one comes from
+   * them. `where` is the file and line.
+   */
+  configLists: { list: 'vdi_exports' | 'vm_exports'; entries: string[]; where: string }[];
 }
 
 /** One invalid value; ConfigError's `data.issues` carries them all. */
@@ -433,14 +439,14 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
     if (INFO[key].kind === 'list') {
       const items = coerced.value as string[];
       // Entries are parsed by the selection itself (functions/plan/select.ts), so the config
-      // and the run can never disagree on an entry. A malformed entry (bad MAX, bad disk) is
-      // an error here; an invalid regex is the selection's warning, as in VmBackup.
+      // and the run can never disagree on an entry. A malformed entry (bad MAX, bad disk) or
+      // an invalid regex is an error here (VmBackup skipped an invalid regex with a warning).
       for (const item of items) {
         try {
           parseEntry(item);
         } catch (error) {
           if (!(error instanceof ConfigError)) throw error;
-          if (error.data.reason === 'invalid-entry') issue(key, place, String(error.data.detail ?? error.message), `${key} entry ${JSON.stringify(item)}`);
+          issue(key, place, String(error.data.detail ?? error.message), `${key} entry ${JSON.stringify(item)}`);
         }
       }
     }
@@ -492,6 +498,19 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
     }
   }
 
+  // The config's own export lists, for the MAX of VMs a request selects (-e/-E replace them).
+  const configLists: LoadedSettings['configLists'] = [];
+  for (const key of ['vdi_exports', 'vm_exports'] as const) {
+    const inFiles = (candidates.get(key) ?? []).filter((c) => c.origin.kind === 'file');
+    if (inFiles.length === 0) continue;
+    const w = inFiles.reduce((best, c) => (c.origin.rank > best.origin.rank || (c.origin.rank === best.origin.rank && (c.origin as { line: number }).line >= (best.origin as { line: number }).line) ? c : best));
+    const text = typeof w.raw === 'string' ? interpolate(key, w.raw, 0) : w.raw;
+    if (typeof text === 'object' && !Array.isArray(text)) continue; // reported above when it is the winner
+    const coerced = coerce(key, text, cwd);
+    if ('error' in coerced || !Array.isArray(coerced.value)) continue;
+    configLists.push({ list: key, entries: coerced.value as string[], where: describe(w.origin).where });
+  }
+
   if (issues.length > 0) throw configError(issues);
 
   const parsed = Settings.safeParse(settings);
@@ -503,7 +522,7 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
     }));
   }
 
-  return { settings: parsed.data, sources, where, files, warnings, flags: args.flags, given: args.given };
+  return { settings: parsed.data, sources, where, files, warnings, flags: args.flags, given: args.given, configLists };
 
   function placeOf(key: SettingKey): Place {
     const w = winner(key);
@@ -614,5 +633,5 @@ function finishDefaults(baseDir: string, flags: CliFlags, given: ReadonlyMap<str
   const settings = Settings.parse({ base_dir: baseDir, backup_dir: join(baseDir, 'exports'), vm_exports: ['.*'] });
   const sources = Object.fromEntries(KEYS.map((key) => [key, 'default'])) as Record<SettingKey, SettingSource>;
   const where = Object.fromEntries(KEYS.map((key) => [key, 'default'])) as Record<SettingKey, string>;
-  return { settings, sources, where, files: [], warnings: [], flags, given };
+  return { settings, sources, where, files: [], warnings: [], flags, given, configLists: [] };
 }

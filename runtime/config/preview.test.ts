@@ -114,10 +114,11 @@ describe('where each VM goes', () => {
 });
 
 describe('previewJson', () => {
-  it('has exactly settings, excludes, vdi_exports, vm_exports and warnings', () => {
+  it('has exactly settings, excludes, vdi_exports, vm_exports, warnings and errors', () => {
     const loaded = load(['-b', '/mnt/VmBackup', '--password-file', passwordFile, '-F', 'vhd']);
     const json = previewJson(loaded, selection);
-    expect(Object.keys(json)).toEqual(['settings', 'excludes', 'vdi_exports', 'vm_exports', 'warnings']);
+    expect(Object.keys(json)).toEqual(['settings', 'excludes', 'vdi_exports', 'vm_exports', 'warnings', 'errors']);
+    expect(json.errors).toEqual([]);
     expect(json.excludes).toEqual(['DEV-phishing-test', 'PRD-PRINTER1']);
     expect(json.vdi_exports).toEqual([{ vm: 'DEV-web3', max_backups: 7, disks: ['xvda', 'xvdb'] }]);
     expect(json.vm_exports).toEqual([

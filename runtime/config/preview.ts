@@ -1,3 +1,4 @@
+import type { MaxSource } from '../../functions/plan/select.js';
 import type { LoadedSettings, SettingKey } from './load.js';
 import { Settings } from './schema.js';
 
@@ -12,13 +13,15 @@ import { Settings } from './schema.js';
 
 /**
  * What the selection (functions/plan/select.ts) decided, as this formatter needs it. Each
- * list is in the order it is shown; `maxBackups` is already resolved (no -1).
+ * list is in the order it is shown; `maxBackups` is already resolved (no -1), `maxFrom` says
+ * where it comes from. `errors` are what stops the run (shown, and the command exits 2).
  */
 export interface PreviewSelection {
   excludes: { name: string }[];
-  vdiExports: { vm: PreviewVm; maxBackups: number; disks: string[] }[];
-  vmExports: { vm: PreviewVm; maxBackups: number }[];
+  vdiExports: { vm: PreviewVm; maxBackups: number; maxFrom?: MaxSource; disks: string[] }[];
+  vmExports: { vm: PreviewVm; maxBackups: number; maxFrom?: MaxSource }[];
   warnings: { entry: string; list: string; message: string }[];
+  errors?: { entry: string; list: string; message: string }[];
 }
 
 /** A VM to back up: its name, and where known its uuid and the folder its backups go to. */
@@ -39,9 +42,37 @@ export type PreviewInput = Pick<LoadedSettings, 'settings' | 'sources'> & Partia
 export interface PreviewJson {
   settings: Record<string, unknown>;
   excludes: string[];
-  vdi_exports: ({ vm: string; max_backups: number; disks: string[] } & VmWhere)[];
-  vm_exports: ({ vm: string; max_backups: number } & VmWhere)[];
+  vdi_exports: ({ vm: string; max_backups: number; disks: string[] } & MaxWhere & VmWhere)[];
+  vm_exports: ({ vm: string; max_backups: number } & MaxWhere & VmWhere)[];
   warnings: string[];
+  /** What stops the run: an invalid entry or regex, an entry of the command line matching no VM. */
+  errors: string[];
+}
+
+/**
+ * Where a VM's max_backups comes from: `request` (its entry on the command line), `config`
+ * (a config file's entry: `file` and `line`), `max_backups` (the setting; `where` it is set).
+ */
+type MaxWhere = { max_backups_from?: { source: MaxSource['from']; entry?: string; where?: string; file?: string; line?: number } };
+
+function maxWhere(from: MaxSource | undefined): MaxWhere {
+  if (from === undefined) return {};
+  const at = from.from === 'config' && from.where !== undefined ? /^(.*) line (\d+)$/.exec(from.where) : null;
+  return {
+    max_backups_from: {
+      source: from.from,
+      ...(from.entry !== undefined ? { entry: from.entry } : {}),
+      ...(from.where !== undefined ? { where: from.where } : {}),
+      ...(at !== null ? { file: at[1]!, line: Number(at[2]) } : {}),
+    },
+  };
+}
+
+// `max_backups 7 from config entry "web01:7" [/etc/vmbackup.cfg line 3]`
+function maxNote(maxBackups: number, from: MaxSource | undefined): string {
+  if (from === undefined) return `max_backups ${maxBackups}`;
+  const what = from.from === 'request' ? `entry "${from.entry}"` : from.from === 'config' ? `config entry "${from.entry}"` : 'max_backups';
+  return `max_backups ${maxBackups} from ${what}${from.where !== undefined ? ` [${from.where}]` : ''}`;
 }
 
 /** A VM's uuid and folder in the JSON preview, when known. */
@@ -118,10 +149,12 @@ export function previewText(input: PreviewInput, selection: PreviewSelection): s
     for (const item of items) lines.push(`    ${item}`);
   };
   list('excludes', selection.excludes.map((vm) => showName(vm.name)));
-  list('vdi-exports', selection.vdiExports.map((e) => `${showName(e.vm.name)}  (max_backups ${e.maxBackups}, disks ${e.disks.join(';')}${folderNote(e.vm)})`));
-  list('vm-exports', selection.vmExports.map((e) => `${showName(e.vm.name)}  (max_backups ${e.maxBackups}${folderNote(e.vm)})`));
+  list('vdi-exports', selection.vdiExports.map((e) => `${showName(e.vm.name)}  (${maxNote(e.maxBackups, e.maxFrom)}, disks ${e.disks.join(';')}${folderNote(e.vm)})`));
+  list('vm-exports', selection.vmExports.map((e) => `${showName(e.vm.name)}  (${maxNote(e.maxBackups, e.maxFrom)}${folderNote(e.vm)})`));
   const warnings = [...(input.warnings ?? []), ...selection.warnings.map(selectionWarning)];
   if (warnings.length > 0) list('warnings', warnings);
+  const errors = (selection.errors ?? []).map(selectionWarning);
+  if (errors.length > 0) list('errors', errors);
   return `${lines.join('\n')}\n`;
 }
 
@@ -133,9 +166,10 @@ export function previewJson(input: PreviewInput, selection: PreviewSelection): P
   return {
     settings,
     excludes: selection.excludes.map((vm) => vm.name),
-    vdi_exports: selection.vdiExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, disks: [...e.disks], ...vmWhere(e.vm) })),
-    vm_exports: selection.vmExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, ...vmWhere(e.vm) })),
+    vdi_exports: selection.vdiExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, ...maxWhere(e.maxFrom), disks: [...e.disks], ...vmWhere(e.vm) })),
+    vm_exports: selection.vmExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, ...maxWhere(e.maxFrom), ...vmWhere(e.vm) })),
     warnings: [...(input.warnings ?? []), ...selection.warnings.map(selectionWarning)],
+    errors: (selection.errors ?? []).map(selectionWarning),
   };
 }
 

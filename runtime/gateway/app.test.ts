@@ -13,7 +13,7 @@ import { MemoryRunStore } from '../run/store.js';
 import { runOutcome } from '../run/outcome.js';
 import { silentLogger } from '../log.js';
 import { createGateway, gatewayRoutes } from './app.js';
-import { RecordingBus, SECRET, TOKEN, OTHER_TOKEN, TestClock, alertmanagerPayload, authJson, defaultRunOptions, testGateway } from './test-helpers.js';
+import { RecordingBus, SECRET, TOKEN, OTHER_TOKEN, TestClock, alertmanagerPayload, authJson, defaultRunOptions, requestedSelection, testGateway } from './test-helpers.js';
 import { MemoryTriggerLog } from './trigger-log.js';
 import { signBody } from './webhook.js';
 
@@ -105,7 +105,7 @@ describe('POST /v1/runs', () => {
       jobId: 'plan',
       try: 1,
       startedAt: '2026-11-26T08:30:00.000Z',
-      options: { ...defaultRunOptions(), vmExports: ['web1'], vdiExports: [], maxBackups: 2, compress: 'zstd' },
+      options: { ...defaultRunOptions(), vmExports: ['web1'], vdiExports: [], maxBackups: 2, compress: 'zstd', selection: requestedSelection({ maxBackups: 'request (max_backups)' }) },
     });
     expect((await gw.store.header(r.json.runId))!.header).toMatchObject({ status: 'planning', trigger: 'gateway' });
   });
@@ -142,7 +142,7 @@ describe('POST /v1/runs', () => {
     ['an unknown key', { body: { vm_export: ['web1'] } }, 400, /Unrecognized key: "vm_export"/],
     ['backup_dir', { body: { backup_dir: '/etc' } }, 400, /backup_dir/],
     ['an invalid selection entry', { body: { vm_exports: ['web1:0'] } }, 400, /vm_exports.0: invalid entry "web1:0"/],
-    ['an invalid regex', { body: { excludes: ['PRD-(a'] } }, 400, /excludes.0: invalid entry/],
+    ['an invalid regex', { body: { excludes: ['PRD-(a'] } }, 422, /^nothing started: excludes.0: invalid entry "PRD-\(a": invalid regex/],
     ['JSON null', { raw: 'null' }, 400, /\(body\): Invalid input: expected object/],
     ['a JSON array', { raw: '["web1"]' }, 400, /expected object/],
     ['deeply nested JSON', { raw: `{"vm_exports": ${'['.repeat(100_000)}${']'.repeat(100_000)}}` }, 413, /larger than/],
@@ -397,7 +397,7 @@ describe('POST /v1/hooks/alertmanager', () => {
     expect(r.status).toBe(202);
     expect(r.json).toMatchObject({ runId: expect.any(String), vms: ['web1', 'web.2'] });
     expect(r.headers.get('Location')).toBe(`/v1/runs/${r.json.runId}`);
-    expect(planOf(gw).options).toEqual({ ...defaultRunOptions(), vmExports: ['web1', 'web\\.2\\Z'], vdiExports: [], poolBackup: false, hostBackup: false });
+    expect(planOf(gw).options).toEqual({ ...defaultRunOptions(), vmExports: ['web1', 'web\\.2\\Z'], vdiExports: [], poolBackup: false, hostBackup: false, selection: requestedSelection({ alertLabel: 'vm' }) });
     expect((await gw.store.header(r.json.runId))!.header.trigger).toBe('alertmanager');
   });
 
@@ -458,7 +458,7 @@ describe('POST /v1/hooks/generic', () => {
     const raw = delivery({ max_backups: 3 });
     const r = await call(gw, 'POST', '/v1/hooks/generic', { raw, headers: signed(raw) });
     expect(r.status).toBe(202);
-    expect(planOf(gw).options).toEqual({ ...defaultRunOptions(), vmExports: ['web1'], vdiExports: [], maxBackups: 3 });
+    expect(planOf(gw).options).toEqual({ ...defaultRunOptions(), vmExports: ['web1'], vdiExports: [], maxBackups: 3, selection: requestedSelection({ maxBackups: 'request (max_backups)' }) });
     expect((await gw.store.header(r.json.runId))!.header.trigger).toBe('webhook');
   });
 

@@ -8,7 +8,10 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { functions } from '../../functions/index.js';
 import { JobBase } from '../../functions/job.js';
+import { SELECTION_CHECK_SUBJECT, SelectionCheckReply } from '../../functions/plan/check.js';
+import { selectOptions } from '../../functions/plan/plan.js';
 import type { RunOptions } from '../../functions/plan/plan.js';
+import { selectVms } from '../../functions/plan/select.js';
 import type { Bus } from '../bus/bus.js';
 import { ConfigError, RequestConflictError } from '../errors.js';
 import { jobSubject } from '../events.js';
@@ -66,6 +69,12 @@ export interface GatewayDeps {
   windows?: { alertmanagerMs?: number; genericMs?: number; idempotencyMs?: number };
   /** Accepted age of generic deliveries. */
   freshness?: Freshness;
+  /**
+   * How long a request waits for a worker serving `plan` to check its selection against the
+   * pool (functions/plan/check.ts), in ms. Default 10 s. No answer: the run is started and
+   * its plan decides.
+   */
+  selectionCheckMs?: number;
   /** Shown in the OpenAPI document. */
   version?: string;
 }
@@ -320,6 +329,40 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
   };
 
   /**
+   * Refuses (422 SELECTION, nothing started) a run the plan would refuse: an invalid regex at
+   * once; an entry of the request that matches no VM once a worker serving `plan` has
+   * checked it against the pool (SELECTION_CHECK_SUBJECT). Without an answer within
+   * selectionCheckMs the run is started and its plan decides (it fails naming the entry).
+   * `place` names an entry as the caller wrote it: `vm_exports.1`, the alert's label.
+   */
+  async function checkSelection(options: RunOptions, place: (issue: { entry: string; list: string }) => string): Promise<void> {
+    if ((options.selection?.requested.length ?? 0) === 0) return;
+    const refuse = (errors: readonly { entry: string; list: string; message: string }[]): never => {
+      const issues = errors.map((e) => ({ path: place(e), message: e.message }));
+      throw new HttpError(422, 'SELECTION', `nothing started: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+    };
+    // What needs no pool: an invalid entry or regex (every entry of the request matches no VM of an empty pool).
+    const offline = selectVms([], selectOptions(options)).errors.filter((e) => e.code !== 'no-match');
+    if (offline.length > 0) refuse(offline);
+    const timeoutMs = deps.selectionCheckMs ?? 10_000;
+    const replies = await deps.bus.request(SELECTION_CHECK_SUBJECT, options, { timeoutMs, maxReplies: 1 });
+    const reply = replies.length > 0 ? SelectionCheckReply.safeParse(replies[0]) : undefined;
+    const answer = reply?.success === true ? reply.data : undefined;
+    if (answer === undefined || 'failed' in answer) {
+      const why = reply === undefined ? `no worker serving plan answered within ${timeoutMs / 1000} s` : answer === undefined ? 'a malformed answer' : answer.failed;
+      log.warn(`selection not checked against the pool (${why}): the run's plan checks it`);
+      return;
+    }
+    if (answer.errors.length > 0) refuse(answer.errors);
+  }
+  /** `vm_exports.1`: where an entry is in the request's list. */
+  const bodyPlace = (options: RunOptions) => (issue: { entry: string; list: string }): string => {
+    const list = issue.list === 'excludes' ? options.excludes : issue.list === 'vdi_exports' ? options.vdiExports : options.vmExports;
+    const at = list.findIndex((e) => e.trim() === issue.entry.trim());
+    return at < 0 ? issue.list : `${issue.list}.${at}`;
+  };
+
+  /**
    * Starts a run for a webhook delivery unless the delivery was seen within the window.
    *
    * The key is claimed first, for a new run id. When NATS goes away after the claim (the
@@ -416,7 +459,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       responses: {
         202: { description: 'Run submitted', schema: RunAccepted, headers: { Location: 'The run: /v1/runs/{id}' } },
         200: { description: 'A repeated request (same Idempotency-Key): the existing run, nothing started', schema: RunAccepted },
-        422: { description: 'The Idempotency-Key was used before with another body (IDEMPOTENCY_KEY_REUSED): nothing started' },
+        422: { description: 'An entry of the body is an invalid regex or matches no VM of the pool (SELECTION), or the Idempotency-Key was used before with another body (IDEMPOTENCY_KEY_REUSED): nothing started' },
       },
     },
     jsonBody,
@@ -427,6 +470,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       const now = deps.clock.now();
       const runId = key !== undefined ? `req-${createHash('sha256').update(`idempotency:${key}`).digest('hex').slice(0, 24)}` : newRunId(now);
       const options = runOptionsFrom(deps.runDefaults, req);
+      await checkSelection(options, bodyPlace(options));
       const created = await startRun(deps.store, deps.bus, { runId, options, startedAt: now, trigger: 'gateway' });
       if (!created) return c.json({ runId, duplicate: true }, 200, { Location: `/v1/runs/${runId}` });
       log.info({ runId }, `run ${runId} submitted`);
@@ -610,6 +654,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       responses: {
         202: { description: 'Run started for the named VMs', schema: HookAnswer, headers: { Location: 'The run' } },
         200: { description: 'Nothing to do (no firing alert names a VM), or a repeated delivery (duplicate: true, the first run id)', schema: HookAnswer },
+        422: { description: 'A firing alert names a VM the pool does not have (SELECTION): nothing started' },
       },
     },
     jsonBody,
@@ -620,7 +665,23 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       if (vms.length === 0) {
         return c.json({ runId: null, vms: [], message: `nothing to do: no firing alert has the label "${deps.alertmanagerLabel}"` }, 200);
       }
-      const options: RunOptions = { ...deps.runDefaults, vmExports: vms.map(exactNameEntry), vdiExports: [], poolBackup: false, hostBackup: false };
+      const entries = vms.map(exactNameEntry);
+      const options: RunOptions = {
+        ...deps.runDefaults,
+        vmExports: entries,
+        vdiExports: [],
+        poolBackup: false,
+        hostBackup: false,
+        selection: {
+          requested: [{ list: 'vm_exports', where: `alert label ${deps.alertmanagerLabel}` }],
+          config: deps.runDefaults.selection?.config ?? [],
+          maxBackups: deps.runDefaults.selection?.maxBackups ?? "the gateway's max_backups",
+        },
+      };
+      await checkSelection(options, (issue) => {
+        const name = vms[entries.indexOf(issue.entry)];
+        return name !== undefined ? `alerts: label ${deps.alertmanagerLabel}=${JSON.stringify(name)}` : issue.list;
+      });
       if (payload.truncatedAlerts > 0) log.warn(`alertmanager: ${payload.truncatedAlerts} alerts of group ${payload.groupKey} were truncated: their VMs are not backed up`);
       return triggerRun(c, deliveryKey(payload), windows.alertmanagerMs, options, 'alertmanager', vms);
     },
@@ -650,6 +711,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
         202: { description: 'Run started', schema: HookAnswer, headers: { Location: 'The run' } },
         200: { description: 'A repeated delivery: the first run id, nothing started', schema: HookAnswer },
         404: { description: 'Signed webhooks are not configured (webhook_secret_file)' },
+        422: { description: 'An entry is an invalid regex or matches no VM of the pool (SELECTION): nothing started' },
       },
     },
     verify,
@@ -663,7 +725,9 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     async (c) => {
       const body = valid<GenericHook>(c, 'json');
       const { id: _id, timestamp: _ts, ...req } = body;
-      return triggerRun(c, genericDeliveryKey(body.id), windows.genericMs, runOptionsFrom(deps.runDefaults, req), 'webhook');
+      const options = runOptionsFrom(deps.runDefaults, req);
+      await checkSelection(options, bodyPlace(options));
+      return triggerRun(c, genericDeliveryKey(body.id), windows.genericMs, options, 'webhook');
     },
   );
 

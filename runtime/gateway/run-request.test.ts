@@ -48,7 +48,29 @@ describe('RunRequest and runOptionsFrom', () => {
       { maxBackups: 7, format: 'vhd', poolBackup: false, hostBackup: true, spaceThreshold: 10, concurrency: 4, vmRetries: 0, haltedWithoutSnapshot: false, idleTimeoutS: 60 }],
   ])('%s', (_name, body, changes) => {
     const req = RunRequest.parse(body);
-    expect(runOptionsFrom(defaults, req)).toEqual({ ...defaults, ...changes });
+    const { selection: _s, ...options } = runOptionsFrom(defaults, req);
+    const { selection: _d, ...expected } = { ...defaults, ...changes };
+    expect(options).toEqual(expected);
+  });
+
+  it('the lists a request gives are its own (their entries must match a VM); the configured export lists still give the MAX', () => {
+    const config = [{ list: 'vm_exports' as const, entries: ['web1:7'], where: '/etc/vmbackup.cfg line 3' }];
+    const withConfig = { ...defaults, selection: { requested: [], config, maxBackups: '/etc/vmbackup.cfg line 2' } };
+    expect(runOptionsFrom(withConfig, RunRequest.parse({})).selection).toEqual({ requested: [], config, maxBackups: '/etc/vmbackup.cfg line 2' });
+    expect(runOptionsFrom(withConfig, RunRequest.parse({ vm_exports: ['web1'], excludes: [] })).selection).toEqual({
+      requested: [
+        { list: 'excludes', where: 'request (excludes)' },
+        { list: 'vdi_exports', where: 'request (vdi_exports)' },
+        { list: 'vm_exports', where: 'request (vm_exports)' },
+      ],
+      config,
+      maxBackups: '/etc/vmbackup.cfg line 2',
+    });
+    expect(runOptionsFrom(withConfig, RunRequest.parse({ max_backups: 1 })).selection!.maxBackups).toBe('request (max_backups)');
+  });
+
+  it('an invalid regex passes the schema: it is the selection\'s error (422), not a malformed body', () => {
+    expect(RunRequest.safeParse({ excludes: ['(unclosed'] }).success).toBe(true);
   });
 
   it.each([
@@ -57,7 +79,6 @@ describe('RunRequest and runOptionsFrom', () => {
     ['wrong type', { max_backups: '4' }, 'expected number'],
     ['out of range', { max_backups: 0 }, 'Too small'],
     ['bad entry', { vm_exports: ['web1:0'] }, 'max_backups must be -1 or a positive integer'],
-    ['bad regex', { excludes: ['(unclosed'] }, 'invalid regex'],
     ['bad enum', { compress: 'lz4' }, 'Invalid input'],
     ['not an object', ['web1'], 'expected object'],
   ])('refuses %s', (_name, body, message) => {

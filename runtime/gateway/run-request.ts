@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import { isSimpleName, parseEntry } from '../../functions/plan/select.js';
 import { Settings } from '../config/schema.js';
+import { ConfigError } from '../errors.js';
 
 /**
  * What a caller of the gateway may choose for a run (`POST /v1/runs`, the body of a signed
@@ -10,8 +11,9 @@ import { Settings } from '../config/schema.js';
  * as `vm_export` must not silently back up the whole pool). `backup_dir` is not among them:
  * where backups go is the operator's decision, made in the gateway's config.
  *
- * Selection entries are checked with the selection's own parser: a malformed entry or an
- * invalid regex is a 400 naming the entry (the config file only warns about a bad regex).
+ * Selection entries are checked with the selection's own parser: a malformed entry is a 400
+ * naming the entry. An invalid regex, or an entry that matches no VM of the pool, is the
+ * selection's error: 422 (app.ts, `checkSelection`).
  *
  * @example
  *   { "vm_exports": ["DEV-web1", "PRD-.*:7"], "excludes": ["PRD-print$"], "max_backups": 4,
@@ -25,6 +27,7 @@ const Entry = z
     try {
       parseEntry(entry);
     } catch (error) {
+      if (error instanceof ConfigError && error.data.reason === 'invalid-regex') return;
       ctx.addIssue({ code: 'custom', message: (error as Error).message });
     }
   });
@@ -65,7 +68,9 @@ export type RunRequest = z.infer<typeof RunRequest>;
  * The run's options: the request over the gateway's defaults. The selection is one thing:
  * when the request names `vm_exports` or `vdi_exports`, its lists replace the configured
  * ones (a list it leaves out is empty), so `{"vdi_exports": ["web1:-1:xvdb"]}` backs up only
- * web1's disk; `excludes` replaces the configured excludes only when given.
+ * web1's disk; `excludes` replaces the configured excludes only when given. The lists given
+ * are the request's (`selection.requested`: an entry matching no VM is an error); the
+ * configured export lists still give the MAX of the VMs they select.
  *
  * @example runOptionsFrom(defaults, { vm_exports: ['web1'], max_backups: 2 })
  *   // → { ...defaults, vmExports: ['web1'], vdiExports: [], maxBackups: 2 }
@@ -89,6 +94,14 @@ export function runOptionsFrom(defaults: RunOptions, req: RunRequest): RunOption
     haltedWithoutSnapshot: req.halted_without_snapshot ?? defaults.haltedWithoutSnapshot,
     idleTimeoutS: req.export_idle_timeout ?? defaults.idleTimeoutS,
     ...(req.verify_after_backup !== undefined ? { verifyAfterBackup: req.verify_after_backup } : {}),
+    selection: {
+      requested: [
+        ...(req.excludes !== undefined ? [{ list: 'excludes' as const, where: 'request (excludes)' }] : []),
+        ...(selects ? [{ list: 'vdi_exports' as const, where: 'request (vdi_exports)' }, { list: 'vm_exports' as const, where: 'request (vm_exports)' }] : []),
+      ],
+      config: defaults.selection?.config ?? [],
+      maxBackups: req.max_backups !== undefined ? 'request (max_backups)' : (defaults.selection?.maxBackups ?? 'the gateway\'s max_backups'),
+    },
   };
 }
 

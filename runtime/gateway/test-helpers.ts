@@ -87,6 +87,23 @@ export function defaultRunOptions(backupDir = '/backups'): RunOptions {
     haltedWithoutSnapshot: true,
     idleTimeoutS: 300,
     leftoverAgeHours: 24,
+    selection: { requested: [], config: [], maxBackups: 'default' },
+  };
+}
+
+/** The `selection` of run options whose vm_exports and vdi_exports (and `excludes` when asked) came with the request. */
+export function requestedSelection(opts: { excludes?: boolean; maxBackups?: string; alertLabel?: string } = {}): NonNullable<RunOptions['selection']> {
+  return {
+    requested:
+      opts.alertLabel !== undefined
+        ? [{ list: 'vm_exports', where: `alert label ${opts.alertLabel}` }]
+        : [
+            ...(opts.excludes === true ? [{ list: 'excludes' as const, where: 'request (excludes)' }] : []),
+            { list: 'vdi_exports', where: 'request (vdi_exports)' },
+            { list: 'vm_exports', where: 'request (vm_exports)' },
+          ],
+    config: [],
+    maxBackups: opts.maxBackups ?? 'default',
   };
 }
 

@@ -1,9 +1,11 @@
-import { mkdtemp, readdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { functions, pipelines } from '../../functions/index.js';
+import { answerSelectionChecks } from '../../functions/plan/check.js';
+import type { Closer } from '../../runtime/bus/bus.js';
 import { MemoryBus } from '../../runtime/bus/memory.js';
 import { runEvents } from '../../runtime/events.js';
 import { systemClock } from '../../runtime/function.js';
@@ -32,6 +34,8 @@ let bus: MemoryBus;
 let server: ListeningGateway;
 let backupDir: string;
 const finished: RunSummary[] = [];
+let selectionChecks: Closer | undefined;
+let runGateway: (defaults: Partial<Parameters<typeof createGateway>[0]['runDefaults']>, dir: string) => Promise<ListeningGateway>;
 const events: { subject: string; data: { outcome?: string } }[] = [];
 
 beforeAll(async () => {
@@ -57,6 +61,26 @@ beforeAll(async () => {
   });
   await startCoordinator(store, bus, systemClock, log);
   await serve(functions, { bus, log, xapi: async () => xapi, clock: systemClock, origin: { hostname: os.hostname(), pid: process.pid } }, { concurrency: () => 2 });
+  // As a worker serving plan does: the gateway asks it whether a request's entries match the pool.
+  selectionChecks = await answerSelectionChecks(bus, { xapi: async () => xapi, log });
+  // Another gateway on the same runtime, with other settings.
+  runGateway = (defaults, dir) =>
+    listen(
+      createGateway({
+        bus,
+        store,
+        triggers: new MemoryTriggerLog(systemClock),
+        backupDir: dir,
+        tokens: [TOKEN],
+        bodyLimit: 1 << 20,
+        alertmanagerLabel: 'vm',
+        runDefaults: { ...defaultRunOptions(dir), excludes: [], poolBackup: false, vmRetries: 0, ...defaults },
+        clock: systemClock,
+        log,
+        ready: async () => true,
+      }),
+      { host: '127.0.0.1', port: 0 },
+    );
   const app = createGateway({
     bus,
     store,
@@ -80,8 +104,8 @@ afterAll(async () => {
   await sim?.close();
 });
 
-async function api<T = any>(method: string, url: string, body?: unknown): Promise<{ status: number; json: T }> {
-  const res = await fetch(`${server.url}${url}`, { method, headers: authJson(), ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+async function api<T = any>(method: string, url: string, body?: unknown, base = server.url): Promise<{ status: number; json: T }> {
+  const res = await fetch(`${base}${url}`, { method, headers: authJson(), ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
   return { status: res.status, json: (await res.json()) as T };
 }
 
@@ -172,5 +196,62 @@ describe('gateway + runtime + XAPI simulator', () => {
     expect(after[0].stamp).toBe(before[0].stamp); // the newest is kept
     // An ad-hoc invocation has no run state.
     expect((await api('GET', `/v1/runs/${r.json.runId}`)).status).toBe(404);
+  });
+});
+
+describe('gateway: selection and retention, against the pool', () => {
+  it('vm_exports naming a VM the pool does not have: 422 naming the entry, nothing started', async () => {
+    const before = (await api('GET', '/v1/runs')).json.runs.length as number;
+    const r = await api('POST', '/v1/runs', { vm_exports: ['web1', 'nope'] });
+    expect(r.status).toBe(422);
+    expect(r.json).toMatchObject({ error: 'SELECTION', issues: [{ path: 'vm_exports.1', message: 'entry "nope" matches no VM of the pool' }] });
+    expect(r.json.message).toBe('nothing started: vm_exports.1: entry "nope" matches no VM of the pool');
+    const regex = await api('POST', '/v1/runs', { vdi_exports: ['db1'], excludes: ['web(('] });
+    expect(regex.status).toBe(422);
+    expect(regex.json.issues[0]).toMatchObject({ path: 'excludes.0', message: expect.stringContaining('invalid regex') });
+    const alert = await api('POST', '/v1/hooks/alertmanager', alertmanagerPayload(['db1', 'ghost']));
+    expect(alert.status).toBe(422);
+    expect(alert.json.issues).toEqual([{ path: 'alerts: label vm="ghost"', message: 'entry "ghost" matches no VM of the pool' }]);
+    expect((await api('GET', '/v1/runs')).json.runs).toHaveLength(before);
+  });
+
+  it('without a worker to check it, the run starts and its plan refuses it: fatal, exit 2, naming the entry', async () => {
+    await selectionChecks!.close();
+    try {
+      const r = await api('POST', '/v1/runs', { vm_exports: ['nope'] });
+      expect(r.status).toBe(202);
+      const shown = await untilFinished(r.json.runId);
+      expect(shown.summary).toMatchObject({ status: 'fatal', exitCode: 2 });
+      expect(JSON.stringify(shown.summary)).toContain('vm_exports: entry \\"nope\\" matches no VM of the pool');
+    } finally {
+      selectionChecks = await answerSelectionChecks(bus, { xapi: async () => xapi, log: silentLogger() });
+    }
+  });
+
+  it('a run for one VM keeps the MAX the configured entry gives it, not max_backups', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'vmb-gw-max-'));
+    const gw = await runGateway(
+      { maxBackups: 1, selection: { requested: [], config: [{ list: 'vm_exports', entries: ['web1', 'db1:7'], where: '/etc/vmbackup.cfg line 3' }], maxBackups: '/etc/vmbackup.cfg line 2' } },
+      dir,
+    );
+    try {
+      const folder = path.join(dir, 'db1');
+      await mkdir(folder);
+      for (const stamp of ['01022024-030405', '02022024-030405', '03022024-030405']) {
+        await writeFile(path.join(folder, `backup_${stamp}.xva`), stamp);
+        await writeFile(path.join(folder, `backup_${stamp}.meta`), 'name_label=db1\n');
+      }
+      const old = new Date(Date.now() - 2 * 86_400_000);
+      for (const name of await readdir(folder)) await utimes(path.join(folder, name), old, old);
+      await nextSecond();
+      const r = await api('POST', '/v1/runs', { vm_exports: ['db1'] }, gw.url);
+      expect(r.status).toBe(202);
+      const shown = await untilFinished(r.json.runId);
+      expect(shown.summary.status).toBe('success');
+      // Three earlier sets and this run's: db1:7 keeps them all (max_backups 1 would keep one).
+      expect((await readdir(folder)).filter((n) => n.endsWith('.xva'))).toHaveLength(4);
+    } finally {
+      await gw.close();
+    }
   });
 });

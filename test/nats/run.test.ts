@@ -1,4 +1,4 @@
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -147,6 +147,29 @@ describe('vmbackup run through NATS with two workers', () => {
     const none = await vmbackup(['run', ...rig.ws.args(rig.sim)]);
     expect(none.code).toBe(2);
     expect(none.stderr).toContain('no NATS server: set nats_url');
+  });
+
+  it('the selection as the embedded run makes it: -e matching no VM is exit 2, a one-VM run keeps the config\'s MAX', async () => {
+    const none = await vmbackup(['run', ...rig.args('-e', 'web1', '-e', 'nope')]);
+    expect(none.code).toBe(2);
+    expect(none.stdout).toContain('ERROR: the run could not start: nothing backed up: vm_exports: entry "nope" matches no VM of the pool');
+    expect(rig.sim.state.snapshots('web1')).toEqual([]);
+
+    const dir = path.join(rig.ws.base, 'nats-max');
+    const folder = path.join(dir, 'db1');
+    await mkdir(folder, { recursive: true });
+    for (const stamp of ['01022024-030405', '02022024-030405', '03022024-030405']) {
+      await writeFile(path.join(folder, `backup_${stamp}.xva`), stamp);
+      await writeFile(path.join(folder, `backup_${stamp}.meta`), 'name_label=db1\n');
+    }
+    const old = new Date(Date.now() - 2 * 86_400_000);
+    for (const name of await readdir(folder)) await utimes(path.join(folder, name), old, old);
+    const cfg = path.join(rig.ws.base, 'nats-max.cfg');
+    await writeFile(cfg, '[vmbackup]\nmax_backups = 1\nvm_exports = db1:7, web1\n');
+    const r = await vmbackup(['run', ...rig.args('-c', cfg, '-d', dir, '-e', 'db1')]);
+    expect(r.code).toBe(0);
+    // Three earlier sets and this run's: db1:7 keeps them all (max_backups 1 would keep one).
+    expect((await readdir(folder)).filter((n) => n.endsWith('.xva'))).toHaveLength(4);
   });
 
   it('vmbackup invoke runs one phase and prints its outcome; bad input is refused with the reasons', async () => {
