@@ -49,7 +49,7 @@ export const RunOptions = z.object({
   /** Verify each VM's backup set right after it is written (verify_after_backup); absent = false. */
   verifyAfterBackup: z.boolean().optional(),
   /**
-   * Where the lists come from (select.ts): which this request gave (an entry of theirs that
+   * Where the lists come from (select.ts): which this request gave (an export entry of theirs that
    * matches no VM stops the run) and the config's export entries (the MAX of a VM the request
    * selects without one). Absent: every list counts as the config's.
    */

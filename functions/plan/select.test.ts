@@ -457,13 +457,15 @@ describe('selectVms: where a VM\'s MAX comes from (never looser than the config)
 describe('selectVms: a request that matches nothing is an error', () => {
   const requested = (...lists: ('excludes' | 'vdi_exports' | 'vm_exports')[]) => ({ requested: lists.map((list) => ({ list, where: 'request' })), config: [], maxBackups: 'default' });
 
-  it('an entry of the request matching no VM is an error; of the config, a warning', () => {
+  it('an export entry of the request matching no VM is an error; of the config, or an exclude, a warning', () => {
     const r = select({ excludes: ['NOPE-x'], vdiExports: ['nope.*:3'], vmExports: ['DEV-web3', 'Nothing:2'], sources: requested('vm_exports', 'excludes') });
-    expect(r.errors).toEqual([
+    expect(r.errors).toEqual([{ entry: 'Nothing:2', list: 'vm_exports', code: 'no-match', message: 'entry "Nothing:2" matches no VM of the pool' }]);
+    expect(r.warnings).toEqual([
       { entry: 'NOPE-x', list: 'excludes', code: 'no-match', message: 'entry "NOPE-x" matches no VM of the pool' },
-      { entry: 'Nothing:2', list: 'vm_exports', code: 'no-match', message: 'entry "Nothing:2" matches no VM of the pool' },
+      { entry: 'nope.*:3', list: 'vdi_exports', code: 'no-match', message: 'entry "nope.*:3" matches no VM of the pool' },
     ]);
-    expect(r.warnings).toEqual([{ entry: 'nope.*:3', list: 'vdi_exports', code: 'no-match', message: 'entry "nope.*:3" matches no VM of the pool' }]);
+    const vdi = select({ vdiExports: ['nope.*:3'], sources: requested('vdi_exports') });
+    expect(vdi.errors).toMatchObject([{ entry: 'nope.*:3', list: 'vdi_exports', code: 'no-match' }]);
   });
 
   it('an entry whose VMs an earlier list took is no error (the documented precedence)', () => {

@@ -29,11 +29,12 @@ import { DISK_NAME_RE } from '../../runtime/storage/naming.js';
  * - `invalid-entry`: bad syntax (`NAME:0`, `NAME:abc:xvdb`, `NAME:xvdb`, empty entry, …);
  * - `invalid-regex`: not a valid Python regex, or a Python feature JavaScript lacks — in every
  *   list, the config files' included;
- * - `no-match` in a list this request gave (`SelectionSources.requested`: `-e`, `-E`, `-x`, a
- *   gateway body, a webhook): the entry matches no VM of the pool at all.
+ * - `no-match` in vdi_exports or vm_exports given by this request (`SelectionSources.requested`:
+ *   `-e`, `-E`, a gateway body, a webhook, an alert): the entry matches no VM of the pool at all.
  *
  * Warnings (the entry is used unless said otherwise):
- * - `no-match` in a list of the config files: the entry matches no VM (as in VmBackup). An entry
+ * - `no-match` in a list of the config files, or in excludes (excluding a VM that is gone
+ *   loses nothing, and must not stop the backups of the others): the entry matches no VM. An entry
  *   whose VMs were all taken by an earlier list or entry is NOT reported: that is the
  *   documented precedence (so `-x '.*' -p -H` stays quiet);
  * - `literal-name`: a regex entry that does not select the VM whose name it equals literally
@@ -95,7 +96,7 @@ export interface ParsedEntry {
 
 /**
  * Where the lists of a selection come from, as the run options carry them: which lists this
- * request gave (their entries must match a VM), the config files' export lists (the MAX of a
+ * request gave (their export entries must match a VM), the config files' export lists (the MAX of a
  * VM a request's entry selects without one), and where max_backups is set. Every `where` is
  * a phrase for messages: `/etc/vmbackup.cfg line 4`, `command line (-e)`, `request`, `default`.
  *
@@ -661,7 +662,7 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
   const configWhere = (list: SelectionListName): string | undefined => opts.sources?.config.find((c) => c.list === list)?.where;
 
   const pass = (list: SelectionListName, entries: readonly string[]): void => {
-    const requested = requestedWhere(list) !== undefined;
+    const mustMatch = list !== 'excludes' && requestedWhere(list) !== undefined;
     for (const raw of entries) {
       let parsed: ParsedEntry;
       try {
@@ -701,7 +702,7 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
         : undefined;
       if (!matchedAny) {
         const message = `entry "${parsed.entry}" matches no VM of the pool${hint !== undefined ? `: ${hint}` : ''}`;
-        (requested ? errors : warnings).push({ entry: parsed.entry, list, code: 'no-match', message });
+        (mustMatch ? errors : warnings).push({ entry: parsed.entry, list, code: 'no-match', message });
       } else if (hint !== undefined) {
         warnings.push({ entry: parsed.entry, list, code: 'literal-name', message: `entry "${parsed.entry}": ${hint}` });
       }

@@ -150,7 +150,7 @@ export function runOptions(s: Settings, loaded?: Pick<LoadedSettings, 'sources' 
 
 /**
  * Where the selection's lists come from: `-e`, `-E`, `-x` are this request's (an entry of
- * theirs must match a VM); the config files' vdi_exports and vm_exports (also when replaced)
+ * `-e`/`-E` must match a VM); the config files' vdi_exports and vm_exports (also when replaced)
  * with their file and line; where max_backups is set.
  *
  * @example selectionSources(loaded) // { requested: [{ list: 'vm_exports', where: 'command line (-e)' }], config: [...], maxBackups: 'default' }

@@ -53,7 +53,7 @@ describe('RunRequest and runOptionsFrom', () => {
     expect(options).toEqual(expected);
   });
 
-  it('the lists a request gives are its own (their entries must match a VM); the configured export lists still give the MAX', () => {
+  it('the lists a request gives are its own (their export entries must match a VM); the configured export lists still give the MAX', () => {
     const config = [{ list: 'vm_exports' as const, entries: ['web1:7'], where: '/etc/vmbackup.cfg line 3' }];
     const withConfig = { ...defaults, selection: { requested: [], config, maxBackups: '/etc/vmbackup.cfg line 2' } };
     expect(runOptionsFrom(withConfig, RunRequest.parse({})).selection).toEqual({ requested: [], config, maxBackups: '/etc/vmbackup.cfg line 2' });

@@ -99,9 +99,14 @@ describe('a request that matched nothing is not a success', () => {
     expect(p.code).toBe(2);
     expect(p.stdout).toContain('  errors (cnt) = 1\n    vdi_exports: entry "nope2" matches no VM of the pool\n');
     expect(p.stderr).toContain('vdi_exports: entry "nope2" matches no VM of the pool');
-    const pj = await vmbackup([...ws.args(sim), '-x', 'nope3', '--preview', '--json']);
+    const pj = await vmbackup([...ws.args(sim), '-e', 'nope3', '--preview', '--json']);
     expect(pj.code).toBe(2);
-    expect((JSON.parse(pj.stdout) as { errors: string[] }).errors).toEqual(['excludes: entry "nope3" matches no VM of the pool']);
+    expect((JSON.parse(pj.stdout) as { errors: string[] }).errors).toEqual(['vm_exports: entry "nope3" matches no VM of the pool']);
+    // An exclude that matches nothing loses nothing: a warning, the others are backed up.
+    const x = await vmbackup([...ws.args(sim), '-e', 'db01', '-x', 'retired-vm']);
+    expect(x.code).toBe(0);
+    expect(x.stdout + x.stderr).toContain('excludes: entry "retired-vm" matches no VM of the pool');
+    expect(await readdir(ws.exports)).toEqual(['db01']);
   });
 
   it('an entry of a config file matching no VM stays a warning, as in VmBackup', async () => {

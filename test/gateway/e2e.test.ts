@@ -12,7 +12,8 @@ import { systemClock } from '../../runtime/function.js';
 import { createGateway } from '../../runtime/gateway/app.js';
 import { listen } from '../../runtime/gateway/server.js';
 import type { ListeningGateway } from '../../runtime/gateway/server.js';
-import { TOKEN, alertmanagerPayload, authJson, defaultRunOptions } from '../../runtime/gateway/test-helpers.js';
+import { SECRET, TOKEN, alertmanagerPayload, authJson, defaultRunOptions } from '../../runtime/gateway/test-helpers.js';
+import { signBody } from '../../runtime/gateway/webhook.js';
 import { MemoryTriggerLog } from '../../runtime/gateway/trigger-log.js';
 import { silentLogger } from '../../runtime/log.js';
 import { startCoordinator } from '../../runtime/run/coordinator.js';
@@ -74,6 +75,7 @@ beforeAll(async () => {
         tokens: [TOKEN],
         bodyLimit: 1 << 20,
         alertmanagerLabel: 'vm',
+        webhookSecret: SECRET,
         runDefaults: { ...defaultRunOptions(dir), excludes: [], poolBackup: false, vmRetries: 0, ...defaults },
         clock: systemClock,
         log,
@@ -243,6 +245,11 @@ describe('gateway: selection and retention, against the pool', () => {
       }
       const old = new Date(Date.now() - 2 * 86_400_000);
       for (const name of await readdir(folder)) await utimes(path.join(folder, name), old, old);
+      // A signed webhook naming a VM the pool does not have: 422, nothing started.
+      const raw = JSON.stringify({ id: 'd-1', timestamp: new Date().toISOString(), vm_exports: ['db1', 'ghost:2'] });
+      const hook = await fetch(`${gw.url}/v1/hooks/generic`, { method: 'POST', headers: { ...authJson(), 'X-Hub-Signature-256': signBody(SECRET, raw) }, body: raw });
+      expect(hook.status).toBe(422);
+      expect(await hook.json()).toMatchObject({ error: 'SELECTION', issues: [{ path: 'vm_exports.1', message: 'entry "ghost:2" matches no VM of the pool' }] });
       await nextSecond();
       const r = await api('POST', '/v1/runs', { vm_exports: ['db1'] }, gw.url);
       expect(r.status).toBe(202);
