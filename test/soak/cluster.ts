@@ -102,7 +102,8 @@ export async function soakCluster(opts: SoakOptions): Promise<SoakResult> {
       const marks = workers.map((w) => w.output().length);
       const started = Date.now();
       const run = oneRun(args, hangS, opts.signal);
-      const killAtMs = 500 + Math.random() * Math.max(1_000, baselineS * 1000 * 0.7);
+      // Anywhere in the first half of a run's usual time: from the plan to the exports.
+      const killAtMs = 500 + Math.random() * Math.max(1_000, baselineS * 1000 * 0.5);
       let node: string | undefined;
       let roles: Role[] = [];
       let killAtS = 0;
