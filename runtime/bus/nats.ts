@@ -54,7 +54,8 @@ const JOBS_PREFIX = 'vmbackup.jobs.';
  *   holding one job at a time. The job's lease (ack_wait) is renewed with in-progress acks
  *   while its handler runs, so only a worker that died (or lost NATS longer than ack_wait)
  *   has its job redelivered. `ack` → ack, `term` → term, `retry` → nak(delay), or term on
- *   the caller's last attempt. The consumer allows one delivery more than `maxDeliver`: the
+ *   the caller's last attempt; acks and terms wait for the consumer leader's reply and are
+ *   sent again through a leader election (a JetStream cluster losing a node). The consumer allows one delivery more than `maxDeliver`: the
  *   runtime answers that one (a job whose worker died on its last attempt) with a failure.
  * - Events: the `VMBACKUP_EVENTS` stream. `subscribe` with `durable` is a durable consumer
  *   with max_ack_pending 1 (one event at a time, in order, across every process that
