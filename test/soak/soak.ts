@@ -1,9 +1,13 @@
 import { soakCluster, tally } from './cluster.js';
+import { measureStall } from './stall.js';
 
 /**
  * `npm run soak -- cluster [--tries N] [--vm-mib M] [--ack-wait S]`: kills one node of a
  * three-node JetStream cluster under each of N runs (test/soak/cluster.ts) and prints each
  * try and the tally. Exit 1 on a hang, a failed run or a leftover; 2 on bad arguments.
+ *
+ * `npm run soak -- stall [--tries N]`: how long the coordinator's kind of consumer stalls
+ * when its leader is killed, N times (test/soak/stall.ts; default 4).
  */
 const [scenario, ...rest] = process.argv.slice(2);
 const flags = new Map<string, string>();
@@ -18,9 +22,13 @@ const number = (flag: string, fallback: number): number => {
   }
   return n;
 };
-if (scenario !== 'cluster' || [...flags.keys()].some((k) => !['--tries', '--vm-mib', '--ack-wait'].includes(k))) {
-  console.error('usage: npm run soak -- cluster [--tries N] [--vm-mib M] [--ack-wait S]');
+if ((scenario !== 'cluster' && scenario !== 'stall') || [...flags.keys()].some((k) => !['--tries', '--vm-mib', '--ack-wait'].includes(k))) {
+  console.error('usage: npm run soak -- cluster [--tries N] [--vm-mib M] [--ack-wait S]\n       npm run soak -- stall [--tries N]');
   process.exit(2);
+}
+if (scenario === 'stall') {
+  await measureStall({ kills: number('--tries', 4), print: (line) => console.log(line) });
+  process.exit(0);
 }
 // Ctrl-C: the run under way is killed, and the cluster, workers and simulator are stopped.
 const stop = new AbortController();
