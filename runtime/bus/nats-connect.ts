@@ -74,8 +74,11 @@ export async function openNats(settings: NatsSettings, log: Logger, opts: OpenNa
     void watchStatus(nc, log, shown);
     let jsm;
     try {
-      jsm = await nc.jetstreamManager();
+      // A cluster electing its meta leader (a node just died) does not answer for seconds:
+      // wait for it. A server without JetStream answers at once (no responders).
+      jsm = await untilAnswered(`NATS at ${shown}: JetStream`, () => nc.jetstreamManager(), { log, retryIf: (e) => (e as { code?: string }).code === 'TIMEOUT' });
     } catch (error) {
+      if (error instanceof ConnectionError) throw error; // no answer within the bound: said so
       const hint =
         settings.nats_creds_file !== undefined
           ? "the account of nats_creds_file needs JetStream limits in its JWT (nsc edit account --js-mem-storage … --js-disk-storage …) and the user may publish to $JS.API.>; or the server runs without JetStream (-js)"
@@ -87,7 +90,7 @@ export async function openNats(settings: NatsSettings, log: Logger, opts: OpenNa
     for (const [what, done] of Object.entries(applied)) if (done !== 'unchanged') log.info(`NATS: ${what} ${done}`);
     const exportSubject = jobSubject('export');
     const bus = await NatsBus.create(nc, { ...opts.bus, log, maxAckPending: (subject) => (subject === exportSubject ? settings.concurrency : undefined) });
-    const store = await NatsRunStore.open(nc.jetstream());
+    const store = await NatsRunStore.open(nc.jetstream({ checkAPI: false }));
     return { bus, store, nc, applied, close: () => bus.close() };
   } catch (error) {
     await nc.close().catch(() => {});

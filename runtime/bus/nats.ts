@@ -86,7 +86,8 @@ export class NatsBus implements Bus {
 
   /** A bus on a connection whose streams exist already (openNats applies them). */
   static async create(nc: NatsConnection, opts: NatsBusOptions = {}): Promise<NatsBus> {
-    const jsm = await nc.jetstreamManager();
+    // openNats has checked that JetStream answers; a check here could meet an election.
+    const jsm = await nc.jetstreamManager({ checkAPI: false });
     const bus = new NatsBus(nc, nc.jetstream(), jsm, opts);
     void bus.watchConnection();
     return bus;
@@ -439,14 +440,18 @@ export function isTransient(error: unknown): boolean {
  *
  * @example await untilAnswered('reading run 2026…', () => kv.get(key))
  */
-export async function untilAnswered<T>(what: string, fn: () => Promise<T>, opts: { withinMs?: number; log?: Logger } = {}): Promise<T> {
+export async function untilAnswered<T>(
+  what: string,
+  fn: () => Promise<T>,
+  opts: { withinMs?: number; log?: Logger; retryIf?: (error: unknown) => boolean } = {},
+): Promise<T> {
   const withinMs = opts.withinMs ?? 60_000;
   const deadline = Date.now() + withinMs;
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (error) {
-      if (!isTransient(error)) throw error;
+      if (!(opts.retryIf ?? isTransient)(error)) throw error;
       if (Date.now() > deadline) {
         throw new ConnectionError(
           'NATS_UNAVAILABLE',
