@@ -6,7 +6,7 @@ import type { Settings } from '../config/schema.js';
 import { ConfigError, ConnectionError } from '../errors.js';
 import { NatsRunStore } from '../run/nats-store.js';
 import { jobSubject } from '../events.js';
-import { NatsBus } from './nats.js';
+import { NatsBus, untilAnswered } from './nats.js';
 import type { NatsBusOptions } from './nats.js';
 import { applyStreams } from './nats-infra.js';
 import type { ApplyReport } from './nats-infra.js';
@@ -74,19 +74,23 @@ export async function openNats(settings: NatsSettings, log: Logger, opts: OpenNa
     void watchStatus(nc, log, shown);
     let jsm;
     try {
-      jsm = await nc.jetstreamManager();
+      // A cluster electing its meta leader (a node just died) does not answer for seconds:
+      // wait for it. A server without JetStream answers at once (no responders).
+      jsm = await untilAnswered(`NATS at ${shown}: JetStream`, () => nc.jetstreamManager(), { log, retryIf: (e) => (e as { code?: string }).code === 'TIMEOUT' });
     } catch (error) {
+      if (error instanceof ConnectionError) throw error; // no answer within the bound: said so
       const hint =
         settings.nats_creds_file !== undefined
           ? "the account of nats_creds_file needs JetStream limits in its JWT (nsc edit account --js-mem-storage … --js-disk-storage …) and the user may publish to $JS.API.>; or the server runs without JetStream (-js)"
           : 'run nats-server with JetStream on (-js, or infra/nats/nats-server.conf), and let this user publish to $JS.API.>';
       throw new ConnectionError('NATS_NO_JETSTREAM', `NATS at ${shown} has no JetStream for this connection (${(error as Error).message}): ${hint}`, { url: shown }, { cause: error });
     }
-    const applied = await applyStreams(jsm, opts.replicas !== undefined ? { replicas: opts.replicas } : {});
+    // A cluster electing a leader (a node just died) answers within seconds: wait for it.
+    const applied = await untilAnswered(`NATS at ${shown}: applying vmbackup's streams`, () => applyStreams(jsm, opts.replicas !== undefined ? { replicas: opts.replicas } : {}), { log });
     for (const [what, done] of Object.entries(applied)) if (done !== 'unchanged') log.info(`NATS: ${what} ${done}`);
     const exportSubject = jobSubject('export');
     const bus = await NatsBus.create(nc, { ...opts.bus, log, maxAckPending: (subject) => (subject === exportSubject ? settings.concurrency : undefined) });
-    const store = await NatsRunStore.open(nc.jetstream());
+    const store = await NatsRunStore.open(nc.jetstream({ checkAPI: false }));
     return { bus, store, nc, applied, close: () => bus.close() };
   } catch (error) {
     await nc.close().catch(() => {});
@@ -109,6 +113,10 @@ export function natsConnectOptions(settings: NatsSettings, opts: Pick<OpenNatsOp
     maxReconnectAttempts: opts.reconnectForever === false ? 10 : -1,
     reconnectTimeWait: 1_000,
     timeout: 10_000,
+    // A node that dies with its machine sends no reset: the missed pings are what notice
+    // it, here within 30 s (nats.js's default, two minutes and two pings, is four).
+    pingInterval: 10_000,
+    maxPingOut: 3,
   };
   if (settings.nats_token_file !== undefined) options.token = firstLine(settings.nats_token_file, 'nats_token_file');
   if (settings.nats_user !== undefined || settings.nats_password_file !== undefined) {

@@ -3,6 +3,7 @@ import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsM
 import type { Logger } from 'pino';
 import { DEFAULT_MAX_ACK_PENDING, EVENTS_STREAM, JOBS_STREAM, eventConsumer, jobConsumer, jobConsumerName } from '../../infra/nats/jetstream.js';
 import type { Bus, Closer, Consumption, Delivery, EventHandler, JobHandler, Settle, WorkOptions } from './bus.js';
+import { ConnectionError } from '../errors.js';
 import { applyConsumer } from './nats-infra.js';
 
 export interface NatsBusOptions {
@@ -41,6 +42,8 @@ interface Subscription {
 }
 
 const EVENTS_PREFIX = 'vmbackup.events.';
+/** How long one ack waits for the consumer leader's reply before it is sent again. */
+const ACK_TIMEOUT_MS = 2_000;
 const JOBS_PREFIX = 'vmbackup.jobs.';
 
 /**
@@ -51,7 +54,8 @@ const JOBS_PREFIX = 'vmbackup.jobs.';
  *   holding one job at a time. The job's lease (ack_wait) is renewed with in-progress acks
  *   while its handler runs, so only a worker that died (or lost NATS longer than ack_wait)
  *   has its job redelivered. `ack` → ack, `term` → term, `retry` → nak(delay), or term on
- *   the caller's last attempt. The consumer allows one delivery more than `maxDeliver`: the
+ *   the caller's last attempt; acks and terms wait for the consumer leader's reply and are
+ *   sent again through a leader election (a JetStream cluster losing a node). The consumer allows one delivery more than `maxDeliver`: the
  *   runtime answers that one (a job whose worker died on its last attempt) with a failure.
  * - Events: the `VMBACKUP_EVENTS` stream. `subscribe` with `durable` is a durable consumer
  *   with max_ack_pending 1 (one event at a time, in order, across every process that
@@ -82,7 +86,8 @@ export class NatsBus implements Bus {
 
   /** A bus on a connection whose streams exist already (openNats applies them). */
   static async create(nc: NatsConnection, opts: NatsBusOptions = {}): Promise<NatsBus> {
-    const jsm = await nc.jetstreamManager();
+    // openNats has checked that JetStream answers; a check here could meet an election.
+    const jsm = await nc.jetstreamManager({ checkAPI: false });
     const bus = new NatsBus(nc, nc.jetstream(), jsm, opts);
     void bus.watchConnection();
     return bus;
@@ -169,8 +174,8 @@ export class NatsBus implements Bus {
       maxDeliver: opts.maxDeliver !== undefined ? opts.maxDeliver + 1 : -1,
       maxAckPending: this.opts.maxAckPending?.(subject) ?? DEFAULT_MAX_ACK_PENDING,
     });
-    await applyConsumer(this.jsm, JOBS_STREAM, decl);
-    const consumer = await this.js.consumers.get(JOBS_STREAM, decl.durable_name);
+    await untilAnswered(`consumer ${decl.durable_name}`, () => applyConsumer(this.jsm, JOBS_STREAM, decl), { log: this.opts.log });
+    const consumer = await untilAnswered(`consumer ${decl.durable_name}`, () => this.js.consumers.get(JOBS_STREAM, decl.durable_name), { log: this.opts.log });
     const worker: Worker = { subject, consumer, handler, maxDeliver: opts.maxDeliver, ackWaitMs, closed: false, fetches: new Set() };
     const loops: Promise<void>[] = [];
     for (let i = 0; i < Math.max(1, opts.concurrency); i++) loops.push(this.track(this.pullLoop(worker, decl)));
@@ -192,12 +197,12 @@ export class NatsBus implements Bus {
     let loop: Promise<void>;
     if (opts.durable !== undefined) {
       const ackWaitMs = this.opts.ackWaitMs ?? 30_000;
-      await applyConsumer(this.jsm, EVENTS_STREAM, eventConsumer(opts.durable, pattern, { ackWaitMs }));
-      const consumer = await this.js.consumers.get(EVENTS_STREAM, opts.durable);
+      await untilAnswered(`consumer ${opts.durable}`, () => applyConsumer(this.jsm, EVENTS_STREAM, eventConsumer(opts.durable!, pattern, { ackWaitMs })), { log: this.opts.log });
+      const consumer = await untilAnswered(`consumer ${opts.durable}`, () => this.js.consumers.get(EVENTS_STREAM, opts.durable!), { log: this.opts.log });
       loop = this.track(this.durableLoop(sub, consumer, handler, ackWaitMs));
     } else {
       // From the next event on, as a subscription that just started would see them.
-      const { state } = await this.jsm.streams.info(EVENTS_STREAM);
+      const { state } = await untilAnswered(`stream ${EVENTS_STREAM}`, () => this.jsm.streams.info(EVENTS_STREAM), { log: this.opts.log });
       const consumer = await this.js.consumers.get(EVENTS_STREAM, {
         filterSubjects: pattern,
         deliver_policy: DeliverPolicy.StartSequence,
@@ -341,18 +346,53 @@ export class NatsBus implements Bus {
     } finally {
       clearInterval(keepalive);
     }
-    // On a closed connection these throw; the server redelivers after ack_wait then.
-    if (settle.kind === 'ack') quietly(() => m.ack());
-    else if (settle.kind === 'term') quietly(() => m.term());
-    else if (worker.maxDeliver !== undefined && attempt >= worker.maxDeliver) quietly(() => m.term());
+    // An ack or term is confirmed by the consumer's leader, and sent again until it is: one
+    // lost in a leader election would hold the job (and, for export, a slot of the global
+    // limit) for a whole ack_wait, then run it a second time. A nak may be lost: the job
+    // then comes back after ack_wait, which is what the nak asked for, only later.
+    if (settle.kind === 'ack') await this.confirmAck(m, 'ack', leaseMs, worker.subject);
+    else if (settle.kind === 'term' || (worker.maxDeliver !== undefined && attempt >= worker.maxDeliver)) await this.confirmAck(m, 'term', leaseMs, worker.subject);
     else quietly(() => m.nak(settle.delayMs));
+  }
+
+  /**
+   * Acks (or terminates) a delivery and waits for the consumer leader's reply, sending it
+   * again (acks are idempotent) while no leader answers — during an election, or while this
+   * client reconnects to another node — for up to `withinMs` (the lease: past it the server
+   * has redelivered anyway). Gives up quietly on a closed connection.
+   */
+  private async confirmAck(m: JsMsg, kind: 'ack' | 'term', withinMs: number, subject: string): Promise<void> {
+    // nats.js keeps the ack subject on its message (JsMsg does not declare it).
+    const reply = (m as JsMsg & { reply?: string }).reply;
+    if (reply === undefined || reply === '') {
+      quietly(() => (kind === 'ack' ? m.ack() : m.term()));
+      return;
+    }
+    const payload = encoder.encode(kind === 'ack' ? '+ACK' : '+TERM');
+    const deadline = Date.now() + Math.max(withinMs, 5_000);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.nc.request(reply, payload, { timeout: ACK_TIMEOUT_MS });
+        if (attempt > 1) this.opts.log?.debug({ subject }, `${kind} of a ${subject} delivery confirmed after ${attempt} tries`);
+        return;
+      } catch (error) {
+        if (this.nc.isClosed()) return;
+        if (Date.now() > deadline) {
+          this.opts.log?.warn({ err: error, subject }, `${kind} of a ${subject} delivery not confirmed within ${Math.round(withinMs / 1000)} s (${(error as Error).message}): it may be delivered again`);
+          return;
+        }
+        await sleep(Math.min(250 * attempt, 2_000));
+      }
+    }
   }
 
   private async durableLoop(sub: Subscription, consumer: Consumer, handler: EventHandler, ackWaitMs: number): Promise<void> {
     let failures = 0;
     while (!sub.closed && !this.nc.isClosed()) {
       try {
-        const messages = await consumer.consume({ max_messages: 64 });
+        // A pull request lives on the consumer's leader and dies with it: a short expiry
+        // (heartbeats at half of it) has a new leader asked within seconds, not 30 s.
+        const messages = await consumer.consume({ max_messages: 64, expires: this.opts.pullExpiresMs ?? 5_000 });
         sub.messages = messages;
         if (sub.closed) messages.stop();
         for await (const m of messages) {
@@ -362,9 +402,10 @@ export class NatsBus implements Bus {
           }
           failures = 0;
           const keepalive = setInterval(() => quietly(() => m.working()), Math.max(50, Math.floor(ackWaitMs / 3)));
+          let handled = false;
           try {
             await handler(m.subject, decode(m.data));
-            quietly(() => m.ack());
+            handled = true;
           } catch {
             // The handler said it once; deliver this event again, later and later. The next
             // event waits behind it (max_ack_pending 1), so the order holds.
@@ -372,6 +413,9 @@ export class NatsBus implements Bus {
           } finally {
             clearInterval(keepalive);
           }
+          // Confirmed, as a job's: with max_ack_pending 1, a lost ack would hold every
+          // run's next event for a whole ack_wait.
+          if (handled) await this.confirmAck(m, 'ack', ackWaitMs, m.subject);
         }
       } catch (error) {
         if (sub.closed || this.nc.isClosed()) break;
@@ -418,11 +462,49 @@ export class NatsBus implements Bus {
   }
 }
 
-/** Errors of an unreachable or restarting server, as opposed to a refusal (stream full…). */
-function isTransient(error: unknown): boolean {
+/**
+ * Errors of an unreachable or restarting server, or of a JetStream cluster electing a leader
+ * (nobody answers for a stream, or JetStream says it is temporarily unavailable), as opposed
+ * to a refusal (stream full, wrong revision …).
+ */
+export function isTransient(error: unknown): boolean {
   const code = (error as { code?: string }).code;
   if (code === 'TIMEOUT' || code === '503' || code === 'DISCONNECT' || code === 'CONNECTION_REFUSED') return true;
-  return /timeout|no responders|disconnect|JetStream not (enabled|available)/i.test((error as Error).message ?? '');
+  return /timeout|no responders|disconnect|JetStream not (enabled|available)|temporarily unavailable/i.test((error as Error).message ?? '');
+}
+
+/**
+ * Runs a JetStream request again while it fails with a transient error (isTransient), for up
+ * to `withinMs` (default 60 s: a leader election takes seconds, a node restart a minute at
+ * most); then throws a ConnectionError naming `what` and the last error, so that a command
+ * fails with the reason instead of waiting. Only for requests that are safe to repeat.
+ *
+ * @example await untilAnswered('reading run 2026…', () => kv.get(key))
+ */
+export async function untilAnswered<T>(
+  what: string,
+  fn: () => Promise<T>,
+  opts: { withinMs?: number; log?: Logger; retryIf?: (error: unknown) => boolean } = {},
+): Promise<T> {
+  const withinMs = opts.withinMs ?? 60_000;
+  const deadline = Date.now() + withinMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (error) {
+      if (!(opts.retryIf ?? isTransient)(error)) throw error;
+      if (Date.now() > deadline) {
+        throw new ConnectionError(
+          'NATS_UNAVAILABLE',
+          `${what}: JetStream did not answer for ${Math.round(withinMs / 1000)} s (${(error as Error).message}); in a cluster, is a majority of the nodes up?`,
+          {},
+          { cause: error },
+        );
+      }
+      if (attempt === 1) opts.log?.debug({ err: error }, `${what}: ${(error as Error).message}; trying again`);
+      await sleep(Math.min(250 * attempt, 2_000));
+    }
+  }
 }
 
 const encoder = new TextEncoder();

@@ -10,7 +10,8 @@ import type { Ctx, FunctionDef } from '../function.js';
 import { silentLogger } from '../log.js';
 import { serve } from '../serve.js';
 import { waitFor } from '../../test/sim/test-helpers.js';
-import { startCoordinator } from './coordinator.js';
+import { startCoordinator, stateBehind } from './coordinator.js';
+import type { JobState } from './state.js';
 import { startRun } from './start.js';
 import { MemoryRunStore } from './store.js';
 import { RunSummary } from './summary.js';
@@ -72,10 +73,31 @@ const untilAborted: Handler = (_input, ctx) =>
     ctx.signal.addEventListener('abort', () => reject(new Error('The operation was aborted')), { once: true });
   });
 
+/**
+ * A store with a replica that is behind, as a KV bucket read from a node catching up after a
+ * restart: while `lag` > 0, the job `lagging` reads as it was when `freeze()` was called.
+ */
+class LaggingStore extends MemoryRunStore {
+  lag = 0;
+  lagging = '';
+  private frozen: JobState | undefined;
+  async freeze(jobId: string): Promise<void> {
+    this.lagging = jobId;
+    this.frozen = (await super.jobs(RUN, [jobId])).get(jobId);
+  }
+  override async jobs(runId: string, jobIds: readonly string[]): Promise<Map<string, JobState>> {
+    const out = await super.jobs(runId, jobIds);
+    if (this.lag > 0 && this.frozen !== undefined && out.has(this.lagging)) {
+      this.lag--;
+      out.set(this.lagging, structuredClone(this.frozen));
+    }
+    return out;
+  }
+}
+
 /** A rig: stand-in functions that record their calls, the coordinator, and a stop like embedded.ts's. */
-async function rig(handlers: Record<string, Handler>) {
+async function rig(handlers: Record<string, Handler>, store: MemoryRunStore = new MemoryRunStore()) {
   const bus = new MemoryBus();
-  const store = new MemoryRunStore();
   const calls: string[] = [];
   const inputs = new Map<string, Record<string, unknown>>();
   const passThrough: Handler = async (input) => input;
@@ -176,5 +198,47 @@ describe('coordinator and runtime: a stopped run', () => {
     } finally {
       await r.bus.close();
     }
+  });
+});
+
+describe('coordinator: a state read from a store that is behind', () => {
+  it('an event of a later phase than its job state is read again, not dropped as stale (the run would wait for ever)', async () => {
+    const store = new LaggingStore();
+    const r = await rig(
+      {
+        // vm1's state says `snapshot` now: keep that view.
+        snapshot: async (input) => (input.jobId === 'vm.u1' && (await store.freeze('vm.u1')), input),
+        // Its export ends while reads still see `snapshot` (twice): export.done must wait.
+        export: async (input) => (input.jobId === 'vm.u1' && (store.lag = 2), input),
+      },
+      store,
+    );
+    try {
+      const summary = await r.summary();
+      expect(store.lag).toBe(0);
+      expect(summary).toMatchObject({ status: 'success', exitCode: 0 });
+      expect(summary.jobs.map((j) => [j.name, j.status])).toEqual(expect.arrayContaining([['vm1', 'success'], ['vm2', 'success'], ['vm3', 'success']]));
+      // Each phase ran once: nothing was queued again from the old view.
+      expect(r.calls.filter((c) => c.includes('vm.u1'))).toEqual(['pre-hook:vm.u1:1', 'snapshot:vm.u1:1', 'export:vm.u1:1', 'meta:vm.u1:1', 'verify:vm.u1:1', 'prune:vm.u1:1', 'post-hook:vm.u1:1']);
+    } finally {
+      await r.bus.close();
+    }
+  });
+
+  it('stateBehind: later phase or try, a job not started, a run still planning; not a repeat of an earlier phase', async () => {
+    const header = { status: 'running' } as Parameters<typeof stateBehind>[0];
+    const job = { jobId: 'vm.a', status: 'running', phase: 'snapshot', try: 1, pipeline: ['pre-hook', 'snapshot', 'export', 'meta'] } as unknown as JobState;
+    const jobs = new Map([['vm.a', job]]);
+    const ev = (fn: string, tryN = 1, outcome: 'done' | 'started' = 'done') =>
+      ({ outcome, runId: RUN, jobId: 'vm.a', fn, try: tryN, attempt: 1, at: '', durationMs: 1, output: {} }) as Parameters<typeof stateBehind>[2];
+    expect(stateBehind(header, jobs, ev('export'))).toBe('its job is at snapshot, try 1');
+    expect(stateBehind(header, jobs, ev('snapshot', 2))).toBe('its job is at try 1');
+    expect(stateBehind(header, new Map([['vm.a', { ...job, status: 'pending' }]]), ev('pre-hook'))).toBe('its job has not started');
+    expect(stateBehind({ status: 'planning' } as typeof header, new Map(), ev('pre-hook'))).toBe('the run is still planning');
+    // Repeats and stale events are the reducer's to ignore; a start changes nothing.
+    expect(stateBehind(header, jobs, ev('snapshot'))).toBeUndefined();
+    expect(stateBehind(header, jobs, ev('pre-hook'))).toBeUndefined();
+    expect(stateBehind(header, new Map([['vm.a', { ...job, status: 'success' }]]), ev('meta'))).toBeUndefined();
+    expect(stateBehind(header, jobs, ev('export', 1, 'started'))).toBeUndefined();
   });
 });

@@ -3,6 +3,7 @@ import type { Bus, Closer } from '../bus/bus.js';
 import { RunEvent, eventSubject, jobSubject, runEvents } from '../events.js';
 import type { Clock } from '../function.js';
 import { reduce } from './reduce.js';
+import type { JobState, RunHeader } from './state.js';
 import type { RunStore } from './store.js';
 import { summarize } from './summary.js';
 import type { RunSummary } from './summary.js';
@@ -27,6 +28,11 @@ export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clo
     // A stop ends every pending job at once: it needs them all.
     const ids = event.outcome === 'stop' ? current.header.pending : [event.jobId, ...current.header.pending.slice(0, current.header.concurrency)];
     const jobs = await store.jobs(event.runId, ids);
+    const behind = stateBehind(current.header, jobs, event);
+    if (behind !== undefined) {
+      // Dropping the event as stale would leave its job, and the run, waiting for ever.
+      throw new Error(`run ${event.runId}: the state read (revision ${current.revision}) is older than the event ${event.outcome !== 'stop' ? `${event.fn}.${event.outcome} of ${event.jobId}` : 'stop'} (${behind}); reading it again`);
+    }
     const t = reduce({ header: current.header, jobs }, event, clock.now());
     // A stop changes the header even when it ends no job.
     if (event.outcome !== 'stop' && t.jobs.length === 0 && t.enqueue.length === 0 && !t.finished) return;
@@ -43,6 +49,28 @@ export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clo
     if (await store.commit(event.runId, t.header, current.revision, t.jobs)) return;
   }
   throw new Error(`run ${event.runId}: state changed under the coordinator ten times in a row`);
+}
+
+/**
+ * Why the run state read cannot be the one the event follows, or undefined when it can.
+ * A phase's event is published only after the coordinator committed the state that queued
+ * that phase (it handles events one at a time, in order), so an event of a later phase or
+ * try than its job's state, or of a job the state has not started, means the read came
+ * from a store that is behind (a replica catching up) — never that the event is stale.
+ *
+ * @example stateBehind(header, jobs, exportDoneEvent) // → 'its job is at snapshot, try 1'
+ */
+export function stateBehind(header: RunHeader, jobs: ReadonlyMap<string, JobState>, event: RunEvent): string | undefined {
+  if (event.outcome === 'stop' || event.outcome === 'started' || event.fn === 'plan' || header.status === 'finished') return undefined;
+  const job = jobs.get(event.jobId);
+  if (job === undefined) return header.status === 'planning' ? 'the run is still planning' : undefined;
+  if (event.try > job.try) return `its job is at try ${job.try}`;
+  if (event.try < job.try) return undefined;
+  if (job.status === 'pending') return 'its job has not started';
+  if (job.status !== 'running') return undefined;
+  const at = job.pipeline.indexOf(job.phase);
+  const of = job.pipeline.indexOf(event.fn);
+  return at >= 0 && of > at ? `its job is at ${job.phase}, try ${job.try}` : undefined;
 }
 
 /** Subscribes the coordinator to every run's phase events. */

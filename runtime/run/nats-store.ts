@@ -1,10 +1,13 @@
 import type { JetStreamClient, KV } from 'nats';
 import { RUNS_BUCKET } from '../../infra/nats/jetstream.js';
+import { untilAnswered } from '../bus/nats.js';
 import { JobState, RunHeader } from './state.js';
 import type { RunStore } from './store.js';
 
 /** JetStream's error code for a KV write whose expected revision is not the current one. */
 const WRONG_LAST_SEQUENCE = 10071;
+/** How long a read or write waits for the bucket while its cluster elects a leader. */
+const RETRY = { withinMs: 30_000 };
 /** Gets in flight at once when reading many keys. */
 const PARALLEL = 64;
 
@@ -30,12 +33,17 @@ export class NatsRunStore implements RunStore {
 
   /** Binds the bucket, which must exist (openNats applies it). */
   static async open(js: JetStreamClient): Promise<NatsRunStore> {
-    return new NatsRunStore(await js.views.kv(RUNS_BUCKET, { bindOnly: true, allow_direct: true }));
+    // Reads go to the bucket's leader, never to a replica (direct get): a replica that is
+    // catching up after a restart answers with an older state, and the coordinator would
+    // apply an event to it — or drop the event as stale — and the run would wait for ever.
+    return new NatsRunStore(await js.views.kv(RUNS_BUCKET, { bindOnly: true, allow_direct: false }));
   }
 
   async create(header: RunHeader): Promise<boolean> {
     try {
-      await this.kv.create(headerKey(header.runId), JSON.stringify(RunHeader.parse(header)));
+      // Sent again after a lost reply, a create that did land says "exists": the caller
+      // then follows the run, which is this one.
+      await untilAnswered(`creating run ${header.runId}`, () => this.kv.create(headerKey(header.runId), JSON.stringify(RunHeader.parse(header))), RETRY);
       return true;
     } catch (error) {
       if (isWrongLastSequence(error)) return false;
@@ -44,7 +52,7 @@ export class NatsRunStore implements RunStore {
   }
 
   async header(runId: string): Promise<{ header: RunHeader; revision: number } | undefined> {
-    const entry = await this.kv.get(headerKey(runId));
+    const entry = await this.get(headerKey(runId));
     if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
     return { header: RunHeader.parse(entry.json()), revision: entry.revision };
   }
@@ -66,12 +74,14 @@ export class NatsRunStore implements RunStore {
     const value = JSON.stringify(RunHeader.parse(header));
     if (jobs.length > 0) {
       // Do not write jobs for a state that is already stale.
-      const current = await this.kv.get(headerKey(runId));
+      const current = await this.get(headerKey(runId));
       if (current === null || current.revision !== revision) return false;
-      await inChunks(jobs, (job) => this.kv.put(jobKey(runId, job.jobId), JSON.stringify(JobState.parse(job))));
+      await inChunks(jobs, (job) => untilAnswered(`writing job ${job.jobId} of run ${runId}`, () => this.kv.put(jobKey(runId, job.jobId), JSON.stringify(JobState.parse(job))), RETRY));
     }
     try {
-      await this.kv.update(headerKey(runId), value, revision);
+      // Sent again after a lost reply, an update that did land says "wrong revision": the
+      // coordinator then reads the state again and finds its own commit.
+      await untilAnswered(`committing run ${runId}`, () => this.kv.update(headerKey(runId), value, revision), RETRY);
       return true;
     } catch (error) {
       if (isWrongLastSequence(error)) return false;
@@ -84,7 +94,7 @@ export class NatsRunStore implements RunStore {
     // Headers are the one-token keys; jobs have two.
     for await (const key of await this.kv.keys('*')) keys.push(key);
     const headers = await inChunks(keys, async (key) => {
-      const entry = await this.kv.get(key);
+      const entry = await this.get(key);
       if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
       const parsed = RunHeader.safeParse(entry.json());
       return parsed.success ? parsed.data : undefined;
@@ -95,9 +105,14 @@ export class NatsRunStore implements RunStore {
       .slice(0, limit);
   }
 
+  /** A read from the bucket's leader, again while the cluster elects one. */
+  private get(key: string): ReturnType<KV['get']> {
+    return untilAnswered(`reading ${key} of ${RUNS_BUCKET}`, () => this.kv.get(key), RETRY);
+  }
+
   private async getJobs(runId: string, jobIds: readonly string[]): Promise<JobState[]> {
     const jobs = await inChunks(jobIds, async (id) => {
-      const entry = await this.kv.get(jobKey(runId, id));
+      const entry = await this.get(jobKey(runId, id));
       if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
       return JobState.parse(entry.json());
     });

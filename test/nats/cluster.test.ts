@@ -1,46 +1,27 @@
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET_STREAM } from '../../infra/nats/jetstream.js';
 import { openNats } from '../../runtime/bus/nats-connect.js';
 import { silentLogger } from '../../runtime/log.js';
 import { newRunHeader } from '../../runtime/run/reduce.js';
-import { ROOT } from '../helpers/cli.js';
-import { freePort, startNatsServer } from '../helpers/nats-server.js';
-import type { NatsServer } from '../helpers/nats-server.js';
 import { waitFor } from '../sim/test-helpers.js';
+import { startCluster } from './cluster-rig.js';
+import type { Cluster } from './cluster-rig.js';
 
 /**
- * The three-node example (infra/nats/cluster/) as written, on this machine: only addresses,
- * ports and store dirs are changed. vmbackup's streams take three replicas and keep working
- * with one node down.
+ * The three-node example (infra/nats/cluster/) as written, on this machine (cluster-rig.ts):
+ * vmbackup's streams take three replicas and keep working with one node down.
  */
-let nodes: NatsServer[] = [];
+let cluster: Cluster | undefined;
 beforeAll(async () => {
-  const client = await Promise.all([0, 1, 2].map(() => freePort()));
-  const route = await Promise.all([0, 1, 2].map(() => freePort()));
-  nodes = await Promise.all(
-    [0, 1, 2].map((i) =>
-      startNatsServer({
-        port: client[i]!,
-        template: ({ port, storeDir }) =>
-          readFileSync(path.join(ROOT, `infra/nats/cluster/nats-${i + 1}.conf`), 'utf8')
-            .replace('listen: 0.0.0.0:4222', `listen: 127.0.0.1:${port}`)
-            .replace(/^http: .*$/m, '')
-            .replace('listen: 0.0.0.0:6222', `listen: 127.0.0.1:${route[i]}`)
-            .replace(/nats-route:\/\/nats-(\d)\.example\.org:6222/g, (_m, n: string) => `nats-route://127.0.0.1:${route[Number(n) - 1]}`)
-            .replace('"/var/lib/nats/jetstream"', JSON.stringify(storeDir)),
-      }),
-    ),
-  );
+  cluster = await startCluster();
 });
 afterAll(async () => {
-  await Promise.all(nodes.map((n) => n.stop()));
+  await cluster?.stop();
 });
 
 describe('the three-node cluster example', () => {
   it('holds vmbackup streams with three replicas, and keeps serving with one node down', async () => {
-    const settings = { nats_url: nodes.map((n) => n.url).join(', '), concurrency: 2 };
+    const settings = { nats_url: cluster!.url, concurrency: 2 };
     // JetStream elects its meta leader once the routes are up.
     const nats = await waitFor(async () => openNats(settings, silentLogger(), { replicas: 3 }).catch(() => undefined), 30_000, 'JetStream cluster');
     try {
@@ -65,7 +46,7 @@ describe('the three-node cluster example', () => {
       await waitFor(() => seen.length === 1, 10_000, 'first job');
 
       // One node goes (not necessarily the one we are connected to): still jobs and state.
-      await nodes[0]!.stop();
+      await cluster!.nodes[0]!.server.stop();
       await waitFor(
         async () => {
           try {
