@@ -39,10 +39,10 @@ describe('askNats', () => {
     expect(asked).toEqual([event]);
   });
 
+  // "At once": the answer is the bus's no-subscriber reply, not the timeout's (which would say
+  // `no reply … within`), so it is told by the reason, not by a clock.
   it('nobody listening is a continue, at once', async () => {
-    const started = Date.now();
-    expect(await askNats(bus, event, { timeoutMs: 5_000, replies: 1 })).toEqual({ kind: 'nats', outcome: 'continue', reason: 'no subscriber on vmbackup.hooks.pre-vm' });
-    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(await askNats(bus, event, { timeoutMs: 30_000, replies: 1 })).toEqual({ kind: 'nats', outcome: 'continue', reason: 'no subscriber on vmbackup.hooks.pre-vm' });
   });
 
   const replies: [string, string, (data: unknown) => Promise<unknown>, string | RegExp][] = [
@@ -74,10 +74,8 @@ describe('askNats on a real nats-server', () => {
     await server.stop();
   });
 
-  it('nobody listening is a continue at once (no responders)', async () => {
-    const started = Date.now();
-    expect(await askNats(natsBus, { ...event, point: 'pre-vm' }, { timeoutMs: 5_000, replies: 1 })).toMatchObject({ outcome: 'continue', reason: 'no subscriber on vmbackup.hooks.pre-vm' });
-    expect(Date.now() - started).toBeLessThan(2_000);
+  it('nobody listening is a continue at once (no responders, not the timeout)', async () => {
+    expect(await askNats(natsBus, { ...event, point: 'pre-vm' }, { timeoutMs: 30_000, replies: 1 })).toMatchObject({ outcome: 'continue', reason: 'no subscriber on vmbackup.hooks.pre-vm' });
   });
 
   it('returns as soon as the expected replies came; gathers them all with replies = 0; any abort wins', async () => {

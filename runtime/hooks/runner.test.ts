@@ -74,8 +74,12 @@ function ran(): string[] {
   }
 }
 
+/**
+ * Hooks on a budget no test waits out: a test of hook_timeout sets its own `timeoutMs`; the
+ * others must not see a timeout warning because the machine is busy.
+ */
 function config(extra: Partial<HookConfig>): HookConfig {
-  return { commands: {}, urls: {}, secret: 's', nats: false, natsReplies: 1, timeoutMs: 5_000, onTimeout: 'continue', onFailure: 'continue', ...extra };
+  return { commands: {}, urls: {}, secret: 's', nats: false, natsReplies: 1, timeoutMs: 30_000, onTimeout: 'continue', onFailure: 'continue', ...extra };
 }
 
 const pre: PreVmEvent = {
@@ -160,9 +164,17 @@ describe('createHookRunner', () => {
   });
 
   it('beats the job’s heartbeat while a hook runs', async () => {
-    const runner = createHookRunner(config({ commands: { 'pre-vm': await command('sleep 1') } }), { ...deps(), heartbeatMs: 100 });
+    // The hook runs until the job's heartbeat has been beaten five times (it waits for the
+    // file the fifth beat creates), however slowly the machine schedules the timer; a runner
+    // that does not beat leaves it to hook_timeout, and the count below fails.
+    const go = path.join(dir, `go-${n}`);
+    const runner = createHookRunner(config({ commands: { 'pre-vm': await command(`while [ ! -e '${go}' ]; do sleep 0.05; done`) }, timeoutMs: 20_000 }), { ...deps(), heartbeatMs: 100 });
     let beats = 0;
-    await runner.run('pre-vm', pre, { heartbeat: () => void beats++ });
+    await runner.run('pre-vm', pre, {
+      heartbeat: () => {
+        if (++beats === 5) appendFileSync(go, '');
+      },
+    });
     expect(beats).toBeGreaterThanOrEqual(5);
     const after = beats;
     await new Promise((r) => setTimeout(r, 300));

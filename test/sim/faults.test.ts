@@ -42,21 +42,29 @@ interface Transfer {
   ms: number;
 }
 
-/** Reads a whole GET, counting bytes; `abortAfterMs` gives up on a stalled body. */
-function transfer(url: string, abortAfterMs?: number): Promise<Transfer> {
+/**
+ * Reads a whole GET, counting bytes. `giveUp` abandons a stalled body: `quietMs` after the
+ * first `atBytes` bytes arrived (counted from there, not from the request, so a slow machine
+ * does not give up before the stall is reached).
+ */
+function transfer(url: string, giveUp?: { atBytes: number; quietMs: number }): Promise<Transfer> {
   const t0 = Date.now();
   return new Promise((resolve) => {
     let bytes = 0;
     let status = 0;
+    let timer: NodeJS.Timeout | undefined;
     const req = http.get(url, (res) => {
       status = res.statusCode!;
-      res.on('data', (c: Buffer) => (bytes += c.length));
+      res.on('data', (c: Buffer) => {
+        bytes += c.length;
+        if (giveUp !== undefined && timer === undefined && bytes >= giveUp.atBytes) timer = setTimeout(() => req.destroy(new Error('gave up')), giveUp.quietMs);
+      });
       res.on('end', () => resolve({ status, bytes, ms: Date.now() - t0 }));
       res.on('error', (e) => resolve({ status, bytes, error: (e as NodeJS.ErrnoException).code ?? e.message, ms: Date.now() - t0 }));
       res.on('aborted', () => resolve({ status, bytes, error: 'aborted', ms: Date.now() - t0 }));
     });
     req.on('error', (e) => resolve({ status, bytes, error: (e as NodeJS.ErrnoException).code ?? e.message, ms: Date.now() - t0 }));
-    if (abortAfterMs !== undefined) setTimeout(() => req.destroy(new Error('gave up')), abortAfterMs);
+    req.on('close', () => clearTimeout(timer));
   });
 }
 
@@ -151,12 +159,15 @@ describe('RPC faults', () => {
 });
 
 describe('HTTP handler faults', () => {
-  it('reset after N bytes: the client gets at most N bytes and an error; the task fails', async () => {
+  it('reset after N bytes: the client gets at most N bytes; the task fails', async () => {
     sim.faults.add({ http: 'export', vm: 'medium', action: { kind: 'reset', after_bytes: 3 << 20 } });
     const task = (await xapi(sim.url, 'task.create', session, 'export', '')) as string;
     const got = await transfer(exportUrl('medium', task));
     expect(got.status).toBe(200);
-    expect(got.error).toBeDefined();
+    // The body (close-delimited, as XAPI sends it) stops at N bytes. Whether the client also
+    // sees ECONNRESET depends on timing: when the RST arrives while data is still unread,
+    // libuv reports a clean end (a partial read and POLLHUP) — which is why a client must
+    // judge an export by its task, as vmbackup does, never by how the connection ended.
     expect(got.bytes).toBeLessThanOrEqual(3 << 20);
     expect(await settled(task)).toMatchObject({ status: 'failure', error_info: ['INTERNAL_ERROR', 'Unix.Unix_error(Unix.ECONNRESET, "write", "")'] });
     expect(sim.state.transfers('export').at(-1)).toMatchObject({ status: 'failed', bytes: 3 << 20 });
@@ -201,7 +212,7 @@ describe('HTTP handler faults', () => {
   it('stall forever: the reader sees N bytes then nothing; giving up fails the task', async () => {
     sim.faults.add({ http: 'export', vm: 'medium', action: { kind: 'stall', after_bytes: 65536 } });
     const task = (await xapi(sim.url, 'task.create', session, 'export', '')) as string;
-    const got = await transfer(exportUrl('medium', task), 500);
+    const got = await transfer(exportUrl('medium', task), { atBytes: 65536, quietMs: 500 });
     expect(got.bytes).toBe(65536);
     expect(got.error).toBeDefined();
     expect((await settled(task)).status).toBe('failure');
