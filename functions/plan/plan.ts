@@ -108,8 +108,6 @@ export const plan = defineFunction({
     const candidates = all.filter((vm) => !vm.is_control_domain && !vm.is_a_template && !vm.is_a_snapshot);
     const poolVms = candidates.map((vm) => ({ uuid: vm.uuid, name: vm.name_label }));
     const selection = selectVms(poolVms, { excludes: o.excludes, vdiExports: o.vdiExports, vmExports: o.vmExports, maxBackups: o.maxBackups });
-    // As they are found (stderr, the log file), besides the run's summary.
-    for (const w of selection.warnings) ctx.log.warn({ entry: w.entry, list: w.list, code: w.code }, `${w.list}: ${w.message}`);
     const stamp = formatStamp(new Date(input.startedAt));
     const vmJobs = buildVmJobs(selection, poolVms, input, stamp);
     const hosts = o.hostBackup ? await xapi.hosts() : [];

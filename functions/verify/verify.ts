@@ -126,7 +126,7 @@ export const verify = defineFunction({
     const speed = ms > 0 ? ` (${Math.round(result.bytes / 1048576 / (ms / 1000))} MiB/s)` : '';
     if (result.ok) ctx.log.info(`${input.folder}: backup ${stamp} verified: ${result.files.length} files, ${result.bytes} bytes in ${formatSeconds(ms)}${speed}`);
     else ctx.log.warn({ code: result.error!.code, file: result.error!.file }, `${input.folder}: backup ${stamp} FAILED verification: ${result.error!.message}`);
-    for (const w of warnings) ctx.log.warn(w);
+    // The warnings are in the output: the run's coordinator (or the verify command) says them.
     // The manifest's own entry, when the pipeline lists it, now describes the rewritten file.
     const files = input.files?.map((f) => (f.format === 'manifest' && f.name === result.manifest && written ? { ...f, size: written.size, xxh64: written.xxh64 } : f));
     return {

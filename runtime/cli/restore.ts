@@ -66,7 +66,6 @@ export async function restoreCommand(argv: readonly string[], io: Io): Promise<n
     // Not export_idle_timeout: it also bounds XAPI's event.from long polls (60 s), which
     // watch the upload's task. The upload applies export_idle_timeout itself.
     xapi = await connectXapi(settings, log);
-    if (settings.insecure) log.warn(`TLS certificate checks are off (--insecure) for ${settings.xapi_url}`);
     const ctx = localCtx({ log: log.child({ fn: 'restore', subject: restore.subject.name, runId, jobId: input.jobId }), xapi, signal: abort.signal });
     let output: RestoreOutput;
     try {
