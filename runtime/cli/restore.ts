@@ -12,7 +12,7 @@ import { captureConsole, createLogger } from '../log.js';
 import type { Logger } from '../log.js';
 import { newRunId } from '../run/start.js';
 import type { XapiClient } from '../xapi/client.js';
-import { formatSeconds } from '../units.js';
+import { formatBytes, formatSeconds } from '../units.js';
 import type { Io } from './io.js';
 import { fail, writeFatalJson } from './io.js';
 import { loadCommandSettings } from './settings.js';
@@ -227,7 +227,7 @@ function restoreInput(args: RestoreArgs, cwd: string, runId: string, settings: S
 
 /** What a restore created, for people: one line per object, uuids first (warnings went to stderr). */
 export function formatRestored(out: RestoreOutput): string {
-  const lines = [`Restored ${out.file} (${out.format}, ${out.bytes} bytes in ${formatSeconds(out.restoreMs)})`];
+  const lines = [`Restored ${out.file} (${out.format}, ${formatBytes(out.bytes)} in ${formatSeconds(out.restoreMs)})`];
   for (const vm of out.created.vms) {
     lines.push(`  VM  ${vm.uuid}  ${vm.name}`);
     if (vm.unblocked.length > 0) lines.push(`      ${vm.unblocked.join(', ')}: lifted the block vmbackup's export of the halted VM had saved in the backup`);

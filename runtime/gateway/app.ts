@@ -13,6 +13,7 @@ import type { Bus } from '../bus/bus.js';
 import { ConfigError, RequestConflictError } from '../errors.js';
 import { jobSubject } from '../events.js';
 import type { Clock, FunctionDef } from '../function.js';
+import { formatBytes } from '../units.js';
 import { planRetry } from '../run/retry.js';
 import { newRunId, startRun } from '../run/start.js';
 import { JobState, RunHeader } from '../run/state.js';
@@ -204,7 +205,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     bodyLimit({
       maxSize: deps.bodyLimit,
       onError: () => {
-        throw new HttpError(413, 'PAYLOAD_TOO_LARGE', `request body larger than ${deps.bodyLimit} bytes (gateway_body_limit)`);
+        throw new HttpError(413, 'PAYLOAD_TOO_LARGE', `request body larger than ${formatBytes(deps.bodyLimit)} (gateway_body_limit)`);
       },
     }),
   );
