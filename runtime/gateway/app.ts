@@ -572,7 +572,8 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       if (vms.length === 0) {
         return c.json({ runId: null, vms: [], message: `nothing to do: no firing alert has the label "${deps.alertmanagerLabel}"` }, 200);
       }
-      const options: RunOptions = { ...deps.runDefaults, vmExports: vms.map(exactNameEntry), vdiExports: [], poolBackup: false, hostBackup: false };
+      // Pool DB and hosts as every entry does: per pool_backup / host_backup (README, "Scope").
+      const options: RunOptions = { ...deps.runDefaults, vmExports: vms.map(exactNameEntry), vdiExports: [] };
       if (payload.truncatedAlerts > 0) log.warn(`alertmanager: ${payload.truncatedAlerts} alerts of group ${payload.groupKey} were truncated: their VMs are not backed up`);
       return triggerRun(c, deliveryKey(payload), windows.alertmanagerMs, options, 'alertmanager', vms);
     },
