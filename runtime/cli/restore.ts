@@ -233,6 +233,15 @@ export function formatRestored(out: RestoreOutput): string {
     if (vm.unblocked.length > 0) lines.push(`      ${vm.unblocked.join(', ')}: lifted the block vmbackup's export of the halted VM had saved in the backup`);
   }
   for (const vdi of out.created.vdis) lines.push(`  VDI ${vdi.uuid}  ${vdi.name}  (SR ${vdi.sr})`);
+  if (out.created.vms.length === 0 && out.created.vdis.length === 1) {
+    // A disk on its own belongs to no VM yet: say how to give it one.
+    const vdi = out.created.vdis[0]!;
+    lines.push(
+      '      attached to no VM; to attach it, on the pool master (a free device number: xe vm-param-get uuid=<VM> param-name=allowed-VBD-devices):',
+      `      xe vbd-create vm-uuid=<VM> vdi-uuid=${vdi.uuid} device=<N> type=Disk mode=RW bootable=false`,
+      '      then, if the VM is running, xe vbd-plug uuid=<the uuid vbd-create printed>',
+    );
+  }
   if (out.overwritten !== undefined) lines.push(`  VDI ${out.overwritten.uuid}  ${out.overwritten.name}  (SR ${out.overwritten.sr}, overwritten)`);
   return lines.join('\n') + '\n';
 }
