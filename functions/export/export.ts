@@ -78,6 +78,8 @@ export const exportFn = defineFunction({
       warnings.push(...(await cleanUp(xapi, ctx, input)));
     }
     if (failure !== undefined) {
+      // The failure's event carries no output: its clean-up warnings are said here.
+      for (const w of warnings.slice(input.warnings.length)) ctx.log.warn(`${input.vm.name}: ${w}`);
       await Promise.all(files.map((f) => rm(path.join(dir, f.name), { force: true })));
       throw asExportError(failure, input.vm.name);
     }
@@ -130,18 +132,17 @@ async function cleanUp(xapi: XapiClient, ctx: Ctx, input: ExportInput): Promise<
     }
   } catch (error) {
     if ((error as { code?: string }).code !== 'UUID_INVALID') {
-      const message = `${input.vm.name}: snapshot not destroyed (${errorInfo(error).message}); the next run removes it by its tag`;
-      ctx.log.warn({ err: error }, message);
-      warnings.push(message);
+      // The summary and the logs put the VM's name before a job's warnings.
+      ctx.log.debug({ err: error }, `${input.vm.name}: destroying the snapshot`);
+      warnings.push(`snapshot not destroyed (${errorInfo(error).message}); the next run removes it by its tag`);
     }
   }
   if (snap.startBlocked) {
     try {
       await unblockStart(xapi, await xapi.call<string>('VM.get_by_uuid', snap.vmUuid));
     } catch (error) {
-      const message = `${input.vm.name}: could not lift the start block (${errorInfo(error).message}); remove it with xe vm-param-remove param-name=blocked-operations param-key=start`;
-      ctx.log.warn({ err: error }, message);
-      warnings.push(message);
+      ctx.log.debug({ err: error }, `${input.vm.name}: lifting the start block`);
+      warnings.push(`could not lift the start block (${errorInfo(error).message}); remove it with xe vm-param-remove param-name=blocked-operations param-key=start uuid=${snap.vmUuid}`);
     }
   }
   return warnings;

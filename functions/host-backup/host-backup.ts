@@ -1,3 +1,4 @@
+import { formatBytes } from '../../runtime/units.js';
 import path from 'node:path';
 import { z } from 'zod';
 import { defineFunction, subject } from '../../runtime/function.js';
@@ -60,7 +61,7 @@ export const hostBackup = defineFunction({
       maxBackups: input.maxBackups,
       idleTimeoutMs: input.idleTimeoutS * 1000,
     });
-    ctx.log.info(`host ${host.name_label} backed up to ${path.join(input.backupDir, HOSTS_FOLDER, name)} (${file.size} bytes)`);
+    ctx.log.info(`host ${host.name_label} backed up to ${path.join(input.backupDir, HOSTS_FOLDER, name)} (${formatBytes(file.size)})`);
     return { ...input, files: [{ ...file, name: `${HOSTS_FOLDER}/${name}` }], deleted };
   },
 });

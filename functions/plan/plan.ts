@@ -114,8 +114,6 @@ export const plan = defineFunction({
     const poolVms = selectableVms(all);
     const selection = selectVms(poolVms, selectOptions(o));
     if (selection.errors.length > 0) throw selectionError(selection.errors);
-    // As they are found (stderr, the log file), besides the run's summary.
-    for (const w of selection.warnings) ctx.log.warn({ entry: w.entry, list: w.list, code: w.code }, `${w.list}: ${w.message}`);
     const stamp = formatStamp(new Date(input.startedAt));
     const vmJobs = buildVmJobs(selection, poolVms, input, stamp);
     const hosts = o.hostBackup ? await xapi.hosts() : [];

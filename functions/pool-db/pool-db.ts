@@ -1,3 +1,4 @@
+import { formatBytes } from '../../runtime/units.js';
 import path from 'node:path';
 import { z } from 'zod';
 import { defineFunction, subject } from '../../runtime/function.js';
@@ -47,7 +48,7 @@ export const poolDb = defineFunction({
       maxBackups: input.maxBackups,
       idleTimeoutMs: input.idleTimeoutS * 1000,
     });
-    ctx.log.info(`pool database saved to ${path.join(input.backupDir, POOL_DB_FOLDER, name)} (${file.size} bytes)`);
+    ctx.log.info(`pool database saved to ${path.join(input.backupDir, POOL_DB_FOLDER, name)} (${formatBytes(file.size)})`);
     return { ...input, files: [{ ...file, name: `${POOL_DB_FOLDER}/${name}` }], deleted };
   },
 });

@@ -8,7 +8,7 @@ import { writeFileAtomic } from '../../runtime/storage/atomic.js';
 import type { WriteResult } from '../../runtime/storage/atomic.js';
 import { Manifest } from '../../runtime/storage/manifest.js';
 import { parseBackupFileName } from '../../runtime/storage/naming.js';
-import { formatSeconds } from '../../runtime/units.js';
+import { formatBytes, formatSeconds } from '../../runtime/units.js';
 import { JobBase, WrittenFile } from '../job.js';
 import { MetaOutput } from '../meta/meta.js';
 import { serializeManifest, VerifiedFile, VerifyProblem, verifySet } from './check.js';
@@ -124,9 +124,9 @@ export const verify = defineFunction({
       warnings,
     };
     const speed = ms > 0 ? ` (${Math.round(result.bytes / 1048576 / (ms / 1000))} MiB/s)` : '';
-    if (result.ok) ctx.log.info(`${input.folder}: backup ${stamp} verified: ${result.files.length} files, ${result.bytes} bytes in ${formatSeconds(ms)}${speed}`);
+    if (result.ok) ctx.log.info(`${input.folder}: backup ${stamp} verified: ${result.files.length} files, ${formatBytes(result.bytes)} in ${formatSeconds(ms)}${speed}`);
     else ctx.log.warn({ code: result.error!.code, file: result.error!.file }, `${input.folder}: backup ${stamp} FAILED verification: ${result.error!.message}`);
-    for (const w of warnings) ctx.log.warn(w);
+    // The warnings are in the output: the run's coordinator (or the verify command) says them.
     // The manifest's own entry, when the pipeline lists it, now describes the rewritten file.
     const files = input.files?.map((f) => (f.format === 'manifest' && f.name === result.manifest && written ? { ...f, size: written.size, xxh64: written.xxh64 } : f));
     return {

@@ -89,7 +89,6 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     if (lock.previous !== undefined) log.warn(`took over a stale lock of run ${lock.previous.runId} (pid ${lock.previous.pid} on ${lock.previous.hostname})`);
     log.info(`vmbackup ${VERSION} run ${runId}: backing up ${settings.xapi_url} to ${settings.backup_dir}`);
     xapi = await connectXapi(settings, log);
-    if (settings.insecure) log.warn(`TLS certificate checks are off (--insecure) for ${settings.xapi_url}`);
     const summary = await runEmbedded({ runId, options: runOptions(settings, loaded), startedAt }, { xapi, log, clock: systemClock, origin, signal: abort.signal, hooks });
     if (abort.signal.aborted) {
       // Stopped: exit 1, also when the signal came too late to stop anything (run-end hooks).

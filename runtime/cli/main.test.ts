@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -112,5 +112,30 @@ describe('mode options a command does not take', () => {
     expect((await vmbackup('run', '--json', '--help')).code).toBe(0);
     expect((await vmbackup('status', '--xapi', 'https://pool', '-e', 'web1', '--help')).code).toBe(0);
     expect((await vmbackup('worker', '--json', '--help')).err).toMatch(/^vmbackup: option --json does not apply to vmbackup worker/);
+  });
+});
+
+describe('options before the command', () => {
+  it('vmbackup -b DIR verify is vmbackup verify -b DIR', async () => {
+    const dir = mkdtempSync(path.join(base, 'b-'));
+    mkdirSync(path.join(dir, 'exports'));
+    const after = await vmbackup('verify', '-b', dir);
+    const before = await vmbackup('-b', dir, 'verify');
+    expect(before).toEqual(after);
+    expect(before.err).not.toMatch(/unexpected argument/);
+    // A switch then the command, and a value that is a command's name (a VM called "status").
+    expect((await vmbackup('--json', '-b', dir, 'verify')).out).toBe((await vmbackup('verify', '--json', '-b', dir)).out);
+  });
+
+  it('a word that is no command says which word was taken for what', async () => {
+    const r = await vmbackup('-p', 'verfy');
+    expect(r.code).toBe(2);
+    expect(r.err).toBe(
+      'vmbackup: "verfy" is not a command (backup, verify, restore, gateway, worker, run, status, invoke) (-p takes no value); without a command, vmbackup takes options only (quote a VM name with spaces: -e "DEV MYSQL"; see vmbackup --help)\n',
+    );
+    const split = await vmbackup('-e', 'DEV', 'MYSQL');
+    expect(split.code).toBe(2);
+    expect(split.err).toMatch(/^vmbackup: "MYSQL" is not a command .*quote a VM name with spaces: -e "DEV MYSQL"/);
+    expect((await vmbackup('verfy')).err).toMatch(/^vmbackup: unknown command "verfy"/);
   });
 });

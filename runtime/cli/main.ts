@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { firstPositional } from '../config/args.js';
 import { backupCommand } from './backup.js';
 import type { Io } from './io.js';
 import { fail } from './io.js';
@@ -21,14 +22,24 @@ export const COMMANDS: Record<string, (argv: readonly string[], io: Io) => Promi
 };
 
 export async function main(argv: readonly string[], io: Io): Promise<number> {
-  const [first, ...rest] = argv;
-  if (first !== undefined && !first.startsWith('-')) {
-    const command = COMMANDS[first];
-    if (command === undefined) {
-      io.stderr.write(`vmbackup: unknown command "${first}" (commands: ${Object.keys(COMMANDS).join(', ')}; see vmbackup --help)\n`);
+  // The command may follow options (`vmbackup -b DIR verify`): the first word that is no
+  // option's value names it. Options before it are the command's, as if written after it.
+  const at = firstPositional(argv);
+  if (at !== -1) {
+    const word = argv[at]!;
+    const command = COMMANDS[word];
+    if (command !== undefined) return command([...argv.slice(0, at), ...argv.slice(at + 1)], io);
+    if (at === 0) {
+      io.stderr.write(`vmbackup: unknown command "${word}" (commands: ${Object.keys(COMMANDS).join(', ')}; see vmbackup --help)\n`);
       return 2;
     }
-    return command(rest, io);
+    // Which word was taken for what: a word after a switch is not that switch's value.
+    const before = argv[at - 1]!;
+    const taken = before.startsWith('-') && before !== '-' ? ` (${before} takes no value)` : '';
+    io.stderr.write(
+      `vmbackup: "${word}" is not a command (${Object.keys(COMMANDS).join(', ')})${taken}; without a command, vmbackup takes options only (quote a VM name with spaces: -e "DEV MYSQL"; see vmbackup --help)\n`,
+    );
+    return 2;
   }
   return backupCommand(argv, io);
 }

@@ -12,7 +12,7 @@ import { captureConsole, createLogger } from '../log.js';
 import type { Logger } from '../log.js';
 import { newRunId } from '../run/start.js';
 import type { XapiClient } from '../xapi/client.js';
-import { formatSeconds } from '../units.js';
+import { formatBytes, formatSeconds } from '../units.js';
 import type { Io } from './io.js';
 import { fail, writeFatalJson } from './io.js';
 import { loadCommandSettings } from './settings.js';
@@ -66,7 +66,6 @@ export async function restoreCommand(argv: readonly string[], io: Io): Promise<n
     // Not export_idle_timeout: it also bounds XAPI's event.from long polls (60 s), which
     // watch the upload's task. The upload applies export_idle_timeout itself.
     xapi = await connectXapi(settings, log);
-    if (settings.insecure) log.warn(`TLS certificate checks are off (--insecure) for ${settings.xapi_url}`);
     const ctx = localCtx({ log: log.child({ fn: 'restore', subject: restore.subject.name, runId, jobId: input.jobId }), xapi, signal: abort.signal });
     let output: RestoreOutput;
     try {
@@ -228,12 +227,21 @@ function restoreInput(args: RestoreArgs, cwd: string, runId: string, settings: S
 
 /** What a restore created, for people: one line per object, uuids first (warnings went to stderr). */
 export function formatRestored(out: RestoreOutput): string {
-  const lines = [`Restored ${out.file} (${out.format}, ${out.bytes} bytes in ${formatSeconds(out.restoreMs)})`];
+  const lines = [`Restored ${out.file} (${out.format}, ${formatBytes(out.bytes)} in ${formatSeconds(out.restoreMs)})`];
   for (const vm of out.created.vms) {
     lines.push(`  VM  ${vm.uuid}  ${vm.name}`);
     if (vm.unblocked.length > 0) lines.push(`      ${vm.unblocked.join(', ')}: lifted the block vmbackup's export of the halted VM had saved in the backup`);
   }
   for (const vdi of out.created.vdis) lines.push(`  VDI ${vdi.uuid}  ${vdi.name}  (SR ${vdi.sr})`);
+  if (out.created.vms.length === 0 && out.created.vdis.length === 1) {
+    // A disk on its own belongs to no VM yet: say how to give it one.
+    const vdi = out.created.vdis[0]!;
+    lines.push(
+      '      attached to no VM; to attach it, on the pool master (a free device number: xe vm-param-get uuid=<VM> param-name=allowed-VBD-devices):',
+      `      xe vbd-create vm-uuid=<VM> vdi-uuid=${vdi.uuid} device=<N> type=Disk mode=RW bootable=false`,
+      '      then, if the VM is running, xe vbd-plug uuid=<the uuid vbd-create printed>',
+    );
+  }
   if (out.overwritten !== undefined) lines.push(`  VDI ${out.overwritten.uuid}  ${out.overwritten.name}  (SR ${out.overwritten.sr}, overwritten)`);
   return lines.join('\n') + '\n';
 }

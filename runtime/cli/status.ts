@@ -5,7 +5,7 @@ import { UsageError } from '../errors.js';
 import { listOutcomes, runOutcome } from '../run/outcome.js';
 import type { RunOutcome } from '../run/outcome.js';
 import type { JobState, RunHeader } from '../run/state.js';
-import { jobOutcomeLines, summarize } from '../run/summary.js';
+import { jobOutcomeLines, stoppedLine, summarize } from '../run/summary.js';
 import { formatBytes, formatSeconds } from '../units.js';
 import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
@@ -101,6 +101,7 @@ export function formatRun(h: RunHeader, jobs: readonly JobState[], outcome?: Run
   );
   if (h.backupDir !== undefined) lines.push(`backups in ${h.backupDir}`);
   if (h.fatal !== undefined) lines.push(`ERROR: the run could not start: ${h.fatal.message}`);
+  if (h.stopping !== undefined) lines.push(stoppedLine({ ...h.stopping, notStarted: h.stopping.notStarted ?? 0 }));
   for (const w of h.warnings) lines.push(`WARNING: ${w.list !== undefined ? `${w.list}: ` : ''}${w.message}`);
   if (jobs.length > 0) {
     const rows = jobs.map((j) => [

@@ -276,37 +276,63 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
 export function takePositionals(argv: readonly string[], spec: { command: string; takes: string; max: number }): { positionals: string[]; options: string[] } {
   const positionals: string[] = [];
   const options: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--') {
-      positionals.push(...argv.slice(i + 1));
-      break;
-    }
-    if (arg.startsWith('--')) {
-      options.push(arg);
-      const option = BY_LONG.get(arg.slice(2));
-      if (option?.metavar !== undefined && i + 1 < argv.length && looksLikeValue(argv[i + 1]!)) options.push(argv[++i]!);
-      continue;
-    }
-    if (arg.startsWith('-') && arg !== '-') {
-      options.push(arg);
-      for (let j = 1; j < arg.length; j++) {
-        const option = BY_SHORT.get(arg[j]!);
-        if (option === undefined) break;
-        if (option.metavar === undefined) continue;
-        // The rest of the cluster is the value, or else the next word.
-        if (j === arg.length - 1 && i + 1 < argv.length && looksLikeValue(argv[i + 1]!)) options.push(argv[++i]!);
-        break;
-      }
-      continue;
-    }
-    positionals.push(arg);
-  }
+  scanArgs(argv).forEach((kind, i) => {
+    if (kind !== 'end') (kind === 'positional' ? positionals : options).push(argv[i]!);
+  });
   if (positionals.length > spec.max) {
     const extra = positionals[spec.max]!;
     throw new UsageError(`unexpected argument ${JSON.stringify(extra)}: ${spec.command} takes ${spec.max === 0 ? 'no argument' : spec.takes} (see ${spec.command} --help)`, { flag: extra });
   }
   return { positionals, options };
+}
+
+/**
+ * The index of the first word of `argv` that is neither an option nor an option's value (as
+ * `parseArgs` decides it), or -1: where a command name stands in `vmbackup -b DIR verify`.
+ *
+ * @example firstPositional(['-b', '/srv/backup', 'verify', 'web1']) // → 2
+ */
+export function firstPositional(argv: readonly string[]): number {
+  return scanArgs(argv).indexOf('positional');
+}
+
+/** What each word of `argv` is: an option, an option's value, a positional, or `--` (the end of the options). */
+function scanArgs(argv: readonly string[]): ('option' | 'value' | 'positional' | 'end')[] {
+  const kinds: ('option' | 'value' | 'positional' | 'end')[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      kinds.push('end');
+      for (let k = i + 1; k < argv.length; k++) kinds.push('positional');
+      break;
+    }
+    if (arg.startsWith('--')) {
+      kinds.push('option');
+      const option = BY_LONG.get(arg.slice(2));
+      if (option?.metavar !== undefined && i + 1 < argv.length && looksLikeValue(argv[i + 1]!)) {
+        kinds.push('value');
+        i++;
+      }
+      continue;
+    }
+    if (arg.startsWith('-') && arg !== '-') {
+      kinds.push('option');
+      for (let j = 1; j < arg.length; j++) {
+        const option = BY_SHORT.get(arg[j]!);
+        if (option === undefined) break;
+        if (option.metavar === undefined) continue;
+        // The rest of the cluster is the value, or else the next word.
+        if (j === arg.length - 1 && i + 1 < argv.length && looksLikeValue(argv[i + 1]!)) {
+          kinds.push('value');
+          i++;
+        }
+        break;
+      }
+      continue;
+    }
+    kinds.push('positional');
+  }
+  return kinds;
 }
 
 const WIDTH = 79;

@@ -397,7 +397,7 @@ describe('POST /v1/hooks/alertmanager', () => {
     expect(r.status).toBe(202);
     expect(r.json).toMatchObject({ runId: expect.any(String), vms: ['web1', 'web.2'] });
     expect(r.headers.get('Location')).toBe(`/v1/runs/${r.json.runId}`);
-    expect(planOf(gw).options).toEqual({ ...defaultRunOptions(), vmExports: ['web1', 'web\\.2\\Z'], vdiExports: [], poolBackup: false, hostBackup: false, selection: requestedSelection({ alertLabel: 'vm' }) });
+    expect(planOf(gw).options).toEqual({ ...defaultRunOptions(), vmExports: ['web1', 'web\\.2\\Z'], vdiExports: [], selection: requestedSelection({ alertLabel: 'vm' }) });
     expect((await gw.store.header(r.json.runId))!.header.trigger).toBe('alertmanager');
   });
 
@@ -447,6 +447,28 @@ describe('POST /v1/hooks/alertmanager', () => {
     expect(r.json.message).toMatch(message);
     expect(gw.bus.sent()).toBe(0);
   });
+});
+
+describe('scope: every entry backs up pool DB and hosts per pool_backup / host_backup', () => {
+  const entries: [string, (gw: Gw) => Promise<{ status: number }>][] = [
+    ['POST /v1/runs', (gw) => call(gw, 'POST', '/v1/runs', { body: { vm_exports: ['web1'] } })],
+    ['POST /v1/hooks/alertmanager', (gw) => call(gw, 'POST', '/v1/hooks/alertmanager', { body: alertmanagerPayload(['web1']) })],
+    [
+      'POST /v1/hooks/generic',
+      (gw) => {
+        const raw = JSON.stringify({ id: 'scope-1', timestamp: '2026-11-26T08:29:30Z', vm_exports: ['web1'] });
+        return call(gw, 'POST', '/v1/hooks/generic', { raw, headers: { ...authJson(), 'X-Hub-Signature-256': signBody(SECRET, raw) } });
+      },
+    ],
+  ];
+  it.each(entries.flatMap(([name, send]) => [true, false].flatMap((pool) => [true, false].map((hosts) => [name, send, pool, hosts] as const))))(
+    '%s with pool_backup %s, host_backup %s',
+    async (_name, send, pool, hosts) => {
+      const gw = testGateway({ runDefaults: { ...defaultRunOptions(), poolBackup: pool, hostBackup: hosts } });
+      expect((await send(gw)).status).toBe(202);
+      expect(planOf(gw).options).toMatchObject({ poolBackup: pool, hostBackup: hosts });
+    },
+  );
 });
 
 describe('POST /v1/hooks/generic', () => {

@@ -17,6 +17,7 @@ import { ConfigError, RequestConflictError } from '../errors.js';
 import { jobSubject } from '../events.js';
 import type { Clock, FunctionDef } from '../function.js';
 import { describeUnconsumed, runFunctions, unconsumedWork } from '../run/consumers.js';
+import { formatBytes } from '../units.js';
 import { planRetry } from '../run/retry.js';
 import { newRunId, startRun } from '../run/start.js';
 import { JobState, RunHeader } from '../run/state.js';
@@ -228,7 +229,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     bodyLimit({
       maxSize: deps.bodyLimit,
       onError: () => {
-        throw new HttpError(413, 'PAYLOAD_TOO_LARGE', `request body larger than ${deps.bodyLimit} bytes (gateway_body_limit)`);
+        throw new HttpError(413, 'PAYLOAD_TOO_LARGE', `request body larger than ${formatBytes(deps.bodyLimit)} (gateway_body_limit)`);
       },
     }),
   );
@@ -665,13 +666,12 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       if (vms.length === 0) {
         return c.json({ runId: null, vms: [], message: `nothing to do: no firing alert has the label "${deps.alertmanagerLabel}"` }, 200);
       }
+      // Pool DB and hosts as every entry does: per pool_backup / host_backup (README, "Scope").
       const entries = vms.map(exactNameEntry);
       const options: RunOptions = {
         ...deps.runDefaults,
         vmExports: entries,
         vdiExports: [],
-        poolBackup: false,
-        hostBackup: false,
         selection: {
           requested: [{ list: 'vm_exports', where: `alert label ${deps.alertmanagerLabel}` }],
           config: deps.runDefaults.selection?.config ?? [],

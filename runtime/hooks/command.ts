@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { Logger } from 'pino';
+import { formatBytes } from '../units.js';
 import { hookSubject } from './event.js';
 import type { HookEvent } from './event.js';
 import type { KindResult } from './kind.js';
@@ -202,7 +203,7 @@ class OutputLines {
     if (this.truncated) return;
     if (this.logged + line.length > OUTPUT_LIMIT) {
       this.truncated = true;
-      this.emit(`… (more output not logged: over ${OUTPUT_LIMIT} bytes)`);
+      this.emit(`… (more output not logged: over ${formatBytes(OUTPUT_LIMIT)})`);
       return;
     }
     this.logged += line.length + 1;

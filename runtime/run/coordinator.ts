@@ -3,6 +3,7 @@ import type { Bus, Closer } from '../bus/bus.js';
 import { RunEvent, eventSubject, jobSubject, runEvents } from '../events.js';
 import type { Clock } from '../function.js';
 import { reduce } from './reduce.js';
+import type { Transition } from './reduce.js';
 import type { JobState, RunHeader } from './state.js';
 import type { RunStore } from './store.js';
 import { summarize } from './summary.js';
@@ -46,7 +47,10 @@ export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clo
       const finishedId = `${event.runId}:run:finished${t.header.retries !== undefined && t.header.retries > 0 ? `:${t.header.retries}` : ''}`;
       await bus.publish(eventSubject(event.runId, 'run', 'finished'), summary, { id: finishedId });
     }
-    if (await store.commit(event.runId, t.header, current.revision, t.jobs)) return;
+    if (await store.commit(event.runId, t.header, current.revision, t.jobs)) {
+      logNewWarnings(log, current.header, t, jobs);
+      return;
+    }
   }
   throw new Error(`run ${event.runId}: state changed under the coordinator ten times in a row`);
 }
@@ -71,6 +75,22 @@ export function stateBehind(header: RunHeader, jobs: ReadonlyMap<string, JobStat
   const at = job.pipeline.indexOf(job.phase);
   const of = job.pipeline.indexOf(event.fn);
   return at >= 0 && of > at ? `its job is at ${job.phase}, try ${job.try}` : undefined;
+}
+
+/**
+ * Says each warning the transition added, once, as it happens (stderr of the command, the
+ * worker's log): after the commit, so a retried reduction does not repeat it. The line is the
+ * summary's: `<list>: <message>` for the run, `<category> <name>: <warning>` for a job.
+ */
+function logNewWarnings(log: Logger, before: RunHeader, t: Transition, jobsBefore: ReadonlyMap<string, JobState>): void {
+  const runId = t.header.runId;
+  for (const w of t.header.warnings.slice(before.warnings.length)) {
+    log.warn({ runId, ...(w.entry !== undefined ? { entry: w.entry } : {}), ...(w.list !== undefined ? { list: w.list } : {}) }, `${w.list !== undefined ? `${w.list}: ` : ''}${w.message}`);
+  }
+  for (const job of t.jobs) {
+    const had = new Set(jobsBefore.get(job.jobId)?.warnings ?? []);
+    for (const w of job.warnings) if (!had.has(w)) log.warn({ runId, jobId: job.jobId }, `${job.category} ${job.label}: ${w}`);
+  }
 }
 
 /** Subscribes the coordinator to every run's phase events. */

@@ -100,7 +100,7 @@ export function reduce(view: RunView, event: RunEvent, now: Date): Transition {
       for (const job of created) notStarted(job, header.stopping.reason, now);
       header.pending = [];
       header.remaining = 0;
-      header.warnings = [...header.warnings, stoppedWarning(header.stopping, created.length)];
+      header.stopping = { ...header.stopping, notStarted: created.length };
       return finish(out, now);
     }
     for (const job of created) {
@@ -351,7 +351,8 @@ function stop(out: Transition, view: RunView, event: RunStop, now: Date): Transi
   if (header.status === 'planning') return out;
   const pending = header.pending.length;
   stopPending(out, view.jobs, now);
-  header.warnings = [...header.warnings, stoppedWarning(header.stopping, pending)];
+  // Said as the run being stopped (the summary's `stopped`), not as a warning of a phase.
+  header.stopping = { ...header.stopping, notStarted: pending };
   if (header.remaining === 0) return finish(out, now);
   return out;
 }
@@ -379,11 +380,6 @@ function notStarted(job: JobState, reason: string, now: Date): void {
   job.status = 'failed';
   job.error = { name: 'StoppedError', code: STOPPED, message: `not backed up: the run was stopped by ${reason}`, permanent: true, retryable: false };
   job.finishedAt = now.toISOString();
-}
-
-function stoppedWarning(stopping: { reason: string; at: string }, notStartedCount: number): { message: string } {
-  const jobs = `${notStartedCount} job${notStartedCount === 1 ? '' : 's'}`;
-  return { message: `the run was stopped by ${stopping.reason} at ${stopping.at}: ${jobs} not started, the jobs under way were stopped` };
 }
 
 /** The phases of `job` from `fn` on that do something, but the post-vm hooks, for people: `verify and prune`. */

@@ -45,7 +45,7 @@ export const RunHeader = z.object({
    * The run was asked to stop (RunStop: SIGTERM or SIGINT): no VM, attempt or phase starts
    * any more but those that clean up; the jobs not started end as failed (STOPPED).
    */
-  stopping: z.object({ reason: z.string(), at: z.string() }).optional(),
+  stopping: z.object({ reason: z.string(), at: z.string(), /** Jobs ended as not started when the stop came. */ notStarted: z.number().int().min(0).optional() }).optional(),
   /** How many times the failed jobs of the finished run were run again (runtime/run/retry.ts). */
   retries: z.number().int().min(0).optional(),
 });

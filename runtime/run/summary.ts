@@ -53,6 +53,11 @@ export const RunSummary = z.object({
   warnings: z.array(RunWarning),
   cleaned: z.array(z.string()),
   fatal: ErrorInfoSchema.optional(),
+  /**
+   * The run was stopped (SIGTERM, SIGINT, a stop request): when, and how many jobs were then
+   * ended without being started. Not a warning: the stopped jobs are errors of their own.
+   */
+  stopped: z.object({ reason: z.string(), at: z.string(), notStarted: z.number().int().min(0) }).optional(),
   /** The run-start hook aborted the run: nothing was selected nor backed up (exit code 1). */
   skipped: z.object({ reason: z.string() }).optional(),
 });
@@ -94,7 +99,8 @@ export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSumm
   // Every VM skipped by its pre-vm hooks: nothing of the VMs was backed up, which cron and
   // monitoring must notice (exit 1), as for a run its run-start hooks skipped.
   const anyError = everyVmSkipped(summaries) || summaries.some((j) => j.status === 'error' || j.status === 'pending');
-  const anyWarning = Object.values(categories).some((c) => c.W > 0);
+  // A stopped run whose jobs all ended well is still not a plain success.
+  const anyWarning = Object.values(categories).some((c) => c.W > 0) || header.stopping !== undefined;
   const runSkipped = header.fatal?.code === HOOK_ABORTED;
   const status = runSkipped ? 'error' : header.fatal !== undefined ? 'fatal' : anyError ? 'error' : anyWarning ? 'warning' : 'success';
   return {
@@ -110,6 +116,7 @@ export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSumm
     excludes: header.excludes,
     warnings: header.warnings,
     cleaned: header.cleaned,
+    ...(header.stopping !== undefined ? { stopped: { reason: header.stopping.reason, at: header.stopping.at, notStarted: header.stopping.notStarted ?? 0 } } : {}),
     ...(header.fatal !== undefined && !runSkipped ? { fatal: header.fatal } : {}),
     ...(runSkipped ? { skipped: { reason: header.fatal!.message } } : {}),
   };
@@ -163,6 +170,7 @@ export function formatSummary(summary: RunSummary): string {
     lines.push('>> Error <<');
     return lines.join('\n') + '\n';
   }
+  if (summary.stopped !== undefined) lines.push(stoppedLine(summary.stopped));
   for (const w of summary.warnings) lines.push(`WARNING: ${w.list !== undefined ? `${w.list}: ` : ''}${w.message}`);
   for (const line of summary.cleaned) lines.push(`cleaned: ${line}`);
   for (const job of summary.jobs) {
@@ -189,4 +197,10 @@ export function formatSummary(summary: RunSummary): string {
   if (everyVmSkipped(summary.jobs)) lines.push('>> Error: every VM was skipped, none backed up <<');
   if (summary.backupDir !== undefined) lines.push(`backups in ${summary.backupDir}`);
   return lines.join('\n') + '\n';
+}
+
+/** `STOPPED: the run was stopped by SIGTERM at <when>: 2 jobs not started, the jobs under way were stopped`. */
+export function stoppedLine(stopped: { reason: string; at: string; notStarted: number }): string {
+  const jobs = `${stopped.notStarted} job${stopped.notStarted === 1 ? '' : 's'}`;
+  return `STOPPED: the run was stopped by ${stopped.reason} at ${stopped.at}: ${jobs} not started, the jobs under way were stopped`;
 }

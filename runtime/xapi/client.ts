@@ -7,6 +7,7 @@ import { Agent, request } from 'undici';
 import { Xapi } from 'xen-api';
 import type { Logger } from 'pino';
 import { ConnectionError, PermanentError, RetryLaterError, VmbackupError } from '../errors.js';
+import { formatBytes } from '../units.js';
 import type { HostRecord, PoolRecord, RecordType, RecordTypes, Ref } from './records.js';
 
 /**
@@ -97,7 +98,7 @@ function isXenApiError(error: unknown): error is XenApiError {
 export function mapXapiError(error: unknown, what: string): VmbackupError {
   if (error instanceof VmbackupError) return error;
   if (isXenApiError(error)) {
-    const message = `${what}: ${error.code}(${error.params.join(', ')})`;
+    const message = `${what}: ${xapiErrorText(error.code, error.params)}`;
     const data = { xapiCode: error.code, params: error.params };
     const delay = RETRY_LATER[error.code];
     if (delay !== undefined) return new RetryLaterError(error.code, message, delay, data, { cause: error });
@@ -107,6 +108,28 @@ export function mapXapiError(error: unknown, what: string): VmbackupError {
   const code = networkCode(error) ?? 'XAPI_ERROR';
   const message = `${what}: ${error instanceof Error ? error.message : String(error)}`;
   return new VmbackupError(code, message, {}, { cause: error });
+}
+
+/**
+ * Parameters of XAPI errors that are sizes in bytes, by position and name (XAPI's datamodel
+ * names them): shown to people as sizes; the error's data keeps them as XAPI sent them.
+ */
+const BYTE_PARAMS: Record<string, readonly (string | undefined)[]> = {
+  SR_FULL: ['requested', 'maximum'],
+};
+
+/**
+ * An XAPI error for people: `CODE(param, …)`, sizes rendered with formatBytes.
+ *
+ * @example xapiErrorText('SR_FULL', ['4294967296', '1288490188']) // 'SR_FULL(4.0 GiB requested, 1.2 GiB maximum)'
+ */
+export function xapiErrorText(code: string, params: readonly string[]): string {
+  const names = BYTE_PARAMS[code] ?? [];
+  const shown = params.map((p, i) => {
+    const name = names[i];
+    return name !== undefined && /^\d+$/.test(p) ? `${formatBytes(Number(p))} ${name}` : p;
+  });
+  return `${code}(${shown.join(', ')})`;
 }
 
 /** The errno-like code of a network or TLS failure, looking through `cause` chains. */
@@ -160,7 +183,7 @@ export function connectionError(error: unknown, url: string, user: string): Conn
   if (code !== undefined && UNREACHABLE_CODES.has(code)) {
     return new ConnectionError('UNREACHABLE', `cannot reach XAPI at ${url} (${code})`, { url, netCode: code }, { cause: error });
   }
-  const detail = isXenApiError(error) ? `${error.code}(${error.params.join(', ')})` : error instanceof Error ? error.message : String(error);
+  const detail = isXenApiError(error) ? xapiErrorText(error.code, error.params) : error instanceof Error ? error.message : String(error);
   return new ConnectionError('CONNECT_FAILED', `cannot log in to XAPI at ${url}: ${detail}`, { url }, { cause: error });
 }
 
@@ -494,7 +517,7 @@ export class XapiClient {
           controller.signal.addEventListener('abort', () => resolve(aborted()), { once: true });
           watchdog = setInterval(() => {
             if (sent < length && Date.now() - lastProgress > idleTimeoutMs) {
-              resolve(new VmbackupError('IDLE_TIMEOUT', `${what}: no progress for ${Math.round(idleTimeoutMs / 1000)} s after ${sent} of ${length} bytes`, { sent, length }));
+              resolve(new VmbackupError('IDLE_TIMEOUT', `${what}: no progress for ${Math.round(idleTimeoutMs / 1000)} s after ${formatBytes(sent)} of ${formatBytes(length)}`, { sent, length }));
             }
           }, Math.min(1_000, idleTimeoutMs));
         });

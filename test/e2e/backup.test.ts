@@ -39,6 +39,11 @@ function diskBytes(sim: Simulator, vmName: string, device: string): Promise<Buff
   return readAll(sim.state.disk(vbd.VDI as string));
 }
 
+/** How many times `needle` occurs in `text`. */
+function occurrences(text: string, needle: string): number {
+  return text.split(needle).length - 1;
+}
+
 async function files(dir: string): Promise<string[]> {
   return (await readdir(dir)).sort();
 }
@@ -125,12 +130,31 @@ describe('vmbackup: a backup of a pool, end to end', () => {
     const some = await vmbackup([...ws.args(sim), '-E', 'web1:-1:xvdb;xvdz']);
     expect(some.code).toBe(0);
     expect(some.stdout).toContain('WARNING: vdi-export web1: no disk xvdz (the VM has xvda, xvdb)\n');
+    // Said on stderr when it happens (cron mail), and once in the summary.
+    expect(occurrences(some.stderr, 'WARNING: vdi-export web1: no disk xvdz (the VM has xvda, xvdb)\n')).toBe(1);
+    expect(occurrences(some.stdout, 'no disk xvdz')).toBe(1);
     expect((await files(path.join(ws.exports, 'web1'))).filter((n) => n.endsWith('.raw'))).toEqual([expect.stringMatching(/^backup_xvdb_/)]);
     const none = await vmbackup([...ws.args(sim), '-E', 'web1:-1:xvdz']);
     expect(none.code).toBe(1);
     expect(none.stdout).toContain('ERROR: vdi-export web1: none of the chosen disks xvdz exists (the VM has xvda, xvdb)\n');
     expect(none.stderr).toContain('ERROR: web1: snapshot failed: none of the chosen disks xvdz exists');
     expect(sim.state.snapshots('web1')).toEqual([]);
+  });
+
+  it('each warning once on stderr as it happens and once in the summary: selection, retry, --insecure', async () => {
+    const ws = await workspace();
+    sim.faults.add({ http: 'export', vm: 'db1', action: { kind: 'error', code: 'VDI_IO_ERROR', params: ['injected'] } });
+    const r = await vmbackup([...ws.args(sim), '-e', 'db1', '-e', 'nosuch', '--insecure']);
+    expect(r.code).toBe(0);
+    const retry = 'WARNING: vm-export db1: export failed (GET /export answered HTTP 500); backing up again (attempt 2)\n';
+    const noMatch = 'WARNING: vm_exports: entry "nosuch" matches no VM of the pool\n';
+    for (const line of [retry, noMatch]) {
+      expect(occurrences(r.stderr, line), line).toBe(1);
+      expect(occurrences(r.stdout, line), line).toBe(1);
+    }
+    // --insecure is one warning, not one from the settings and another from the run.
+    expect(r.stderr.match(/certificate/gi) ?? []).toHaveLength(1);
+    expect(r.stdout).toContain('VmBackup vm-export Summary - S:1 W:2 E:0\n');
   });
 
   it('compresses vm-exports with gzip (-C) and zstd', async () => {

@@ -159,6 +159,10 @@ describe('fault matrix', () => {
     const r = await vmbackup([...ws.args(s), '-x', 'bystander']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/ERROR: .*web1.*SR_FULL/);
+    // Sizes for people, in XAPI's order [requested, maximum]: never raw byte counts.
+    expect(r.stderr).toMatch(/SR_FULL\(\d+\.\d [KMG]iB requested, 100\.0 GiB maximum\)/);
+    expect(r.stdout).toMatch(/ERROR: vm-export web1: .*SR_FULL\(\d+\.\d [KMG]iB requested, 100\.0 GiB maximum\)\n/);
+    expect(r.stdout + r.stderr).not.toMatch(/SR_FULL\(\d+,/);
     // db1 is running too: exactly one more snapshot attempt each, SR_FULL is not retried.
     expect((s.state.rpcCalls().byMethod['Async.VM.snapshot'] ?? 0) - snapshotsBefore).toBe(2);
     expect((await completeSets(ws.exports)).get('db1')).toHaveLength(1);

@@ -189,11 +189,18 @@ describe('vmbackup restore: round trips, bit for bit', () => {
       expect(census()).toEqual({ vms: before.vms, vdis: before.vdis + 1 });
       expect(sim.state.transfers('import_raw_vdi').at(-1)).toMatchObject({ status: 'done', format, vdiUuid: created.uuid });
     }
+    // As text: where the new VDI is, and how to attach it.
+    const text = await restoreCmd(ws, [path.join(dir, `backup_xvda_${stamp}.${format}`)]);
+    expect(text.code).toBe(0);
+    const vdiLine = /^ {2}VDI (\S+) {2}web1 0 \(restored \d{8}-\d{6}\) {2}\(SR (\S+)\)$/m.exec(text.stdout)!;
+    expect(vdiLine[2]).toBe(sim.state.records('SR').find((s) => s.name_label === 'NFS')!.uuid);
+    expect(text.stdout).toContain(`\n      xe vbd-create vm-uuid=<VM> vdi-uuid=${vdiLine[1]} device=<N> type=Disk mode=RW bootable=false\n`);
+    expect(text.stdout).toContain('xe vbd-plug uuid=');
     // Both disks in the set: without --disk the manifest is ambiguous.
     const ambiguous = await restoreCmd(ws, [path.join(dir, json)]);
     expect(ambiguous.code).toBe(2);
     expect(ambiguous.stderr).toContain('holds 2 disks (xvda, xvdb): choose one with --disk');
-  });
+  }, 180_000);
 
   it('--vdi writes into an existing VDI, after checking it is large enough', async () => {
     const ws = await workspace();

@@ -94,6 +94,10 @@ describe('vmbackup verify', () => {
     expect(ok.stderr).toBe('');
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/^OK {10}web1\/backup_\d{8}-\d{6} {2}\d+ files, [\d.]+ MiB in [\d.]+ s\nverify: 1 set: 1 OK, 0 FAILED; /);
+    // The options may come first, as a VmBackup cron line writes them.
+    const first = await vmbackup(['-b', w.base, 'verify']);
+    expect(first).toMatchObject({ code: 0, stderr: '' });
+    expect(first.stdout).toMatch(/^OK {10}web1\/backup_\d{8}-\d{6} {2}\d+ files, [\d.]+ MiB in [\d.]+ s\nverify: 1 set: 1 OK, 0 FAILED; /);
     expect((await manifestOf(w)).verify).toMatchObject({ ok: true });
 
     // One byte, in the middle of the (first) data file.

@@ -2,6 +2,7 @@ import http from 'node:http';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { decodeValue } from '../../runtime/formats/xmlrpc.js';
 import { smallPool } from './fixtures.js';
+import type { FaultAction } from './faults.js';
 import { startSimulator, type Simulator } from './server.js';
 import { login, waitFor, xapi, xapiError } from './test-helpers.js';
 
@@ -263,6 +264,57 @@ describe('HTTP handler faults', () => {
     const got = await pending;
     expect(got.bytes).toBeLessThan(32 << 20);
     expect(await settled(task)).toMatchObject({ status: 'cancelled' });
+  });
+});
+
+describe('the vm filter on every export handler', () => {
+  const fail: FaultAction = { kind: 'error', code: 'VDI_IO_ERROR', params: ['injected'] };
+  const diskOf = (vm: string) => {
+    const vbd = sim.state.records('VBD').find((b) => b.VM === sim.state.vm(vm).ref && b.type === 'Disk')!;
+    return vbd.VDI as string;
+  };
+  /** Each export endpoint, with the thing it exports: the VM, a snapshot of it, or one of their disks. */
+  const cases: { name: string; url: () => Promise<string> }[] = [
+    { name: '/export of the VM', url: async () => exportUrl('medium') },
+    {
+      name: '/export of a snapshot of the VM',
+      url: async () => `${sim.url}/export?session_id=${session}&ref=${(await xapi(sim.url, 'VM.snapshot', session, ref('medium'), 'filter-snap')) as string}`,
+    },
+    { name: '/export_metadata of the VM', url: async () => `${sim.url}/export_metadata?session_id=${session}&ref=${ref('medium')}` },
+    { name: '/export_raw_vdi of a disk of the VM', url: async () => `${sim.url}/export_raw_vdi?session_id=${session}&vdi=${diskOf('medium')}` },
+    {
+      name: '/export_raw_vdi of a disk of a VM snapshot',
+      url: async () => {
+        const snap = (await xapi(sim.url, 'VM.snapshot', session, ref('medium'), 'filter-snap-disk')) as string;
+        const vbd = sim.state.records('VBD').find((b) => b.VM === snap && b.type === 'Disk')!;
+        return `${sim.url}/export_raw_vdi?session_id=${session}&vdi=${vbd.VDI as string}`;
+      },
+    },
+    {
+      name: '/export_raw_vdi of a VDI snapshot (no VBD holds it)',
+      url: async () => `${sim.url}/export_raw_vdi?session_id=${session}&vdi=${(await xapi(sim.url, 'VDI.snapshot', session, diskOf('medium'), {})) as string}`,
+    },
+  ];
+
+  it.each(cases)('$name: a fault for that VM fires, one for another VM does not', async ({ url }) => {
+    const target = await url();
+    const other = sim.faults.add({ http: 'export', vm: 'db1', action: fail });
+    const otherRaw = sim.faults.add({ http: 'export_raw_vdi', vm: 'db1', action: fail });
+    const otherMeta = sim.faults.add({ http: 'export_metadata', vm: 'db1', action: fail });
+    expect((await transfer(target)).status).toBe(200);
+    expect(sim.faults.list().map((f) => [f.id, f.fired])).toEqual([[other, 0], [otherRaw, 0], [otherMeta, 0]]);
+    sim.faults.clear();
+    const handler = new URL(target).pathname.slice(1) as 'export' | 'export_raw_vdi' | 'export_metadata';
+    const id = sim.faults.add({ http: handler, vm: 'medium', times: 2, action: fail });
+    expect((await transfer(target)).status).toBe(500);
+    expect(sim.faults.list().map((f) => [f.id, f.fired])).toEqual([[id, 1]]);
+  });
+
+  it('an RPC on a VDI snapshot matches the VM of the disk it was taken from', async () => {
+    const snap = (await xapi(sim.url, 'VDI.snapshot', session, diskOf('medium'), {})) as string;
+    sim.faults.add({ rpc: 'VDI.destroy', vm: 'medium', action: fail });
+    expect(await xapiError(sim.url, 'VDI.destroy', session, snap)).toEqual(['VDI_IO_ERROR', 'injected']);
+    expect(await xapi(sim.url, 'VDI.destroy', session, snap)).toBe('');
   });
 });
 

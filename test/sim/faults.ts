@@ -42,7 +42,8 @@ export type FaultAction = z.infer<typeof FaultAction>;
  * A fault to inject. Target either an RPC method (`rpc: 'VM.snapshot'`, which also catches
  * `VM_snapshot` and `Async.VM.snapshot`; `'*'` for any) or an HTTP handler (`http: 'export'`),
  * optionally only for calls about a VM or VDI given by name_label or uuid (a snapshot matches
- * the VM or VDI it is a snapshot of). It fires `times` times (default 1) or, with `always`,
+ * the VM or VDI it is a snapshot of; a disk matches the VMs of its VBDs, a VDI snapshot those
+ * of the disk it was taken from). It fires `times` times (default 1) or, with `always`,
  * until removed.
  *
  * @example

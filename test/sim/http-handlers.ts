@@ -309,7 +309,7 @@ function subjectOfVm(state: SimState, vm: string): FaultSubject {
 }
 
 function subjectOfVdi(state: SimState, vdi: string): FaultSubject {
-  return { vms: state.db.reverse('VBD', 'VDI', vdi).map((v) => state.db.field<string>('VBD', v, 'VM')), vdis: [vdi] };
+  return { vms: state.vmsOfVdi(vdi), vdis: [vdi] };
 }
 
 function contentOf(state: SimState, vdi: string): BlockSource {

@@ -425,7 +425,7 @@ async function importRawVdi(call: Call): Promise<void> {
     return;
   }
   const format = (q.get('format') ?? 'raw').toLowerCase();
-  const fault = call.env.faults.forHttp('import_raw_vdi', { vms: [], vdis: [vdi] });
+  const fault = call.env.faults.forHttp('import_raw_vdi', { vms: call.env.state.vmsOfVdi(vdi), vdis: [vdi] });
   if (call.redirectForSr(db.field<string>('VDI', vdi, 'SR'))) return;
   const task = call.startTask('VDI.import_raw_vdi');
   call.begin({ vdi: db.field<string>('VDI', vdi, 'name_label'), vdiUuid: db.field<string>('VDI', vdi, 'uuid'), format });

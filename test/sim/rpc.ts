@@ -374,7 +374,7 @@ export class Rpc {
       if (db.has('VM', a)) addVm(a);
       else if (db.has('VDI', a)) {
         vdis.add(a);
-        for (const vbd of db.reverse('VBD', 'VDI', a)) vms.add(db.get('VBD', vbd)!.fields.VM as string);
+        for (const vm of this.state.vmsOfVdi(a)) vms.add(vm);
       } else if (db.has('VBD', a)) {
         const f = db.get('VBD', a)!.fields;
         vms.add(f.VM as string);

@@ -869,6 +869,20 @@ export class SimState {
     return this.hosts.find((h) => h.address === address);
   }
 
+  /**
+   * The VMs a VDI belongs to, for the `vm` fault filter: the VMs of its VBDs and, for a VDI
+   * snapshot no VBD holds (one `VDI.snapshot` made), those of the disk it is a snapshot of.
+   */
+  vmsOfVdi(vdiRef: string): string[] {
+    const vms = new Set<string>();
+    for (let vdi = vdiRef, seen = new Set<string>(); vdi !== NULL_REF && !seen.has(vdi); ) {
+      seen.add(vdi);
+      for (const vbd of this.db.reverse('VBD', 'VDI', vdi)) vms.add(this.db.field<string>('VBD', vbd, 'VM'));
+      vdi = (this.db.get('VDI', vdi)?.fields.snapshot_of as string | undefined) ?? NULL_REF;
+    }
+    return [...vms];
+  }
+
   /** VM matching a name or uuid (or whose snapshot_of does). */
   vmMatches(vmRef: string, filter: string): boolean {
     const row = this.db.get('VM', vmRef);
