@@ -102,7 +102,10 @@ describe('a request that matched nothing is not a success', () => {
     const pj = await vmbackup([...ws.args(sim), '-e', 'nope3', '--preview', '--json']);
     expect(pj.code).toBe(2);
     expect((JSON.parse(pj.stdout) as { errors: string[] }).errors).toEqual(['vm_exports: entry "nope3" matches no VM of the pool']);
-    // An exclude that matches nothing loses nothing: a warning, the others are backed up.
+  });
+
+  it('-x NAME matching no VM loses nothing: a warning, the others are backed up', async () => {
+    const ws = await workspace();
     const x = await vmbackup([...ws.args(sim), '-e', 'db01', '-x', 'retired-vm']);
     expect(x.code).toBe(0);
     expect(x.stdout + x.stderr).toContain('excludes: entry "retired-vm" matches no VM of the pool');
