@@ -726,7 +726,8 @@ export class SimState {
    * Returns, per VDI ref, the blocks written.
    */
   churn(vmRef: string, percent: number): Map<string, number[]> {
-    const vm = this.db.require('VM', vmRef).fields;
+    this.db.require('VM', vmRef);
+    const vm = this.db.record('VM', vmRef);
     if (vm.is_a_snapshot === true || vm.is_control_domain === true) throw new ApiError('OPERATION_NOT_ALLOWED', ['guest writes need a plain VM']);
     if (!(percent >= 0 && percent <= 100)) throw new RangeError(`percent must be within 0..100, not ${percent}`);
     const written = new Map<string, number[]>();
