@@ -3,40 +3,11 @@ import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vhdDiskWrites } from '../../runtime/formats/vhd.js';
 import { xvaDiskWrites } from '../../runtime/formats/xva.js';
-import type { PoolSpecInput } from './pool-spec.js';
+import { cbtPool, decodeBitmap } from './fixtures.js';
 import { startSimulator, type Simulator } from './server.js';
 import { login, xapi, xapiError } from './test-helpers.js';
 
 const BLOCK = 64 * 1024;
-
-export function cbtPool(): PoolSpecInput {
-  return {
-    credentials: { user: 'root', password: 'secret' },
-    hosts: [{ name_label: 'h1' }],
-    srs: [{ name_label: 'sr', size_gib: 10, used_gib: 1, type: 'nfs' }],
-    vms: [
-      {
-        name_label: 'app',
-        power_state: 'Halted',
-        disks: [
-          { device: 'xvda', size_mib: 4, fill: 'pattern' },
-          { device: 'xvdb', size_mib: 2, fill: 'sparse' },
-        ],
-        cd: 'guest-tools.iso',
-      },
-      { name_label: 'live', power_state: 'Running', disks: [{ device: 'xvda', size_mib: 2, fill: 'pattern', cbt_enabled: true }] },
-      { name_label: 'other', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 4, fill: 'zero', cbt_enabled: true }] },
-    ],
-  };
-}
-
-/** Block indices whose bit is set in a list_changed_blocks bitmap (MSB first). */
-export function decodeBitmap(base64: string): number[] {
-  const bytes = Buffer.from(base64, 'base64');
-  const out: number[] = [];
-  for (let i = 0; i < bytes.length * 8; i++) if ((bytes[i >> 3]! & (0x80 >> (i & 7))) !== 0) out.push(i);
-  return out;
-}
 
 let sim: Simulator;
 let session: string;
