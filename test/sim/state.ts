@@ -532,32 +532,12 @@ export class SimState {
     if (Object.keys(src.current_operations as object).length > 0) throw new ApiError('OTHER_OPERATION_IN_PROGRESS', ['VDI', vdiRef]);
     this.assertVdiOperation(vdiRef, 'snapshot');
     if (src.sharable === true) throw new ApiError('VDI_IS_SHARABLE', [vdiRef]);
-    const sr = src.SR as string;
-    const content = this.disks.get(vdiRef) ?? new ZeroDisk(src.virtual_size as number);
-    this.assertSrSpace(sr, content.allocated);
-    const uuid = this.ids.next('VDI');
-    const ref = this.create('VDI', uuid, {
-      name_label: src.name_label,
-      name_description: src.name_description,
-      SR: sr,
-      virtual_size: src.virtual_size,
-      physical_utilisation: content.allocated,
-      type: src.type,
-      sharable: src.sharable,
-      read_only: false,
-      other_config: src.other_config,
-      xenstore_data: src.xenstore_data,
-      on_boot: src.on_boot,
-      allow_caching: src.allow_caching,
-      location: uuid,
-      sm_config: { vdi_type: 'vhd' },
+    const ref = this.duplicateVdi(vdiRef, src.SR as string, {
       is_a_snapshot: true,
       snapshot_of: vdiRef,
       snapshot_time: opts.time ?? this.clock(),
       cbt_enabled: src.cbt_enabled,
     });
-    this.disks.set(ref, content instanceof MemoryDisk ? content.snapshot() : content);
-    this.adjustSr(sr, content.allocated);
     if (src.cbt_enabled === true) this.cbt.snapshot(vdiRef, ref);
     return ref;
   }
@@ -763,7 +743,8 @@ export class SimState {
     return this.duplicateVdi(vdiRef, srRef);
   }
 
-  private duplicateVdi(vdiRef: string, srRef: string): string {
+  /** A new VDI in `srRef` with the VDI's fields and bytes at this instant, plus `extra`. */
+  private duplicateVdi(vdiRef: string, srRef: string, extra: Record<string, unknown> = {}): string {
     const src = this.db.record('VDI', vdiRef);
     const content = this.readableContent(vdiRef);
     this.assertSrSpace(srRef, content.allocated);
@@ -779,8 +760,11 @@ export class SimState {
       read_only: false,
       other_config: src.other_config,
       xenstore_data: src.xenstore_data,
+      on_boot: src.on_boot,
+      allow_caching: src.allow_caching,
       location: uuid,
       sm_config: { vdi_type: 'vhd' },
+      ...extra,
     });
     this.disks.set(ref, content instanceof MemoryDisk ? content.snapshot() : content);
     this.adjustSr(srRef, content.allocated);
