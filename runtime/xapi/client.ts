@@ -8,7 +8,8 @@ import { Xapi } from 'xen-api';
 import type { Logger } from 'pino';
 import { ConnectionError, PermanentError, RetryLaterError, VmbackupError } from '../errors.js';
 import { formatBytes } from '../units.js';
-import type { HostRecord, PoolRecord, RecordType, RecordTypes, Ref } from './records.js';
+import { decodeChangedBlocks, type ChangedBlocks } from './cbt.js';
+import type { HostRecord, NbdInfo, PoolRecord, RecordType, RecordTypes, Ref } from './records.js';
 
 /**
  * How to reach a pool. The password is a secret: it is never logged and never put in a
@@ -601,6 +602,53 @@ export class XapiClient {
       });
       req.flushHeaders();
     });
+  }
+
+  // --- changed-block tracking and NBD (incremental backups) ------------------------------
+
+  /** `VDI.enable_cbt`: idempotent; refused on snapshots (OPERATION_NOT_ALLOWED) and where the SR cannot track. */
+  async enableCbt(vdi: Ref): Promise<void> {
+    await this.call('VDI.enable_cbt', vdi);
+  }
+
+  /** `VDI.disable_cbt`: idempotent; ends the chain of comparable snapshots. */
+  async disableCbt(vdi: Ref): Promise<void> {
+    await this.call('VDI.disable_cbt', vdi);
+  }
+
+  /**
+   * `VDI.list_changed_blocks(from, to)` decoded for a disk of `size` bytes: the 64 KiB
+   * blocks written after snapshot `from` up to `to` (a later snapshot, or the disk itself
+   * when no VM has it attached), as ranges to read. XAPI refuses with VDI_IN_USE while `to`
+   * is attached, and SR_BACKEND_FAILURE_460 for VDIs of unrelated chains.
+   */
+  async listChangedBlocks(from: Ref, to: Ref, size: number): Promise<ChangedBlocks> {
+    const bitmap = await this.call<string>('VDI.list_changed_blocks', from, to);
+    return decodeChangedBlocks(bitmap, size);
+  }
+
+  /**
+   * `VDI.data_destroy`: drops a CBT snapshot's data and keeps its changed-block metadata
+   * (type `cbt_metadata`, still a valid `from` for listChangedBlocks). Destroy the snapshot
+   * VM first: XAPI waits 4 s for the VDI's VBDs to go, then fails with VDI_IN_USE.
+   */
+  async dataDestroy(vdi: Ref): Promise<void> {
+    await this.call('VDI.data_destroy', vdi);
+  }
+
+  /**
+   * `VDI.get_nbd_info`: where the VDI can be read over NBD (empty unless a network has purpose
+   * `nbd` or `insecure_nbd`). The export names carry this client's session.
+   */
+  async vdiNbdInfo(vdi: Ref): Promise<NbdInfo[]> {
+    const infos = await this.call<Record<string, unknown>[]>('VDI.get_nbd_info', vdi);
+    return infos.map((i) => ({
+      address: String(i.address),
+      port: Number(i.port),
+      cert: String(i.cert),
+      exportname: String(i.exportname),
+      subject: String(i.subject),
+    }));
   }
 
   /** The pool's hosts, master first. */

@@ -62,7 +62,23 @@ export interface VdiRecord {
   snapshot_of: Ref;
   snapshots: Ref[];
   is_a_snapshot: boolean;
+  /** Changed-block tracking is on (snapshots inherit it). */
+  cbt_enabled: boolean;
   other_config: Record<string, string>;
+}
+
+/**
+ * Where a VDI can be read over NBD (`VDI.get_nbd_info`): one per host that can reach its SR.
+ * `exportname` carries the session (`/<vdi uuid>?session_id=<ref>`): it is a secret, and
+ * the session must stay logged in while connecting. `cert` is the host's certificate (PEM),
+ * `subject` the host name it is issued to.
+ */
+export interface NbdInfo {
+  address: string;
+  port: number;
+  cert: string;
+  exportname: string;
+  subject: string;
 }
 
 export interface VifRecord {
@@ -79,6 +95,8 @@ export interface NetworkRecord {
   $ref: Ref;
   uuid: string;
   name_label: string;
+  /** `nbd` (NBD over TLS) or `insecure_nbd` (plain NBD) when the pool serves NBD on it. */
+  purpose: string[];
 }
 
 export interface SrRecord {

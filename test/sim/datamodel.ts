@@ -333,6 +333,7 @@ export const DATAMODEL: Record<ClassName, ClassDef> = {
       tags: set(true),
       default_locking_mode: str('unlocked'),
       assigned_ips: map(),
+      purpose: set(),
     },
   },
   VM_guest_metrics: {

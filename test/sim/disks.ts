@@ -282,3 +282,127 @@ export function diskFor(fill: 'pattern' | 'zero' | 'sparse', size: number, seed:
       return new SparseDisk(size, seed);
   }
 }
+
+/** 64 KiB: the unit of guest writes the simulator plays, and of changed-block tracking. */
+export const WRITE_BLOCK = 64 * 1024;
+
+/**
+ * A disk after guest writes: `base` with some 64 KiB blocks rewritten. A rewritten block's
+ * bytes are generated from (disk id, block, generation), like `PatternDisk`'s (one of the
+ * shared bases, every 4 KiB stamped with id, block index and generation), so a disk costs
+ * one number per written block and the same writes always give the same bytes. Immutable:
+ * `withWrites` returns a new disk, so a snapshot that shares the old one keeps its content.
+ */
+export class WrittenDisk implements SimDisk {
+  private constructor(
+    readonly base: SimDisk,
+    private readonly id: number,
+    /** Block index → generation of its last write. */
+    private readonly blocks: ReadonlyMap<number, number>,
+  ) {}
+
+  /** `base` (itself possibly a WrittenDisk) with `blocks` rewritten at generation `generation`. */
+  static write(base: SimDisk, seed: string, blocks: Iterable<number>, generation: number): WrittenDisk {
+    const own = base instanceof WrittenDisk ? base : undefined;
+    const next = new Map(own?.blocks ?? []);
+    const count = Math.ceil(base.size / WRITE_BLOCK);
+    for (const b of blocks) {
+      if (!Number.isInteger(b) || b < 0 || b >= count) throw new RangeError(`block ${b} outside disk of ${count} blocks`);
+      next.set(b, generation);
+    }
+    return new WrittenDisk(own?.base ?? base, own?.id ?? seed32(seed), next);
+  }
+
+  get size(): number {
+    return this.base.size;
+  }
+
+  /** Blocks written so far (for inspection). */
+  get writtenBlocks(): number {
+    return this.blocks.size;
+  }
+
+  get allocated(): number {
+    let extra = 0;
+    for (const b of this.blocks.keys()) {
+      const start = b * WRITE_BLOCK;
+      const length = Math.min(WRITE_BLOCK, this.size - start);
+      if (!this.base.hasData(start, length)) extra += length;
+    }
+    return this.base.allocated + extra;
+  }
+
+  hasData(offset: number, length: number): boolean {
+    if (length <= 0) return false;
+    if (this.base.hasData(offset, length)) return true;
+    const last = Math.floor((offset + length - 1) / WRITE_BLOCK);
+    for (let b = Math.floor(offset / WRITE_BLOCK); b <= last; b++) if (this.blocks.has(b)) return true;
+    return false;
+  }
+
+  /** The bytes of written block `block` at `generation`. */
+  private blockBytes(block: number, generation: number): Buffer {
+    const start = block * WRITE_BLOCK;
+    const length = Math.min(WRITE_BLOCK, this.size - start);
+    const base = sharedBase((this.id + generation) >>> 0);
+    const from = (block % (CHUNK / WRITE_BLOCK)) * WRITE_BLOCK;
+    const out = Buffer.allocUnsafe(length);
+    base.copy(out, 0, from, from + length);
+    const firstStamp = start / STAMP_BLOCK;
+    for (let s = 0; s * STAMP_BLOCK + 12 <= length; s++) {
+      out.writeUInt32LE(this.id, s * STAMP_BLOCK);
+      out.writeUInt32LE((firstStamp + s) >>> 0, s * STAMP_BLOCK + 4);
+      out.writeUInt32LE(generation >>> 0, s * STAMP_BLOCK + 8);
+    }
+    return out;
+  }
+
+  async read(offset: number, length: number): Promise<Buffer | null> {
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`read [${offset}, ${offset + length}) outside disk of ${this.size} bytes`);
+    }
+    const base = await this.base.read(offset, length);
+    if (length === 0) return base;
+    const first = Math.floor(offset / WRITE_BLOCK);
+    const last = Math.floor((offset + length - 1) / WRITE_BLOCK);
+    let out: Buffer | null = null;
+    for (let b = first; b <= last; b++) {
+      const generation = this.blocks.get(b);
+      if (generation === undefined) continue;
+      if (out === null) {
+        // Never write into the base's buffer: it may be shared (a MemoryDisk chunk).
+        out = Buffer.alloc(length);
+        base?.copy(out);
+      }
+      const bytes = this.blockBytes(b, generation);
+      const blockStart = b * WRITE_BLOCK;
+      const from = Math.max(offset, blockStart);
+      const to = Math.min(offset + length, blockStart + bytes.length);
+      bytes.copy(out, from - offset, from - blockStart, to - blockStart);
+    }
+    return out ?? base;
+  }
+}
+
+/**
+ * `count` distinct block indices in [0, total), chosen from `seed` alone (Floyd's sampling
+ * over xorshift32), sorted.
+ */
+export function pickBlocks(total: number, count: number, seed: string): number[] {
+  const k = Math.max(0, Math.min(total, Math.round(count)));
+  let x = seed32(seed);
+  const next = (bound: number) => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x % bound;
+  };
+  const chosen = new Set<number>();
+  for (let j = total - k; j < total; j++) {
+    const t = next(j + 1);
+    chosen.add(chosen.has(t) ? j : t);
+  }
+  return [...chosen].sort((a, b) => a - b);
+}

@@ -1,7 +1,8 @@
 import { z } from 'zod';
 
 /** HTTP handlers a fault can target. */
-export const HTTP_HANDLERS = ['export', 'export_raw_vdi', 'export_metadata', 'import', 'import_raw_vdi', 'xmldbdump', 'host_backup'] as const;
+/** (`nbd` is the NBD server: `reset`/`stall` after `after_bytes` of read data, `error` answers reads with EIO.) */
+export const HTTP_HANDLERS = ['export', 'export_raw_vdi', 'export_metadata', 'import', 'import_raw_vdi', 'xmldbdump', 'host_backup', 'nbd'] as const;
 export type HttpHandlerName = (typeof HTTP_HANDLERS)[number];
 
 /**

@@ -57,3 +57,36 @@ export function smallPool(overrides: Partial<PoolSpecInput> = {}): PoolSpecInput
     ...overrides,
   };
 }
+
+/**
+ * A pool for changed-block tracking: a halted VM with a pattern and a sparse disk (CBT off),
+ * a running VM and a halted VM whose disks have CBT on.
+ */
+export function cbtPool(): PoolSpecInput {
+  return {
+    credentials: { user: 'root', password: 'secret' },
+    hosts: [{ name_label: 'h1' }],
+    srs: [{ name_label: 'sr', size_gib: 10, used_gib: 1, type: 'nfs' }],
+    vms: [
+      {
+        name_label: 'app',
+        power_state: 'Halted',
+        disks: [
+          { device: 'xvda', size_mib: 4, fill: 'pattern' },
+          { device: 'xvdb', size_mib: 2, fill: 'sparse' },
+        ],
+        cd: 'guest-tools.iso',
+      },
+      { name_label: 'live', power_state: 'Running', disks: [{ device: 'xvda', size_mib: 2, fill: 'pattern', cbt_enabled: true }] },
+      { name_label: 'other', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 4, fill: 'zero', cbt_enabled: true }] },
+    ],
+  };
+}
+
+/** Block indices whose bit is set in a list_changed_blocks bitmap (MSB first). */
+export function decodeBitmap(base64: string): number[] {
+  const bytes = Buffer.from(base64, 'base64');
+  const out: number[] = [];
+  for (let i = 0; i < bytes.length * 8; i++) if ((bytes[i >> 3]! & (0x80 >> (i & 7))) !== 0) out.push(i);
+  return out;
+}

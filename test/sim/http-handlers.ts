@@ -8,7 +8,7 @@ import { TAR_END, TarFormat, encodeTarHeader, tarEntry, tarPadding } from '../..
 import { vhdStream } from '../../runtime/formats/vhd.js';
 import { XvaChecksum, xvaStream } from '../../runtime/formats/xva.js';
 import { dumpDatabase } from './dbdump.js';
-import { PatternDisk, ZeroDisk, type SimDisk } from './disks.js';
+import { PatternDisk, type SimDisk } from './disks.js';
 import { ApiError, toApiError } from './errors.js';
 import type { FaultAction, FaultSubject, Faults, HttpHandlerName } from './faults.js';
 import { NULL_REF } from './ids.js';
@@ -312,8 +312,9 @@ function subjectOfVdi(state: SimState, vdi: string): FaultSubject {
   return { vms: state.vmsOfVdi(vdi), vdis: [vdi] };
 }
 
+/** A VDI's bytes; a cbt_metadata VDI (data destroyed) fails with VDI_INCOMPATIBLE_TYPE. */
 function contentOf(state: SimState, vdi: string): BlockSource {
-  return state.disks.get(vdi) ?? new ZeroDisk(state.db.field<number>('VDI', vdi, 'virtual_size'));
+  return state.readableContent(vdi);
 }
 
 /** `/export`: the VM as an XVA (export.ml `handler`). */
@@ -422,6 +423,13 @@ async function exportRawVdi(call: Call): Promise<void> {
   }
   const format = (q.get('format') ?? 'raw').toLowerCase();
   if (call.redirectForSr(state.db.field<string>('VDI', vdi, 'SR'))) return;
+  try {
+    contentOf(state, vdi);
+    if (base !== undefined) contentOf(state, base);
+  } catch (error) {
+    call.failEarly(toApiError(error));
+    return;
+  }
   const fault = call.env.faults.forHttp('export_raw_vdi', subjectOfVdi(state, vdi));
   const task = call.startTask('VDI.export_raw_vdi');
   const uuid = state.db.field<string>('VDI', vdi, 'uuid');

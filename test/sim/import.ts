@@ -448,6 +448,7 @@ async function importRawVdi(call: Call): Promise<void> {
       for await (const w of vhdDiskWrites(body)) {
         if (w.offset + w.data.length > size) throw new ApiError('VDI_IO_ERROR', ['Device I/O errors']);
         await disk.write(w.offset, w.data);
+        state.noteWrite(vdi, w.offset, w.data.length);
         written += w.data.length;
         state.setTaskProgress(task, Math.min(0.99, (w.offset + w.data.length) / size));
       }
@@ -458,6 +459,7 @@ async function importRawVdi(call: Call): Promise<void> {
           if (room <= 0) break;
           const piece = chunk.length > room ? chunk.subarray(0, room) : chunk;
           await disk.write(written, piece);
+          state.noteWrite(vdi, written, piece.length);
           written += piece.length;
           state.setTaskProgress(task, Math.min(0.99, written / size));
           if (written >= size) break;

@@ -153,6 +153,13 @@ export const PoolSpec = z.strictObject({
     .default({ brand: 'XCP-ng', version: '8.2.1', build_number: 'release/yangtze/master/58', api_major: 2, api_minor: 20, xapi_major: 1, xapi_minor: 20 }),
   /** Default templates (is_default_template) besides those every pool gets. */
   templates: z.array(z.string()).default([]),
+  /** Networks to create (besides those VIFs name), e.g. one with purpose `nbd` to serve NBD. */
+  networks: z
+    .array(z.strictObject({ name_label: z.string().min(1), purpose: z.array(z.enum(['nbd', 'insecure_nbd'])).default([]) }))
+    .default([])
+    .refine((nets) => !(nets.some((n) => n.purpose.includes('nbd')) && nets.some((n) => n.purpose.includes('insecure_nbd'))), {
+      message: 'purposes nbd and insecure_nbd exclude each other (NETWORK_INCOMPATIBLE_PURPOSES)',
+    }),
 });
 export type PoolSpec = z.infer<typeof PoolSpec>;
 export type PoolSpecInput = z.input<typeof PoolSpec>;

@@ -56,6 +56,15 @@ interface MethodDef {
 export interface RpcOptions {
   /** XAPI sleeps 5 s before SESSION_AUTHENTICATION_FAILED; default here 0. */
   authFailureDelayMs: number;
+  /** The simulator's NBD server, for VDI.get_nbd_info. */
+  nbd?: {
+    /** Port every host's NBD server listens on (XAPI: 10809). */
+    readonly port: number;
+    /** PEM of the certificate the NBD server presents after STARTTLS. */
+    cert(): Promise<string>;
+    /** The host name that certificate is issued to. */
+    readonly subject: string;
+  };
 }
 
 /** What the transport must do with a call. */
@@ -345,6 +354,45 @@ export class Rpc {
       if (typeof size !== 'number' || !Number.isInteger(size) || size < 0) throw new ApiError('FIELD_TYPE_ERROR', ['virtual_size']);
       return state.createVdi({ ...r, virtual_size: size });
     }, { async: true });
+    // Changed-block tracking and NBD (xapi_vdi.ml, xapi_network.ml).
+    this.define('VDI.enable_cbt', [p('self', 'ref')], (_c, [self]) => {
+      state.setCbt(self as string, true);
+      return '';
+    }, { async: true });
+    this.define('VDI.disable_cbt', [p('self', 'ref')], (_c, [self]) => {
+      state.setCbt(self as string, false);
+      return '';
+    }, { async: true });
+    this.define('VDI.list_changed_blocks', [p('vdi_from', 'ref'), p('vdi_to', 'ref')], (_c, [from, to]) => state.listChangedBlocks(from as string, to as string), { async: true });
+    this.define('VDI.data_destroy', [p('self', 'ref')], async (c, [self]) => {
+      await state.dataDestroy(self as string, c.closed);
+      return '';
+    }, { async: true });
+    this.define('VDI.get_nbd_info', [p('self', 'ref')], async (c, [self]) => {
+      const vdi = self as string;
+      const f = db.require('VDI', vdi).fields;
+      if (f.type === 'cbt_metadata') throw new ApiError('VDI_INCOMPATIBLE_TYPE', [vdi, 'cbt_metadata']);
+      const nbd = c.options.nbd;
+      const purposes = db.all('network').flatMap((n) => n.fields.purpose as string[]);
+      if (nbd === undefined || !purposes.some((x) => x === 'nbd' || x === 'insecure_nbd')) return [];
+      const owner = state.hostOfSr(f.SR as string);
+      const hosts = state.hosts.filter((h) => owner === undefined || h.ref === owner);
+      const cert = await nbd.cert();
+      return hosts.map((h) => ({ address: h.address, port: nbd.port, cert, exportname: `/${f.uuid as string}?session_id=${c.session!}`, subject: nbd.subject }));
+    });
+    this.define('VDI.pool_migrate', [p('vdi', 'ref'), p('sr', 'ref'), p('options', 'map')], (_c, [vdi, sr]) => state.poolMigrateVdi(vdi as string, sr as string), { async: true });
+    this.define('VDI.clone', [p('vdi', 'ref'), p('driver_params', 'map', true)], (_c, [vdi]) => state.cloneVdi(vdi as string), { async: true });
+    this.define('VDI.copy', [p('vdi', 'ref'), p('sr', 'ref'), p('base_vdi', 'ref', true), p('into_vdi', 'ref', true)], (_c, [vdi, sr]) => state.copyVdi(vdi as string, sr as string), { async: true });
+    this.define('network.add_purpose', [p('self', 'ref'), p('value', 'string')], (_c, [self, value]) => {
+      state.addNetworkPurpose(self as string, value as string);
+      return '';
+    });
+    this.define('network.remove_purpose', [p('self', 'ref'), p('value', 'string')], (_c, [self, value]) => {
+      const current = db.require('network', self as string).fields.purpose as string[];
+      if (current.includes(value as string)) db.update('network', self as string, { purpose: current.filter((x) => x !== value) });
+      return '';
+    });
+
     this.define('SR.scan', [p('sr', 'ref')], (_c, [sr]) => {
       db.require('SR', sr as string);
       return '';

@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import type { BlockSource } from '../../runtime/formats/block-source.js';
 import { XmlRpcParseError, decodeMethodCall, encodeMethodResponse, escapeXml, type XmlRpcValue } from '../../runtime/formats/xmlrpc.js';
 import { CLASS_NAMES, type ClassName } from './datamodel.js';
@@ -12,7 +12,8 @@ import { IMPORT_HANDLERS } from './import.js';
 import { parsePoolSpec, type PoolSpec, type PoolSpecInput } from './pool-spec.js';
 import { Rpc, canonicalMethodName, type RpcOutcome } from './rpc.js';
 import { SimState, type HostInfo, type SessionInfo } from './state.js';
-import { makeTls } from './tls.js';
+import { createNbdServer, type NbdConnection } from './nbd.js';
+import { makeTls, type TlsMaterial } from './tls.js';
 import { readBody } from './transfer.js';
 import { toJson } from './wire.js';
 
@@ -37,6 +38,8 @@ export interface SimulatorOptions {
   authFailureDelayMs?: number;
   /** Clock for snapshot times, task times… (tests); default the system clock. */
   clock?: () => Date;
+  /** Port of every host's NBD server (XAPI: 10809); 0 (default) picks a free one. */
+  nbdPort?: number;
 }
 
 export interface SimHost {
@@ -84,6 +87,14 @@ export interface SimInspector {
   summary(): Record<string, unknown>;
   /** Changes fields directly (emits events), e.g. to play "someone else changed it". */
   update(cls: ClassName, refOrUuid: string, fields: Record<string, unknown>): void;
+  /**
+   * Guest writes: rewrites `percent` % of the 64 KiB blocks of each disk of the VM (name,
+   * uuid or ref) with new deterministic bytes, tracked by CBT. Returns the blocks written
+   * per VDI uuid.
+   */
+  churn(vm: string, percent: number): Record<string, number[]>;
+  /** NBD connections, oldest first. */
+  nbdConnections(): NbdConnection[];
 }
 
 /** Fault injection (see faults.ts for what each action does). */
@@ -103,6 +114,10 @@ export interface Simulator {
   readonly hosts: SimHost[];
   /** PEM file of the CA to trust, with `https`. */
   readonly caFile?: string;
+  /** Port of the NBD server on every host address. */
+  readonly nbdPort: number;
+  /** PEM file of the CA that signed the NBD server's certificate (`caFile` with `https`). */
+  nbdCaFile(): Promise<string>;
   readonly credentials: { user: string; password: string };
   readonly state: SimInspector;
   readonly faults: SimFaults;
@@ -147,11 +162,24 @@ export async function startSimulator(options: SimulatorOptions): Promise<Simulat
       (f.vm === undefined || subject.vms.some((v) => state.vmMatches(v, f.vm!))) && (f.vdi === undefined || subject.vdis.some((v) => state.vdiMatches(v, f.vdi!))),
     canonicalMethodName,
   );
-  const rpc = new Rpc(state, faults, closed, { authFailureDelayMs: options.authFailureDelayMs ?? 0 });
-
   const addresses = state.hosts.map((h) => h.address);
   const hostsByAddress = new Map(state.hosts.map((h, i) => [addresses[i]!, h]));
   const tls = options.https === true ? await makeTls(addresses, options.tlsDir) : undefined;
+  // NBD over TLS needs a certificate even without https: made on first use.
+  let nbdTls: Promise<TlsMaterial> | undefined = tls === undefined ? undefined : Promise.resolve(tls);
+  const nbdTlsMaterial = () => (nbdTls ??= makeTls(addresses));
+  let nbdPort = options.nbdPort ?? 0;
+  const nbdConnections: NbdConnection[] = [];
+  const rpc = new Rpc(state, faults, closed, {
+    authFailureDelayMs: options.authFailureDelayMs ?? 0,
+    nbd: {
+      get port() {
+        return nbdPort;
+      },
+      cert: async () => (await nbdTlsMaterial()).cert,
+      subject: 'localhost',
+    },
+  });
   const scheme = tls === undefined ? 'http' : 'https';
   let port = options.port ?? 0;
   const hostUrl = (h: HostInfo) => `${scheme}://${addresses[state.hosts.indexOf(h)]}:${port}`;
@@ -162,7 +190,7 @@ export async function startSimulator(options: SimulatorOptions): Promise<Simulat
     calls[transport] += 1;
     calls.byMethod[method] = (calls.byMethod[method] ?? 0) + 1;
   };
-  const inspector = makeInspector(state, transfers, faults, calls);
+  const inspector = makeInspector(state, transfers, faults, calls, nbdConnections);
   const simFaults: SimFaults = {
     add: (s) => faults.add(s),
     remove: (id) => faults.remove(id),
@@ -274,20 +302,27 @@ export async function startSimulator(options: SimulatorOptions): Promise<Simulat
         return replyJson(res, ok ? 200 : 404, { removed: ok });
       }
       if (method === 'POST' && path === '/_sim/sessions/invalidate') return replyJson(res, 200, { invalidated: state.invalidateAllSessions() });
+      if (method === 'POST' && path === '/_sim/churn') {
+        const body = JSON.parse((await readBody(req, 1 << 20)).toString('utf8')) as { vm?: unknown; percent?: unknown };
+        if (typeof body.vm !== 'string' || typeof body.percent !== 'number') throw new Error('give {"vm": name, uuid or ref, "percent": 0..100}');
+        return replyJson(res, 200, { written: inspector.churn(body.vm, body.percent) });
+      }
       replyJson(res, 404, { error: `no control endpoint ${method} ${path}` });
     } catch (error) {
       replyJson(res, 400, { error: error instanceof Error ? error.message : String(error) });
     }
   };
 
-  const servers: (http.Server | https.Server)[] = [];
+  const servers: (http.Server | https.Server | net.Server)[] = [];
+  const nbdSockets = new Set<net.Socket>();
   const closeServers = async () => {
+    for (const socket of nbdSockets) socket.destroy();
     await Promise.all(
       servers.map(
         (s) =>
           new Promise<void>((resolve) => {
             s.close(() => resolve());
-            s.closeAllConnections();
+            if ('closeAllConnections' in s) s.closeAllConnections();
           }),
       ),
     );
@@ -309,11 +344,28 @@ export async function startSimulator(options: SimulatorOptions): Promise<Simulat
         });
         if (port === 0) port = (server.address() as AddressInfo).port;
       }
+      for (let i = 0; i < state.hosts.length; i++) {
+        const server = createNbdServer({ state, faults, connections: nbdConnections, tlsMaterial: nbdTlsMaterial }, state.hosts[i]!);
+        server.on('connection', (socket) => {
+          nbdSockets.add(socket);
+          socket.once('close', () => nbdSockets.delete(socket));
+        });
+        servers.push(server);
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(nbdPort, addresses[i], () => {
+            server.off('error', reject);
+            resolve();
+          });
+        });
+        if (nbdPort === 0) nbdPort = (server.address() as AddressInfo).port;
+      }
       break;
     } catch (error) {
       await closeServers();
-      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || (options.port ?? 0) !== 0 || attempt >= 5) throw error;
+      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || (options.port ?? 0) !== 0 || (options.nbdPort ?? 0) !== 0 || attempt >= 5) throw error;
       port = 0;
+      nbdPort = 0;
     }
   }
 
@@ -323,6 +375,8 @@ export async function startSimulator(options: SimulatorOptions): Promise<Simulat
     port,
     hosts,
     ...(tls === undefined ? {} : { caFile: tls.caFile }),
+    nbdPort,
+    nbdCaFile: async () => (await nbdTlsMaterial()).caFile,
     credentials: { ...spec.credentials },
     state: inspector,
     faults: simFaults,
@@ -331,11 +385,18 @@ export async function startSimulator(options: SimulatorOptions): Promise<Simulat
       await closeServers();
       // A CA and keys made for this run go with it; a --tls-dir the caller chose stays.
       if (tls !== undefined && options.tlsDir === undefined) await rm(tls.dir, { recursive: true, force: true });
+      else if (tls === undefined && nbdTls !== undefined) await rm((await nbdTls).dir, { recursive: true, force: true });
     },
   };
 }
 
-function makeInspector(state: SimState, transfers: Transfer[], faults: Faults, calls: { xmlrpc: number; jsonrpc: number; byMethod: Record<string, number> }): SimInspector {
+function makeInspector(
+  state: SimState,
+  transfers: Transfer[],
+  faults: Faults,
+  calls: { xmlrpc: number; jsonrpc: number; byMethod: Record<string, number> },
+  nbdConnections: NbdConnection[],
+): SimInspector {
   const { db } = state;
   const records = (cls: ClassName) => db.all(cls).map((r) => plain(db.record(cls, r.ref), r.ref));
   const find = (cls: ClassName, key: string) => (db.has(cls, key) ? db.get(cls, key) : db.byUuid(cls, key));
@@ -390,6 +451,12 @@ function makeInspector(state: SimState, transfers: Transfer[], faults: Faults, c
         faults: faults.list(),
       };
     },
+    churn(key, percent) {
+      const vm = inspector.vm(key);
+      const written = state.churn(vm.ref, percent);
+      return Object.fromEntries([...written].map(([vdi, blocks]) => [db.field<string>('VDI', vdi, 'uuid'), blocks]));
+    },
+    nbdConnections: () => nbdConnections.map((c) => ({ ...c })),
     update(cls, key, fields) {
       const row = find(cls, key);
       if (row === undefined) throw new ApiError('HANDLE_INVALID', [cls, key]);

@@ -1,6 +1,7 @@
+import { CbtLogs } from './cbt.js';
 import type { ClassName } from './datamodel.js';
 import { Database, type Row } from './db.js';
-import { MemoryDisk, ZeroDisk, diskFor, type SimDisk } from './disks.js';
+import { MemoryDisk, WRITE_BLOCK, WrittenDisk, ZeroDisk, diskFor, pickBlocks, type SimDisk } from './disks.js';
 import { ApiError } from './errors.js';
 import { IdGenerator, NULL_REF, randomRef } from './ids.js';
 import type { PoolSpec, VmSpec } from './pool-spec.js';
@@ -67,6 +68,12 @@ const CONCURRENT_GROUPS = [['clone', 'copy', 'export'], ['snapshot', 'checkpoint
 const DEFAULT_TEMPLATES = ['Other install media', 'Debian Bookworm 12', 'Windows 10 (64-bit)'];
 
 const TOOLS_SR_NAME = 'XCP-ng Tools';
+
+/** SR types whose SM driver has VDI_CONFIG_CBT (the VHD-based ones); others refuse CBT calls. */
+const CBT_SR_TYPES = new Set(['lvm', 'lvmoiscsi', 'lvmohba', 'ext', 'nfs', 'smb', 'file', 'xfs', 'gfs2']);
+
+/** How long VDI.data_destroy waits for the VDI's VBDs to go (xapi_vdi.ml `data_destroy`). */
+const DATA_DESTROY_WAIT_MS = 4000;
 const TOOLS_ISO_NAME = 'guest-tools.iso';
 
 /** Lowercase power state, as XAPI writes them in errors. */
@@ -89,6 +96,10 @@ export class SimState {
   readonly db = new Database();
   readonly ids: IdGenerator;
   readonly disks = new Map<string, SimDisk>();
+  /** Changed-block tracking logs of the VDIs (cbt.ts). */
+  readonly cbt = new CbtLogs();
+  /** Guest writes played so far on each VDI (`churn`), the generation of the next ones. */
+  private readonly writeRounds = new Map<string, number>();
   readonly hosts: HostInfo[];
   readonly poolRef: string;
   readonly masterRef: string;
@@ -230,6 +241,10 @@ export class SimState {
       return ref;
     };
     network('Pool-wide network associated with eth0');
+    for (const n of spec.networks) {
+      const ref = network(n.name_label);
+      if (n.purpose.length > 0) this.db.update('network', ref, { purpose: [...n.purpose] });
+    }
 
     this.db.create('pool', this.poolRef, {
       uuid: this.ids.uuid('pool', spec.name_label),
@@ -358,6 +373,7 @@ export class SimState {
         cbt_enabled: d.cbt_enabled,
       });
       this.disks.set(vdiRef, content);
+      if (d.cbt_enabled) this.cbt.enable(vdiRef, size);
       this.create('VBD', this.ids.uuid('VBD', vdiUuid), {
         VM: vmRef,
         VDI: vdiRef,
@@ -428,6 +444,8 @@ export class SimState {
     const attached = this.db.reverse('VBD', 'VDI', row.ref).some((v) => this.db.get('VBD', v)?.fields.currently_attached === true);
     const ops = ['clone', 'copy', 'snapshot', 'update', 'generate_config', 'resize_online'];
     if (!attached) ops.push('destroy', 'resize', 'forget');
+    for (const op of ['enable_cbt', 'disable_cbt', 'data_destroy', 'list_changed_blocks']) if (this.vdiOperationError(row.ref, op) === undefined) ops.push(op);
+    if (row.fields.type === 'cbt_metadata') return ops.filter((op) => !['clone', 'copy', 'snapshot', 'resize', 'resize_online', 'enable_cbt', 'disable_cbt'].includes(op));
     return ops;
   }
 
@@ -512,33 +530,15 @@ export class SimState {
   snapshotVdi(vdiRef: string, opts: { time?: Date } = {}): string {
     const src = this.db.require('VDI', vdiRef).fields;
     if (Object.keys(src.current_operations as object).length > 0) throw new ApiError('OTHER_OPERATION_IN_PROGRESS', ['VDI', vdiRef]);
+    this.assertVdiOperation(vdiRef, 'snapshot');
     if (src.sharable === true) throw new ApiError('VDI_IS_SHARABLE', [vdiRef]);
-    const sr = src.SR as string;
-    const content = this.disks.get(vdiRef) ?? new ZeroDisk(src.virtual_size as number);
-    this.assertSrSpace(sr, content.allocated);
-    const uuid = this.ids.next('VDI');
-    const ref = this.create('VDI', uuid, {
-      name_label: src.name_label,
-      name_description: src.name_description,
-      SR: sr,
-      virtual_size: src.virtual_size,
-      physical_utilisation: content.allocated,
-      type: src.type,
-      sharable: src.sharable,
-      read_only: false,
-      other_config: src.other_config,
-      xenstore_data: src.xenstore_data,
-      on_boot: src.on_boot,
-      allow_caching: src.allow_caching,
-      location: uuid,
-      sm_config: { vdi_type: 'vhd' },
+    const ref = this.duplicateVdi(vdiRef, src.SR as string, {
       is_a_snapshot: true,
       snapshot_of: vdiRef,
       snapshot_time: opts.time ?? this.clock(),
       cbt_enabled: src.cbt_enabled,
     });
-    this.disks.set(ref, content instanceof MemoryDisk ? content.snapshot() : content);
-    this.adjustSr(sr, content.allocated);
+    if (src.cbt_enabled === true) this.cbt.snapshot(vdiRef, ref);
     return ref;
   }
 
@@ -556,6 +556,8 @@ export class SimState {
     this.db.destroy('VDI', vdiRef);
     for (const v of vbds) if (this.db.has('VBD', v)) this.db.destroy('VBD', v);
     this.disks.delete(vdiRef);
+    this.cbt.remove(vdiRef);
+    this.writeRounds.delete(vdiRef);
     this.adjustSr(f.SR as string, -(f.physical_utilisation as number));
   }
 
@@ -592,6 +594,244 @@ export class SimState {
     if (before === content.allocated) return;
     this.db.update('VDI', vdiRef, { physical_utilisation: content.allocated });
     this.adjustSr(this.db.field<string>('VDI', vdiRef, 'SR'), content.allocated - before);
+  }
+
+  // --- changed-block tracking (xapi_vdi.ml check_operation_error, sm VDI.py) ---------------
+
+  /** The error XAPI raises for `op` on this VDI (the CBT-related subset of its checks), or undefined. */
+  vdiOperationError(vdiRef: string, op: string): ApiError | undefined {
+    const f = this.db.require('VDI', vdiRef).fields;
+    const srRef = f.SR as string;
+    const sr = this.db.get('SR', srRef)?.fields;
+    const attached = this.db.reverse('VBD', 'VDI', vdiRef).some((v) => {
+      const vbd = this.db.get('VBD', v)?.fields;
+      if (vbd?.currently_attached !== true) return false;
+      // list_changed_blocks tolerates VBDs of snapshot VMs (VM.checkpoint leaves them attached).
+      return !(op === 'list_changed_blocks' && this.db.get('VM', vbd.VM as string)?.fields.is_a_snapshot === true);
+    });
+    const live = ['snapshot', 'clone', 'enable_cbt', 'disable_cbt', 'data_destroy', 'mirror'].includes(op);
+    if (attached && !live && !(op === 'copy' && !this.hasRwAttach(vdiRef))) return new ApiError('VDI_IN_USE', [vdiRef, op]);
+    const cbtOp = ['enable_cbt', 'disable_cbt', 'data_destroy', 'list_changed_blocks'].includes(op);
+    if (cbtOp && (sr === undefined || !CBT_SR_TYPES.has(sr.type as string) || sr.content_type === 'iso')) return new ApiError('SR_OPERATION_NOT_SUPPORTED', [srRef]);
+    const forMetadata = ['data_destroy', 'destroy', 'list_changed_blocks', 'forget', 'update', 'generate_config'];
+    if (f.type === 'cbt_metadata' && !forMetadata.includes(op)) return new ApiError('VDI_INCOMPATIBLE_TYPE', [vdiRef, 'cbt_metadata']);
+    if ((op === 'mirror' || op === 'set_on_boot') && f.cbt_enabled === true) return new ApiError('VDI_CBT_ENABLED', [vdiRef]);
+    if (op === 'data_destroy') {
+      if (f.is_a_snapshot !== true) return new ApiError('OPERATION_NOT_ALLOWED', [`VDI is not a snapshot: ${vdiRef}`]);
+      if (f.cbt_enabled !== true) return new ApiError('VDI_NO_CBT_METADATA', [vdiRef]);
+      if (sr?.is_tools_sr === true) return new ApiError('SR_OPERATION_NOT_SUPPORTED', [srRef]);
+    }
+    if (op === 'enable_cbt' || op === 'disable_cbt') {
+      if (f.is_a_snapshot === true) return new ApiError('OPERATION_NOT_ALLOWED', [`VDI is a snapshot: ${vdiRef}`]);
+      if (f.type !== 'user' && f.type !== 'system') return new ApiError('VDI_INCOMPATIBLE_TYPE', [vdiRef, f.type as string]);
+      if (f.on_boot === 'reset') return new ApiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
+    }
+    return undefined;
+  }
+
+  private hasRwAttach(vdiRef: string): boolean {
+    return this.db.reverse('VBD', 'VDI', vdiRef).some((v) => {
+      const vbd = this.db.get('VBD', v)?.fields;
+      return vbd?.currently_attached === true && vbd.mode === 'RW';
+    });
+  }
+
+  assertVdiOperation(vdiRef: string, op: string): void {
+    const error = this.vdiOperationError(vdiRef, op);
+    if (error !== undefined) throw error;
+  }
+
+  /** VDI.enable_cbt / VDI.disable_cbt: idempotent; enabling starts a new chain (no changes yet). */
+  setCbt(vdiRef: string, enabled: boolean): void {
+    this.assertVdiOperation(vdiRef, enabled ? 'enable_cbt' : 'disable_cbt');
+    if (this.db.field<boolean>('VDI', vdiRef, 'cbt_enabled') === enabled) return;
+    if (enabled) this.cbt.enable(vdiRef, this.db.field<number>('VDI', vdiRef, 'virtual_size'));
+    else this.cbt.disable(vdiRef);
+    this.db.update('VDI', vdiRef, { cbt_enabled: enabled });
+  }
+
+  /** VDI.list_changed_blocks: base64 bitmap of the 64 KiB blocks changed from `from` to `to`. */
+  listChangedBlocks(from: string, to: string): string {
+    this.db.require('VDI', from);
+    this.assertVdiOperation(to, 'list_changed_blocks');
+    return this.cbt.changed(from, to, this.db.field<number>('VDI', to, 'virtual_size')).toString('base64');
+  }
+
+  /**
+   * VDI.data_destroy: waits (4 s, as XAPI) for the VDI's VBDs to be destroyed, then drops its
+   * data and keeps its CBT log: the VDI becomes type `cbt_metadata`.
+   */
+  async dataDestroy(vdiRef: string, closed: Promise<void>): Promise<void> {
+    this.assertVdiOperation(vdiRef, 'data_destroy');
+    if (this.db.field<string>('VDI', vdiRef, 'type') === 'cbt_metadata') return;
+    const vbds = () => (this.db.has('VDI', vdiRef) ? this.db.reverse('VBD', 'VDI', vdiRef) : []);
+    if (vbds().length > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, DATA_DESTROY_WAIT_MS);
+        const off = this.db.onChange(() => {
+          if (vbds().length === 0) done();
+        });
+        void closed.then(done);
+        function done() {
+          clearTimeout(timer);
+          off();
+          resolve();
+        }
+      });
+      if (vbds().length > 0) throw new ApiError('VDI_IN_USE', [vdiRef, 'data_destroy']);
+    }
+    this.db.require('VDI', vdiRef);
+    const used = this.db.field<number>('VDI', vdiRef, 'physical_utilisation');
+    this.disks.delete(vdiRef);
+    this.db.update('VDI', vdiRef, { type: 'cbt_metadata', physical_utilisation: 0 });
+    this.adjustSr(this.db.field<string>('VDI', vdiRef, 'SR'), -used);
+  }
+
+  /** The VDI's content for a reader (NBD, exports): refused for cbt_metadata, as XAPI does. */
+  readableContent(vdiRef: string): SimDisk {
+    const f = this.db.require('VDI', vdiRef).fields;
+    if (f.type === 'cbt_metadata') throw new ApiError('VDI_INCOMPATIBLE_TYPE', [vdiRef, 'cbt_metadata']);
+    return this.disks.get(vdiRef) ?? new ZeroDisk(f.virtual_size as number);
+  }
+
+  /** A guest (or an import) wrote [offset, offset + length) of the VDI: CBT records it. */
+  noteWrite(vdiRef: string, offset: number, length: number): void {
+    if (this.db.get('VDI', vdiRef)?.fields.cbt_enabled === true) this.cbt.noteWrite(vdiRef, offset, length);
+  }
+
+  /**
+   * Guest writes between two backups: rewrites `percent` % of the 64 KiB blocks of each
+   * disk of the VM (not of its snapshots) with new deterministic bytes; CBT records them.
+   * The same pool, VM and sequence of calls always write the same blocks and bytes.
+   * Returns, per VDI ref, the blocks written.
+   */
+  churn(vmRef: string, percent: number): Map<string, number[]> {
+    this.db.require('VM', vmRef);
+    const vm = this.db.record('VM', vmRef);
+    if (vm.is_a_snapshot === true || vm.is_control_domain === true) throw new ApiError('OPERATION_NOT_ALLOWED', ['guest writes need a plain VM']);
+    if (!(percent >= 0 && percent <= 100)) throw new RangeError(`percent must be within 0..100, not ${percent}`);
+    const written = new Map<string, number[]>();
+    for (const vbd of vm.VBDs as string[]) {
+      const b = this.db.require('VBD', vbd).fields;
+      if (b.type !== 'Disk' || b.empty === true || b.VDI === NULL_REF) continue;
+      const vdi = b.VDI as string;
+      const content = this.disks.get(vdi);
+      if (content === undefined || this.db.field<string>('VDI', vdi, 'type') === 'cbt_metadata') continue;
+      const uuid = this.db.field<string>('VDI', vdi, 'uuid');
+      const round = (this.writeRounds.get(vdi) ?? 0) + 1;
+      this.writeRounds.set(vdi, round);
+      const total = Math.ceil(content.size / WRITE_BLOCK);
+      const blocks = pickBlocks(total, (total * percent) / 100, `${this.spec.seed}/churn/${uuid}/${round}`);
+      this.disks.set(vdi, WrittenDisk.write(content, `${this.spec.seed}/${uuid}`, blocks, round));
+      for (const block of blocks) this.noteWrite(vdi, block * WRITE_BLOCK, WRITE_BLOCK);
+      this.refreshVdiUsage(vdi);
+      written.set(vdi, blocks);
+    }
+    return written;
+  }
+
+  /** VDI.clone: a new VDI with the same content (not a snapshot; CBT off). */
+  cloneVdi(vdiRef: string): string {
+    this.assertVdiOperation(vdiRef, 'clone');
+    return this.duplicateVdi(vdiRef, this.db.field<string>('VDI', vdiRef, 'SR'));
+  }
+
+  /** VDI.copy: a full copy of the VDI into `srRef`. */
+  copyVdi(vdiRef: string, srRef: string): string {
+    this.assertVdiOperation(vdiRef, 'copy');
+    this.db.require('SR', srRef);
+    return this.duplicateVdi(vdiRef, srRef);
+  }
+
+  /** A new VDI in `srRef` with the VDI's fields and bytes at this instant, plus `extra`. */
+  private duplicateVdi(vdiRef: string, srRef: string, extra: Record<string, unknown> = {}): string {
+    const src = this.db.record('VDI', vdiRef);
+    const content = this.readableContent(vdiRef);
+    this.assertSrSpace(srRef, content.allocated);
+    const uuid = this.ids.next('VDI');
+    const ref = this.create('VDI', uuid, {
+      name_label: src.name_label,
+      name_description: src.name_description,
+      SR: srRef,
+      virtual_size: src.virtual_size,
+      physical_utilisation: content.allocated,
+      type: src.type,
+      sharable: src.sharable,
+      read_only: false,
+      other_config: src.other_config,
+      xenstore_data: src.xenstore_data,
+      on_boot: src.on_boot,
+      allow_caching: src.allow_caching,
+      location: uuid,
+      sm_config: { vdi_type: 'vhd' },
+      ...extra,
+    });
+    this.disks.set(ref, content instanceof MemoryDisk ? content.snapshot() : content);
+    this.adjustSr(srRef, content.allocated);
+    return ref;
+  }
+
+  /** network.add_purpose: `nbd` and `insecure_nbd` exclude each other across the pool. */
+  addNetworkPurpose(networkRef: string, value: string): void {
+    const current = this.db.require('network', networkRef).fields.purpose as string[];
+    if (value !== 'nbd' && value !== 'insecure_nbd') throw new ApiError('ENUM_INVALID', ['network_purpose', value]);
+    if (current.includes(value)) return;
+    const conflicting = value === 'nbd' ? 'insecure_nbd' : 'nbd';
+    if (this.db.all('network').some((n) => (n.fields.purpose as string[]).includes(conflicting))) {
+      throw new ApiError('NETWORK_INCOMPATIBLE_PURPOSES', [value, conflicting]);
+    }
+    this.db.update('network', networkRef, { purpose: [...current, value] });
+  }
+
+  /** A read-only VBD of the host's control domain, attached: how xapi-nbd serves a VDI. */
+  attachToControlDomain(vdiRef: string, hostRef: string): string {
+    const dom0 = this.db.field<string>('host', hostRef, 'control_domain');
+    const used = new Set(this.db.reverse('VBD', 'VM', dom0).map((v) => this.db.field<string>('VBD', v, 'userdevice')));
+    let n = 0;
+    while (used.has(String(n))) n++;
+    return this.create('VBD', this.ids.next('VBD'), {
+      VM: dom0,
+      VDI: vdiRef,
+      device: `xvd${String.fromCharCode(97 + (n % 26))}`,
+      userdevice: String(n),
+      bootable: false,
+      mode: 'RO',
+      type: 'Disk',
+      unpluggable: true,
+      empty: false,
+      currently_attached: true,
+      other_config: { 'xapi-nbd': 'true' },
+    });
+  }
+
+  /** Whether NBD clients must use TLS (a network has purpose `nbd`), may not, or are refused. */
+  nbdMode(): 'tls' | 'plain' | 'off' {
+    const purposes = this.db.all('network').flatMap((n) => n.fields.purpose as string[]);
+    if (purposes.includes('nbd')) return 'tls';
+    if (purposes.includes('insecure_nbd')) return 'plain';
+    return 'off';
+  }
+
+  /**
+   * VDI.pool_migrate (storage migration of a disk attached to a running VM): refused for
+   * cbt_metadata (VDI_INCOMPATIBLE_TYPE) and CBT-enabled VDIs (VDI_CBT_ENABLED), as
+   * xapi_vm_migrate.ml does. The simulator moves the VDI in place and returns its ref.
+   */
+  poolMigrateVdi(vdiRef: string, srRef: string): string {
+    const f = this.db.require('VDI', vdiRef).fields;
+    this.db.require('SR', srRef);
+    if (f.type === 'cbt_metadata') throw new ApiError('VDI_INCOMPATIBLE_TYPE', [vdiRef, 'cbt_metadata']);
+    if (f.cbt_enabled === true) throw new ApiError('VDI_CBT_ENABLED', [vdiRef]);
+    const attached = this.db.reverse('VBD', 'VDI', vdiRef).some((v) => this.db.get('VBD', v)?.fields.currently_attached === true);
+    if (!attached) throw new ApiError('VDI_NEEDS_VM_FOR_MIGRATE', [vdiRef]);
+    const used = f.physical_utilisation as number;
+    if (srRef !== f.SR) {
+      this.assertSrSpace(srRef, used);
+      this.adjustSr(f.SR as string, -used);
+      this.adjustSr(srRef, used);
+      this.db.update('VDI', vdiRef, { SR: srRef });
+    }
+    return vdiRef;
   }
 
   // --- VM operations ----------------------------------------------------------------------
