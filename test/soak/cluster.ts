@@ -118,6 +118,8 @@ export async function soakCluster(opts: SoakOptions): Promise<SoakResult> {
       })();
       const r = await run;
       await kill;
+      // Interrupted (Ctrl-C): not a hang; the try does not count.
+      if (interrupted(opts.signal)) break;
       const finishS = (Date.now() - started) / 1000;
       const hang = r.code === null;
       let failure: string | undefined;
@@ -323,6 +325,10 @@ export function tally(r: SoakResult): string {
 
 function lastLines(text: string, n: number): string {
   return text.trim().split('\n').slice(-n).join(' | ');
+}
+
+function interrupted(signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true;
 }
 
 function sleep(ms: number): Promise<void> {
