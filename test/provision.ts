@@ -39,6 +39,7 @@ export const NEEDS: readonly Need[] = [
   command('python3', 'python3', 'Python tarfile, re and repr as independent checks of the XVA, tar, selection and .meta code'),
   file('/usr/lib/python3/dist-packages/os_xenapi/client/XenAPI.py', 'python3-os-xenapi', "Python's official XenAPI.py, a second client of the XAPI simulator"),
   command('qemu-img', 'qemu-utils', 'qemu-img check/convert: an independent reader of the VHDs we write and serve'),
+  command('qemu-nbd', 'qemu-utils', 'an independent NBD server that checks vmbackup\'s NBD client'),
   command('vhdiinfo', 'libvhdi-utils', 'a second independent VHD reader'),
   command('xxhsum', 'xxhash', 'an independent XXH64 for XVA chunk checksums'),
   command('zstd', 'zstd', 'XAPI pipes exports through the zstd binary; the simulator and verify do too'),
