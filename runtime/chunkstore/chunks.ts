@@ -137,6 +137,10 @@ export class ChunkStore {
       handle = await open(partial, 'wx');
       let done = 0;
       while (done < packed.length) done += (await handle.write(packed, done, packed.length - done)).bytesWritten;
+      // The kernel stamps files from a coarse clock that may lag this process's clock by a
+      // few ms; the GC compares mtimes with writers' start times, so set it explicitly.
+      const t = new Date(this.now());
+      await handle.utimes(t, t);
       if (this.sync) await handle.datasync();
       await handle.close();
       handle = undefined;

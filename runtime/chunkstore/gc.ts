@@ -212,14 +212,26 @@ async function takeLock(file: string, now: number): Promise<number> {
         throw writeError(error, file);
       }
       const s = await stat(file).catch(() => undefined);
-      if (s && now - s.mtimeMs < GC_LOCK_STALE_MS) {
-        const holder = await readFile(file, 'utf8').catch(() => '');
+      const holder = await readFile(file, 'utf8').catch(() => '');
+      if (s && now - s.mtimeMs < GC_LOCK_STALE_MS && !deadOnThisHost(holder)) {
         throw new LockedError('GC_RUNNING', `another garbage collection holds ${file}: ${holder.trim()}`, { file });
       }
       await rm(file, { force: true });
     }
   }
   throw new LockedError('GC_RUNNING', `cannot take ${file}`, { file });
+}
+
+/** The lock's holder was a process of this host that no longer runs (killed). */
+function deadOnThisHost(holder: string): boolean {
+  try {
+    const h = JSON.parse(holder) as { host?: unknown; pid?: unknown };
+    if (h.host !== os.hostname() || typeof h.pid !== 'number') return false;
+    process.kill(h.pid, 0);
+    return false;
+  } catch (error) {
+    return (error as { code?: string }).code === 'ESRCH';
+  }
 }
 
 /** At most `limit` promises at once; the first failure is rethrown. */

@@ -44,6 +44,8 @@ export interface VerifyReport {
   chunksSkipped: number;
   /** Each bad chunk once, with every point of the store that references it. */
   badChunks: { digest: string; message: string; points: string[] }[];
+  /** Set when the check times could not be recorded (e.g. a full disk): the next run re-checks. */
+  recordError?: string;
 }
 
 /**
@@ -135,7 +137,8 @@ export async function verifyPoints(store: ChunkStore, refs: PointRef[], options:
     const users = await pointsReferencing(store, new Set(bad.map(([d]) => d)));
     report.badChunks = bad.map(([digest, message]) => ({ digest, message, points: [...(users.get(digest) ?? [])].sort() }));
   }
-  await saveVerified(store, known, checked, nowSec);
+  // Only an optimisation for later runs: a full disk must not turn a good verify into a failure.
+  await saveVerified(store, known, checked, nowSec).catch((error: Error) => (report.recordError = error.message));
   return report;
 }
 
