@@ -46,8 +46,14 @@ async function storeAt(dir?: string, opts: { now?: () => number } = {}): Promise
 function diskImage(size: number, seed = 1): Buffer {
   const b = Buffer.alloc(size);
   let x = seed;
+  const next = () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>>= 0);
+  };
   for (let at = 0; at < size; at += 16 * KiB) {
-    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    next();
     const kind = x % 4;
     const n = Math.min(16 * KiB, size - at);
     if (kind === 0) randomBytes(n).copy(b, at);

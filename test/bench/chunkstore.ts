@@ -27,19 +27,28 @@ const BLOCK = 64 << 10;
 function diskImage(size: number): Buffer {
   const b = Buffer.alloc(size);
   let x = 42;
+  const next = () => (x = xorshift(x));
   const words = ['kernel', 'usr', 'lib', 'config', 'var', 'log', 'data', 'index', 'page', 'table'];
   for (let at = 0; at < size; at += 16 << 10) {
-    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    next();
     const n = Math.min(16 << 10, size - at);
     const kind = x % 4;
     if (kind === 1) randomBytes(n).copy(b, at);
     else if (kind >= 2) {
       let s = '';
-      while (s.length < n) s += `${words[(x = (x * 1103515245 + 12345) & 0x7fffffff) % words.length]} ${x % 1000}\n`;
+      while (s.length < n) s += `${words[next() % words.length]} ${x % 1000}\n`;
       b.write(s.slice(0, n), at, 'latin1');
     }
   }
   return b;
+}
+
+/** A 32-bit xorshift step: deterministic data without Math.random. */
+function xorshift(x: number): number {
+  x ^= x << 13;
+  x ^= x >>> 17;
+  x ^= x << 5;
+  return x >>> 0;
 }
 
 function pieces(buf: Buffer): Readable {
@@ -60,7 +69,8 @@ export async function chunkSizeBench(work: string, note: (line: string) => void)
   const blocks = size / BLOCK;
   const picked = new Set<number>();
   let x = 7;
-  while (picked.size < Math.ceil(blocks / 100)) picked.add((x = (x * 1103515245 + 12345) & 0x7fffffff) % blocks);
+  const next = () => (x = xorshift(x));
+  while (picked.size < Math.ceil(blocks / 100)) picked.add(next() % blocks);
   const changed = [...picked].sort((a, b) => a - b);
   const churned = Buffer.from(image);
   for (const b of changed) randomBytes(BLOCK).copy(churned, b * BLOCK);
