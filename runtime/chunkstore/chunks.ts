@@ -16,8 +16,12 @@ export const TRASH_SUFFIX = '.trash';
 export const ZERO_DIGEST = Buffer.alloc(32);
 /** zstd level 1, as PBS: several times faster than level 3 on disk data for a few % of size. */
 export const ZSTD_LEVEL = 1;
-/** Default chunk size of a new store (see test/bench/chunkstore.ts for the measurement). */
-export const DEFAULT_CHUNK_SIZE = 4 << 20;
+/**
+ * Default chunk size of a new store: 1 MiB. Measured (test/bench/chunkstore.ts, README.md):
+ * a scattered 1 % churn of 64 KiB blocks stores and reads about 3× less than with PBS's
+ * 4 MiB, for an index of 32 MiB per TiB and four times the chunk files.
+ */
+export const DEFAULT_CHUNK_SIZE = 1 << 20;
 /** Smallest and largest chunk sizes accepted: 4 KiB (tests) to 16 MiB. */
 export const MIN_CHUNK_SIZE = 4 << 10;
 export const MAX_CHUNK_SIZE = 16 << 20;
