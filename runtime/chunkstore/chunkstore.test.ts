@@ -417,6 +417,25 @@ describe('garbage collection', () => {
     await expect(stat(dir)).rejects.toThrow();
   });
 
+  it('never sweeps what a damaged point may reference', async () => {
+    const store = await storeAt();
+    const a = await backup(store, 'a', '20261206-080000', { xvda: diskImage(CS * 2, 31) });
+    const b = await backup(store, 'b', '20261206-080000', { xvda: diskImage(CS * 2, 32) });
+    const before = await chunkFiles(store);
+    // a's manifest damaged: kept, its index still marked.
+    await writeFile(path.join(store.backupDir, 'a/point_20261206-080000/manifest.json'), '{"kind": "vmbackup-po');
+    let r = await collectGarbage(store, { safetyMarginMs: 0 });
+    expect(r).toMatchObject({ swept: true, chunksTrashed: 0, incompletePointsRemoved: [] });
+    expect(r.damagedPoints).toEqual([expect.stringMatching(/^a\/point_20261206-080000: /)]);
+    // b's index truncated: nothing is swept at all.
+    const idx = path.join(store.backupDir, 'b/point_20261206-080000/xvda.cidx');
+    await writeFile(idx, (await readFile(idx)).subarray(0, 100));
+    r = await collectGarbage(store, { safetyMarginMs: 0 });
+    expect(r).toMatchObject({ swept: false, chunksTrashed: 0 });
+    expect(await chunkFiles(store)).toEqual(before);
+    expect(a.vmFolder + b.vmFolder).toBe('ab');
+  });
+
   it('one GC at a time', async () => {
     const store = await storeAt();
     await writeFile(path.join(store.dir, 'gc.lock'), '{"host":"other"}');

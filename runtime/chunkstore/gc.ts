@@ -47,6 +47,13 @@ export interface GcReport {
   bytesRemoved: number;
   partialsRemoved: number;
   incompletePointsRemoved: string[];
+  /**
+   * Points whose manifest does not parse (kept, their indexes marked) or whose index cannot be
+   * read. Verify names them; the operator repairs or removes them.
+   */
+  damagedPoints: string[];
+  /** False when an unreadable index stopped the sweep: nothing was set aside or removed. */
+  swept: boolean;
 }
 
 /**
@@ -101,43 +108,60 @@ export async function collectGarbage(store: ChunkStore, options: GcOptions = {})
       bytesRemoved: 0,
       partialsRemoved: 0,
       incompletePointsRemoved: [],
+      damagedPoints: [],
+      swept: false,
     };
 
-    // Mark.
+    // Mark. A point whose manifest is damaged is not removed: its indexes are marked as found.
     const { points, incomplete } = await listPoints(store);
     report.points = points.length;
+    const damaged = incomplete.filter((p) => p.hasManifest);
+    report.damagedPoints = damaged.map((p) => `${pointName(p)}: ${p.reason}`);
+    const toMark: { ref: (typeof points)[number] | (typeof damaged)[number]; file: string }[] = [];
+    for (const p of points) for (const disk of p.manifest.disks) toMark.push({ ref: p, file: path.join(pointDir(store, p), disk.name + INDEX_SUFFIX) });
+    for (const p of damaged) {
+      for (const name of await readdirOrEmpty(pointDir(store, p))) if (name.endsWith(INDEX_SUFFIX)) toMark.push({ ref: p, file: path.join(pointDir(store, p), name) });
+    }
     const missing = new Map<string, Set<string>>();
     const pool = new Pool(concurrency);
-    for (const p of points) {
-      for (const disk of p.manifest.disks) {
-        options.signal?.throwIfAborted();
-        const index = await IndexReader.open(path.join(pointDir(store, p), disk.name + INDEX_SUFFIX));
-        try {
-          let previous: Buffer | undefined;
-          for (let i = 0; i < index.chunkCount; i++) {
-            const digest = await index.digest(i);
-            if (digest.equals(ZERO_DIGEST) || previous?.equals(digest)) continue;
-            previous = Buffer.from(digest);
-            const hex = previous.toString('hex');
-            report.referencesMarked++;
-            await pool.run(async () => {
-              if (!(await store.touch(hex))) {
-                const who = missing.get(hex) ?? new Set<string>();
-                who.add(pointName(p));
-                missing.set(hex, who);
-              }
-            });
-          }
-        } finally {
-          await index.close();
+    // An index that cannot be read may reference any chunk: then nothing is swept.
+    let unreadable = false;
+    for (const { ref: p, file } of toMark) {
+      options.signal?.throwIfAborted();
+      let index: IndexReader;
+      try {
+        index = await IndexReader.open(file);
+      } catch (error) {
+        report.damagedPoints.push(`${pointName(p)}: ${(error as Error).message}`);
+        unreadable = true;
+        continue;
+      }
+      try {
+        let previous: Buffer | undefined;
+        for (let i = 0; i < index.chunkCount; i++) {
+          const digest = await index.digest(i);
+          if (digest.equals(ZERO_DIGEST) || previous?.equals(digest)) continue;
+          previous = Buffer.from(digest);
+          const hex = previous.toString('hex');
+          report.referencesMarked++;
+          await pool.run(async () => {
+            if (!(await store.touch(hex))) {
+              const who = missing.get(hex) ?? new Set<string>();
+              who.add(pointName(p));
+              missing.set(hex, who);
+            }
+          });
         }
+      } finally {
+        await index.close();
       }
     }
     await pool.drain();
     report.missing = [...missing].map(([digest, who]) => ({ digest, points: [...who].sort() }));
 
     // Sweep.
-    for (const prefix of await readdirOrEmpty(store.chunksDir)) {
+    report.swept = !unreadable;
+    for (const prefix of unreadable ? [] : await readdirOrEmpty(store.chunksDir)) {
       options.signal?.throwIfAborted();
       const folder = path.join(store.chunksDir, prefix);
       for (const name of await readdirOrEmpty(folder)) {
@@ -171,7 +195,7 @@ export async function collectGarbage(store: ChunkStore, options: GcOptions = {})
     // Point folders left without a manifest by a killed backup or prune.
     const writing = new Set(writers.map((w) => w.what));
     for (const p of incomplete) {
-      if (p.mtimeMs < cutoff && !writing.has(pointName(p))) {
+      if (!p.hasManifest && p.mtimeMs < cutoff && !writing.has(pointName(p))) {
         await rm(pointDir(store, p), { recursive: true, force: true });
         report.incompletePointsRemoved.push(pointName(p));
       }

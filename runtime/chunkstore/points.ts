@@ -282,8 +282,11 @@ export async function openPoint(store: ChunkStore, ref: PointRef): Promise<OpenP
 export interface PointListing {
   /** Committed points, oldest first. */
   points: (PointRef & { manifest: PointManifest })[];
-  /** Point folders without a valid manifest: being written, or left by a crash. */
-  incomplete: (PointRef & { reason: string; mtimeMs: number })[];
+  /**
+   * Point folders without a valid manifest: being written or left by a crash (no manifest),
+   * or damaged (`hasManifest`: a manifest that does not parse).
+   */
+  incomplete: (PointRef & { reason: string; mtimeMs: number; hasManifest: boolean })[];
 }
 
 /**
@@ -303,7 +306,8 @@ export async function listPoints(store: ChunkStore, vmFolder?: string): Promise<
         out.points.push({ ...ref, manifest: p.manifest });
       } catch (error) {
         const s = await stat(dir).catch(() => undefined);
-        if (s?.isDirectory()) out.incomplete.push({ ...ref, reason: (error as Error).message, mtimeMs: s.mtimeMs });
+        const hasManifest = await exists(path.join(dir, POINT_MANIFEST));
+        if (s?.isDirectory()) out.incomplete.push({ ...ref, reason: (error as Error).message, mtimeMs: s.mtimeMs, hasManifest });
       }
     }
   }

@@ -1,4 +1,5 @@
 import { createHash, randomInt } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from '../storage/atomic.js';
@@ -178,8 +179,13 @@ async function pointsReferencing(store: ChunkStore, digests: Set<string>): Promi
 }
 
 async function fileDigest(file: string): Promise<{ sha256: string; size: number }> {
-  const data = await readFile(file);
-  return { sha256: createHash('sha256').update(data).digest('hex'), size: data.length };
+  const hash = createHash('sha256');
+  let size = 0;
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 16 })) {
+    hash.update(chunk as Buffer);
+    size += (chunk as Buffer).length;
+  }
+  return { sha256: hash.digest('hex'), size };
 }
 
 /**
