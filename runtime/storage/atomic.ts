@@ -172,7 +172,7 @@ async function syncFile(file: string): Promise<void> {
 }
 
 /** fsync of a directory makes a rename durable; some filesystems refuse it, which is harmless. */
-async function syncDir(dir: string): Promise<void> {
+export async function syncDir(dir: string): Promise<void> {
   let handle;
   try {
     handle = await open(dir, 'r');
@@ -184,7 +184,8 @@ async function syncDir(dir: string): Promise<void> {
   }
 }
 
-function writeError(error: unknown, target: string, signal?: AbortSignal): Error {
+/** A write failure as the error to report: ENOSPC/EDQUOT and EACCES/EPERM/EROFS become PermanentErrors naming the file. */
+export function writeError(error: unknown, target: string, signal?: AbortSignal): Error {
   if (signal?.aborted && signal.reason instanceof VmbackupError) return signal.reason;
   if (error instanceof VmbackupError) return error;
   const code = (error as { code?: unknown }).code;

@@ -9,6 +9,9 @@
  *   plan_vs_fetch_ratio    … divided by one bare VM.get_all_records of the same pool
  *   nats_vs_embedded_ratio 200 VMs with 1 MiB disks: `vmbackup run` through NATS with two
  *                          workers, wall time / the same run embedded (`vmbackup`)         ≤ 1.5
+ *   chunk_<n>mib_…         chunk store: chunk sizes 1, 2, 4 MiB compared (`chunks`)
+ *   gc_ms_100k_chunks      chunk store GC over 100,000 chunks; gc_vs_list_ratio ≤ 3 (`gc`)
+ *                          (see chunkstore.ts beside this file)
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -232,6 +235,12 @@ try {
     } finally {
       sim.stop();
     }
+  }
+
+  if (want('chunks') || want('gc')) {
+    const { chunkSizeBench, gcBench } = await import('./chunkstore.js');
+    if (want('chunks')) await chunkSizeBench(work, (line) => console.error(line));
+    if (want('gc')) await gcBench(work, (line) => console.error(line));
   }
 } finally {
   await rm(work, { recursive: true, force: true });

@@ -1,0 +1,184 @@
+/**
+ * Chunk store figures for `npm run bench -- chunks gc` (each against a baseline of the same run):
+ *
+ *   chunk_<n>mib_write_vs_file_ratio  a 256 MiB disk image (¼ zeros, ¼ random, ½ text-like)
+ *                                     written as a full point, MB/s / the same bytes written
+ *                                     to one file (fsynced)
+ *   chunk_<n>mib_churn_stored_mib     then 1 % of its 64 KiB blocks rewritten at random places:
+ *                                     MiB the incremental point adds to the store
+ *   chunk_<n>mib_churn_read_mib       … and MiB it reads from the disk (whole chunks)
+ *   chunk_<n>mib_index_mib_per_tib    index size per TiB of disk
+ *   gc_ms_100k_chunks                 GC over 100,000 chunks (80,000 referenced)
+ *   gc_vs_list_ratio                  … divided by listing them (readdir + stat)        ≤ 3
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { ChunkStore, PointWriter, collectGarbage, removePoint } from '../../runtime/chunkstore/chunkstore.js';
+import type { ByteRange } from '../../runtime/chunkstore/chunkstore.js';
+import { writeStreamAtomic } from '../../runtime/storage/atomic.js';
+
+const MiB = 1 << 20;
+const BLOCK = 64 << 10;
+
+/** A disk image that compresses like a real one: 16 KiB runs of zeros, random bytes, or text. */
+function diskImage(size: number): Buffer {
+  const b = Buffer.alloc(size);
+  let x = 42;
+  const next = () => (x = xorshift(x));
+  const words = ['kernel', 'usr', 'lib', 'config', 'var', 'log', 'data', 'index', 'page', 'table'];
+  for (let at = 0; at < size; at += 16 << 10) {
+    next();
+    const n = Math.min(16 << 10, size - at);
+    const kind = x % 4;
+    if (kind === 1) randomBytes(n).copy(b, at);
+    else if (kind >= 2) {
+      let s = '';
+      while (s.length < n) s += `${words[next() % words.length]} ${x % 1000}\n`;
+      b.write(s.slice(0, n), at, 'latin1');
+    }
+  }
+  return b;
+}
+
+/** A 32-bit xorshift step: deterministic data without Math.random. */
+function xorshift(x: number): number {
+  x ^= x << 13;
+  x ^= x >>> 17;
+  x ^= x << 5;
+  return x >>> 0;
+}
+
+function pieces(buf: Buffer): Readable {
+  const parts: Buffer[] = [];
+  for (let at = 0; at < buf.length; at += MiB) parts.push(buf.subarray(at, at + MiB));
+  return Readable.from(parts);
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+export async function chunkSizeBench(work: string, note: (line: string) => void): Promise<void> {
+  const size = 256 * MiB;
+  const image = diskImage(size);
+  // 1 % of the 64 KiB blocks, scattered (as CBT reports a day of random writes).
+  const blocks = size / BLOCK;
+  const picked = new Set<number>();
+  let x = 7;
+  const next = () => (x = xorshift(x));
+  while (picked.size < Math.ceil(blocks / 100)) picked.add(next() % blocks);
+  const changed = [...picked].sort((a, b) => a - b);
+  const churned = Buffer.from(image);
+  for (const b of changed) randomBytes(BLOCK).copy(churned, b * BLOCK);
+  const ranges: ByteRange[] = changed.map((b) => ({ offset: b * BLOCK, length: BLOCK }));
+
+  for (const mib of [1, 2, 4]) {
+    const ratios: number[] = [];
+    let stored = 0;
+    let read = 0;
+    let ms = 0;
+    for (let round = 0; round < 3; round++) {
+      const dir = await mkdtemp(path.join(work, `chunks-${mib}-`));
+      try {
+        let t = performance.now();
+        await writeStreamAtomic(path.join(dir, 'baseline.raw'), pieces(image));
+        const fileMs = performance.now() - t;
+        const store = await ChunkStore.open(dir, { chunkSize: mib * MiB });
+        t = performance.now();
+        const p = await PointWriter.begin(store, { vmFolder: 'vm', stamp: 'full', vm: { uuid: 'u', name: 'vm' } });
+        await p.addDisk('xvda', pieces(image));
+        await p.commit();
+        const storeMs = performance.now() - t;
+        ratios.push(fileMs / storeMs);
+        ms = storeMs;
+        const q = await PointWriter.begin(store, { vmFolder: 'vm', stamp: 'churn', vm: { uuid: 'u', name: 'vm' } });
+        const d = await q.addDiskChanges('xvda', { vmFolder: 'vm', stamp: 'full' }, ranges, { size, read: async (o, n) => churned.subarray(o, o + n) });
+        await q.commit();
+        stored = d.newBytes;
+        read = d.readBytes;
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    }
+    note(`  ${mib} MiB chunks: full point ${((size / MiB / ms) * 1000).toFixed(0)} MiB/s; 1 % churn (${changed.length} blocks, ${((changed.length * BLOCK) / MiB).toFixed(1)} MiB changed) reads ${(read / MiB).toFixed(0)} MiB, stores ${(stored / MiB).toFixed(1)} MiB`);
+    console.log(`chunk_${mib}mib_write_vs_file_ratio=${median(ratios).toFixed(2)}`);
+    console.log(`chunk_${mib}mib_churn_stored_mib=${(stored / MiB).toFixed(1)}`);
+    console.log(`chunk_${mib}mib_churn_read_mib=${(read / MiB).toFixed(0)}`);
+    console.log(`chunk_${mib}mib_index_mib_per_tib=${((2 ** 40 / (mib * MiB)) * 32) / MiB}`);
+  }
+}
+
+/** readdir + stat of every chunk file: the least any sweep must do. */
+async function listChunks(store: ChunkStore): Promise<number> {
+  let n = 0;
+  for (const prefix of await readdir(store.chunksDir)) {
+    const folder = path.join(store.chunksDir, prefix);
+    const names = await readdir(folder);
+    for (let i = 0; i < names.length; i += 32) {
+      await Promise.all(names.slice(i, i + 32).map((name) => stat(path.join(folder, name))));
+      n += Math.min(32, names.length - i);
+    }
+  }
+  return n;
+}
+
+export async function gcBench(work: string, note: (line: string) => void): Promise<void> {
+  const dir = await mkdtemp(path.join(work, 'gc-'));
+  try {
+    const chunk = 4 << 10;
+    const store = await ChunkStore.open(dir, { chunkSize: chunk, sync: false });
+    const disk = (first: number, count: number) =>
+      Readable.from(
+        (function* () {
+          for (let i = first; i < first + count; i++) {
+            const b = Buffer.alloc(chunk, (i % 251) + 1); // never all zeros
+            b.writeUInt32LE(i, 0);
+            yield b;
+          }
+        })(),
+      );
+    // A point of 80,000 chunks, kept; one of 20,000 others, pruned.
+    const t0 = performance.now();
+    let p = await PointWriter.begin(store, { vmFolder: 'a', stamp: '1', vm: { uuid: 'a', name: 'a' } });
+    await p.addDisk('xvda', disk(0, 80_000), { concurrency: 16 });
+    await p.commit();
+    p = await PointWriter.begin(store, { vmFolder: 'b', stamp: '1', vm: { uuid: 'b', name: 'b' } });
+    await p.addDisk('xvda', disk(80_000, 20_000), { concurrency: 16 });
+    await p.commit();
+    await removePoint(store, { vmFolder: 'b', stamp: '1' });
+    note(`  gc: 100,000 chunks written in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    const listMs: number[] = [];
+    let t = performance.now();
+    const n = await listChunks(store);
+    listMs.push(performance.now() - t);
+    if (n !== 100_000) throw new Error(`expected 100000 chunk files, found ${n}`);
+    t = performance.now();
+    const r = await collectGarbage(store, { safetyMarginMs: 0 });
+    const gcMs = performance.now() - t;
+    t = performance.now();
+    await listChunks(store);
+    listMs.push(performance.now() - t);
+    if (r.chunksTrashed !== 20_000 || r.chunksKept !== 80_000) throw new Error(`gc: ${JSON.stringify(r)}`);
+    note(`  gc: mark ${r.referencesMarked} references + sweep 100,000 chunks in ${gcMs.toFixed(0)} ms; listing them ${listMs.map((x) => x.toFixed(0)).join(', ')} ms`);
+    console.log(`gc_ms_100k_chunks=${gcMs.toFixed(0)}`);
+    console.log(`gc_vs_list_ratio=${(gcMs / Math.min(...listMs)).toFixed(2)}`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+// Run alone: `tsx test/bench/chunkstore.ts [chunks] [gc]`.
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const wanted = new Set(process.argv.slice(2));
+  const work = await mkdtemp(path.join(os.tmpdir(), 'vmbackup-bench-'));
+  try {
+    if (wanted.size === 0 || wanted.has('chunks')) await chunkSizeBench(work, (l) => console.error(l));
+    if (wanted.size === 0 || wanted.has('gc')) await gcBench(work, (l) => console.error(l));
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
