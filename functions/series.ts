@@ -3,7 +3,7 @@ import type { Ctx } from '../runtime/function.js';
 import { writeStreamAtomic } from '../runtime/storage/atomic.js';
 import type { HostRecord } from '../runtime/xapi/records.js';
 import type { WrittenFile } from './job.js';
-import { applyDeletions, listFiles } from './prune/prune.js';
+import { applyDeletions, listFiles, partialWriters } from './prune/prune.js';
 import { planSeriesRetention } from './prune/retention.js';
 import type { SeriesKind } from './prune/retention.js';
 
@@ -45,7 +45,8 @@ export async function backupToSeries(
     throw error;
   }
   const files = (await listFiles(opts.dir)).filter((f) => opts.series(f.name));
-  const plan = planSeriesRetention({ kind: opts.kind, files, maxBackups: opts.maxBackups, now: ctx.clock.now().getTime(), protect: [] });
+  const now = ctx.clock.now().getTime();
+  const plan = planSeriesRetention({ kind: opts.kind, files, maxBackups: opts.maxBackups, now, protect: [], writers: partialWriters(files, now) });
   await applyDeletions(opts.dir, plan, ctx);
   return {
     file: { name: opts.name, format: opts.format, size: result.size, xxh64: result.xxh64 },

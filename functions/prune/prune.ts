@@ -7,7 +7,9 @@ import { jobSubject } from '../../runtime/events.js';
 import { listFileNames } from '../../runtime/storage/files.js';
 import { checkManifest } from '../../runtime/storage/manifest.js';
 import type { Manifest } from '../../runtime/storage/manifest.js';
-import { parseBackupFileName } from '../../runtime/storage/naming.js';
+import { parseBackupFileName, splitPartial } from '../../runtime/storage/naming.js';
+import { parseWriterTag, processStart, thisProcess, writerState } from '../../runtime/storage/writer.js';
+import type { WriterState } from '../../runtime/storage/writer.js';
 import { JobBase, VmRef } from '../job.js';
 import { manifestCheck, planRetention } from './retention.js';
 import type { FileEntry, ManifestCheck, RetentionPlan } from './retention.js';
@@ -63,7 +65,8 @@ export const prune = defineFunction({
       if (check.valid) continue;
       warnings.push(`${input.folder}: backup set ${stamp} ${check.failedVerification === true ? 'does not count' : 'is incomplete and does not count'} (${check.reason})`);
     }
-    const plan = planRetention({ files, manifests, maxBackups: input.maxBackups, now: ctx.clock.now().getTime(), protect: input.protect });
+    const now = ctx.clock.now().getTime();
+    const plan = planRetention({ files, manifests, maxBackups: input.maxBackups, now, protect: input.protect, writers: partialWriters(files, now) });
     await applyDeletions(dir, plan, ctx);
     return {
       ...input,
@@ -97,6 +100,20 @@ export async function readManifests(dir: string, files: readonly FileEntry[]): P
     if (info?.kind !== 'manifest') continue;
     const status = await checkManifest(dir, file.name);
     out.set(info.stamp, { check: manifestCheck(status), ...(status.valid ? { manifest: status.manifest } : {}) });
+  }
+  return out;
+}
+
+/**
+ * Whether the writer of each tagged `.partial` among `files` is alive (runtime/storage/writer.ts):
+ * what `planRetention` and `planSeriesRetention` take as `writers`.
+ */
+export function partialWriters(files: readonly FileEntry[], now: number): Map<string, WriterState> {
+  const out = new Map<string, WriterState>();
+  for (const file of files) {
+    const writer = splitPartial(file.name)?.writer;
+    const tag = writer === undefined ? null : parseWriterTag(writer);
+    if (tag !== null) out.set(file.name, writerState(tag, file.mtimeMs, now, thisProcess(), processStart));
   }
   return out;
 }
