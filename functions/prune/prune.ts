@@ -4,7 +4,9 @@ import { z } from 'zod';
 import { defineFunction, subject } from '../../runtime/function.js';
 import type { Ctx } from '../../runtime/function.js';
 import { jobSubject } from '../../runtime/events.js';
+import { LockedError } from '../../runtime/errors.js';
 import { listFileNames } from '../../runtime/storage/files.js';
+import { withFolderLock } from '../../runtime/storage/lock.js';
 import { checkManifest } from '../../runtime/storage/manifest.js';
 import type { Manifest } from '../../runtime/storage/manifest.js';
 import { parseBackupFileName, splitPartial } from '../../runtime/storage/naming.js';
@@ -57,17 +59,24 @@ export const prune = defineFunction({
   output: PruneOutput,
   async handle(input, ctx) {
     const dir = path.join(input.backupDir, input.folder);
-    const files = await listFiles(dir);
-    const readings = await readManifests(dir, files);
-    const manifests = new Map([...readings].map(([stamp, r]) => [stamp, r.check]));
     const warnings: string[] = [];
-    for (const [stamp, { check }] of readings) {
-      if (check.valid) continue;
-      warnings.push(`${input.folder}: backup set ${stamp} ${check.failedVerification === true ? 'does not count' : 'is incomplete and does not count'} (${check.reason})`);
+    const plan = await lockedFolder(dir, input.runId, ctx, async () => {
+      const files = await listFiles(dir);
+      const readings = await readManifests(dir, files);
+      const manifests = new Map([...readings].map(([stamp, r]) => [stamp, r.check]));
+      for (const [stamp, { check }] of readings) {
+        if (check.valid) continue;
+        warnings.push(`${input.folder}: backup set ${stamp} ${check.failedVerification === true ? 'does not count' : 'is incomplete and does not count'} (${check.reason})`);
+      }
+      const now = ctx.clock.now().getTime();
+      const planned = planRetention({ files, manifests, maxBackups: input.maxBackups, now, protect: input.protect, writers: partialWriters(files, now) });
+      await applyDeletions(dir, planned, ctx);
+      return planned;
+    });
+    if (plan === undefined) {
+      warnings.push(`${input.folder}: not pruned this time: another run kept the folder locked (the next run prunes it)`);
+      return { ...input, kept: [], deleted: [], warnings };
     }
-    const now = ctx.clock.now().getTime();
-    const plan = planRetention({ files, manifests, maxBackups: input.maxBackups, now, protect: input.protect, writers: partialWriters(files, now) });
-    await applyDeletions(dir, plan, ctx);
     return {
       ...input,
       kept: plan.keep.map((s) => s.stamp),
@@ -102,6 +111,27 @@ export async function readManifests(dir: string, files: readonly FileEntry[]): P
     out.set(info.stamp, { check: manifestCheck(status), ...(status.valid ? { manifest: status.manifest } : {}) });
   }
   return out;
+}
+
+/**
+ * Runs `fn` (list, plan, delete) under the folder's lock (runtime/storage/lock.ts), so two runs
+ * never prune one folder at once; says so while it waits. Undefined when another run's live
+ * prune kept the folder too long: nothing is deleted, the next run prunes.
+ */
+export async function lockedFolder<T>(dir: string, runId: string, ctx: Pick<Ctx, 'log' | 'signal'>, fn: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await withFolderLock(dir, { runId }, fn, {
+      signal: ctx.signal,
+      onWait: (h) => ctx.log.info(`${path.basename(dir)}: waiting for run ${h.runId} (pid ${h.pid} on ${h.hostname}) to finish pruning this folder`),
+      onTakeover: (h) => ctx.log.warn(`${path.basename(dir)}: took over the prune lock of a dead run${h !== undefined ? ` (${h.runId}, pid ${h.pid} on ${h.hostname})` : ''}`),
+    });
+  } catch (error) {
+    if (error instanceof LockedError) {
+      ctx.log.warn(`${path.basename(dir)}: not pruned: ${error.message}`);
+      return undefined;
+    }
+    throw error;
+  }
 }
 
 /**
