@@ -46,7 +46,7 @@ export const RunOptions = z.object({
   idleTimeoutS: z.number().int().min(1),
   /** Leftover snapshots from another host are removed only after this many hours. */
   leftoverAgeHours: z.number().min(0).default(24),
-  /** Verify each VM's backup set right after it is written (verify_after_backup); absent = false. */
+  /** Verify each VM's backup set right after it is written (verify_after_backup); absent = XVA sets only. */
   verifyAfterBackup: z.boolean().optional(),
 });
 export type RunOptions = z.infer<typeof RunOptions>;
@@ -157,7 +157,8 @@ export function buildVmJobs(selection: Selection, poolVms: { uuid: string; name:
     spaceThreshold: o.spaceThreshold,
     haltedWithoutSnapshot: o.haltedWithoutSnapshot,
     idleTimeoutS: o.idleTimeoutS,
-    verify: o.verifyAfterBackup ?? false,
+    // Unset: XVA sets are verified (their chunk checksums make it cheap and sure); disks are not.
+    verify: o.verifyAfterBackup ?? mode === 'vm',
   });
   return [
     ...selection.vdiExports.map((s) => job(s.vm, 'vdi', s.maxBackups, s.disks)),
