@@ -1,0 +1,70 @@
+import { open, readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BackupsResponse } from '../../runtime/gateway/backups.js';
+import type { Simulator } from '../sim/server.js';
+import { httpsSim, vmbackup, workspace } from '../helpers/cli.js';
+import type { Workspace } from '../helpers/cli.js';
+
+/* `vmbackup list` on real backups written by `vmbackup` against the simulator, read without a pool. */
+
+describe('vmbackup list', () => {
+  let sim: Simulator;
+  let ws: Workspace;
+  let stamps: string[];
+  beforeAll(async () => {
+    sim = await httpsSim({
+      credentials: { user: 'root', password: 'secret' },
+      hosts: [{ name_label: 'xcp1' }],
+      srs: [{ name_label: 'NFS', size_gib: 10, used_gib: 1 }],
+      vms: [{ name_label: 'web1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 2, fill: 'pattern' }], vifs: [] }],
+    });
+    ws = await workspace();
+    for (const args of [['-e', 'web1', '-p'], ['-e', 'web1']]) {
+      const r = await vmbackup([...ws.args(sim), ...args]);
+      if (r.code !== 0) throw new Error(r.stderr);
+      await new Promise((resolve) => setTimeout(resolve, 1100));
+    }
+    const dir = path.join(ws.exports, 'web1');
+    stamps = (await readdir(dir)).filter((n) => n.endsWith('.json')).map((n) => n.slice(7, 22)).sort();
+    // The older set's XVA gets one flipped byte, and vmbackup verify records its failure.
+    const fh = await open(path.join(dir, `backup_${stamps[0]}.xva`), 'r+');
+    await fh.write(Buffer.from([0xff]), 0, 1, 4096 + 1024 * 3);
+    await fh.close();
+    await vmbackup(['verify', '-b', ws.base, path.join(dir, `backup_${stamps[0]}.json`)]);
+  }, 120_000);
+  afterAll(async () => sim?.close());
+
+  it('shows each set: time, size, whether it counts, verified or not and when, its files; POOL_DB too', async () => {
+    // No pool: the simulator is not named, only the backup folder.
+    const r = await vmbackup(['list', '-b', ws.base]);
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stdout.split('\n');
+    expect(lines[0]).toMatch(/^web1 \([0-9a-f-]{36}\)$/);
+    const newest = lines.find((l) => l.startsWith(`  ${stamps[1]}`))!;
+    expect(newest).toMatch(/^ {2}\d{8}-\d{6} {2}\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ {2}[\d.]+ [KM]iB {2}complete {2}verified OK at \d{4}-/);
+    const older = lines.find((l) => l.startsWith(`  ${stamps[0]}`))!;
+    expect(older).toContain('does not count (failed verification at');
+    expect(older).toContain('FAILED verification at');
+    expect(lines[lines.indexOf(newest) + 1]).toBe(`    backup_${stamps[1]}.json, backup_${stamps[1]}.meta, backup_${stamps[1]}.xva`);
+    expect(r.stdout).toMatch(/^POOL_DB\n {2}\d{8}-\d{6} .* {2}complete {2}not verified\n {4}metadata_\d{8}-\d{6}\.db$/m);
+  });
+
+  it('--json, and one VM only', async () => {
+    const r = await vmbackup(['list', 'web1', '--json', '-b', ws.base]);
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.stdout) as BackupsResponse;
+    expect(doc.vms.map((v) => v.folder)).toEqual(['web1']);
+    expect(doc.vms[0]!.sets.map((s) => [s.stamp, s.complete, s.verify?.ok])).toEqual([
+      [stamps[1], true, true],
+      [stamps[0], false, false],
+    ]);
+    expect(doc.poolDb).toEqual([]);
+    const none = await vmbackup(['list', 'nosuch', '-b', ws.base]);
+    expect(none.code).toBe(0);
+    expect(none.stdout).toBe(`no backups of nosuch in ${ws.exports}\n`);
+    const bad = await vmbackup(['list', '-d', path.join(ws.base, 'missing')]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('cannot be read');
+  });
+});
