@@ -48,6 +48,8 @@ export const RunOptions = z.object({
   leftoverAgeHours: z.number().min(0).default(24),
   /** Verify each VM's backup set right after it is written (verify_after_backup); absent = XVA sets only. */
   verifyAfterBackup: z.boolean().optional(),
+  /** Days a set that failed verification is kept aside before it is deleted (failed_keep_days). */
+  failedKeepDays: z.number().int().min(1).optional(),
 });
 export type RunOptions = z.infer<typeof RunOptions>;
 
@@ -159,6 +161,7 @@ export function buildVmJobs(selection: Selection, poolVms: { uuid: string; name:
     idleTimeoutS: o.idleTimeoutS,
     // Unset: XVA sets are verified (their chunk checksums make it cheap and sure); disks are not.
     verify: o.verifyAfterBackup ?? mode === 'vm',
+    ...(o.failedKeepDays !== undefined ? { failedKeepDays: o.failedKeepDays } : {}),
   });
   return [
     ...selection.vdiExports.map((s) => job(s.vm, 'vdi', s.maxBackups, s.disks)),

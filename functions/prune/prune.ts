@@ -13,6 +13,7 @@ import { parseBackupFileName, splitPartial } from '../../runtime/storage/naming.
 import { parseWriterTag, processStart, thisProcess, writerState } from '../../runtime/storage/writer.js';
 import type { WriterState } from '../../runtime/storage/writer.js';
 import { JobBase, VmRef } from '../job.js';
+import { expireQuarantine, FAILED_KEEP_DAYS, quarantineSet } from './quarantine.js';
 import { manifestCheck, planRetention } from './retention.js';
 import type { FileEntry, ManifestCheck, RetentionPlan } from './retention.js';
 
@@ -38,6 +39,8 @@ export const PruneInput = JobBase.extend({
   maxBackups: z.number().int().min(1),
   /** Stamps never to delete (the set this run just wrote). */
   protect: z.array(z.string()).default([]),
+  /** Days a set that failed verification stays in `<folder>/.failed/` before it is deleted (failed_keep_days). */
+  failedKeepDays: z.number().int().min(1).default(FAILED_KEEP_DAYS),
 });
 export type PruneInput = z.infer<typeof PruneInput>;
 
@@ -46,6 +49,8 @@ export const Deleted = z.object({ stamp: z.string(), files: z.array(z.string()),
 export const PruneOutput = PruneInput.extend({
   kept: z.array(z.string()),
   deleted: z.array(Deleted),
+  /** Sets that failed verification, moved into `<folder>/.failed/<stamp>/`. */
+  quarantined: z.array(z.string()).default([]),
   warnings: z.array(z.string()).default([]),
 });
 export type PruneOutput = z.infer<typeof PruneOutput>;
@@ -70,18 +75,32 @@ export const prune = defineFunction({
       }
       const now = ctx.clock.now().getTime();
       const planned = planRetention({ files, manifests, maxBackups: input.maxBackups, now, protect: input.protect, writers: partialWriters(files, now) });
+      // Failed sets are moved aside, not deleted and not warned about run after run.
+      const failed = planned.incomplete.filter((i) => i.set.incompleteReason === 'failed-verification' && !input.protect.includes(i.set.stamp)).map((i) => i.set);
+      const aside = new Set(failed.map((s) => s.stamp));
+      planned.delete = planned.delete.filter((d) => !aside.has(d.stamp) || d.reason === 'dead-writer');
       await applyDeletions(dir, planned, ctx);
-      return planned;
+      for (const set of failed) {
+        const where = await quarantineSet(dir, set.stamp, set.files.filter((f) => files.some((e) => e.name === f)), ctx.clock.now());
+        warnings.push(`${input.folder}: backup set ${set.stamp} failed verification: moved aside to ${where}, deleted after ${input.failedKeepDays} days`);
+      }
+      if (planned.keep.length > 0) {
+        for (const stamp of await expireQuarantine(dir, input.failedKeepDays, ctx.clock.now())) {
+          ctx.log.info(`${input.folder}: deleted the set ${stamp} that failed verification, kept aside for ${input.failedKeepDays} days`);
+        }
+      }
+      return { ...planned, quarantined: failed.map((s) => s.stamp) };
     });
     if (plan === undefined) {
       warnings.push(`${input.folder}: not pruned this time: another run kept the folder locked (the next run prunes it)`);
-      return { ...input, kept: [], deleted: [], warnings };
+      return { ...input, kept: [], deleted: [], quarantined: [], warnings };
     }
     return {
       ...input,
       kept: plan.keep.map((s) => s.stamp),
       deleted: plan.delete.map((d) => ({ stamp: d.stamp, files: d.files, reason: d.reason })),
-      warnings,
+      quarantined: plan.quarantined,
+      warnings: warnings.filter((w) => !plan.quarantined.some((s) => w.includes(`backup set ${s} does not count`))),
     };
   },
 });

@@ -138,6 +138,7 @@ export function runOptions(s: Settings): RunOptions {
     idleTimeoutS: s.export_idle_timeout,
     leftoverAgeHours: s.lock_stale_hours,
     verifyAfterBackup: s.verify_after_backup,
+    failedKeepDays: s.failed_keep_days,
   };
 }
 
