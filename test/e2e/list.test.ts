@@ -8,7 +8,7 @@ import type { Workspace } from '../helpers/cli.js';
 
 /* `vmbackup list` on real backups written by `vmbackup` against the simulator, read without a pool. */
 
-describe('vmbackup list', () => {
+describe('vmbackup list, and verify --quarantine', () => {
   let sim: Simulator;
   let ws: Workspace;
   let stamps: string[];
@@ -66,5 +66,21 @@ describe('vmbackup list', () => {
     const bad = await vmbackup(['list', '-d', path.join(ws.base, 'missing')]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('cannot be read');
+  });
+
+  it('vmbackup verify --quarantine moves the failed set into .failed/: counted and warned about no more', async () => {
+    const dir = path.join(ws.exports, 'web1');
+    const r = await vmbackup(['verify', 'web1', '--quarantine', '-b', ws.base]);
+    expect(r.code).toBe(1);
+    const aside = path.join(dir, '.failed', stamps[0]!);
+    expect(r.stdout).toContain(`moved aside to ${aside}; deleted after 30 days (failed_keep_days)`);
+    expect((await readdir(aside)).sort()).toEqual([`backup_${stamps[0]}.json`, `backup_${stamps[0]}.meta`, `backup_${stamps[0]}.xva`]);
+    expect((await readdir(dir)).filter((n) => n.includes(stamps[0]!))).toEqual([]);
+    const listed = JSON.parse((await vmbackup(['list', 'web1', '--json', '-b', ws.base])).stdout) as BackupsResponse;
+    expect(listed.vms[0]!.sets.map((s) => s.stamp)).toEqual([stamps[1]]);
+    const again = await vmbackup(['verify', 'web1', '-b', ws.base]);
+    expect(again.code).toBe(0);
+    expect(again.stderr).toBe('');
+    expect(again.stdout).toMatch(/verify: 1 set: 1 OK, 0 FAILED/);
   });
 });
