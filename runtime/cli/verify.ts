@@ -14,6 +14,8 @@ import { createLogger, silentLogger } from '../log.js';
 import type { Logger } from '../log.js';
 import { lockedFolder } from '../../functions/prune/prune.js';
 import { quarantineSet } from '../../functions/prune/quarantine.js';
+import { verifySeries } from '../../functions/verify/series-check.js';
+import type { SeriesFileResult } from '../../functions/verify/series-check.js';
 import { assertBackupDirExists } from '../storage/mounts.js';
 import { parseBackupFileName, vmFolderName } from '../storage/naming.js';
 import { formatBytes, formatSeconds } from '../units.js';
@@ -79,6 +81,7 @@ export async function verifyCommand(argv: readonly string[], io: Io): Promise<nu
     signal: abort.signal,
   });
   const results: SetOutcome[] = [];
+  let series: SeriesFileResult[] = [];
   const started = performance.now();
   try {
     for (const target of targets) {
@@ -93,15 +96,23 @@ export async function verifyCommand(argv: readonly string[], io: Io): Promise<nu
         for (const w of outcome.verified?.warnings ?? []) if (w !== legacyNotice(outcome.target.stamp)) io.stderr.write(`WARNING: ${w}\n`);
       }
     }
+    // The whole backup_dir: POOL_DB and HOSTS too.
+    if (args.targets.length === 0 && !abort.signal.aborted) {
+      series = await verifySeries(settings.backup_dir);
+      if (!flags.json) for (const r of series) io.stdout.write(`${(r.ok ? 'OK' : 'FAILED').padEnd(10)}  ${r.file}  ${r.ok ? formatSize(r.bytes) : r.error!}\n`);
+    }
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     log.flush();
   }
   const summary = summarize(results, performance.now() - started, abort.signal.aborted);
+  const seriesFailed = series.filter((r) => !r.ok).length;
+  if (seriesFailed > 0) summary.exitCode = 1;
+  if (series.length > 0) summary.line += `; POOL_DB and HOSTS: ${series.length - seriesFailed} OK, ${seriesFailed} FAILED`;
   if (flags.json) {
-    io.stdout.write(JSON.stringify({ ok: summary.exitCode === 0, exitCode: summary.exitCode, scope, summary: summary.counts, sets: results.map(jsonOf) }, null, 2) + '\n');
-  } else if (results.length === 0) {
+    io.stdout.write(JSON.stringify({ ok: summary.exitCode === 0, exitCode: summary.exitCode, scope, summary: summary.counts, sets: results.map(jsonOf), series }, null, 2) + '\n');
+  } else if (results.length === 0 && series.length === 0) {
     io.stdout.write(`verify: nothing to verify in ${scope} (no backup sets)\n`);
   } else {
     io.stdout.write(summary.line + '\n');

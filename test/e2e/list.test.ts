@@ -1,4 +1,4 @@
-import { open, readdir } from 'node:fs/promises';
+import { open, readdir, stat, truncate } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupsResponse } from '../../runtime/gateway/backups.js';
@@ -66,6 +66,25 @@ describe('vmbackup list, and verify --quarantine', () => {
     const bad = await vmbackup(['list', '-d', path.join(ws.base, 'missing')]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('cannot be read');
+  });
+
+  it('vmbackup verify checks POOL_DB and HOSTS backups: the dump\'s structure, the gzip and tar of a host backup', async () => {
+    const w = await workspace();
+    const r = await vmbackup([...w.args(sim), '-x', '.*', '-p', '-H']);
+    expect(r.code, r.stderr).toBe(0);
+    const good = await vmbackup(['verify', '-b', w.base]);
+    expect(good.code, good.stdout).toBe(0);
+    expect(good.stdout).toMatch(/^OK {10}POOL_DB\/metadata_\d{8}-\d{6}\.db {2}/m);
+    expect(good.stdout).toMatch(/^OK {10}HOSTS\/hosts_xcp1_\d{8}-\d{6}\.xbk {2}/m);
+    const db = path.join(w.exports, 'POOL_DB', (await readdir(path.join(w.exports, 'POOL_DB')))[0]!);
+    const xbk = path.join(w.exports, 'HOSTS', (await readdir(path.join(w.exports, 'HOSTS')))[0]!);
+    await truncate(db, (await stat(db)).size - 20);
+    await truncate(xbk, (await stat(xbk)).size - 100);
+    const bad = await vmbackup(['verify', '-b', w.base]);
+    expect(bad.code).toBe(1);
+    expect(bad.stdout).toMatch(/^FAILED {6}POOL_DB\/metadata_\d{8}-\d{6}\.db {2}.*truncated: it does not end with <\/database>/m);
+    expect(bad.stdout).toMatch(/^FAILED {6}HOSTS\/hosts_xcp1_\d{8}-\d{6}\.xbk {2}.*not a whole gzip stream/m);
+    expect(bad.stdout).toContain('POOL_DB and HOSTS: 0 OK, 2 FAILED');
   });
 
   it('vmbackup verify --quarantine moves the failed set into .failed/: counted and warned about no more', async () => {
