@@ -58,6 +58,8 @@ export const VmJob = z.object({
   idleTimeoutS: z.number().int().min(1),
   /** Verify the set once written (verify_after_backup): the verify phase's `verify`. Absent = false. */
   verify: z.boolean().optional(),
+  /** Days a set that failed verification stays in `<folder>/.failed/` (failed_keep_days). Absent = 30. */
+  failedKeepDays: z.number().int().min(1).optional(),
 });
 export type VmJob = z.infer<typeof VmJob>;
 

@@ -3,7 +3,7 @@ import type { Ctx } from '../runtime/function.js';
 import { writeStreamAtomic } from '../runtime/storage/atomic.js';
 import type { HostRecord } from '../runtime/xapi/records.js';
 import type { WrittenFile } from './job.js';
-import { applyDeletions, listFiles } from './prune/prune.js';
+import { applyDeletions, listFiles, lockedFolder, partialWriters } from './prune/prune.js';
 import { planSeriesRetention } from './prune/retention.js';
 import type { SeriesKind } from './prune/retention.js';
 
@@ -16,6 +16,8 @@ export async function backupToSeries(
   ctx: Ctx,
   opts: {
     pathname: string;
+    /** The run, as the folder lock names its holder. */
+    runId: string;
     host?: HostRecord;
     dir: string;
     name: string;
@@ -44,11 +46,16 @@ export async function backupToSeries(
     download.abort();
     throw error;
   }
-  const files = (await listFiles(opts.dir)).filter((f) => opts.series(f.name));
-  const plan = planSeriesRetention({ kind: opts.kind, files, maxBackups: opts.maxBackups, now: ctx.clock.now().getTime(), protect: [] });
-  await applyDeletions(opts.dir, plan, ctx);
+  // Under the folder's lock: another run may be pruning POOL_DB or HOSTS right now.
+  const plan = await lockedFolder(opts.dir, opts.runId, ctx, async () => {
+    const files = (await listFiles(opts.dir)).filter((f) => opts.series(f.name));
+    const now = ctx.clock.now().getTime();
+    const planned = planSeriesRetention({ kind: opts.kind, files, maxBackups: opts.maxBackups, now, protect: [], writers: partialWriters(files, now) });
+    await applyDeletions(opts.dir, planned, ctx);
+    return planned;
+  });
   return {
     file: { name: opts.name, format: opts.format, size: result.size, xxh64: result.xxh64 },
-    deleted: plan.delete.map((d) => ({ stamp: d.stamp, files: d.files, reason: d.reason })),
+    deleted: (plan?.delete ?? []).map((d) => ({ stamp: d.stamp, files: d.files, reason: d.reason })),
   };
 }

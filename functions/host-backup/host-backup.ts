@@ -51,6 +51,7 @@ export const hostBackup = defineFunction({
     const name = hostBackupFileName(host.name_label, input.stamp);
     const component = hostFileComponent(host.name_label);
     const { file, deleted } = await backupToSeries(ctx, {
+      runId: input.runId,
       pathname: '/host_backup',
       host,
       dir: path.join(input.backupDir, HOSTS_FOLDER),

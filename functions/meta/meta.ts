@@ -76,6 +76,7 @@ export const meta = defineFunction({
       maxBackups: input.maxBackups,
       protect: [input.stamp],
       verify: input.verify ?? false,
+      ...(input.failedKeepDays !== undefined ? { failedKeepDays: input.failedKeepDays } : {}),
       manifest: manifestName,
       files: [...files, { name: manifestName, format: 'manifest' as const, size: written.size, xxh64: written.xxh64 }],
       bytes: input.bytes,

@@ -46,7 +46,7 @@ export const RunOptions = z.object({
   idleTimeoutS: z.number().int().min(1),
   /** Leftover snapshots from another host are removed only after this many hours. */
   leftoverAgeHours: z.number().min(0).default(24),
-  /** Verify each VM's backup set right after it is written (verify_after_backup); absent = false. */
+  /** Verify each VM's backup set right after it is written (verify_after_backup); absent = XVA sets only. */
   verifyAfterBackup: z.boolean().optional(),
   /**
    * Where the lists come from (select.ts): which this request gave (an export entry of theirs that
@@ -54,6 +54,8 @@ export const RunOptions = z.object({
    * selects without one). Absent: every list counts as the config's.
    */
   selection: SelectionSources.optional(),
+  /** Days a set that failed verification is kept aside before it is deleted (failed_keep_days). */
+  failedKeepDays: z.number().int().min(1).optional(),
 });
 export type RunOptions = z.infer<typeof RunOptions>;
 
@@ -182,7 +184,9 @@ export function buildVmJobs(selection: Selection, poolVms: { uuid: string; name:
     spaceThreshold: o.spaceThreshold,
     haltedWithoutSnapshot: o.haltedWithoutSnapshot,
     idleTimeoutS: o.idleTimeoutS,
-    verify: o.verifyAfterBackup ?? false,
+    // Unset: XVA sets are verified (their chunk checksums make it cheap and sure); disks are not.
+    verify: o.verifyAfterBackup ?? mode === 'vm',
+    ...(o.failedKeepDays !== undefined ? { failedKeepDays: o.failedKeepDays } : {}),
   });
   return [
     ...selection.vdiExports.map((s) => job(s.vm, 'vdi', s.maxBackups, s.disks)),

@@ -39,6 +39,7 @@ export const poolDb = defineFunction({
   async handle(input, ctx) {
     const name = poolDbFileName(input.stamp);
     const { file, deleted } = await backupToSeries(ctx, {
+      runId: input.runId,
       pathname: '/pool/xmldbdump',
       dir: path.join(input.backupDir, POOL_DB_FOLDER),
       name,

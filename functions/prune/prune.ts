@@ -4,11 +4,16 @@ import { z } from 'zod';
 import { defineFunction, subject } from '../../runtime/function.js';
 import type { Ctx } from '../../runtime/function.js';
 import { jobSubject } from '../../runtime/events.js';
+import { LockedError } from '../../runtime/errors.js';
 import { listFileNames } from '../../runtime/storage/files.js';
+import { withFolderLock } from '../../runtime/storage/lock.js';
 import { checkManifest } from '../../runtime/storage/manifest.js';
 import type { Manifest } from '../../runtime/storage/manifest.js';
-import { parseBackupFileName } from '../../runtime/storage/naming.js';
+import { parseBackupFileName, splitPartial } from '../../runtime/storage/naming.js';
+import { parseWriterTag, processStart, thisProcess, writerState } from '../../runtime/storage/writer.js';
+import type { WriterState } from '../../runtime/storage/writer.js';
 import { JobBase, VmRef } from '../job.js';
+import { expireQuarantine, FAILED_KEEP_DAYS, quarantineSet } from './quarantine.js';
 import { manifestCheck, planRetention } from './retention.js';
 import type { FileEntry, ManifestCheck, RetentionPlan } from './retention.js';
 
@@ -34,6 +39,8 @@ export const PruneInput = JobBase.extend({
   maxBackups: z.number().int().min(1),
   /** Stamps never to delete (the set this run just wrote). */
   protect: z.array(z.string()).default([]),
+  /** Days a set that failed verification stays in `<folder>/.failed/` before it is deleted (failed_keep_days). */
+  failedKeepDays: z.number().int().min(1).default(FAILED_KEEP_DAYS),
 });
 export type PruneInput = z.infer<typeof PruneInput>;
 
@@ -42,6 +49,8 @@ export const Deleted = z.object({ stamp: z.string(), files: z.array(z.string()),
 export const PruneOutput = PruneInput.extend({
   kept: z.array(z.string()),
   deleted: z.array(Deleted),
+  /** Sets that failed verification, moved into `<folder>/.failed/<stamp>/`. */
+  quarantined: z.array(z.string()).default([]),
   warnings: z.array(z.string()).default([]),
 });
 export type PruneOutput = z.infer<typeof PruneOutput>;
@@ -55,21 +64,43 @@ export const prune = defineFunction({
   output: PruneOutput,
   async handle(input, ctx) {
     const dir = path.join(input.backupDir, input.folder);
-    const files = await listFiles(dir);
-    const readings = await readManifests(dir, files);
-    const manifests = new Map([...readings].map(([stamp, r]) => [stamp, r.check]));
     const warnings: string[] = [];
-    for (const [stamp, { check }] of readings) {
-      if (check.valid) continue;
-      warnings.push(`${input.folder}: backup set ${stamp} ${check.failedVerification === true ? 'does not count' : 'is incomplete and does not count'} (${check.reason})`);
+    const plan = await lockedFolder(dir, input.runId, ctx, async () => {
+      const files = await listFiles(dir);
+      const readings = await readManifests(dir, files);
+      const manifests = new Map([...readings].map(([stamp, r]) => [stamp, r.check]));
+      for (const [stamp, { check }] of readings) {
+        if (check.valid) continue;
+        warnings.push(`${input.folder}: backup set ${stamp} ${check.failedVerification === true ? 'does not count' : 'is incomplete and does not count'} (${check.reason})`);
+      }
+      const now = ctx.clock.now().getTime();
+      const planned = planRetention({ files, manifests, maxBackups: input.maxBackups, now, protect: input.protect, writers: partialWriters(files, now) });
+      // Failed sets are moved aside, not deleted and not warned about run after run.
+      const failed = planned.incomplete.filter((i) => i.set.incompleteReason === 'failed-verification' && !input.protect.includes(i.set.stamp)).map((i) => i.set);
+      const aside = new Set(failed.map((s) => s.stamp));
+      planned.delete = planned.delete.filter((d) => !aside.has(d.stamp) || d.reason === 'dead-writer');
+      await applyDeletions(dir, planned, ctx);
+      for (const set of failed) {
+        const where = await quarantineSet(dir, set.stamp, set.files.filter((f) => files.some((e) => e.name === f)), ctx.clock.now());
+        warnings.push(`${input.folder}: backup set ${set.stamp} failed verification: moved aside to ${where}, deleted after ${input.failedKeepDays} days`);
+      }
+      if (planned.keep.length > 0) {
+        for (const stamp of await expireQuarantine(dir, input.failedKeepDays, ctx.clock.now())) {
+          ctx.log.info(`${input.folder}: deleted the set ${stamp} that failed verification, kept aside for ${input.failedKeepDays} days`);
+        }
+      }
+      return { ...planned, quarantined: failed.map((s) => s.stamp) };
+    });
+    if (plan === undefined) {
+      warnings.push(`${input.folder}: not pruned this time: another run kept the folder locked (the next run prunes it)`);
+      return { ...input, kept: [], deleted: [], quarantined: [], warnings };
     }
-    const plan = planRetention({ files, manifests, maxBackups: input.maxBackups, now: ctx.clock.now().getTime(), protect: input.protect });
-    await applyDeletions(dir, plan, ctx);
     return {
       ...input,
       kept: plan.keep.map((s) => s.stamp),
       deleted: plan.delete.map((d) => ({ stamp: d.stamp, files: d.files, reason: d.reason })),
-      warnings,
+      quarantined: plan.quarantined,
+      warnings: warnings.filter((w) => !plan.quarantined.some((s) => w.includes(`backup set ${s} does not count`))),
     };
   },
 });
@@ -97,6 +128,41 @@ export async function readManifests(dir: string, files: readonly FileEntry[]): P
     if (info?.kind !== 'manifest') continue;
     const status = await checkManifest(dir, file.name);
     out.set(info.stamp, { check: manifestCheck(status), ...(status.valid ? { manifest: status.manifest } : {}) });
+  }
+  return out;
+}
+
+/**
+ * Runs `fn` (list, plan, delete) under the folder's lock (runtime/storage/lock.ts), so two runs
+ * never prune one folder at once; says so while it waits. Undefined when another run's live
+ * prune kept the folder too long: nothing is deleted, the next run prunes.
+ */
+export async function lockedFolder<T>(dir: string, runId: string, ctx: Pick<Ctx, 'log' | 'signal'>, fn: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await withFolderLock(dir, { runId }, fn, {
+      signal: ctx.signal,
+      onWait: (h) => ctx.log.info(`${path.basename(dir)}: waiting for run ${h.runId} (pid ${h.pid} on ${h.hostname}) to finish pruning this folder`),
+      onTakeover: (h) => ctx.log.warn(`${path.basename(dir)}: took over the prune lock of a dead run${h !== undefined ? ` (${h.runId}, pid ${h.pid} on ${h.hostname})` : ''}`),
+    });
+  } catch (error) {
+    if (error instanceof LockedError) {
+      ctx.log.warn(`${path.basename(dir)}: not pruned: ${error.message}`);
+      return undefined;
+    }
+    throw error;
+  }
+}
+
+/**
+ * Whether the writer of each tagged `.partial` among `files` is alive (runtime/storage/writer.ts):
+ * what `planRetention` and `planSeriesRetention` take as `writers`.
+ */
+export function partialWriters(files: readonly FileEntry[], now: number): Map<string, WriterState> {
+  const out = new Map<string, WriterState>();
+  for (const file of files) {
+    const writer = splitPartial(file.name)?.writer;
+    const tag = writer === undefined ? null : parseWriterTag(writer);
+    if (tag !== null) out.set(file.name, writerState(tag, file.mtimeMs, now, thisProcess(), processStart));
   }
   return out;
 }

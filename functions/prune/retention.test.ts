@@ -376,3 +376,47 @@ describe('manifestCheck: which manifests make their set count (prune, the gatewa
     expect(manifestCheck(status)).toEqual(check);
   });
 });
+
+describe('partials named after their writer', () => {
+  const tag = 'w1a2b3c4d-4242-81234567-9f8e7d6c-1';
+  const part = (name: string, mtimeMs = ACTIVE) => f(`${name}.${tag}.partial`, 50, mtimeMs);
+
+  it.each([
+    // [writer, mtime, protected, expected]
+    ['dead', ACTIVE, false, 'deleted at once'],
+    ['dead', ACTIVE, true, 'deleted at once'],
+    ['live', OLD, false, 'kept'],
+    ['live', RECENT, false, 'kept'],
+  ] as const)('a %s writer’s partial (mtime %s, protected %s): %s', (writer, mtime, isProtected, expected) => {
+    const files = [...vmSet(day(2)), part(`backup_${day(1)}.xva`, mtime)];
+    const name = files.at(-1)!.name;
+    const p = planRetention({ files, manifests: valid(day(2)), maxBackups: 2, now: NOW, protect: isProtected ? [day(1)] : [], writers: new Map([[name, writer]]) });
+    if (expected === 'deleted at once') {
+      expect(p.delete).toEqual([{ stamp: day(1), files: [name], reason: 'dead-writer' }]);
+    } else {
+      expect(p.delete).toEqual([]);
+      expect(p.incomplete.map((i) => `${i.action} ${i.reason}`)).toEqual(['keep writer-alive']);
+    }
+  });
+
+  it('an untagged partial (earlier versions) keeps the age rules: an hour idle and older than the newest complete set', () => {
+    const files = [...vmSet(day(2)), f(`backup_${day(1)}.xva.partial`, 50, ACTIVE), f(`backup_${day(3)}.xva.partial`, 50, RECENT), f(`backup_${day(0 + 1)}.meta`, 10, ACTIVE)];
+    const p = planRetention({ files, manifests: valid(day(2)), maxBackups: 2, now: NOW, writers: new Map() });
+    expect(p.delete).toEqual([]);
+    const later = planRetention({ files: files.map((x) => ({ ...x, mtimeMs: RECENT })), manifests: valid(day(2)), maxBackups: 2, now: NOW, writers: new Map() });
+    expect(deleted(later)).toEqual([`${day(1)} incomplete-older-than-newest-complete`]);
+  });
+
+  it('series: a dead writer’s partial goes at once, a live one’s stays; the complete files are untouched', () => {
+    const files = [
+      f(`metadata_${day(1)}.db`, 10),
+      f(`metadata_${day(2)}.db.${tag}.partial`, 5, ACTIVE),
+      f(`metadata_${day(3)}.db.w00000000-1-1-00000000-1.partial`, 5, ACTIVE),
+    ];
+    const writers = new Map([[files[1]!.name, 'dead' as const], [files[2]!.name, 'live' as const]]);
+    const p = planSeriesRetention({ kind: 'pool-db', files, maxBackups: 1, now: NOW, writers });
+    expect(p.delete).toEqual([{ stamp: day(2), files: [files[1]!.name], reason: 'dead-writer', series: 'pool-db' }]);
+    expect(kept(p)).toEqual([day(1)]);
+    expect(p.incomplete.map((i) => `${i.set.stamp} ${i.reason}`)).toEqual([`${day(3)} writer-alive`]);
+  });
+});

@@ -1,4 +1,5 @@
 import { PermanentError } from '../../runtime/errors.js';
+import type { WriterState } from '../../runtime/storage/writer.js';
 import type { ManifestStatus } from '../../runtime/storage/manifest.js';
 import {
   parseBackupFileName,
@@ -40,6 +41,10 @@ import {
  * 3. `.partial` files of a complete set (leftovers: the manifest was already written) are
  *    deleted under the same "not protected, not changed within `activeWithinMs`" guard.
  * 4. Files that are not ours (see `parseBackupFileName`) are listed in `ignored`, never touched.
+ * 5. A `.partial` named after its writer (runtime/storage/writer.ts) is decided by its writer
+ *    (`writers`): a dead writer's is deleted at once (`dead-writer`, even in a protected set:
+ *    no one will ever rename it), a live writer's never, nor the set it belongs to
+ *    (`writer-alive`). Untagged partials (earlier versions) follow rules 2 and 3.
  *
  * Single-file series (POOL_DB `metadata_*.db`, HOSTS `hosts_<host>_*.xbk` per host): see
  * {@link planSeriesRetention}.
@@ -96,6 +101,12 @@ export interface RetentionOptions extends StampOptions {
   staleAfterMs?: number;
   /** Files changed more recently than this may belong to a job still running. Default 1 h. */
   activeWithinMs?: number;
+  /**
+   * Whether the writer of each tagged `.partial` file is alive, by file name
+   * (runtime/storage/writer.ts; the I/O layer asks). A dead writer's partial is deleted at once,
+   * a live writer's never; untagged partials (earlier versions) keep the age rules.
+   */
+  writers?: ReadonlyMap<string, WriterState>;
 }
 
 export interface RetentionInput extends RetentionOptions {
@@ -133,8 +144,8 @@ export interface BackupSet {
 }
 
 export type KeepReason = 'within-max-backups' | 'protected';
-export type DeleteReason = 'over-max-backups' | 'incomplete-older-than-newest-complete' | 'incomplete-stale' | 'partial-leftover';
-export type IncompleteKeepReason = 'protected' | 'may-be-in-progress' | 'failed-verification';
+export type DeleteReason = 'over-max-backups' | 'incomplete-older-than-newest-complete' | 'incomplete-stale' | 'partial-leftover' | 'dead-writer';
+export type IncompleteKeepReason = 'protected' | 'may-be-in-progress' | 'failed-verification' | 'writer-alive';
 
 export interface Deletion {
   stamp: string;
@@ -142,6 +153,9 @@ export interface Deletion {
   reason: DeleteReason;
   series?: string;
 }
+
+/** A dead writer's partial, with its stamp's date for ordering. */
+type DeadPartial = Deletion & { date: number };
 
 export interface IncompleteSet {
   set: BackupSet;
@@ -192,8 +206,10 @@ function decide(
   partialLeftovers: Map<string, FileEntry[]>,
   opts: RetentionOptions,
   checked: { stale: number; active: number; protect: Set<string> },
+  dead: DeadPartial[] = [],
 ): Omit<RetentionPlan, 'ignored'> {
   const { stale, active, protect } = checked;
+  const live = (name: string) => opts.writers?.get(name) === 'live';
   const complete = sets.filter((s) => s.complete).sort(byDate).reverse();
   const keep: RetentionPlan['keep'] = [];
   const deletions: Deletion[] = [];
@@ -208,7 +224,7 @@ function decide(
   for (const set of complete) {
     const leftovers = partialLeftovers.get(set.stamp);
     if (!leftovers || !kept.has(set.stamp) || protect.has(set.stamp)) continue;
-    const idle = leftovers.filter((f) => f.mtimeMs <= opts.now - active);
+    const idle = leftovers.filter((f) => f.mtimeMs <= opts.now - active && !live(f.name));
     if (idle.length > 0) {
       deletions.push({ stamp: set.stamp, files: idle.map((f) => f.name).sort(), reason: 'partial-leftover', ...(set.series !== undefined ? { series: set.series } : {}) });
     }
@@ -219,6 +235,7 @@ function decide(
     let action: IncompleteSet['action'] = 'keep';
     let reason: IncompleteSet['reason'] = set.incompleteReason === 'failed-verification' ? 'failed-verification' : 'may-be-in-progress';
     if (protect.has(set.stamp)) reason = 'protected';
+    else if (set.files.some(live)) reason = 'writer-alive';
     else if (set.incompleteReason !== 'failed-verification' && set.newestMtimeMs <= opts.now - stale) {
       action = 'delete';
       reason = 'incomplete-stale';
@@ -232,9 +249,10 @@ function decide(
     }
   }
 
-  const dateOf = new Map(sets.map((s) => [s.stamp, s.date.getTime()]));
+  deletions.push(...dead.map(({ date: _date, ...d }) => d));
+  const dateOf = new Map([...sets.map((s) => [s.stamp, s.date.getTime()] as const), ...dead.map((d) => [d.stamp, d.date] as const)]);
   deletions.sort((a, b) => dateOf.get(a.stamp)! - dateOf.get(b.stamp)! || (a.stamp < b.stamp ? -1 : 1));
-  if (newestComplete && deletions.some((d) => d.stamp === newestComplete.stamp && d.reason !== 'partial-leftover')) {
+  if (newestComplete && deletions.some((d) => d.stamp === newestComplete.stamp && d.reason !== 'partial-leftover' && d.reason !== 'dead-writer')) {
     // Unreachable by construction; a guard because deleting the last good backup is the one unforgivable bug.
     throw new Error(`retention: refusing to delete the newest complete set ${newestComplete.stamp}`);
   }
@@ -268,10 +286,15 @@ export function planRetention(input: RetentionInput): RetentionPlan {
   const checked = checkOptions(input);
   const ignored: string[] = [];
   const groups = new Map<string, Group<BackupFileInfo>>();
+  const dead: DeadPartial[] = [];
   for (const file of input.files) {
     const info = parseBackupFileName(file.name, input);
     if (!info) {
       ignored.push(file.name);
+      continue;
+    }
+    if (input.writers?.get(file.name) === 'dead') {
+      dead.push({ stamp: info.stamp, files: [file.name], reason: 'dead-writer', date: info.date.getTime() });
       continue;
     }
     let g = groups.get(info.stamp);
@@ -314,7 +337,7 @@ export function planRetention(input: RetentionInput): RetentionPlan {
     sets.push(set);
     if (complete && partials.length > 0) partialLeftovers.set(g.stamp, partials.map((e) => e.file));
   }
-  return { ...decide(sets, partialLeftovers, input, checked), ignored: ignored.sort() };
+  return { ...decide(sets, partialLeftovers, input, checked, dead), ignored: ignored.sort() };
 }
 
 export type SeriesKind = 'pool-db' | 'hosts';
@@ -340,6 +363,7 @@ export function planSeriesRetention(input: SeriesRetentionInput): RetentionPlan 
   const checked = checkOptions(input);
   const ignored: string[] = [];
   const bySeries = new Map<string, Map<string, Group<SeriesFileInfo>>>();
+  const deadBySeries = new Map<string, DeadPartial[]>();
   for (const file of input.files) {
     const info = input.kind === 'pool-db' ? parsePoolDbFileName(file.name, input) : parseHostBackupFileName(file.name, input);
     if (!info) {
@@ -347,6 +371,12 @@ export function planSeriesRetention(input: SeriesRetentionInput): RetentionPlan 
       continue;
     }
     const series = input.kind === 'pool-db' ? 'pool-db' : (info.host ?? LEGACY_HOSTS_SERIES);
+    if (input.writers?.get(file.name) === 'dead') {
+      let list = deadBySeries.get(series);
+      if (!list) deadBySeries.set(series, (list = []));
+      list.push({ stamp: info.stamp, files: [file.name], reason: 'dead-writer', series, date: info.date.getTime() });
+      continue;
+    }
     let groups = bySeries.get(series);
     if (!groups) bySeries.set(series, (groups = new Map()));
     let g = groups.get(info.stamp);
@@ -355,10 +385,10 @@ export function planSeriesRetention(input: SeriesRetentionInput): RetentionPlan 
   }
 
   const plan: RetentionPlan = { keep: [], delete: [], incomplete: [], ignored: ignored.sort() };
-  for (const series of [...bySeries.keys()].sort()) {
+  for (const series of [...new Set([...bySeries.keys(), ...deadBySeries.keys()])].sort()) {
     const sets: BackupSet[] = [];
     const partialLeftovers = new Map<string, FileEntry[]>();
-    for (const g of bySeries.get(series)!.values()) {
+    for (const g of bySeries.get(series)?.values() ?? []) {
       const finals = g.entries.filter((e) => !e.info.partial);
       const partials = g.entries.filter((e) => e.info.partial);
       const complete = finals.some((e) => e.file.size > 0);
@@ -367,7 +397,7 @@ export function planSeriesRetention(input: SeriesRetentionInput): RetentionPlan 
       sets.push(set);
       if (complete && partials.length > 0) partialLeftovers.set(g.stamp, partials.map((e) => e.file));
     }
-    const part = decide(sets, partialLeftovers, input, checked);
+    const part = decide(sets, partialLeftovers, input, checked, deadBySeries.get(series));
     plan.keep.push(...part.keep);
     plan.delete.push(...part.delete);
     plan.incomplete.push(...part.incomplete);

@@ -1,4 +1,4 @@
-import { cp, mkdtemp, open, readFile, readdir, rename, rm, truncate, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, open, readFile, readdir, rename, rm, truncate, utimes, writeFile } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -540,9 +540,9 @@ describe('verify: VmBackup sets (no manifest)', () => {
 });
 
 describe('verify then prune: a set that failed verification does not count', () => {
-  it('keeps the older good set with max_backups 1, and keeps the bad one until a good one supersedes it', async () => {
+  it('keeps the older good set with max_backups 1; a later prune moves the bad one aside, once', async () => {
     const backupDir = await mkdtemp(path.join(tmp, 'prune-'));
-    const older = await backup('vm', { backupDir, stamp: '20240101-000000' });
+    await backup('vm', { backupDir, stamp: '20240101-000000' });
     const newer = await backup('vm', { backupDir, stamp: '20240102-000000' });
     const dir = path.join(backupDir, 'web1');
     const xva = path.join(dir, fileOf(newer, 'xva'));
@@ -554,20 +554,25 @@ describe('verify then prune: a set that failed verification does not count', () 
     const pruned = PruneOutput.parse(await prune.handle(PruneInput.parse(out), ctx));
     expect(pruned.kept).toEqual(['20240101-000000']);
     expect(pruned.deleted).toEqual([]);
+    expect(pruned.quarantined).toEqual([]);
     expect(pruned.warnings.join('\n')).toMatch(/backup set 20240102-000000 does not count \(failed verification at .*: backup_20240102-000000\.xva: chunk Ref:\d+\/00000000 fails its XXH64 checksum/);
-    // A later prune (nothing protected) still keeps both: the good one counts, the bad one waits.
+    // A later prune (nothing protected) moves the bad set aside, whole, and says so once.
     const later = PruneOutput.parse(await prune.handle(PruneInput.parse({ ...out, protect: [] }), ctx));
     expect(later.kept).toEqual(['20240101-000000']);
     expect(later.deleted).toEqual([]);
-    expect((await readdir(dir)).length).toBe(6);
-
-    // Verified again once repaired, it counts again: with max_backups 1 the older set goes.
-    await flip(xva, (await tarEntries(xva)).find((e) => e.name.endsWith('/00000000'))!.dataOffset + 99);
-    expect((await verified({ backupDir, folder: 'web1', stamp: '20240102-000000' })).ok).toBe(true);
-    const after = PruneOutput.parse(await prune.handle(PruneInput.parse({ ...out, protect: [] }), ctx));
-    expect(after.kept).toEqual(['20240102-000000']);
-    expect(after.deleted.map((d) => d.stamp)).toEqual(['20240101-000000']);
-    void older;
+    expect(later.quarantined).toEqual(['20240102-000000']);
+    expect(later.warnings).toEqual([`web1: backup set 20240102-000000 failed verification: moved aside to ${path.join(dir, '.failed', '20240102-000000')}, deleted after 30 days`]);
+    expect((await readdir(path.join(dir, '.failed', '20240102-000000'))).sort()).toEqual(['backup_20240102-000000.json', 'backup_20240102-000000.meta', 'backup_20240102-000000.xva']);
+    expect((await readdir(dir)).filter((n) => n.includes('20240102'))).toEqual([]);
+    const again = PruneOutput.parse(await prune.handle(PruneInput.parse({ ...out, protect: [] }), ctx));
+    expect(again.warnings).toEqual([]);
+    expect(again.kept).toEqual(['20240101-000000']);
+    // failed_keep_days later it is gone; the good set stays.
+    const old = new Date(Date.now() - 31 * 86_400_000);
+    await utimes(path.join(dir, '.failed', '20240102-000000'), old, old);
+    PruneOutput.parse(await prune.handle(PruneInput.parse({ ...out, protect: [] }), ctx));
+    expect(await readdir(path.join(dir, '.failed'))).toEqual([]);
+    expect((await readdir(dir)).filter((n) => n.includes('20240101'))).toHaveLength(3);
   });
 });
 

@@ -143,6 +143,7 @@ export function runOptions(s: Settings, loaded?: Pick<LoadedSettings, 'sources' 
     idleTimeoutS: s.export_idle_timeout,
     leftoverAgeHours: s.lock_stale_hours,
     verifyAfterBackup: s.verify_after_backup,
+    failedKeepDays: s.failed_keep_days,
     ...(loaded !== undefined ? { selection: selectionSources(loaded) } : {}),
   };
 }

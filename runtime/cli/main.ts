@@ -13,6 +13,7 @@ import { fail } from './io.js';
 export const COMMANDS: Record<string, (argv: readonly string[], io: Io) => Promise<number>> = {
   backup: backupCommand,
   verify: async (argv, io) => (await import('./verify.js')).verifyCommand(argv, io),
+  list: async (argv, io) => (await import('./list.js')).listCommand(argv, io),
   restore: async (argv, io) => (await import('./restore.js')).restoreCommand(argv, io),
   gateway: async (argv, io) => (await import('./gateway.js')).gatewayCommand(argv, io),
   worker: async (argv, io) => (await import('./worker.js')).workerCommand(argv, io),

@@ -12,6 +12,10 @@ import { localCtx } from '../function.js';
 import type { Ctx } from '../function.js';
 import { createLogger, silentLogger } from '../log.js';
 import type { Logger } from '../log.js';
+import { lockedFolder } from '../../functions/prune/prune.js';
+import { quarantineSet } from '../../functions/prune/quarantine.js';
+import { verifySeries } from '../../functions/verify/series-check.js';
+import type { SeriesFileResult } from '../../functions/verify/series-check.js';
 import { assertBackupDirExists } from '../storage/mounts.js';
 import { parseBackupFileName, vmFolderName } from '../storage/naming.js';
 import { formatBytes, formatSeconds } from '../units.js';
@@ -77,17 +81,25 @@ export async function verifyCommand(argv: readonly string[], io: Io): Promise<nu
     signal: abort.signal,
   });
   const results: SetOutcome[] = [];
+  let series: SeriesFileResult[] = [];
   const started = performance.now();
   try {
     for (const target of targets) {
       if (abort.signal.aborted) break;
       const outcome = await verifyOne(target, ctx);
       results.push(outcome);
+      if (args.quarantine && outcome.status === 'failed') outcome.quarantined = await quarantine(target, settings.failed_keep_days, ctx);
       if (!flags.json) {
         io.stdout.write(formatLine(outcome) + '\n');
+        if (outcome.quarantined !== undefined) io.stdout.write(`            moved aside to ${outcome.quarantined}; deleted after ${settings.failed_keep_days} days (failed_keep_days)\n`);
         // The line says it of a VmBackup set already.
         for (const w of outcome.verified?.warnings ?? []) if (w !== legacyNotice(outcome.target.stamp)) io.stderr.write(`WARNING: ${w}\n`);
       }
+    }
+    // The whole backup_dir: POOL_DB and HOSTS too.
+    if (args.targets.length === 0 && !abort.signal.aborted) {
+      series = await verifySeries(settings.backup_dir);
+      if (!flags.json) for (const r of series) io.stdout.write(`${(r.ok ? 'OK' : 'FAILED').padEnd(10)}  ${r.file}  ${r.ok ? formatSize(r.bytes) : r.error!}\n`);
     }
   } finally {
     process.off('SIGINT', onSignal);
@@ -95,9 +107,12 @@ export async function verifyCommand(argv: readonly string[], io: Io): Promise<nu
     log.flush();
   }
   const summary = summarize(results, performance.now() - started, abort.signal.aborted);
+  const seriesFailed = series.filter((r) => !r.ok).length;
+  if (seriesFailed > 0) summary.exitCode = 1;
+  if (series.length > 0) summary.line += `; POOL_DB and HOSTS: ${series.length - seriesFailed} OK, ${seriesFailed} FAILED`;
   if (flags.json) {
-    io.stdout.write(JSON.stringify({ ok: summary.exitCode === 0, exitCode: summary.exitCode, scope, summary: summary.counts, sets: results.map(jsonOf) }, null, 2) + '\n');
-  } else if (results.length === 0) {
+    io.stdout.write(JSON.stringify({ ok: summary.exitCode === 0, exitCode: summary.exitCode, scope, summary: summary.counts, sets: results.map(jsonOf), series }, null, 2) + '\n');
+  } else if (results.length === 0 && series.length === 0) {
     io.stdout.write(`verify: nothing to verify in ${scope} (no backup sets)\n`);
   } else {
     io.stdout.write(summary.line + '\n');
@@ -108,6 +123,8 @@ export async function verifyCommand(argv: readonly string[], io: Io): Promise<nu
 interface VerifyArgs {
   targets: string[];
   latest: boolean;
+  /** Move each set that fails into `<vm folder>/.failed/<stamp>/`. */
+  quarantine: boolean;
   help: boolean;
   /** The settings options, for loadSettings. */
   rest: string[];
@@ -122,7 +139,7 @@ const KNOWN_SHORT = new Set(OPTIONS.filter((o) => o.short).map((o) => o.short!))
  * settings options for loadSettings (which reports any unknown one).
  */
 export function splitVerifyArgs(argv: readonly string[]): VerifyArgs {
-  const out: VerifyArgs = { targets: [], latest: false, help: false, rest: [] };
+  const out: VerifyArgs = { targets: [], latest: false, quarantine: false, help: false, rest: [] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--') {
@@ -131,6 +148,8 @@ export function splitVerifyArgs(argv: readonly string[]): VerifyArgs {
     }
     if (arg === '--latest') {
       out.latest = true;
+    } else if (arg === '--quarantine') {
+      out.quarantine = true;
     } else if (arg === '-h' || arg === '--help') {
       out.help = true;
     } else if (arg.startsWith('--')) {
@@ -247,6 +266,20 @@ interface SetOutcome {
   verified?: Verified;
   /** Why the set could not be checked (status `error`). */
   error?: { code: string; message: string };
+  /** Where `--quarantine` moved a failed set. */
+  quarantined?: string;
+}
+
+/** Moves a failed set aside (functions/prune/quarantine.ts), under its folder's prune lock. */
+async function quarantine(target: SetTarget, keepDays: number, ctx: Ctx): Promise<string | undefined> {
+  return lockedFolder(target.dir, 'verify', ctx, async () => {
+    const set = (await listSets(target.dir)).find((s) => s.stamp === target.stamp);
+    const files = (set?.files ?? []).filter((f) => f.kind !== 'partial').map((f) => f.name);
+    return quarantineSet(target.dir, target.stamp, files, ctx.clock.now());
+  }).then((where) => {
+    if (where !== undefined) ctx.log.warn(`${path.basename(target.dir)}: backup set ${target.stamp} failed verification: moved aside to ${where}; deleted after ${keepDays} days`);
+    return where;
+  });
 }
 
 async function verifyOne(target: SetTarget, ctx: Ctx): Promise<SetOutcome> {
@@ -305,6 +338,7 @@ function jsonOf(o: SetOutcome): Record<string, unknown> {
     status: o.status,
     ...(o.verified ? { verified: o.verified } : {}),
     ...(o.error ? { error: o.error } : {}),
+    ...(o.quarantined !== undefined ? { quarantined: o.quarantined } : {}),
   };
 }
 
@@ -321,7 +355,8 @@ function makeLogger(baseDir: string): Logger {
 
 function verifyHelp(): string {
   return [
-    'usage: vmbackup verify [VM…|PATH…] [--latest] [--json] [-b PATH] [-d PATH] [-c FILE]',
+    'usage: vmbackup verify [VM…|PATH…] [--latest] [--quarantine] [--json] [-b PATH] [-d PATH]',
+    '                       [-c FILE]',
     '',
     'Re-reads backup sets and checks them: XVA chunk checksums (also inside .xva.gz and',
     '.xva.zst), VHD structure, raw sizes against the .meta, and every file\'s size and XXH64',
@@ -335,6 +370,8 @@ function verifyHelp(): string {
     '',
     'options:',
     '  --latest              only the newest set of each VM folder',
+    '  --quarantine          move each set that fails into <vm folder>/.failed/<stamp>/:',
+    '                        it counts for nothing and is deleted after failed_keep_days',
     '  --json                print the results as JSON',
     '  -b, -d, -c, ...       settings as for a backup (see vmbackup --help)',
     '',

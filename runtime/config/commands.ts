@@ -66,6 +66,18 @@ const RUN_OPTIONS = [
 export const COMMAND_SPECS: readonly CommandSpec[] = [
   { name: 'backup', summary: 'back up the pool (the default: VmBackup\'s command line, "vmbackup [options]")', ownHelp: true },
   { name: 'verify', args: '[VM…|PATH…]', summary: 're-read backup sets and check them', ownHelp: true },
+  {
+    name: 'list',
+    args: '[VM]',
+    summary: 'the backup sets on disk: time, size, whether they count, verified or not, files',
+    description: [
+      "Reads backup_dir (no pool, no NATS) and shows each VM folder's backup sets, newest first: stamp, time (UTC), size, whether the set counts toward max_backups (and why not), its last verification and when, and its files. Without VM, POOL_DB and HOSTS too. The same reading as prune and the gateway's GET /v1/backups.",
+    ],
+    arguments: [{ name: 'VM', help: 'a VM folder, or the VM name its manifests record: only its sets' }],
+    options: [{ long: 'json', help: "Print JSON: the document of the gateway's GET /v1/backups" }],
+    shared: [{ title: 'config options', options: ['backup-dir', ...CONFIG] }],
+    epilog: ['Exit codes: 0 listed, 2 usage or config error, or backup_dir cannot be read.'],
+  },
   { name: 'restore', args: 'FILE', summary: 'restore one backup into the pool', ownHelp: true },
   {
     name: 'worker',

@@ -72,8 +72,11 @@ export const Settings = z.object({
    * Re-read each backup set right after it is written (the verify function: XVA chunk
    * checksums, VHD structure, raw sizes, every file's XXH64 against the manifest); a set that
    * fails is reported and does not count toward max_backups. Costs one read of the backup.
+   * Unset: on for vm-exports (XVA sets), off for vdi-exports; `true`/`false` for all.
    */
-  verify_after_backup: z.boolean().default(false),
+  verify_after_backup: z.boolean().optional(),
+  /** Days a set that failed verification is kept in `<vm folder>/.failed/` before it is deleted. */
+  failed_keep_days: z.number().int().min(1).max(3650).default(30),
 
   // --- NATS (vmbackup worker / run / status / invoke / gateway) ---
   /** NATS server(s), comma-separated: `nats://host:4222`. */

@@ -346,7 +346,7 @@ describe('POST /v1/functions/{name}', () => {
     const r = await call(gw, 'POST', '/v1/functions/prune', { body: prune });
     expect(r.status).toBe(202);
     expect(r.json).toMatchObject({ runId: expect.stringMatching(/^adhoc-20261126-083000-[0-9a-f]{4}$/), jobId: 'adhoc', function: 'prune', subject: 'vmbackup.jobs.prune' });
-    expect(gw.bus.enqueued).toEqual([{ subject: 'vmbackup.jobs.prune', data: { ...prune, runId: r.json.runId, jobId: 'adhoc', try: 1, protect: [] }, id: r.json.dedupId }]);
+    expect(gw.bus.enqueued).toEqual([{ subject: 'vmbackup.jobs.prune', data: { ...prune, runId: r.json.runId, jobId: 'adhoc', try: 1, protect: [], failedKeepDays: 30 }, id: r.json.dedupId }]);
     expect((await call(gw, 'GET', `/v1/runs/${r.json.runId}`)).status).toBe(404);
   });
 

@@ -144,11 +144,11 @@ describe('listBackups: a real backup_dir', () => {
     expect(unverified).toMatchObject({ stamp: '20261126-100000', complete: true });
     expect(unverified).not.toHaveProperty('verify');
 
-    // The very sets prune counts (prune keeps every complete one, and says the failed one
-    // does not count).
+    // The very sets prune counts (prune keeps every complete one, and moves the failed one aside).
     const pruned = await prune.handle(PruneInput.parse({ runId: 'r', jobId: 'j', backupDir: own, folder: 'PRD-db1', maxBackups: 2 }), localCtx({ log: silentLogger(), clock: { now: () => new Date(now) } }));
     expect(pruned.kept).toEqual(r.vms[0]!.sets.filter((s) => s.complete).map((s) => s.stamp));
-    expect(pruned.warnings).toEqual([`PRD-db1: backup set 20261126-083000 does not count (${failed!.incompleteMessage})`]);
+    expect(pruned.warnings).toEqual([`PRD-db1: backup set 20261126-083000 failed verification: moved aside to ${path.join(own, 'PRD-db1', '.failed', '20261126-083000')}, deleted after 30 days`]);
+    expect(pruned.quarantined).toEqual(['20261126-083000']);
   });
 
   it('says why each incomplete set does not count', async () => {

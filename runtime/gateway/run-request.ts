@@ -57,8 +57,8 @@ export const RunRequestFields = {
   vm_retries: key('vm_retries').optional(),
   halted_without_snapshot: key('halted_without_snapshot').optional(),
   export_idle_timeout: key('export_idle_timeout').optional(),
-  /** Re-read each backup set once written (the verify phase). */
-  verify_after_backup: key('verify_after_backup').optional(),
+  /** Re-read each backup set once written (the verify phase); absent: the worker's setting (default: XVA sets). */
+  verify_after_backup: z.boolean().optional(),
 };
 
 export const RunRequest = z.strictObject(RunRequestFields).meta({ description: 'Run options, in the config file’s key names; each is optional and defaults to the gateway’s settings.' });

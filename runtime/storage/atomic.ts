@@ -8,7 +8,8 @@ import { pipeline } from 'node:stream/promises';
 import { PermanentError, VmbackupError } from '../errors.js';
 import { loadXxh64 } from '../formats/xxh64.js';
 import type { Xxh64State } from '../formats/xxh64.js';
-import { PARTIAL_SUFFIX } from './naming.js';
+import { partialFileName } from './naming.js';
+import { keepFresh, newWriterTag } from './writer.js';
 
 /** Bytes written between background fdatasyncs. */
 const SYNC_EVERY = 128 << 20;
@@ -34,7 +35,8 @@ export interface StreamWriteOptions {
 }
 
 /**
- * Streams `source` into `target` the only safe way: into `<target>.partial`, then fsync,
+ * Streams `source` into `target` the only safe way: into `<target>.<writer tag>.partial` (named
+ * after this process, and touched every 30 s while open: runtime/storage/writer.ts), then fsync,
  * rename, fsync of the folder. Until the rename nothing at `target` changes; on any failure
  * the partial file is removed and the error says what happened (ENOSPC → a PermanentError
  * naming the file). Memory stays flat: one chunk at a time, backpressure from the disk.
@@ -43,7 +45,7 @@ export interface StreamWriteOptions {
  *   const { size, xxh64 } = await writeStreamAtomic('/b/web1/backup_20261126-083000.xva', body);
  */
 export async function writeStreamAtomic(target: string, source: Readable, opts: StreamWriteOptions = {}): Promise<WriteResult> {
-  const partial = target + PARTIAL_SUFFIX;
+  const partial = path.join(path.dirname(target), partialFileName(path.basename(target), newWriterTag()));
   await mkdir(path.dirname(target), { recursive: true });
   const hasher = (await loadXxh64()).create();
   const stall = new AbortController();
@@ -55,14 +57,18 @@ export async function writeStreamAtomic(target: string, source: Readable, opts: 
   const signal = opts.signal === undefined ? stall.signal : AbortSignal.any([opts.signal, stall.signal]);
   let result: WriteResult;
   let handle: FileHandle | undefined;
+  let heartbeat: { stop(): void } | undefined;
   try {
-    handle = await open(partial, 'w');
+    handle = await open(partial, 'wx');
+    const open_ = handle;
+    heartbeat = keepFresh((now) => open_.utimes(now, now));
     const sink = new FileSink(handle, hasher, (bytes) => {
       idleTimer?.refresh();
       opts.onProgress?.(bytes);
     });
     await pipeline(source, sink, { signal });
     await handle.sync();
+    heartbeat.stop();
     await handle.close();
     handle = undefined;
     result = { size: sink.bytes, xxh64: hasher.digest() };
@@ -74,6 +80,7 @@ export async function writeStreamAtomic(target: string, source: Readable, opts: 
     await rm(partial, { force: true });
     throw writeError(error, target, signal);
   } finally {
+    heartbeat?.stop();
     clearTimeout(idleTimer);
   }
   opts.onProgress?.(result.size);
@@ -147,11 +154,11 @@ class FileSink extends Writable {
 
 /** Writes a small file atomically (partial, fsync, rename, fsync of the folder). */
 export async function writeFileAtomic(target: string, data: string | Buffer): Promise<WriteResult> {
-  const partial = target + PARTIAL_SUFFIX;
+  const partial = path.join(path.dirname(target), partialFileName(path.basename(target), newWriterTag()));
   await mkdir(path.dirname(target), { recursive: true });
   const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
   try {
-    await writeFile(partial, bytes);
+    await writeFile(partial, bytes, { flag: 'wx' });
     await syncFile(partial);
     await rename(partial, target);
     await syncDir(path.dirname(target));

@@ -1,7 +1,10 @@
-import { open, readFile, rm } from 'node:fs/promises';
+import { open, readFile, rm, stat, utimes } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { ConfigError, LockedError } from '../errors.js';
 import type { Origin } from '../function.js';
+import { keepFresh, newWriterTag, parseWriterTag, processStart, thisProcess, WRITER_STALE_MS, writerState } from './writer.js';
 
 /** Name of the lock file in backup_dir. */
 export const LOCK_FILE = '.vmbackup.lock';
@@ -124,5 +127,107 @@ async function readLock(file: string): Promise<LockInfo | undefined> {
   } catch (error) {
     if ((error as { code?: string }).code === 'ENOENT') return undefined;
     return { hostname: '?', pid: -1, runId: '?', startedAt: '' };
+  }
+}
+
+/** Name of the lock file inside a folder being pruned (a VM folder, POOL_DB, HOSTS). */
+export const FOLDER_LOCK_FILE = '.vmbackup-prune.lock';
+
+/** What a folder lock file says about its holder. */
+export interface FolderLockInfo {
+  /** Writer tag of the holding process (runtime/storage/writer.ts). */
+  writer: string;
+  hostname: string;
+  pid: number;
+  runId: string;
+  startedAt: string;
+}
+
+/** How long a run waits for another run's prune of the same folder before it leaves it unpruned. */
+export const FOLDER_LOCK_WAIT_MS = WRITER_STALE_MS + 5 * 60_000;
+
+/**
+ * Runs `fn` while holding the lock of folder `dir`, so that two runs (a cron `vmbackup` and a
+ * run on NATS workers, or two NATS runs) never list and delete in one folder at once: every
+ * prune of a VM folder, POOL_DB and HOSTS goes through it. The lock is `<dir>/.vmbackup-prune.lock`,
+ * created with O_EXCL, naming its holder by writer tag and kept fresh by a heartbeat while held;
+ * a dead holder's lock (runtime/storage/writer.ts: pid gone here, or no heartbeat for 10 minutes
+ * from another host) is taken over. While a live holder has it, this waits (`onWait` is told
+ * once) up to `maxWaitMs`. A folder that does not exist has nothing to prune: `fn` runs unlocked.
+ *
+ * @throws LockedError when a live holder kept the folder for `maxWaitMs`.
+ * @example await withFolderLock('/mnt/VmBackup/exports/POOL_DB', { runId }, () => prune())
+ */
+export async function withFolderLock<T>(
+  dir: string,
+  owner: { runId: string },
+  fn: () => Promise<T>,
+  opts: { signal?: AbortSignal; maxWaitMs?: number; onWait?: (holder: FolderLockInfo) => void; onTakeover?: (holder: FolderLockInfo | undefined) => void } = {},
+): Promise<T> {
+  const file = path.join(dir, FOLDER_LOCK_FILE);
+  const info: FolderLockInfo = { writer: newWriterTag(), hostname: os.hostname(), pid: process.pid, runId: owner.runId, startedAt: new Date().toISOString() };
+  const deadline = Date.now() + (opts.maxWaitMs ?? FOLDER_LOCK_WAIT_MS);
+  let told = false;
+  for (;;) {
+    opts.signal?.throwIfAborted();
+    let handle;
+    try {
+      handle = await open(file, 'wx', 0o644);
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === 'ENOENT') return fn();
+      if (code !== 'EEXIST') throw error;
+    }
+    if (handle !== undefined) {
+      try {
+        await handle.writeFile(JSON.stringify(info) + '\n');
+      } finally {
+        await handle.close();
+      }
+      const heartbeat = keepFresh((now) => utimes(file, now, now));
+      try {
+        return await fn();
+      } finally {
+        heartbeat.stop();
+        const current = await readFolderLock(file);
+        if (current?.info?.writer === info.writer) await rm(file, { force: true });
+      }
+    }
+    const held = await readFolderLock(file);
+    if (held === undefined) continue;
+    const tag = held.info === undefined ? null : parseWriterTag(held.info.writer);
+    const dead = tag === null ? Date.now() - held.mtimeMs > WRITER_STALE_MS : writerState(tag, held.mtimeMs, Date.now(), thisProcess(), processStart) === 'dead';
+    if (dead) {
+      opts.onTakeover?.(held.info);
+      await rm(file, { force: true });
+      continue;
+    }
+    if (Date.now() > deadline) {
+      const h = held.info ?? { writer: '?', hostname: '?', pid: -1, runId: '?', startedAt: '?' };
+      throw new LockedError('FOLDER_LOCKED', `${dir} is being pruned by run ${h.runId}, pid ${h.pid} on ${h.hostname}, since ${h.startedAt}`, { file, ...h });
+    }
+    if (!told && held.info !== undefined) {
+      told = true;
+      opts.onWait?.(held.info);
+    }
+    await delay(250, undefined, opts.signal !== undefined ? { signal: opts.signal } : {});
+  }
+}
+
+async function readFolderLock(file: string): Promise<{ info?: FolderLockInfo; mtimeMs: number } | undefined> {
+  try {
+    const [text, s] = await Promise.all([readFile(file, 'utf8'), stat(file)]);
+    try {
+      const parsed = JSON.parse(text) as Partial<FolderLockInfo>;
+      if (typeof parsed.writer === 'string' && typeof parsed.pid === 'number') {
+        return { info: { writer: parsed.writer, hostname: String(parsed.hostname ?? '?'), pid: parsed.pid, runId: String(parsed.runId ?? '?'), startedAt: String(parsed.startedAt ?? '') }, mtimeMs: s.mtimeMs };
+      }
+    } catch {
+      // Half-written by a crash between create and write: judged by its age alone.
+    }
+    return { mtimeMs: s.mtimeMs };
+  } catch (error) {
+    if ((error as { code?: string }).code === 'ENOENT') return undefined;
+    throw error;
   }
 }

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { PermanentError } from '../errors.js';
+import { WRITER_TAG_MAX } from './writer.js';
 
 /**
  * Names on disk: time stamps, backup file names, VM folder names. Pure: no fs, no clock.
@@ -250,9 +251,31 @@ export function manifestFileName(stamp: string): string {
   return `backup_${stamp}.json`;
 }
 
-/** @example partialFileName('backup_20240102-030405.xva') // 'backup_20240102-030405.xva.partial' */
-export function partialFileName(name: string): string {
-  return name + PARTIAL_SUFFIX;
+/**
+ * Name of a file being written: `<name>.<writer tag>.partial` (runtime/storage/writer.ts), so
+ * the next run can tell a dead writer's file from a live one's. Without a tag, the name of
+ * earlier versions (`<name>.partial`), whose writer is unknown.
+ *
+ * @example partialFileName('backup_20240102-030405.xva', 'w1a2b3c4d-4242-8123-9f8e7d6c-1') // 'backup_20240102-030405.xva.w1a2b3c4d-4242-8123-9f8e7d6c-1.partial'
+ * @example partialFileName('backup_20240102-030405.xva') // 'backup_20240102-030405.xva.partial'
+ */
+export function partialFileName(name: string, writer?: string): string {
+  return writer === undefined ? name + PARTIAL_SUFFIX : `${name}.${writer}${PARTIAL_SUFFIX}`;
+}
+
+const WRITER_PART_RE = /\.(w[0-9a-f]{8}-\d{1,10}-\d{1,20}-[0-9a-f]{8}-\d{1,10})$/;
+
+/**
+ * A `.partial` name → the final name and the writer tag (absent for earlier versions'
+ * untagged partials); null when `name` is not a partial.
+ *
+ * @example splitPartial('metadata_20240102-030405.db.w1a2b3c4d-42-81-9f8e7d6c-1.partial') // { final: 'metadata_20240102-030405.db', writer: 'w1a2b3c4d-42-81-9f8e7d6c-1' }
+ */
+export function splitPartial(name: string): { final: string; writer?: string } | null {
+  if (!name.endsWith(PARTIAL_SUFFIX)) return null;
+  const inner = name.slice(0, -PARTIAL_SUFFIX.length);
+  const m = WRITER_PART_RE.exec(inner);
+  return m ? { final: inner.slice(0, m.index), writer: m[1]! } : { final: inner };
 }
 
 export type BackupFileKind = 'data' | 'meta' | 'manifest' | 'partial';
@@ -270,6 +293,8 @@ export interface BackupFileInfo {
   disk?: string;
   /** For `.partial` files: what the file becomes once complete. */
   partialOf?: Exclude<BackupFileKind, 'partial'>;
+  /** For `.partial` files: the writer's tag (runtime/storage/writer.ts); absent for earlier versions' partials. */
+  writer?: string;
 }
 
 const BACKUP_RE = /^backup_(?:([A-Za-z0-9]+)_)?(\d{8}-\d{6})\.(xva|xva\.gz|xva\.zst|raw|vhd|meta|json)$/;
@@ -283,9 +308,9 @@ const BACKUP_RE = /^backup_(?:([A-Za-z0-9]+)_)?(\d{8}-\d{6})\.(xva|xva\.gz|xva\.
  * @example parseBackupFileName('notes.txt') // null
  */
 export function parseBackupFileName(name: string, opts: StampOptions = {}): BackupFileInfo | null {
-  let inner = name;
-  const partial = name.endsWith(PARTIAL_SUFFIX);
-  if (partial) inner = name.slice(0, -PARTIAL_SUFFIX.length);
+  const split = splitPartial(name);
+  const partial = split !== null;
+  const inner = split?.final ?? name;
   const m = BACKUP_RE.exec(inner);
   if (!m) return null;
   const disk = m[1];
@@ -308,6 +333,7 @@ export function parseBackupFileName(name: string, opts: StampOptions = {}): Back
   if (parsed.legacy && (partial || kind === 'manifest' || format === 'xva.zst')) return null;
   const info: BackupFileInfo = { name, stamp, legacy: parsed.legacy, date: parsed.date, kind: partial ? 'partial' : kind };
   if (partial) info.partialOf = kind;
+  if (split?.writer !== undefined) info.writer = split.writer;
   if (format !== undefined) info.format = format;
   if (disk !== undefined) info.disk = disk;
   return info;
@@ -326,6 +352,8 @@ export interface SeriesFileInfo {
   legacy: boolean;
   date: Date;
   partial: boolean;
+  /** For `.partial` files: the writer's tag; absent for earlier versions' partials. */
+  writer?: string;
   /** HOSTS only: the host's name component; null for VmBackup's `hosts_<stamp>.xbk`. */
   host?: string | null;
 }
@@ -337,16 +365,17 @@ const POOL_DB_RE = /^metadata_(\d{8}-\d{6})\.db$/;
  * @example parsePoolDbFileName('metadata_01022024-030405.db')         // { partial: false, legacy: true, … }
  */
 export function parsePoolDbFileName(name: string, opts: StampOptions = {}): SeriesFileInfo | null {
-  const partial = name.endsWith(PARTIAL_SUFFIX);
-  const m = POOL_DB_RE.exec(partial ? name.slice(0, -PARTIAL_SUFFIX.length) : name);
+  const split = splitPartial(name);
+  const partial = split !== null;
+  const m = POOL_DB_RE.exec(split?.final ?? name);
   if (!m) return null;
   const parsed = parseStamp(m[1]!, opts);
   if (!parsed || (parsed.legacy && partial)) return null;
-  return { name, stamp: m[1]!, legacy: parsed.legacy, date: parsed.date, partial };
+  return { name, stamp: m[1]!, legacy: parsed.legacy, date: parsed.date, partial, ...(split?.writer !== undefined ? { writer: split.writer } : {}) };
 }
 
 // Room the host component leaves for `hosts_`, `_<stamp>.xbk` and `.partial`.
-const HOST_COMPONENT_BYTES = MAX_COMPONENT_BYTES - 'hosts_'.length - '_YYYYMMDD-HHMMSS.xbk'.length - PARTIAL_SUFFIX.length;
+const HOST_COMPONENT_BYTES = MAX_COMPONENT_BYTES - 'hosts_'.length - '_YYYYMMDD-HHMMSS.xbk'.length - 1 - WRITER_TAG_MAX - PARTIAL_SUFFIX.length;
 
 /**
  * The host name as it appears in `hosts_<host>_<stamp>.xbk`: mapped like a VM folder name
@@ -372,13 +401,14 @@ const LEGACY_HOSTS_RE = /^hosts_(\d{8}-\d{6})\.xbk$/;
  * @example parseHostBackupFileName('hosts_01022024-030405.xbk')           // { host: null, legacy: true, … }
  */
 export function parseHostBackupFileName(name: string, opts: StampOptions = {}): SeriesFileInfo | null {
-  const partial = name.endsWith(PARTIAL_SUFFIX);
-  const inner = partial ? name.slice(0, -PARTIAL_SUFFIX.length) : name;
+  const split = splitPartial(name);
+  const partial = split !== null;
+  const inner = split?.final ?? name;
   const m = HOSTS_RE.exec(inner);
   if (m) {
     const parsed = parseStamp(m[2]!, opts);
     if (!parsed || parsed.legacy) return null;
-    return { name, stamp: m[2]!, legacy: false, date: parsed.date, partial, host: m[1]! };
+    return { name, stamp: m[2]!, legacy: false, date: parsed.date, partial, host: m[1]!, ...(split?.writer !== undefined ? { writer: split.writer } : {}) };
   }
   const l = LEGACY_HOSTS_RE.exec(inner);
   if (!l || partial) return null;

@@ -6,12 +6,13 @@
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { checkManifest } from '../../runtime/storage/manifest.js';
-import { parseBackupFileName } from '../../runtime/storage/naming.js';
+import { parseBackupFileName, partialFileName } from '../../runtime/storage/naming.js';
+import { formatWriterTag, processStart, thisProcess } from '../../runtime/storage/writer.js';
 import type { PoolSpecInput } from '../sim/pool-spec.js';
 import type { Simulator } from '../sim/server.js';
 import { waitFor } from '../sim/test-helpers.js';
@@ -280,7 +281,47 @@ describe('fault matrix', () => {
     expect(r.stderr).toContain('took over a stale lock');
     expect(r.stdout).toMatch(/destroyed leftover snapshot "web1 \(vmbackup \d{8}-\d{6}\)"/);
     expect((await completeSets(ws.exports)).get('web1')).toHaveLength(2);
+    // The partial is named after its writer, a process now dead: removed at once, not after an hour.
+    expect((await readdir(path.join(ws.exports, 'web1'))).filter((n) => n.endsWith('.partial'))).toEqual([]);
     await nothingLost(s, ws, before, { killedSessions: 1 });
+  });
+
+  it('partials: a dead writer’s go at once, a live writer’s stay (this host by pid, another host by heartbeat), old untagged ones keep the hour', async () => {
+    const s = await sim([vm('web1')]);
+    const ws = await workspace();
+    const before = await earlierBackup(s, ws, 'web1');
+    const sleeper = spawn('sleep', ['120'], { stdio: 'ignore' });
+    await new Promise((resolve) => sleeper.once('spawn', resolve));
+    try {
+      const me = thisProcess();
+      const here = (pid: number, start: string) => formatWriterTag({ ...me, pid, start, seq: 1 });
+      const other = formatWriterTag({ host: 'ffffffff', pid: 77, start: '1', boot: '01234567', seq: 1 });
+      const dir = path.join(ws.exports, 'web1');
+      const pdir = path.join(ws.exports, 'POOL_DB');
+      await mkdir(pdir);
+      const hour = 3_600_000;
+      const files = {
+        liveHere: [dir, partialFileName('backup_20260101-000000.xva', here(sleeper.pid!, processStart(sleeper.pid!)!)), 48 * hour],
+        reusedPid: [dir, partialFileName('backup_20260102-000000.xva', here(sleeper.pid!, '1')), 0],
+        otherFresh: [dir, partialFileName('backup_20260103-000000.xva', other), 60_000],
+        otherStale: [dir, partialFileName('backup_20260104-000000.xva', other), 11 * 60_000],
+        oldStyleFresh: [dir, 'backup_20260105-000000.xva.partial', 60_000],
+        poolDead: [pdir, partialFileName('metadata_20260106-000000.db', here(999_999, '1')), 0],
+      } as const;
+      for (const [folder, name, age] of Object.values(files)) {
+        await writeFile(path.join(folder, name), 'x');
+        const t = new Date(Date.now() - age);
+        await utimes(path.join(folder, name), t, t);
+      }
+      const r = await vmbackup([...ws.args(s), '-e', 'web1', '-p']);
+      expect(r.code, r.stderr).toBe(0);
+      const left = new Set([...(await readdir(dir)), ...(await readdir(pdir))]);
+      const present = Object.fromEntries(Object.entries(files).map(([k, [, name]]) => [k, left.has(name)]));
+      expect(present).toEqual({ liveHere: true, reusedPid: false, otherFresh: true, otherStale: false, oldStyleFresh: true, poolDead: false });
+      await nothingLost(s, ws, before);
+    } finally {
+      sleeper.kill('SIGKILL');
+    }
   });
 
   it('a real VM named like the tool’s snapshots is backed up, never destroyed', async () => {

@@ -221,12 +221,29 @@ describe('vmbackup verify', () => {
     expect(bad.stdout).toMatch(/FAILED {6}db1\/backup_01022024-030405 {2}backup_01022024-030405\.xva: chunk Ref:\d+\/00000000 fails its XXH64 checksum at byte \d+/);
   });
 
-  it('verify_after_backup is a setting (file, environment), false by default', async () => {
+  it('verify_after_backup is a setting (file, environment), unset by default', async () => {
     const w = await workspace();
     const preview = async (env: Record<string, string> = {}) =>
       (JSON.parse((await vmbackup([...w.args(sim), '--preview', '--json'], { env })).stdout) as { settings: Record<string, unknown> }).settings.verify_after_backup;
-    expect(await preview()).toBe(false);
+    expect(await preview()).toBeNull();
     expect(await preview({ VMBACKUP_VERIFY_AFTER_BACKUP: 'yes' })).toBe(true);
+    expect(await preview({ VMBACKUP_VERIFY_AFTER_BACKUP: 'no' })).toBe(false);
+  });
+
+  it('unset, verify_after_backup checks XVA sets and not disk exports; false turns it off', { timeout: 240_000 }, async () => {
+    const verified = async (args: string[], env: Record<string, string> = {}) => {
+      const w = await workspace();
+      const r = await vmbackup([...w.args(sim), ...args], { env });
+      expect(r.code, r.stderr).toBe(0);
+      const dir = path.join(w.exports, 'web1');
+      const json = (await readdir(dir)).find((n) => n.endsWith('.json'))!;
+      return Manifest.parse(JSON.parse(await readFile(path.join(dir, json), 'utf8'))).verify?.ok;
+    };
+    expect(await verified(['-e', 'web1'])).toBe(true);
+    expect(await verified(['-e', 'web1', '-C'])).toBe(true);
+    expect(await verified(['-E', 'web1'])).toBeUndefined();
+    expect(await verified(['-e', 'web1'], { VMBACKUP_VERIFY_AFTER_BACKUP: 'false' })).toBeUndefined();
+    expect(await verified(['-E', 'web1'], { VMBACKUP_VERIFY_AFTER_BACKUP: 'true' })).toBe(true);
   });
 });
 
