@@ -152,7 +152,8 @@ describe('vmbackup: snapshots are found by tag, never by name', () => {
 describe('vmbackup: one run at a time per backup_dir', () => {
   it('refuses a second run while one runs, and takes over a stale lock', async () => {
     const s = await sim(pool([vm('slow', 'Running', 4)]));
-    s.faults.add({ http: 'export', vm: 'slow', always: true, action: { kind: 'slow', bytes_per_second: 2 << 20 } });
+    // Slow enough (16 s for 4 MiB) that the second command, started once the first exports, meets its lock on a loaded machine.
+    s.faults.add({ http: 'export', vm: 'slow', always: true, action: { kind: 'slow', bytes_per_second: 256 << 10 } });
     const ws = await workspace();
     const first = vmbackup(ws.args(s));
     await waitFor(async () => (await readdir(ws.exports)).includes(LOCK_FILE) && s.state.transfers('export').length > 0, 20_000, 'first run exporting');
