@@ -1,5 +1,4 @@
 import { readdir } from 'node:fs/promises';
-import { readdirSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { RunSummary } from '../../runtime/run/summary.js';
@@ -7,6 +6,7 @@ import { vmbackup } from '../helpers/cli.js';
 import { waitFor } from '../sim/test-helpers.js';
 import { pool, startRig, vm } from './rig.js';
 import type { Rig } from './rig.js';
+import { xvaWriter } from './workers.js';
 import type { WorkerProcess } from './workers.js';
 
 /** SIGTERM drains a worker: no new jobs; running ones finish, or go back after the drain timeout. */
@@ -16,29 +16,12 @@ afterEach(async () => {
   rig = undefined;
 });
 
-/** The worker with an export's `.partial` file open (Linux: /proc/<pid>/fd). */
-function exporting(workers: WorkerProcess[]): WorkerProcess | undefined {
-  return workers.find((w) => {
-    try {
-      return readdirSync(`/proc/${w.pid}/fd`).some((fd) => {
-        try {
-          return readlinkSync(`/proc/${w.pid}/fd/${fd}`).endsWith('.xva.partial');
-        } catch {
-          return false;
-        }
-      });
-    } catch {
-      return false;
-    }
-  });
-}
-
 async function drainDuringExport(drainTimeout: string): Promise<{ summary: RunSummary; drained: WorkerProcess; code: number | string }> {
   rig = await startRig(pool([vm('d1', 'Running', 6), vm('d2')]));
   rig.sim.faults.add({ http: 'export', vm: 'd1', always: true, action: { kind: 'slow', bytes_per_second: 2 << 20 } });
   const workers = await Promise.all([rig.worker('--drain-timeout', drainTimeout), rig.worker('--drain-timeout', drainTimeout)]);
   const run = vmbackup(['run', ...rig.args('--json')]);
-  const drained = await waitFor(() => (rig!.sim.state.transfers('export').some((t) => t.vm?.startsWith('d1') === true && t.bytes > 1 << 20) ? exporting(workers) : undefined), 30_000, 'd1 exporting');
+  const drained = await waitFor(() => (rig!.sim.state.transfers('export').some((t) => t.vm?.startsWith('d1') === true && t.bytes > 1 << 20) ? xvaWriter(workers) : undefined), 30_000, 'd1 exporting');
   drained.kill('SIGTERM');
   const code = await drained.exited;
   const r = await run;

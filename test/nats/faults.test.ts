@@ -1,5 +1,4 @@
 import { readFile, readdir } from 'node:fs/promises';
-import { readlinkSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { RunSummary } from '../../runtime/run/summary.js';
@@ -7,7 +6,7 @@ import { vmbackup } from '../helpers/cli.js';
 import { waitFor } from '../sim/test-helpers.js';
 import { pool, startRig, vm } from './rig.js';
 import type { Rig } from './rig.js';
-import type { WorkerProcess } from './workers.js';
+import { xvaWriter } from './workers.js';
 
 /** The fault rows of issue 3: each against a real nats-server, real workers, the simulator. */
 let rig: Rig | undefined;
@@ -15,23 +14,6 @@ afterEach(async () => {
   await rig?.close();
   rig = undefined;
 });
-
-/** The worker that has `file` open right now (Linux: /proc/<pid>/fd). */
-function holderOf(workers: WorkerProcess[], suffix: string): WorkerProcess | undefined {
-  return workers.find((w) => {
-    try {
-      return readdirSync(`/proc/${w.pid}/fd`).some((fd) => {
-        try {
-          return readlinkSync(`/proc/${w.pid}/fd/${fd}`).endsWith(suffix);
-        } catch {
-          return false;
-        }
-      });
-    } catch {
-      return false;
-    }
-  });
-}
 
 function noVmbackupSnapshots(r: Rig) {
   expect(r.sim.state.snapshots().filter((s) => String(s.name_label).includes('vmbackup'))).toEqual([]);
@@ -46,7 +28,7 @@ describe('NATS faults', () => {
     const run = vmbackup(['run', ...rig.args('--json')]);
     // The worker writing big's export right now, once a good part of it is there.
     const victim = await waitFor(
-      () => (rig!.sim.state.transfers('export').some((t) => t.vm?.startsWith('big') === true && t.bytes > 1 << 20) ? holderOf(workers, '.xva.partial') : undefined),
+      () => (rig!.sim.state.transfers('export').some((t) => t.vm?.startsWith('big') === true && t.bytes > 1 << 20) ? xvaWriter(workers) : undefined),
       30_000,
       'a worker exporting big',
     );

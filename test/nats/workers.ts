@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
+import { readdirSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import { ROOT, VMBACKUP } from '../helpers/cli.js';
 
@@ -67,4 +68,24 @@ export function startWorker(args: readonly string[], opts: { env?: Record<string
       return r;
     },
   };
+}
+
+/**
+ * The worker that has an XVA export's partial file open (Linux: /proc/<pid>/fd): the one
+ * exporting right now. Partials are `<file>.xva.<writer tag>.partial` (runtime/storage/writer.ts).
+ */
+export function xvaWriter(workers: readonly WorkerProcess[]): WorkerProcess | undefined {
+  return workers.find((w) => {
+    try {
+      return readdirSync(`/proc/${w.pid}/fd`).some((fd) => {
+        try {
+          return /\.xva\.(?:[^/]+\.)?partial$/.test(readlinkSync(`/proc/${w.pid}/fd/${fd}`));
+        } catch {
+          return false;
+        }
+      });
+    } catch {
+      return false;
+    }
+  });
 }
