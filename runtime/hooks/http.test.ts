@@ -94,9 +94,8 @@ describe('postHook', () => {
   });
 
   it('no answer within the timeout is a timeout; no server is a failure', async () => {
-    const started = Date.now();
+    // /hang never answers: returning at all, with the timeout's reason, proves the timeout.
     expect(await postHook(`${base}/hang`, event, { secret: SECRET, timeoutMs: 300, now })).toMatchObject({ outcome: 'timeout', reason: expect.stringMatching(/did not answer within 0.3 s/) });
-    expect(Date.now() - started).toBeLessThan(3_000);
     const closed = createServer();
     await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
     const port = (closed.address() as AddressInfo).port;

@@ -12,6 +12,10 @@
  *   chunk_<n>mib_…         chunk store: chunk sizes 1, 2, 4 MiB compared (`chunks`)
  *   gc_ms_100k_chunks      chunk store GC over 100,000 chunks; gc_vs_list_ratio ≤ 3 (`gc`)
  *                          (see chunkstore.ts beside this file)
+ *   sim_export_vs_plain_http_ratio  the simulator's 1 GiB XVA export to `curl -o /dev/null`,
+ *                          throughput / a bare node HTTP server sending as many bytes    ≥ 0.3
+ *   sim_pattern_vs_copy_ratio  pattern disk reads (2 MiB) / filling fresh buffers by copy ≥ 0.2
+ *                          (`sim`: the simulator must never be what a benchmark measures)
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -235,6 +239,84 @@ try {
     } finally {
       sim.stop();
     }
+  }
+
+  if (want('sim')) {
+    const rounds = 3;
+    // The simulator's export against the cheapest HTTP server that sends as many bytes.
+    const sim = await simulator(await pool(work, [{ name: 'sim1g', mib: 1024 }]));
+    const plainScript = `const chunk = Buffer.alloc(1 << 20, 7); const total = Number(process.argv[1]);
+const server = require('node:http').createServer((req, res) => { res.writeHead(200, { 'content-length': total }); let sent = 0;
+  const pump = () => { while (sent < total) { const n = Math.min(chunk.length, total - sent); sent += n; if (!res.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return res.once('drain', pump); } res.end(); }; pump(); });
+server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:' + server.address().port));`;
+    try {
+      const uuid = await vmUuid(sim.url, 'sim1g');
+      const curlNull = async (url: string): Promise<{ bytes: number; ms: number }> => {
+        const t = performance.now();
+        const { stdout } = await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{size_download}', url]);
+        return { bytes: Number(stdout), ms: performance.now() - t };
+      };
+      const simUrl = async () => `${sim.url}/export?uuid=${uuid}&session_id=${(await rpc(sim.url, 'session.login_with_password', ['root', 'bench'])) as string}`;
+      const probe = await curlNull(await simUrl());
+      const plain = spawn(process.execPath, ['-e', plainScript, String(probe.bytes)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        const plainUrl = await new Promise<string>((resolve, reject) => {
+          plain.stdout.on('data', (d: Buffer) => {
+            const m = /listening on (\S+)/.exec(d.toString());
+            if (m) resolve(m[1]!);
+          });
+          plain.on('exit', (code) => reject(new Error(`plain HTTP server exited with ${code}`)));
+        });
+        const ratios: number[] = [];
+        for (let i = 0; i < rounds; i++) {
+          const ours = await curlNull(await simUrl());
+          const base = await curlNull(plainUrl);
+          if (ours.bytes !== base.bytes) throw new Error(`simulator sent ${ours.bytes} bytes, the plain server ${base.bytes}`);
+          ratios.push(base.ms / ours.ms);
+          console.error(`  sim round ${i + 1}: simulator export ${((ours.bytes / ours.ms) * 1e3 / GiB).toFixed(2)} GiB/s, plain HTTP ${((base.bytes / base.ms) * 1e3 / GiB).toFixed(2)} GiB/s`);
+        }
+        console.log(`sim_export_vs_plain_http_ratio=${median(ratios).toFixed(2)}`);
+      } finally {
+        plain.kill();
+      }
+    } finally {
+      sim.stop();
+    }
+
+    // Pattern disk generation against the least any read costs: a fresh buffer filled by copy.
+    const { PatternDisk } = await import('../sim/disks.js');
+    const CHUNK = 2 << 20;
+    const disk = new PatternDisk(GiB, 'bench');
+    const source = Buffer.alloc(CHUNK, 7);
+    const timed = (f: () => void): number => {
+      const t = performance.now();
+      f();
+      return performance.now() - t;
+    };
+    const patternPass = () => timed(() => {
+      for (let o = 0; o < disk.size; o += CHUNK) disk.read(o, CHUNK);
+    });
+    const copyPass = () => timed(() => {
+      for (let o = 0; o < disk.size; o += CHUNK) source.copy(Buffer.allocUnsafe(CHUNK));
+    });
+    patternPass(); // warm up (JIT, the pattern's tables)
+    copyPass();
+    const ratios: number[] = [];
+    for (let i = 0; i < 2 * rounds - 1; i++) {
+      // Alternate the order: whichever runs second inherits the first's garbage.
+      let patternMs: number;
+      let copyMs: number;
+      if (i % 2 === 0) {
+        patternMs = patternPass();
+        copyMs = copyPass();
+      } else {
+        copyMs = copyPass();
+        patternMs = patternPass();
+      }
+      ratios.push(copyMs / patternMs);
+      console.error(`  pattern round ${i + 1}: pattern disk ${((GiB / patternMs) * 1e3 / GiB).toFixed(2)} GiB/s, copy ${((GiB / copyMs) * 1e3 / GiB).toFixed(2)} GiB/s`);
+    }
+    console.log(`sim_pattern_vs_copy_ratio=${median(ratios).toFixed(2)}`);
   }
 
   if (want('chunks') || want('gc')) {

@@ -200,12 +200,12 @@ describe('fault matrix', () => {
     const before = await earlierBackup(s, ws, 'web1');
     const cfg = path.join(ws.base, 'idle.cfg');
     await writeFile(cfg, '[vmbackup]\nexport_idle_timeout = 5\nvm_retries = 0\n');
+    // The stall has no end (no `ms`): the run ending at all, with the idle timeout's reason,
+    // proves the export was abandoned by export_idle_timeout rather than waited for.
     s.faults.add({ http: 'export', vm: 'web1', always: true, action: { kind: 'stall', after_bytes: 1 << 20 } });
-    const started = Date.now();
     const r = await vmbackup([...ws.args(s), '-c', cfg, '-e', 'web1']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/no data for 5 s|STALLED|timeout/i);
-    expect(Date.now() - started).toBeLessThan(30_000);
+    expect(r.stderr).toMatch(/no data for 5 s while writing /);
     await nothingLost(s, ws, before);
   });
 

@@ -415,12 +415,12 @@ describe('vmbackup restore: nothing half-created', () => {
 
     it('is given up after export_idle_timeout: exit 1, the new VDI is destroyed', async () => {
       const before = census();
+      // The stall has no end (no `ms`; it lasts until the task is cancelled): the restore ending,
+      // with the idle timeout's reason, proves export_idle_timeout gave it up.
       sim.faults.add({ http: 'import_raw_vdi', action: { kind: 'stall', after_bytes: 1 << 20 } });
-      const started = Date.now();
       const result = await vmbackup(['restore', bigRaw, ...bigWs.args(sim)], { env: { VMBACKUP_EXPORT_IDLE_TIMEOUT: '5' } });
       expect(result.code).toBe(1);
-      expect(result.stderr).toMatch(/PUT \/import_raw_vdi: no progress for 5 s after [\d.]+ (B|KiB|MiB) of [\d.]+ (B|KiB|MiB)/);
-      expect(Date.now() - started).toBeLessThan(30_000);
+      expect(result.stderr).toMatch(/PUT \/import_raw_vdi: no progress for 5 s after \d+(\.\d)? [KMG]?i?B of 48\.0 MiB$/m);
       expect(census()).toEqual(before);
     });
 

@@ -126,14 +126,13 @@ describe('vmbackup gateway while NATS is down (a real nats-server, stopped and s
     await nats.stop();
     await waitFor(async () => (await readyz()).status === natsDown, 10_000, '/readyz to say NATS is not reachable');
     for (const r of requests) {
-      const began = Date.now();
       const res = await send(r);
-      const took = Date.now() - began;
       expect(res.status, r.name).toBe(503);
       expect(res.headers.get('Retry-After'), r.name).toBe('30');
-      expect(await res.json(), r.name).toEqual({ error: 'UNAVAILABLE', message: expect.stringMatching(/^NATS is not reachable: /) });
-      // Known to be down: no waiting for nats.js's 5 s request timeout (nor the bus's 60 s of publish retries).
-      expect(took, r.name).toBeLessThan(2_000);
+      // Known to be down: refused by the bus's connection state before anything is sent, not
+      // after nats.js's request timeout (that reason is `no answer in time (TIMEOUT)`) nor
+      // after the bus's publish retries; the reason says which path answered.
+      expect(await res.json(), r.name).toEqual({ error: 'UNAVAILABLE', message: 'NATS is not reachable: the connection is down (the gateway is reconnecting)' });
     }
     expect((await fetch(`${gw.url}/healthz`)).status).toBe(200);
     expect((await fetch(`${gw.url}/v1/backups`, { headers: auth })).status).toBe(200);
@@ -179,12 +178,11 @@ describe('vmbackup gateway while NATS is down (a real nats-server, stopped and s
   it('NATS hung (the connection open, nothing answering): the request timeout is a 503 too, not a 500', async () => {
     nats.pause();
     try {
-      const began = Date.now();
+      // NATS never answers while paused: the answer, with the timeout's reason, proves the request timeout ends it.
       const res = await fetch(`${gw.url}/v1/runs`, { headers: auth });
       expect(res.status).toBe(503);
       expect(res.headers.get('Retry-After')).toBe('30');
       expect(await res.json()).toEqual({ error: 'UNAVAILABLE', message: 'NATS is not reachable: no answer in time (TIMEOUT)' });
-      expect(Date.now() - began).toBeLessThan(15_000);
     } finally {
       nats.resume();
     }

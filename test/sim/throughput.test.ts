@@ -6,9 +6,11 @@ import { login } from './test-helpers.js';
 
 const run = promisify(execFile);
 
-// Size is the point here: a 2 GiB disk, streamed to a client in its own process (so it does
-// not share the simulator's event loop) that discards the bytes. The target is ~1 GB/s; the assertion is a floor that
-// a loaded CI machine still clears, the measured rate is printed.
+// A 512 MiB disk streamed whole to a client in its own process (so it does not share the
+// simulator's event loop) that discards the bytes: the simulator's memory must not grow with
+// the disk (a simulator that buffered the export would grow by its full size, four times the
+// bound below). How fast it streams is `npm run bench -- sim` (sim_export_vs_plain_http_ratio),
+// a ratio against a plain HTTP server in the same run; a test cannot time it on a loaded machine.
 let sim: Simulator;
 let session: string;
 
@@ -18,7 +20,7 @@ beforeAll(async () => {
       credentials: { user: 'root', password: 'secret' },
       hosts: [{ name_label: 'h' }],
       srs: [{ name_label: 'big SR', size_gib: 100, used_gib: 1 }],
-      vms: [{ name_label: 'big', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 2048, fill: 'pattern' }], vifs: [] }],
+      vms: [{ name_label: 'big', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 512, fill: 'pattern' }], vifs: [] }],
     },
   });
   session = await login(sim.url);
@@ -28,16 +30,14 @@ afterAll(async () => {
 });
 
 describe('throughput', () => {
-  it('streams a 2 GiB XVA fast and in constant memory', async () => {
+  it('streams a 512 MiB XVA whole and in constant memory', async () => {
     const rss = process.memoryUsage().rss;
-    const client = `const t0 = performance.now(); let n = 0;
-require('node:http').get(process.argv[1], (res) => { res.on('data', (c) => (n += c.length)); res.on('end', () => console.log(n, n / ((performance.now() - t0) / 1000))); });`;
+    const client = `let n = 0;
+require('node:http').get(process.argv[1], (res) => { res.on('data', (c) => (n += c.length)); res.on('end', () => console.log(n)); });`;
     const { stdout } = await run(process.execPath, ['-e', client, `${sim.url}/export?session_id=${session}&ref=${sim.state.vm('big').ref}`]);
-    const [bytes, speed] = stdout.trim().split(' ').map(Number);
-    console.log(`2 GiB XVA export: ${(speed! / 1e9).toFixed(2)} GB/s`);
-    expect(bytes).toBeGreaterThan(2 * 2 ** 30);
-    expect(speed).toBeGreaterThan(250e6);
-    expect(process.memoryUsage().rss - rss).toBeLessThan(256 << 20);
+    const bytes = Number(stdout.trim());
+    expect(bytes).toBeGreaterThan(512 * 2 ** 20);
+    expect(process.memoryUsage().rss - rss).toBeLessThan(128 << 20);
     expect(sim.state.transfers('export').at(-1)).toMatchObject({ status: 'done', bytes });
   });
 });
