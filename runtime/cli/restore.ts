@@ -300,9 +300,9 @@ options:
   -h, --help       show this help
 
 Connection and config options are those of vmbackup (see vmbackup --help). Nothing is left
-half-created: a failed restore removes what it made (but a restored disk that --attach could
-not attach: its data is good). A restored VM whose backup was taken while
-it was halted gets the start block vmbackup saved with it lifted (an operator's blocks stay).
+half-created: a failed restore removes what it made, except a restored disk that --attach could
+not attach (its data is good). A restored VM whose backup was taken while it was halted gets
+the start block vmbackup saved with it lifted (an operator's blocks stay).
 Exit codes: 0 restored; 1 the restore failed or was refused (an incomplete or failed set, the
 original VM still there with --preserve, a disk in use, a restored disk that could not be
 attached); 2 usage, config or connection error (a bad or missing option, FILE not found, an
