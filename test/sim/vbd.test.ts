@@ -146,6 +146,20 @@ describe('VBD.create', () => {
   });
 });
 
+describe('faults', () => {
+  it("a fault's vm filter matches VBD.create through the record's VM", async () => {
+    const vdi = await newVdi();
+    const id = sim.faults.add({ rpc: 'VBD.create', vm: 'idle', always: true, action: { kind: 'error', code: 'SR_BACKEND_FAILURE_46', params: ['', 'simulated', ''] } });
+    try {
+      expect(await refusal(xapi.createVbd({ vm: vm('idle'), vdi, userdevice: '3' }))).toEqual(['SR_BACKEND_FAILURE_46', '', 'simulated', '']);
+      const ref = await xapi.createVbd({ vm: vm('app'), vdi, userdevice: '2' });
+      made.push(ref);
+    } finally {
+      sim.faults.remove(id);
+    }
+  });
+});
+
 describe('VBD.plug / unplug / destroy', () => {
   it('hotplugs into a running VM, and back out; destroy waits for the unplug and keeps the VDI', async () => {
     const vdi = await newVdi();
