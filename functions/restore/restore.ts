@@ -15,7 +15,7 @@ import { DISK_NAME_RE } from '../../runtime/storage/naming.js';
 import { formatBytes, formatSeconds } from '../../runtime/units.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
 import { NULL_REF } from '../../runtime/xapi/records.js';
-import type { Ref, SrRecord, VdiRecord } from '../../runtime/xapi/records.js';
+import type { Ref, SrRecord, VdiRecord, VmRecord } from '../../runtime/xapi/records.js';
 import { BLOCK_REASON_PREFIX, TAG, jobKey } from '../../runtime/xapi/snapshots.js';
 import { JobBase } from '../job.js';
 import { parseMeta } from '../meta/meta-format.js';
@@ -71,6 +71,11 @@ export const RestoreInput = JobBase.extend({
   preserve: z.boolean().default(false),
   /** raw / vhd: write into this existing VDI (uuid) instead of a new one. */
   vdi: z.string().min(1).optional(),
+  /**
+   * raw / vhd into a new VDI: attach it to this VM (name or uuid) on its first free device,
+   * read-write, not bootable; plugged when the VM runs. Checked before anything is uploaded.
+   */
+  attach: z.string().min(1).optional(),
   /** vdi-export sets with several disks: the device to restore (`xvdb`). */
   disk: z.string().regex(DISK_NAME_RE, 'disk: a device name such as xvdb').optional(),
   /** Restore a set that is incomplete or failed verification. */
@@ -90,6 +95,19 @@ export const RestoredVm = z.object({
   unblocked: z.array(z.string()).default([]),
 });
 export const RestoredVdi = z.object({ uuid: z.string(), name: z.string(), sr: z.string().describe('SR uuid') });
+/** Where `attach` put the new VDI. */
+export const AttachedVdi = z.object({
+  vm: z.object({ uuid: z.string(), name: z.string() }),
+  /** uuid of the VBD created. */
+  vbd: z.string(),
+  /** Device number on the VM (`VBD.userdevice`): "1" is xvdb. */
+  device: z.string(),
+  /** Hotplugged into the running VM; otherwise it is attached when the VM starts. */
+  plugged: z.boolean(),
+  /** The VM's power state when the VBD was made. */
+  powerState: z.string(),
+});
+export type AttachedVdi = z.infer<typeof AttachedVdi>;
 export type RestoredVm = z.infer<typeof RestoredVm>;
 export type RestoredVdi = z.infer<typeof RestoredVdi>;
 
@@ -101,6 +119,8 @@ export const RestoreOutput = JobBase.extend({
   created: z.object({ vms: z.array(RestoredVm), vdis: z.array(RestoredVdi) }),
   /** The existing VDI written (`vdi` given). */
   overwritten: RestoredVdi.optional(),
+  /** The VM the new VDI was attached to (`attach` given). */
+  attached: AttachedVdi.optional(),
   bytes: z.number().int().min(0),
   restoreMs: z.number().min(0),
   warnings: z.array(z.string()).default([]),
@@ -232,7 +252,7 @@ async function readSet(input: RestoreInput, refuse: (code: string, message: stri
 }
 
 /** The restore's result, without the job fields. */
-type Restored = Pick<RestoreOutput, 'created' | 'overwritten'>;
+type Restored = Pick<RestoreOutput, 'created' | 'overwritten' | 'attached'>;
 
 /** `/import` of a VM export, then name and tag what it created, and lift vmbackup's start block. */
 async function restoreVm(
@@ -245,6 +265,7 @@ async function restoreVm(
   warn: (message: string) => void,
 ): Promise<Restored> {
   if (input.vdi !== undefined) throw new RestoreInputError('RESTORE_BAD_TARGET', `--vdi: ${set.data.name} is a VM export; --vdi takes a disk backup (raw or vhd)`);
+  if (input.attach !== undefined) throw new RestoreInputError('RESTORE_BAD_TARGET', `--attach: ${set.data.name} is a VM export; --attach takes a disk backup (raw or vhd)`);
   const sr = await resolveSr(xapi, input.sr);
   const original = set.meta?.vm.name_label ?? set.manifest?.vm.name;
   const originalUuid = set.meta?.vm.uuid ?? set.manifest?.vm.uuid;
@@ -296,6 +317,9 @@ async function restoreVm(
 async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set: SetInfo, tags: Record<string, string>, warn: (message: string) => void): Promise<Restored> {
   const format = rawFormatOf(set.data.format)!;
   if (input.preserve) throw new RestoreInputError('RESTORE_BAD_TARGET', `--preserve: ${set.data.name} is a disk backup; --preserve applies to VM exports (xva)`);
+  if (input.attach !== undefined && input.vdi !== undefined) {
+    throw new RestoreInputError('RESTORE_BAD_TARGET', `--attach and --vdi: --attach gives the new VDI a VM; the VDI --vdi names keeps the VBDs it has`);
+  }
   const diskMeta = set.meta?.disks.find((d) => d.vbd.device === set.data.disk);
   let needed: number;
   if (format === 'vhd') {
@@ -328,6 +352,7 @@ async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set:
   }
 
   const sr = await resolveSr(xapi, input.sr);
+  const attachTo = input.attach === undefined ? undefined : await attachTarget(xapi, input.attach);
   const name = restoredName(diskMeta?.vdi.name_label ?? `${set.manifest?.vm.name ?? 'disk'} ${set.data.disk ?? ''}`.trim(), set.file.stamp, {
     ...(input.name !== undefined ? { name: input.name } : {}),
   });
@@ -349,14 +374,82 @@ async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set:
   } catch (error) {
     throw restoreError(error, set);
   }
+  let created: RestoredVdi;
   try {
     await upload(ref);
     hash.check(set);
     const vdi = await xapi.getRecord('VDI', ref);
-    return { created: { vms: [], vdis: [{ uuid: vdi.uuid, name: vdi.name_label, sr: sr.uuid }] } };
+    created = { uuid: vdi.uuid, name: vdi.name_label, sr: sr.uuid };
   } catch (error) {
     const leftovers = await destroyAll(xapi, [], [ref]);
     throw restoreError(error, set, leftovers);
+  }
+  if (attachTo === undefined) return { created: { vms: [], vdis: [created] } };
+  // The data is good from here: a failed attach keeps the VDI and says how to attach it.
+  try {
+    const attached = await attachVdi(xapi, attachTo, ref, tags);
+    ctx.log.info(`VDI "${created.name}" (${created.uuid}) attached to VM "${attached.vm.name}" (${attached.vm.uuid}) as device ${attached.device}${attached.plugged ? ', plugged' : ` (VM ${attached.powerState.toLowerCase()}: not plugged)`}`);
+    return { created: { vms: [], vdis: [created] }, attached };
+  } catch (error) {
+    const info = errorInfo(error);
+    throw new PermanentError(
+      'RESTORE_ATTACH_FAILED',
+      `restored ${set.data.name} into VDI "${created.name}" (${created.uuid}), but could not attach it to VM "${attachTo.name_label}" (${attachTo.uuid}): ${info.message}; the VDI is kept`,
+      { xapiCode: info.code, vm: attachTo.uuid, created: { vms: [], vdis: [created] } },
+      { cause: error },
+    );
+  }
+}
+
+/**
+ * `--attach`: the VM a restored disk goes to, by uuid or by name (exactly one VM of that
+ * name), checked before anything is uploaded: a plain VM (not a snapshot, template or control
+ * domain) with a free device. RestoreInputError otherwise.
+ */
+async function attachTarget(xapi: XapiClient, given: string): Promise<VmRecord> {
+  const what = (vm: VmRecord) => (vm.is_a_snapshot ? 'a snapshot' : vm.is_control_domain ? 'a control domain' : vm.is_a_template ? 'a template' : undefined);
+  let vm: VmRecord | undefined;
+  if (UUID_RE.test(given)) vm = await xapi.getRecordByUuid('VM', given).catch(() => undefined);
+  if (vm === undefined) {
+    const refs = await xapi.call<string[]>('VM.get_by_name_label', given);
+    const all = await Promise.all(refs.map((r) => xapi.getRecord('VM', r)));
+    const plain = all.filter((v) => what(v) === undefined);
+    if (plain.length > 1) {
+      throw new RestoreInputError('VM_AMBIGUOUS', `--attach ${given}: ${plain.length} VMs have this name (${plain.map((v) => v.uuid).join(', ')}): give the uuid`, { vm: given });
+    }
+    vm = plain[0] ?? all[0];
+    if (vm === undefined) throw new RestoreInputError('VM_NOT_FOUND', `--attach ${given}: no VM has this uuid or name`, { vm: given });
+  }
+  const kind = what(vm);
+  if (kind !== undefined) {
+    throw new RestoreInputError('RESTORE_BAD_TARGET', `--attach ${given}: "${vm.name_label}" (${vm.uuid}) is ${kind}, not a VM a disk can be given to`, { vm: vm.uuid });
+  }
+  if ((await xapi.allowedVbdDevices(vm.$ref)).length === 0) {
+    throw new RestoreInputError('NO_FREE_DEVICE', `--attach ${given}: VM "${vm.name_label}" (${vm.uuid}) has no free device for another disk`, { vm: vm.uuid });
+  }
+  return vm;
+}
+
+/**
+ * Gives the VDI to the VM: a read-write, non-bootable disk VBD on its first free device,
+ * plugged when the VM runs (left for the VM's next start otherwise). A VBD that could not
+ * be plugged is destroyed again, so the VDI is left as it was, attached to nothing.
+ */
+async function attachVdi(xapi: XapiClient, vm: VmRecord, vdi: Ref, tags: Record<string, string>): Promise<AttachedVdi> {
+  // Read again: the VM may have changed during the upload.
+  const [device] = await xapi.allowedVbdDevices(vm.$ref);
+  if (device === undefined) throw new PermanentError('NO_FREE_DEVICE', `VM "${vm.name_label}" has no free device left`);
+  const vbd = await xapi.createVbd({ vm: vm.$ref, vdi, userdevice: device, bootable: false, mode: 'RW', type: 'Disk', otherConfig: tags });
+  try {
+    const uuid = await xapi.call<string>('VBD.get_uuid', vbd);
+    const powerState = await xapi.call<string>('VM.get_power_state', vm.$ref);
+    const plugged = powerState === 'Running';
+    if (plugged) await xapi.plugVbd(vbd);
+    return { vm: { uuid: vm.uuid, name: vm.name_label }, vbd: uuid, device, plugged, powerState };
+  } catch (error) {
+    // The plug is the last step: what is left to undo is an unplugged VBD.
+    await xapi.destroyVbd(vbd).catch(() => {});
+    throw error;
   }
 }
 

@@ -1,7 +1,7 @@
 import { mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { restore } from '../../functions/restore/restore.js';
-import type { RestoreInput, RestoreOutput } from '../../functions/restore/restore.js';
+import { RestoreOutput, restore } from '../../functions/restore/restore.js';
+import type { RestoreInput, RestoredVdi } from '../../functions/restore/restore.js';
 import { RestoreInputError, parseRestoreFile } from '../../functions/restore/restore-set.js';
 import { OPTIONS } from '../config/args.js';
 import { closest } from '../config/ini.js';
@@ -20,13 +20,15 @@ import { connectXapi, xapiPassword } from './xapi.js';
 
 /**
  * `vmbackup restore FILE [--sr SR] [--name NAME] [--preserve] [--vdi UUID] [--disk DEV]
- * [--force] [--json]` — restores one backup into the pool, in this process, through the
+ * [--attach VM] [--force] [--json]` — restores one backup into the pool, in this process, through the
  * `restore` function (functions/restore/restore.ts). Settings and the XAPI connection come
  * as for a backup (config files, environment, `--xapi`, `--password-file`, `--tls-ca-file`…).
  * Prints what it created (uuids), or the function's output as JSON with `--json`.
  * Exit codes: 0 restored; 1 the restore failed or was refused (nothing is left half-created);
  * 2 usage, config or connection error, including input the function finds does not fit the
- * backup or the pool (RestoreInputError: `--disk`, `--sr`, `--vdi`), and a FILE not found.
+ * backup or the pool (RestoreInputError: `--disk`, `--sr`, `--vdi`, `--attach`), and a FILE
+ * not found. A disk restored but not attached (`--attach` failed after the upload) is exit 1,
+ * with the new VDI and how to attach it by hand on stdout.
  */
 export async function restoreCommand(argv: readonly string[], io: Io): Promise<number> {
   let args: RestoreArgs;
@@ -74,8 +76,14 @@ export async function restoreCommand(argv: readonly string[], io: Io): Promise<n
       if (!(error instanceof VmbackupError) || endsCommand(error)) throw error;
       // Input that does not fit the backup or the pool is a usage error (2), as the help says.
       const [status, exitCode] = error instanceof RestoreInputError ? (['fatal', 2] as const) : (['failed', 1] as const);
-      if (flags.json) io.stdout.write(JSON.stringify({ runId, status, exitCode, error: { code: error.code, message: error.message } }, null, 2) + '\n');
-      else io.stderr.write(`vmbackup restore: ${error.message}\n`);
+      // A disk restored but not attached: the VDI exists, so say where it is.
+      const created = error.code === 'RESTORE_ATTACH_FAILED' ? RestoreOutput.shape.created.safeParse(error.data.created) : undefined;
+      if (flags.json) {
+        io.stdout.write(JSON.stringify({ runId, status, exitCode, error: { code: error.code, message: error.message }, ...(created?.success === true ? { created: created.data } : {}) }, null, 2) + '\n');
+      } else {
+        io.stderr.write(`vmbackup restore: ${error.message}\n`);
+        if (created?.success === true) for (const vdi of created.data.vdis) io.stdout.write([vdiLine(vdi), ...attachHint(vdi.uuid)].join('\n') + '\n');
+      }
       return exitCode;
     }
     io.stdout.write(flags.json ? JSON.stringify({ status: 'success', exitCode: 0, ...output }, null, 2) + '\n' : formatRestored(output));
@@ -102,6 +110,7 @@ export interface RestoreArgs {
   name?: string;
   vdi?: string;
   disk?: string;
+  attach?: string;
   preserve: boolean;
   force: boolean;
   help: boolean;
@@ -109,7 +118,7 @@ export interface RestoreArgs {
   rest: string[];
 }
 
-const VALUED = ['sr', 'name', 'vdi', 'disk'] as const;
+const VALUED = ['sr', 'name', 'vdi', 'disk', 'attach'] as const;
 const SWITCHES = ['preserve', 'force', 'help'] as const;
 /** Settings options that mean something to a restore; the backup's selection options do not. */
 const PASSED = new Set(['config', 'base-dir', 'backup-dir', 'log-level', 'xapi', 'user', 'password-file', 'tls-ca-file', 'insecure', 'no-insecure', 'json', 'version']);
@@ -214,6 +223,7 @@ function restoreInput(args: RestoreArgs, cwd: string, runId: string, settings: S
     ...(args.name !== undefined ? { name: args.name } : {}),
     ...(args.vdi !== undefined ? { vdi: args.vdi } : {}),
     ...(args.disk !== undefined ? { disk: args.disk } : {}),
+    ...(args.attach !== undefined ? { attach: args.attach } : {}),
     preserve: args.preserve,
     force: args.force,
     idleTimeoutS: settings.export_idle_timeout,
@@ -232,23 +242,35 @@ export function formatRestored(out: RestoreOutput): string {
     lines.push(`  VM  ${vm.uuid}  ${vm.name}`);
     if (vm.unblocked.length > 0) lines.push(`      ${vm.unblocked.join(', ')}: lifted the block vmbackup's export of the halted VM had saved in the backup`);
   }
-  for (const vdi of out.created.vdis) lines.push(`  VDI ${vdi.uuid}  ${vdi.name}  (SR ${vdi.sr})`);
-  if (out.created.vms.length === 0 && out.created.vdis.length === 1) {
+  for (const vdi of out.created.vdis) lines.push(vdiLine(vdi));
+  const a = out.attached;
+  if (a !== undefined) {
+    const state = a.plugged ? 'plugged into the running VM' : `not plugged: the VM is ${a.powerState.toLowerCase()}${a.powerState === 'Halted' ? ' (XAPI plugs it when the VM starts)' : ` (once it runs: xe vbd-plug uuid=${a.vbd})`}`;
+    lines.push(`      attached to VM ${a.vm.uuid}  ${a.vm.name}  as device ${a.device} (VBD ${a.vbd}), ${state}`);
+  } else if (out.created.vms.length === 0 && out.created.vdis.length === 1) {
     // A disk on its own belongs to no VM yet: say how to give it one.
-    const vdi = out.created.vdis[0]!;
-    lines.push(
-      '      attached to no VM; to attach it, on the pool master (a free device number: xe vm-param-get uuid=<VM> param-name=allowed-VBD-devices):',
-      `      xe vbd-create vm-uuid=<VM> vdi-uuid=${vdi.uuid} device=<N> type=Disk mode=RW bootable=false`,
-      '      then, if the VM is running, xe vbd-plug uuid=<the uuid vbd-create printed>',
-    );
+    lines.push(...attachHint(out.created.vdis[0]!.uuid));
   }
   if (out.overwritten !== undefined) lines.push(`  VDI ${out.overwritten.uuid}  ${out.overwritten.name}  (SR ${out.overwritten.sr}, overwritten)`);
   return lines.join('\n') + '\n';
 }
 
+function vdiLine(vdi: RestoredVdi): string {
+  return `  VDI ${vdi.uuid}  ${vdi.name}  (SR ${vdi.sr})`;
+}
+
+/** How to attach a VDI to a VM by hand, on the pool master. */
+function attachHint(vdiUuid: string): string[] {
+  return [
+    '      attached to no VM; to attach it, on the pool master (a free device number: xe vm-param-get uuid=<VM> param-name=allowed-VBD-devices):',
+    `      xe vbd-create vm-uuid=<VM> vdi-uuid=${vdiUuid} device=<N> type=Disk mode=RW bootable=false`,
+    '      then, if the VM is running, xe vbd-plug uuid=<the uuid vbd-create printed>',
+  ];
+}
+
 export function restoreHelp(): string {
   return `usage: vmbackup restore FILE [--sr SR] [--name NAME] [--preserve] [--vdi UUID]
-                        [--disk DEV] [--force] [--json]
+                        [--disk DEV] [--attach VM] [--force] [--json]
                         [-c FILE] [-b PATH] [-d PATH] [-l LEVEL] [-v]
                         [--xapi URL] [--user NAME] [--password-file FILE]
                         [--tls-ca-file FILE] [--insecure | --no-insecure]
@@ -266,17 +288,25 @@ options:
   --vdi UUID       raw/vhd: write into this existing VDI (large enough, not attached)
                    instead of creating one; its content is replaced
   --disk DEV       vdi-export sets with several disks: which one (xvdb)
+  --attach VM      raw/vhd: give the new VDI to this VM (name or uuid) on its first free
+                   device, read-write, not bootable; plugged if the VM is running, else
+                   attached when it starts. Checked before uploading: the VM must exist,
+                   be the only one of that name, not be a snapshot or template, and have a
+                   free device. If attaching fails after the upload, the VDI is kept
+                   (exit 1) and how to attach it by hand is printed
   --force          restore a set that is incomplete or failed verification, or with
                    --preserve while the original VM still exists
   --json           print what was created as JSON
   -h, --help       show this help
 
 Connection and config options are those of vmbackup (see vmbackup --help). Nothing is left
-half-created: a failed restore removes what it made. A restored VM whose backup was taken while
-it was halted gets the start block vmbackup saved with it lifted (an operator's blocks stay).
+half-created: a failed restore removes what it made, except a restored disk that --attach could
+not attach (its data is good). A restored VM whose backup was taken while it was halted gets
+the start block vmbackup saved with it lifted (an operator's blocks stay).
 Exit codes: 0 restored; 1 the restore failed or was refused (an incomplete or failed set, the
-original VM still there with --preserve, a disk in use); 2 usage, config or connection error
-(a bad or missing option, FILE not found, an unknown SR or VDI, --disk missing or wrong).
+original VM still there with --preserve, a disk in use, a restored disk that could not be
+attached); 2 usage, config or connection error (a bad or missing option, FILE not found, an
+unknown SR, VDI or VM, --disk missing or wrong, --attach to a VM that cannot take the disk).
 `;
 }
 

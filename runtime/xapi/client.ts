@@ -26,6 +26,21 @@ export interface XapiOptions {
   log?: Logger;
 }
 
+/** What createVbd needs: the VM, the VDI and a free device number; the rest has defaults. */
+export interface NewVbd {
+  vm: Ref;
+  vdi: Ref;
+  /** A free device number (`allowedVbdDevices`), or "autodetect". */
+  userdevice: string;
+  /** Default false. */
+  bootable?: boolean;
+  /** Default RW. */
+  mode?: 'RO' | 'RW';
+  /** Default Disk. */
+  type?: 'CD' | 'Disk';
+  otherConfig?: Record<string, string>;
+}
+
 /** A transfer from an XAPI HTTP handler: the body, and the task that completes with it. */
 export interface XapiDownload {
   body: Readable;
@@ -649,6 +664,52 @@ export class XapiClient {
       exportname: String(i.exportname),
       subject: String(i.subject),
     }));
+  }
+
+  // --- disks of a VM ----------------------------------------------------------------------
+
+  /** `VM.get_allowed_VBD_devices`: the device numbers free on the VM ("1", "2", …), lowest first. */
+  async allowedVbdDevices(vm: Ref): Promise<string[]> {
+    return this.call<string[]>('VM.get_allowed_VBD_devices', vm);
+  }
+
+  /**
+   * `VBD.create`: connects `vdi` to `vm` as device `userdevice`, unplugged (XAPI plugs it when
+   * the VM starts; plugVbd hotplugs it into a running VM). Defaults: a read-write, non-bootable
+   * disk. XAPI refuses a device in use (DEVICE_ALREADY_EXISTS) and a read-only VDI in RW mode
+   * (VDI_READONLY).
+   *
+   * @example await xapi.createVbd({ vm, vdi, userdevice: '1' }) // → 'OpaqueRef:…'
+   */
+  async createVbd(spec: NewVbd): Promise<Ref> {
+    return this.call<Ref>('VBD.create', {
+      VM: spec.vm,
+      VDI: spec.vdi,
+      userdevice: spec.userdevice,
+      bootable: spec.bootable ?? false,
+      mode: spec.mode ?? 'RW',
+      type: spec.type ?? 'Disk',
+      unpluggable: true,
+      empty: false,
+      other_config: spec.otherConfig ?? {},
+      qos_algorithm_type: '',
+      qos_algorithm_params: {},
+    });
+  }
+
+  /** `VBD.plug`: hotplugs the VBD into its running VM; VM_BAD_POWER_STATE unless the VM runs. */
+  async plugVbd(vbd: Ref): Promise<void> {
+    await this.call('VBD.plug', vbd);
+  }
+
+  /** `VBD.unplug`: detaches the VBD from its running VM (the guest must let go of the disk). */
+  async unplugVbd(vbd: Ref): Promise<void> {
+    await this.call('VBD.unplug', vbd);
+  }
+
+  /** `VBD.destroy`: removes an unplugged VBD; the VDI stays. */
+  async destroyVbd(vbd: Ref): Promise<void> {
+    await this.call('VBD.destroy', vbd);
   }
 
   /** The pool's hosts, master first. */

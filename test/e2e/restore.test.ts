@@ -586,7 +586,7 @@ describe('vmbackup restore: usage, config and connection errors exit 2', () => {
   it('--help prints the usage', async () => {
     const result = await vmbackup(['restore', '--help']);
     expect(result.code).toBe(0);
-    expect(result.stdout).toContain('usage: vmbackup restore FILE [--sr SR] [--name NAME] [--preserve] [--vdi UUID]\n                        [--disk DEV] [--force] [--json]');
+    expect(result.stdout).toContain('usage: vmbackup restore FILE [--sr SR] [--name NAME] [--preserve] [--vdi UUID]\n                        [--disk DEV] [--attach VM] [--force] [--json]');
     // Every option it accepts is in the usage, and no line is wider than a terminal.
     for (const option of ['-c FILE', '-b PATH', '-d PATH', '-l LEVEL', '[-v]', '--xapi URL', '--user NAME', '--password-file FILE', '--tls-ca-file FILE', '--insecure | --no-insecure']) {
       expect(result.stdout).toContain(option);

@@ -5,7 +5,7 @@ import { ApiError, toApiError } from './errors.js';
 import { eventFrom, eventInject } from './events.js';
 import type { FaultAction, FaultSubject, Faults } from './faults.js';
 import { NULL_REF } from './ids.js';
-import type { HostInfo, SimState } from './state.js';
+import type { HostInfo, SimState, VbdConstructor } from './state.js';
 import { compileWhere } from './where.js';
 import { toXmlValue, wireField, wireRecord } from './wire.js';
 
@@ -131,6 +131,53 @@ function coerce(param: ParamDef, value: unknown): unknown {
     case 'any':
       return value;
   }
+}
+
+/**
+ * A VBD.create record checked as XAPI's unmarshaller does: every field without a default in
+ * the datamodel must be there (`device` "", `unpluggable` true and `currently_attached` false
+ * have one), of its type; enums are read case-insensitively.
+ */
+function vbdConstructor(r: Record<string, unknown>): VbdConstructor {
+  const bad = (k: string) => new ApiError('FIELD_TYPE_ERROR', [k]);
+  const has = (k: string) => Object.hasOwn(r, k);
+  const str = (k: string, def?: string): string => {
+    if (!has(k) && def !== undefined) return def;
+    if (typeof r[k] !== 'string') throw bad(k);
+    return r[k];
+  };
+  const bool = (k: string, def?: boolean): boolean => {
+    if (!has(k) && def !== undefined) return def;
+    if (typeof r[k] !== 'boolean') throw bad(k);
+    return r[k];
+  };
+  const map = (k: string): Record<string, string> => {
+    const v = r[k];
+    if (v === null || typeof v !== 'object' || Array.isArray(v) || Buffer.isBuffer(v) || v instanceof Date) throw bad(k);
+    if (Object.values(v).some((x) => typeof x !== 'string')) throw bad(k);
+    return { ...(v as Record<string, string>) };
+  };
+  const oneOf = <T extends string>(k: string, values: readonly T[]): T => {
+    const v = str(k).toLowerCase();
+    const found = values.find((x) => x.toLowerCase() === v);
+    if (found === undefined) throw bad(k);
+    return found;
+  };
+  return {
+    VM: str('VM'),
+    VDI: str('VDI'),
+    device: str('device', ''),
+    userdevice: str('userdevice'),
+    bootable: bool('bootable'),
+    mode: oneOf('mode', ['RO', 'RW'] as const),
+    type: oneOf('type', ['CD', 'Disk', 'Floppy'] as const),
+    unpluggable: bool('unpluggable', true),
+    empty: bool('empty'),
+    other_config: map('other_config'),
+    currently_attached: bool('currently_attached', false),
+    qos_algorithm_type: str('qos_algorithm_type'),
+    qos_algorithm_params: map('qos_algorithm_params'),
+  };
 }
 
 /** The sync method name a call is about: `Async.VM_snapshot` → `VM.snapshot`. */
@@ -393,6 +440,24 @@ export class Rpc {
       return '';
     });
 
+    // Disks of a VM (xapi_vbd.ml, xapi_vm.ml get_allowed_VBD_devices).
+    this.define('VM.get_allowed_VBD_devices', [p('vm', 'ref')], (_c, [vm]) => state.allowedVbdDevices(vm as string));
+    this.define('VBD.create', [p('args', 'struct')], (_c, [args]) => state.createVbd(vbdConstructor(args as Record<string, unknown>)), { async: true });
+    this.define('VBD.destroy', [p('self', 'ref')], (_c, [self]) => {
+      state.destroyVbd(self as string);
+      return '';
+    }, { async: true });
+    this.define('VBD.plug', [p('self', 'ref')], (_c, [self]) => {
+      state.plugVbd(self as string);
+      return '';
+    }, { async: true });
+    for (const op of ['unplug', 'unplug_force'] as const) {
+      this.define(`VBD.${op}`, [p('self', 'ref')], (_c, [self]) => {
+        state.unplugVbd(self as string, op);
+        return '';
+      }, { async: true });
+    }
+
     this.define('SR.scan', [p('sr', 'ref')], (_c, [sr]) => {
       db.require('SR', sr as string);
       return '';
@@ -417,7 +482,9 @@ export class Rpc {
         if (typeof vdi === 'string' && vdi !== NULL_REF) vdis.add(vdi);
       }
     };
-    for (const a of args) {
+    // A constructor record (VBD.create) points at its VM and VDI through its fields.
+    const refs = args.flatMap((a) => (a !== null && typeof a === 'object' && !Array.isArray(a) ? [(a as Record<string, unknown>).VM, (a as Record<string, unknown>).VDI] : [a]));
+    for (const a of refs) {
       if (typeof a !== 'string' || !a.startsWith('OpaqueRef:')) continue;
       if (db.has('VM', a)) addVm(a);
       else if (db.has('VDI', a)) {

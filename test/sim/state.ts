@@ -2,6 +2,7 @@ import { CbtLogs } from './cbt.js';
 import type { ClassName } from './datamodel.js';
 import { Database, type Row } from './db.js';
 import { MemoryDisk, WRITE_BLOCK, WrittenDisk, ZeroDisk, diskFor, pickBlocks, type SimDisk } from './disks.js';
+import { allowedVbdDevices, possibleDevices, validDevice, xenDeviceName } from './devices.js';
 import { ApiError } from './errors.js';
 import { IdGenerator, NULL_REF, randomRef } from './ids.js';
 import type { PoolSpec, VmSpec } from './pool-spec.js';
@@ -75,6 +76,31 @@ const CBT_SR_TYPES = new Set(['lvm', 'lvmoiscsi', 'lvmohba', 'ext', 'nfs', 'smb'
 /** How long VDI.data_destroy waits for the VDI's VBDs to go (xapi_vdi.ml `data_destroy`). */
 const DATA_DESTROY_WAIT_MS = 4000;
 const TOOLS_ISO_NAME = 'guest-tools.iso';
+
+/** VDI types a VBD may point at (xapi_vbd.ml `create`); others get VDI_INCOMPATIBLE_TYPE. */
+const VBD_VDI_TYPES = new Set(['system', 'user', 'ephemeral', 'suspend', 'crashdump', 'metadata', 'rrd', 'pvs_cache']);
+
+/** The fields of a VBD.create record, checked and with XAPI's defaults filled in. */
+export interface VbdConstructor {
+  VM: string;
+  VDI: string;
+  device: string;
+  userdevice: string;
+  bootable: boolean;
+  mode: 'RO' | 'RW';
+  type: 'CD' | 'Disk' | 'Floppy';
+  unpluggable: boolean;
+  empty: boolean;
+  other_config: Record<string, string>;
+  currently_attached: boolean;
+  qos_algorithm_type: string;
+  qos_algorithm_params: Record<string, string>;
+}
+
+/** A control domain or driver domain: shares disks safely (System_domains.is_system_domain). */
+function isSystemDomain(vm: Record<string, unknown>): boolean {
+  return vm.is_control_domain === true || (vm.other_config as Record<string, string>).is_system_domain === 'true';
+}
 
 /** Lowercase power state, as XAPI writes them in errors. */
 function lc(state: string): string {
@@ -802,6 +828,172 @@ export class SimState {
       currently_attached: true,
       other_config: { 'xapi-nbd': 'true' },
     });
+  }
+
+  // --- VBDs (xapi_vbd.ml, xapi_vbd_helpers.ml, xapi_vm_helpers.ml) -------------------------
+
+  /** The `device` and `userdevice` strings of a VM's VBDs: the devices it already uses. */
+  private usedVbdDevices(vmRef: string): string[] {
+    return this.db.reverse('VBD', 'VM', vmRef).flatMap((v) => {
+      const f = this.db.require('VBD', v).fields;
+      return [f.device as string, f.userdevice as string];
+    });
+  }
+
+  /** Whether the VM runs (or will run) with a device model: HVM. */
+  private isHvm(vmRef: string): boolean {
+    return this.db.field<string>('VM', vmRef, 'domain_type') === 'hvm';
+  }
+
+  /** VM.get_allowed_VBD_devices: free disk numbers, lowest first ("1", "2", …). */
+  allowedVbdDevices(vmRef: string): string[] {
+    const vm = this.db.require('VM', vmRef).fields;
+    return allowedVbdDevices({ hvm: this.isHvm(vmRef), controlDomain: vm.is_control_domain === true, used: this.usedVbdDevices(vmRef) });
+  }
+
+  /**
+   * VBD.create from a constructor record (fields checked by the caller), as xapi_vbd.ml
+   * `create`: the VBD is created unplugged (device '') unless the VM is suspended; XAPI
+   * does not refuse a running or halted VM here (VBD.plug does what a running VM needs).
+   * `userdevice` "autodetect" takes the first free device.
+   */
+  createVbd(r: VbdConstructor): string {
+    const vm = this.db.require('VM', r.VM).fields;
+    const suspended = vm.power_state === 'Suspended';
+    if (!r.empty) {
+      const type = this.db.require('VDI', r.VDI).fields.type as string;
+      if (!VBD_VDI_TYPES.has(type)) throw new ApiError('VDI_INCOMPATIBLE_TYPE', [r.VDI, type]);
+    }
+    if (r.type === 'CD' && r.mode !== 'RO') throw new ApiError('VBD_CDS_MUST_BE_READONLY', []);
+    if (r.type !== 'CD' && r.empty) throw new ApiError('VBD_NOT_REMOVABLE_MEDIA', ['in constructor']);
+    if (r.mode === 'RW' && this.db.field<boolean>('VDI', r.VDI, 'read_only')) throw new ApiError('VDI_READONLY', [r.VDI]);
+    const migrating = Object.entries(vm.current_operations as Record<string, string>).find(([, op]) => op === 'migrate_send' || op === 'pool_migrate');
+    if (migrating !== undefined) throw new ApiError('OTHER_OPERATION_IN_PROGRESS', ['VM', r.VM, migrating[1], migrating[0]]);
+
+    const used = this.usedVbdDevices(r.VM);
+    let possible: string[];
+    if (r.type === 'Floppy') {
+      if (!this.isHvm(r.VM)) throw new ApiError('NOT_IMPLEMENTED', ["VBD of type 'floppy' is not supported on PV domain"]);
+      const taken = new Set(used.flatMap(possibleDevices));
+      possible = ['fda', 'fdb'].filter((d) => !possibleDevices(d).some((k) => taken.has(k)));
+    } else {
+      possible = this.allowedVbdDevices(r.VM);
+    }
+    if (!validDevice(r.userdevice)) throw new ApiError('INVALID_DEVICE', [r.userdevice]);
+    let userdevice = r.userdevice;
+    if (userdevice === 'autodetect') {
+      if (possible.length === 0) throw new ApiError('INVALID_DEVICE', [userdevice]);
+      userdevice = possible[0]!;
+    }
+    const taken = new Set(used.flatMap(possibleDevices));
+    if (possibleDevices(userdevice).some((d) => taken.has(d))) throw new ApiError('DEVICE_ALREADY_EXISTS', [userdevice]);
+
+    const otherConfig = { ...r.other_config };
+    if (!r.empty) {
+      // The SM driver may name the VBD backend for its VDIs (Xapi_globs.vbd_backend_key).
+      const kind = this.db.field<Record<string, string>>('VDI', r.VDI, 'sm_config')['backend-kind'];
+      if (kind !== undefined) otherConfig['backend-kind'] = kind;
+    }
+    return this.create('VBD', this.ids.next('VBD'), {
+      VM: r.VM,
+      VDI: r.VDI,
+      device: suspended ? r.device : '',
+      userdevice,
+      bootable: r.bootable,
+      mode: r.mode,
+      type: r.type,
+      unpluggable: r.unpluggable,
+      empty: r.empty,
+      other_config: otherConfig,
+      currently_attached: suspended ? r.currently_attached : false,
+      qos_algorithm_type: r.qos_algorithm_type,
+      qos_algorithm_params: r.qos_algorithm_params,
+      qos_supported_algorithms: [],
+    });
+  }
+
+  /**
+   * The error XAPI raises for a VBD `plug`, `unplug` or `unplug_force` (the checks of
+   * xapi_vbd_helpers.ml `valid_operations` these operations meet, in its order), or undefined.
+   */
+  vbdOperationError(vbdRef: string, op: 'plug' | 'unplug' | 'unplug_force'): ApiError | undefined {
+    const vbd = this.db.require('VBD', vbdRef).fields;
+    const vmRef = vbd.VM as string;
+    const vm = this.db.require('VM', vmRef).fields;
+    const power = vm.power_state as string;
+    const plugged = vbd.currently_attached === true;
+    if (op !== 'plug' && vbd.unpluggable !== true) return new ApiError('VBD_NOT_UNPLUGGABLE', [vbdRef]);
+    if (power === 'Running') {
+      if (op === 'plug' && plugged) return new ApiError('DEVICE_ALREADY_ATTACHED', [vbdRef]);
+      if (op !== 'plug' && !plugged) return new ApiError('DEVICE_ALREADY_DETACHED', [vbdRef]);
+    } else {
+      return new ApiError('VM_BAD_POWER_STATE', [vmRef, 'running', lc(power)]);
+    }
+    if (op !== 'unplug_force') {
+      const busy = Object.values(vm.current_operations as Record<string, string>).find((o) => ['clean_shutdown', 'hard_shutdown', 'suspend', 'pause'].includes(o));
+      if (busy !== undefined) return new ApiError('OPERATION_NOT_ALLOWED', [`Current operation on VM:${vmRef} is ${busy}`]);
+    }
+    if (this.isHvm(vmRef)) {
+      const gm = this.db.get('VM_guest_metrics', vm.guest_metrics as string)?.fields;
+      const hotplug = gm?.can_use_hotplug_vbd;
+      if (hotplug === 'no') return new ApiError('OPERATION_NOT_ALLOWED', ['VM states it does not support VBD hotplug.']);
+      const drivers = gm !== undefined && (gm.PV_drivers_detected === true || (gm.PV_drivers_version as Record<string, string>).major !== undefined);
+      if (hotplug !== 'yes' && !drivers) return new ApiError('VM_MISSING_PV_DRIVERS', [vmRef]);
+      if (vbd.type === 'CD') return new ApiError('OPERATION_NOT_ALLOWED', ['HVM CDROMs cannot be hotplugged/unplugged, only inserted or ejected']);
+    }
+    if (op === 'plug' && vbd.empty !== true && !plugged) {
+      const vdiRef = vbd.VDI as string;
+      const vdi = this.db.require('VDI', vdiRef).fields;
+      if (vdi.managed !== true) return new ApiError('VDI_NOT_MANAGED', [vbdRef]);
+      const vdiOp = Object.entries(vdi.current_operations as Record<string, string>).find(([, o]) => o !== 'mirror' && o !== 'copy');
+      if (vdiOp !== undefined) return new ApiError('OTHER_OPERATION_IN_PROGRESS', ['VDI', vdiRef, vdiOp[1], vdiOp[0]]);
+      const others = this.db.reverse('VBD', 'VDI', vdiRef).filter((v) => {
+        if (v === vbdRef) return false;
+        const o = this.db.get('VBD', v)?.fields;
+        if (o === undefined || o.currently_attached !== true) return false;
+        const owner = this.db.get('VM', o.VM as string)?.fields;
+        return owner !== undefined && owner.power_state !== 'Suspended' && !isSystemDomain(owner);
+      });
+      const needWrite = vbd.mode === 'RW';
+      const someoneWrites = others.some((v) => this.db.field<string>('VBD', v, 'mode') === 'RW');
+      if (vdi.sharable !== true && !isSystemDomain(vm) && (someoneWrites || (needWrite && others.length > 0))) return new ApiError('VDI_IN_USE', [vdiRef]);
+      if (needWrite && vdi.read_only === true) return new ApiError('VDI_READONLY', [vdiRef]);
+    }
+    return undefined;
+  }
+
+  /**
+   * VBD.plug: hotplugs the disk into the running VM (`currently_attached`, and the `device`
+   * the guest sees). An HVM guest's disks must be read-write (CA-83260).
+   */
+  plugVbd(vbdRef: string): void {
+    const error = this.vbdOperationError(vbdRef, 'plug');
+    if (error !== undefined) throw error;
+    const vbd = this.db.require('VBD', vbdRef).fields;
+    const vm = this.db.require('VM', vbd.VM as string).fields;
+    if (vm.is_control_domain !== true && this.isHvm(vbd.VM as string) && vbd.type !== 'CD' && vbd.mode === 'RO') {
+      throw new ApiError('DISK_VBD_MUST_BE_READWRITE_FOR_HVM', [vbdRef]);
+    }
+    const disk = possibleDevices(vbd.userdevice as string).map((k) => Number(k.split(':')[1]))[0];
+    const device = vbd.device !== '' || disk === undefined ? (vbd.device as string) : xenDeviceName(disk);
+    this.db.update('VBD', vbdRef, { currently_attached: vbd.empty !== true, device });
+  }
+
+  /** VBD.unplug / VBD.unplug_force: detaches the disk from the running VM. */
+  unplugVbd(vbdRef: string, op: 'unplug' | 'unplug_force'): void {
+    const error = this.vbdOperationError(vbdRef, op);
+    if (error !== undefined) throw error;
+    this.db.update('VBD', vbdRef, { currently_attached: false });
+  }
+
+  /** VBD.destroy: refused while attached (unplug first); the VDI stays. */
+  destroyVbd(vbdRef: string): void {
+    const vbd = this.db.require('VBD', vbdRef).fields;
+    if (vbd.currently_attached === true) {
+      const vmUuid = this.db.get('VM', vbd.VM as string)?.fields.uuid ?? vbd.VM;
+      throw new ApiError('OPERATION_NOT_ALLOWED', [`VBD '${vbd.uuid as string}' still attached to '${String(vmUuid)}'`]);
+    }
+    this.db.destroy('VBD', vbdRef);
   }
 
   /** Whether NBD clients must use TLS (a network has purpose `nbd`), may not, or are refused. */
