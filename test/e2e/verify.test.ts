@@ -198,7 +198,7 @@ describe('vmbackup verify', () => {
     const help = await vmbackup(['verify', '--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/^usage: vmbackup verify/);
-  });
+  }, 180_000); // seventeen commands, each a process start (tsx) and a verify
 
   it('a VmBackup folder: format checks only, said on the line; a damaged chunk still fails it', async () => {
     const w = await workspace();
