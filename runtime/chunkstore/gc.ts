@@ -1,4 +1,4 @@
-import { open, readdir, readFile, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
+import { link, open, readdir, readFile, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { LockedError } from '../errors.js';
@@ -220,20 +220,29 @@ export async function lastGcReport(store: ChunkStore): Promise<GcReport | undefi
 }
 
 async function takeLock(file: string, now: number): Promise<number> {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    let handle;
-    try {
-      handle = await open(file, 'wx');
-      await handle.writeFile(JSON.stringify({ host: os.hostname(), pid: process.pid, startedAt: new Date(now).toISOString() }) + '\n');
-      await handle.sync();
-      const { mtimeMs } = await handle.stat();
-      await handle.close();
-      return mtimeMs;
-    } catch (error) {
-      await handle?.close().catch(() => {});
-      if ((error as { code?: string }).code !== 'EEXIST') {
-        if (handle) await rm(file, { force: true });
-        throw writeError(error, file);
+  // The lock appears whole or not at all: its content is written and synced under a name of
+  // its own, then linked into place (link fails if the lock exists). A GC killed at any moment
+  // never leaves an empty lock that would name no holder and block the next GC for an hour.
+  const mine = `${file}.${os.hostname()}.${process.pid}${PARTIAL_SUFFIX}`;
+  const handle = await open(mine, 'w').catch((error: unknown) => {
+    throw writeError(error, mine);
+  });
+  try {
+    await handle.writeFile(JSON.stringify({ host: os.hostname(), pid: process.pid, startedAt: new Date(now).toISOString() }) + '\n');
+    await handle.sync();
+  } catch (error) {
+    await handle.close().catch(() => {});
+    await rm(mine, { force: true });
+    throw writeError(error, mine);
+  }
+  await handle.close();
+  try {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await link(mine, file);
+        return (await stat(file)).mtimeMs;
+      } catch (error) {
+        if ((error as { code?: string }).code !== 'EEXIST') throw writeError(error, file);
       }
       const s = await stat(file).catch(() => undefined);
       const holder = await readFile(file, 'utf8').catch(() => '');
@@ -242,8 +251,10 @@ async function takeLock(file: string, now: number): Promise<number> {
       }
       await rm(file, { force: true });
     }
+    throw new LockedError('GC_RUNNING', `cannot take ${file}`, { file });
+  } finally {
+    await rm(mine, { force: true });
   }
-  throw new LockedError('GC_RUNNING', `cannot take ${file}`, { file });
 }
 
 /** The lock's holder was a process of this host that no longer runs (killed). */
