@@ -179,7 +179,9 @@ describe('NbdClient against qemu-nbd', () => {
     );
     expect(error).toBeInstanceOf(NbdError);
     expect(error).toMatchObject({ code: 'NBD_DISCONNECTED' });
-    expect((error as Error).message).toMatch(/connection dropped with \d+ read\(s\) outstanding/);
+    // Whether reads were in flight at the instant of the kill depends on the slow consumer's timing:
+    // either way the error says the connection dropped, and with how many reads when there were any.
+    expect((error as Error).message).toMatch(/connection dropped( with \d+ read\(s\) outstanding)?/);
     expect(seen.length).toBeLessThan(SIZE / (256 << 10));
     await expect(nbd.read(0, 1)).rejects.toMatchObject({ code: 'NBD_DISCONNECTED' });
     await nbd.close();
