@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -440,6 +441,20 @@ describe('garbage collection', () => {
     const store = await storeAt();
     await writeFile(path.join(store.dir, 'gc.lock'), '{"host":"other"}');
     await expect(collectGarbage(store)).rejects.toThrow(/another garbage collection holds .*other/);
+  });
+
+  it("a GC killed before linking its lock leaves a partial lock that the next GC removes; a live writer's stays", async () => {
+    const store = await storeAt();
+    const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+    const deadPartial = path.join(store.dir, `gc.lock.${os.hostname()}.${dead}.partial`);
+    const livePartial = path.join(store.dir, `gc.lock.${os.hostname()}.${process.ppid}.partial`);
+    const otherHostFresh = path.join(store.dir, 'gc.lock.elsewhere.42.partial');
+    const otherHostOld = path.join(store.dir, 'gc.lock.gone.43.partial');
+    for (const f of [deadPartial, livePartial, otherHostFresh, otherHostOld]) await writeFile(f, '{}');
+    const old = new Date(Date.now() - 2 * 60 * 60 * 1000);
+    await utimes(otherHostOld, old, old);
+    await collectGarbage(store, { safetyMarginMs: 0 });
+    expect((await readdir(store.dir)).filter((n) => n.endsWith('.partial')).sort()).toEqual([path.basename(otherHostFresh), path.basename(livePartial)].sort());
   });
 });
 

@@ -16,6 +16,8 @@ export const GC_SAFETY_MARGIN_MS = (24 * 60 + 5) * 60 * 1000;
 export const GC_LOCK_STALE_MS = 60 * 60 * 1000;
 const LOCK_FILE = 'gc.lock';
 const REPORT_FILE = 'gc-last.json';
+/** `gc.lock.<host>.<pid>.partial`: a lock being written under its own name (takeLock). */
+const LOCK_PARTIAL = /^gc\.lock\.(.+)\.(\d+)\.partial$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 
 export interface GcOptions {
@@ -86,6 +88,7 @@ export async function collectGarbage(store: ChunkStore, options: GcOptions = {})
   const startedAt = store.now();
   // The lock's mtime is the file server's clock at the start, which `.trash` ctimes are compared with.
   const serverStart = await takeLock(lockFile, startedAt);
+  await removeDeadLockPartials(store.dir, startedAt);
   const heartbeat = setInterval(() => {
     const t = new Date(store.now());
     utimes(lockFile, t, t).catch(() => {});
@@ -261,11 +264,35 @@ async function takeLock(file: string, now: number): Promise<number> {
 function deadOnThisHost(holder: string): boolean {
   try {
     const h = JSON.parse(holder) as { host?: unknown; pid?: unknown };
-    if (h.host !== os.hostname() || typeof h.pid !== 'number') return false;
-    process.kill(h.pid, 0);
+    return h.host === os.hostname() && typeof h.pid === 'number' && !processRuns(h.pid);
+  } catch {
     return false;
+  }
+}
+
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
   } catch (error) {
-    return (error as { code?: string }).code === 'ESRCH';
+    return (error as { code?: string }).code !== 'ESRCH';
+  }
+}
+
+/**
+ * A GC killed between writing its lock under its own name and linking it into place leaves
+ * `gc.lock.<host>.<pid>.partial`. The GC that holds the lock removes those of dead processes
+ * on this host, and any other host's not touched for as long as a lock stays valid.
+ */
+async function removeDeadLockPartials(dir: string, now: number): Promise<void> {
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const m = LOCK_PARTIAL.exec(name);
+    if (!m) continue;
+    const [host, pid] = [m[1], Number(m[2])];
+    const file = path.join(dir, name);
+    const age = now - ((await stat(file).catch(() => undefined))?.mtimeMs ?? now);
+    const dead = host === os.hostname() ? pid !== process.pid && !processRuns(pid) : age > GC_LOCK_STALE_MS;
+    if (dead) await rm(file, { force: true });
   }
 }
 
