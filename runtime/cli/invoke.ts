@@ -9,6 +9,7 @@ import { UsageError } from '../errors.js';
 import { PhaseEvent, eventSubject, jobSubject } from '../events.js';
 import type { PhaseDone, PhaseFailed } from '../events.js';
 import { systemClock } from '../function.js';
+import { describeUnconsumed, unconsumedWork } from '../run/consumers.js';
 import { formatStamp } from '../storage/naming.js';
 import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
@@ -105,11 +106,23 @@ export async function invokeCommand(argv: readonly string[], io: Io): Promise<nu
       io.stdout.write(JSON.stringify({ queued: jobSubject(fn.name), runId: job.runId, jobId: job.jobId, try: tryN }) + '\n');
       return 0;
     }
+    // Nobody serving the function would leave this wait silent: say so once, and keep waiting
+    // (a worker that starts later takes the job), as `vmbackup run` does.
+    const noWorker = setTimeout(() => {
+      void unconsumedWork(nats!.bus, [fn.name])
+        .then((missing) => {
+          const jobs = missing?.filter((m) => m.kind === 'jobs') ?? [];
+          if (jobs.length > 0) log.warn(`${describeUnconsumed(jobs)}: the ${fn.name} job waits for it${timeoutS !== undefined ? ` (--timeout ${timeoutS})` : ''}`);
+        })
+        .catch(() => {});
+    }, NO_WORKER_NOTICE_MS);
+    noWorker.unref();
     const result = await Promise.race([
       outcome,
       settledWithoutEvent(nats, ack.seq),
       ...(timeoutS !== undefined ? [new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), timeoutS! * 1000).unref())] : []),
     ]);
+    clearTimeout(noWorker);
     if (result === 'timeout') {
       io.stderr.write(`vmbackup: no outcome of ${fn.name} within ${timeoutS} s (is a worker serving ${fn.name}? the job stays queued)\n`);
       return 2;
@@ -130,6 +143,9 @@ export async function invokeCommand(argv: readonly string[], io: Io): Promise<nu
     log.flush();
   }
 }
+
+/** How long a queued job may wait before invoke looks whether any worker serves it. */
+const NO_WORKER_NOTICE_MS = 2_000;
 
 /**
  * Resolves 'silent' when the job left the work queue (acked or terminated) and no outcome

@@ -74,6 +74,17 @@ describe('no worker consumes the jobs', () => {
     expect((await runState(runId!)).run.status).toBe('planning');
     queuedRuns.push(runId!);
   });
+  it('vmbackup invoke says that no worker serves the function, then gives up at --timeout', async () => {
+    const input = JSON.stringify({ backupDir: '/nonexistent/vmbackup-invoke', folder: 'web1', maxBackups: 1, runId: 'adhoc-no-worker' });
+    const r = await vmbackup(['invoke', 'prune', ...rig.args('--input', input, '--timeout', '5')]);
+    expect(r.code).toBe(2);
+    const named = r.stderr.indexOf('no worker is consuming prune jobs (vmbackup.jobs.prune: ');
+    const gaveUp = r.stderr.indexOf('no outcome of prune within 5 s');
+    expect(named, r.stderr).toBeGreaterThanOrEqual(0);
+    expect(r.stderr).toContain('the prune job waits for it (--timeout 5)');
+    expect(r.stderr).not.toContain('coordinator');
+    expect(gaveUp, r.stderr).toBeGreaterThan(named);
+  });
 });
 
 describe('a worker that serves every function but export', () => {
