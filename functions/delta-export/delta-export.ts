@@ -151,7 +151,7 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
         try {
           ranges = (await xapi.listChangedBlocks(base!.$ref, snapRef, disk.virtualSize)).ranges;
         } catch (error) {
-          plan = { disk: name, read: 'full', reason: `VDI.list_changed_blocks failed (${errorInfo(error).message})`, warn: true };
+          plan = { disk: name, read: 'full', reason: `changed blocks unknown (${errorInfo(error).message})`, warn: true };
         }
       }
       if (plan.warn) warnings.push(`${name} read whole: ${plan.reason}`);
