@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChunkStore, collectGarbage, listPoints } from '../../runtime/chunkstore/chunkstore.js';
-import { httpsSim, workspace } from '../helpers/cli.js';
+import { httpsSim, vmbackup, workspace } from '../helpers/cli.js';
 import type { Simulator } from '../sim/server.js';
 import { app1, deltaPool, deltaRun, diskBytes, pointDisk, snapshotsLeft } from './delta-helpers.js';
 
@@ -13,6 +13,24 @@ describe('delta-export: incremental backups into the chunk store, end to end', (
 
   it('a full point, then 7 with churn read through CBT and NBD, pruned to 4 with GC between: every kept point reads back as the disks were', async () => {
     const ws = await workspace();
+    const preview = async () => {
+      const r = await vmbackup([...ws.args(sim), '--preview', '--json', '--delta-export', 'app1:4']);
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { delta_exports: { vm: string; max_backups: number; disks: unknown[] }[] }).delta_exports;
+    };
+    expect(await preview()).toEqual([
+      {
+        vm: 'app1',
+        max_backups: 4,
+        max_backups_from: { source: 'request', entry: 'app1:4', where: 'command line (--delta-export)' },
+        uuid: sim.state.vm('app1').uuid,
+        folder: 'app1',
+        disks: [
+          { disk: 'xvda', read: 'full', reason: 'first backup: no point yet' },
+          { disk: 'xvdb', read: 'full', reason: 'first backup: no point yet' },
+        ],
+      },
+    ]);
     const expected = new Map<string, { xvda: Buffer; xvdb: Buffer }>();
     const sizes: number[] = [];
     for (let run = 0; run < 8; run++) {
@@ -53,6 +71,12 @@ describe('delta-export: incremental backups into the chunk store, end to end', (
         ['cbt_metadata', newest.stamp],
       ]);
     }
+    // What the next run would do: CBT changes since the newest point, for each disk.
+    const newest = [...expected.keys()].at(-1)!;
+    expect((await preview())[0]!.disks).toEqual([
+      { disk: 'xvda', read: 'changes', base: newest, reason: `CBT changes since point ${newest}` },
+      { disk: 'xvdb', read: 'changes', base: newest, reason: `CBT changes since point ${newest}` },
+    ]);
     // The increments stored much less than the first, full point.
     for (const s of sizes.slice(1)) expect(s).toBeLessThan(sizes[0]!);
 
