@@ -38,8 +38,11 @@ export type VmRef = z.infer<typeof VmRef>;
  */
 export const VmJob = z.object({
   vm: VmRef,
-  /** `vm`: the whole VM as an XVA (vm-export); `vdi`: chosen disks as raw/vhd (vdi-export). */
-  mode: z.enum(['vm', 'vdi']),
+  /**
+   * `vm`: the whole VM as an XVA (vm-export); `vdi`: chosen disks as raw/vhd (vdi-export);
+   * `delta`: every disk as a point of the chunk store, reading only what changed (delta-export).
+   */
+  mode: z.enum(['vm', 'vdi', 'delta']),
   /** Devices (`xvda`…) of a vdi-export; empty for a vm-export. */
   disks: z.array(z.string().min(1)),
   /** Absolute path of backup_dir. */
@@ -60,6 +63,8 @@ export const VmJob = z.object({
   verify: z.boolean().optional(),
   /** Days a set that failed verification stays in `<folder>/.failed/` (failed_keep_days). Absent = 30. */
   failedKeepDays: z.number().int().min(1).optional(),
+  /** delta-export: changed-block tracking on the VM's disks (the `cbt` setting). Absent = true. */
+  cbt: z.boolean().optional(),
 });
 export type VmJob = z.infer<typeof VmJob>;
 

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { defineFunction, subject } from '../../runtime/function.js';
 import { jobSubject } from '../../runtime/events.js';
+import { PermanentError } from '../../runtime/errors.js';
 import { writeFileAtomic } from '../../runtime/storage/atomic.js';
 import { Manifest } from '../../runtime/storage/manifest.js';
 import { manifestFileName, metaFileName } from '../../runtime/storage/naming.js';
@@ -41,6 +42,9 @@ export const meta = defineFunction({
   subject: MetaJob,
   output: MetaOutput,
   async handle(input, ctx) {
+    // A delta-export's point is written by delta-export itself, manifest included.
+    if (input.mode === 'delta') throw new PermanentError('WRONG_PHASE', `${input.vm.name}: a delta-export has no meta phase`, { vm: input.vm.uuid });
+    const mode = input.mode;
     const dir = path.join(input.backupDir, input.folder);
     const text = formatMeta(input.records);
     const metaNames = input.mode === 'vm' ? [metaFileName(input.stamp)] : input.files.map((f) => metaFileName(input.stamp, f.disk));
@@ -56,7 +60,7 @@ export const meta = defineFunction({
       jobId: input.jobId,
       try: input.try,
       vm: input.vm,
-      mode: input.mode,
+      mode,
       stamp: input.stamp,
       createdAt: ctx.clock.now().toISOString(),
       ...(input.mode === 'vm' ? { compress: input.compress } : {}),

@@ -33,6 +33,10 @@ export const RunOptions = z.object({
   backupDir: z.string().min(1),
   vmExports: z.array(z.string()),
   vdiExports: z.array(z.string()),
+  /** delta_exports: incremental backups into the chunk store. Absent = none. */
+  deltaExports: z.array(z.string()).optional(),
+  /** `cbt` for delta-exports. Absent = true. */
+  cbt: z.boolean().optional(),
   excludes: z.array(z.string()),
   maxBackups: z.number().int().min(1),
   compress: Compression,
@@ -63,7 +67,7 @@ export type RunOptions = z.infer<typeof RunOptions>;
  * plan — the first step of a run: settings + pool → the list of jobs. Checks that the backup
  * directory is writable and has more free space than `space_threshold` before anything is
  * snapshotted, removes leftovers of crashed runs (found by tag, never by name), resolves
- * excludes → vdi_exports → vm_exports (select.ts), and maps each VM to its folder.
+ * excludes → vdi_exports → delta_exports → vm_exports (select.ts), and maps each VM to its folder.
  *
  * Subject `vmbackup.jobs.plan`.
  */
@@ -150,7 +154,7 @@ export function selectableVms(all: readonly VmRecord[]): { uuid: string; name: s
 
 /** The selection's options of a run's options. */
 export function selectOptions(o: RunOptions): Parameters<typeof selectVms>[1] {
-  return { excludes: o.excludes, vdiExports: o.vdiExports, vmExports: o.vmExports, maxBackups: o.maxBackups, ...(o.selection !== undefined ? { sources: o.selection } : {}) };
+  return { excludes: o.excludes, vdiExports: o.vdiExports, ...(o.deltaExports !== undefined ? { deltaExports: o.deltaExports } : {}), vmExports: o.vmExports, maxBackups: o.maxBackups, ...(o.selection !== undefined ? { sources: o.selection } : {}) };
 }
 
 /**
@@ -168,7 +172,7 @@ export function selectionError(errors: readonly SelectionIssue[]): PermanentErro
 export function buildVmJobs(selection: Selection, poolVms: { uuid: string; name: string }[], input: PlanInput, stamp: string): SnapshotInput[] {
   const o = input.options;
   const shared = duplicateNames(poolVms);
-  const job = (vm: { uuid: string; name: string }, mode: 'vm' | 'vdi', maxBackups: number, disks: string[]): SnapshotInput => ({
+  const job = (vm: { uuid: string; name: string }, mode: 'vm' | 'vdi' | 'delta', maxBackups: number, disks: string[]): SnapshotInput => ({
     runId: input.runId,
     jobId: `vm.${vm.uuid}`,
     try: 1,
@@ -182,14 +186,17 @@ export function buildVmJobs(selection: Selection, poolVms: { uuid: string; name:
     compress: o.compress,
     format: o.format,
     spaceThreshold: o.spaceThreshold,
-    haltedWithoutSnapshot: o.haltedWithoutSnapshot,
+    // A delta-export always snapshots: the snapshot is the next run's CBT base.
+    haltedWithoutSnapshot: mode === 'delta' ? false : o.haltedWithoutSnapshot,
     idleTimeoutS: o.idleTimeoutS,
+    ...(mode === 'delta' ? { cbt: o.cbt ?? true } : {}),
     // Unset: XVA sets are verified (their chunk checksums make it cheap and sure); disks are not.
-    verify: o.verifyAfterBackup ?? mode === 'vm',
+    verify: mode === 'delta' ? false : (o.verifyAfterBackup ?? mode === 'vm'),
     ...(o.failedKeepDays !== undefined ? { failedKeepDays: o.failedKeepDays } : {}),
   });
   return [
     ...selection.vdiExports.map((s) => job(s.vm, 'vdi', s.maxBackups, s.disks)),
+    ...selection.deltaExports.map((s) => job(s.vm, 'delta', s.maxBackups, [])),
     ...selection.vmExports.map((s) => job(s.vm, 'vm', s.maxBackups, [])),
   ];
 }

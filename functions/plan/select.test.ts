@@ -579,3 +579,38 @@ describe('compilePythonMatch against Python itself', () => {
     expect(disagreements.slice(0, 10)).toEqual([]);
   });
 });
+
+describe('delta_exports', () => {
+  const delta = (r: ReturnType<typeof select>) => r.deltaExports.map((s) => `${s.vm.name}:${s.maxBackups}`);
+
+  it('takes its VMs after excludes and vdi_exports, before vm_exports; MAX is the points kept', () => {
+    const r = select({ excludes: ['DEV-MYSQL$'], vdiExports: ['DEV-web3:7'], deltaExports: ['DEV-.*:14', 'PRD-a'], vmExports: ['DEV-.*', 'PRD-a.*'] });
+    expect(names(r.excludes)).toEqual(['DEV-MYSQL']);
+    expect(vdi(r)).toEqual(['DEV-web3:7:xvda']);
+    expect(delta(r)).toContain('DEV-phishing-test:14');
+    expect(delta(r)).toContain('PRD-a:4');
+    expect(delta(r)).not.toContain('DEV-web3:14');
+    expect(delta(r)).not.toContain('DEV-MYSQL:14');
+    // vm_exports only gets what no earlier list took.
+    expect(vm(r)).toEqual(['PRD-aa:4', 'PRD-abc:4']);
+    expect(r.warnings).toEqual([]);
+  });
+
+  it('ignores a disks field with a warning (every disk is backed up) and reports an unmatched entry of the request', () => {
+    const sources: SelectionSources = { requested: [{ list: 'delta_exports', where: 'command line (--delta-export)' }], config: [], maxBackups: 'default' };
+    const r = select({ deltaExports: ['DEV-web3:2:xvdb', 'NOPE'], sources });
+    expect(delta(r)).toEqual(['DEV-web3:2']);
+    expect(r.warnings.map((w) => [w.list, w.code])).toEqual([['delta_exports', 'disks-ignored']]);
+    expect(r.errors.map((e) => [e.list, e.code, e.entry])).toEqual([['delta_exports', 'no-match', 'NOPE']]);
+  });
+
+  it("a request's entry without MAX keeps the config's delta_exports MAX", () => {
+    const sources: SelectionSources = {
+      requested: [{ list: 'delta_exports', where: 'command line (--delta-export)' }],
+      config: [{ list: 'delta_exports', entries: ['DEV-web3:9'], where: '/etc/vmbackup.cfg line 5' }],
+      maxBackups: 'default',
+    };
+    const r = select({ deltaExports: ['DEV-web3'], sources });
+    expect(r.deltaExports[0]).toMatchObject({ maxBackups: 9, maxFrom: { from: 'config', entry: 'DEV-web3:9', where: '/etc/vmbackup.cfg line 5' } });
+  });
+});

@@ -19,7 +19,8 @@ import { DISK_NAME_RE } from '../../runtime/storage/naming.js';
  *   `:`, so such entries never worked there either).
  * - Surrounding whitespace is trimmed (`DEV-a, DEV-b` works; VmBackup broke on the space).
  *
- * Three passes over one pool list (precedence 1 excludes, 2 vdi_exports, 3 vm_exports): each
+ * Four passes over one pool list (precedence 1 excludes, 2 vdi_exports, 3 delta_exports,
+ * 4 vm_exports): each
  * list only takes VMs no earlier list took, so a VM is backed up one way only (VmBackup's
  * defect 6 let an entry with `:MAX` take a VM twice). Within a list the first entry matching a
  * VM wins (its MAX and disks apply). Results are in pool order.
@@ -29,7 +30,7 @@ import { DISK_NAME_RE } from '../../runtime/storage/naming.js';
  * - `invalid-entry`: bad syntax (`NAME:0`, `NAME:abc:xvdb`, `NAME:xvdb`, empty entry, …);
  * - `invalid-regex`: not a valid Python regex, or a Python feature JavaScript lacks — in every
  *   list, the config files' included;
- * - `no-match` in vdi_exports or vm_exports given by this request (`SelectionSources.requested`:
+ * - `no-match` in vdi_exports, delta_exports or vm_exports given by this request (`SelectionSources.requested`:
  *   `-e`, `-E`, a gateway body, a webhook, an alert): the entry matches no VM of the pool at all.
  *
  * Warnings (the entry is used unless said otherwise):
@@ -42,13 +43,13 @@ import { DISK_NAME_RE } from '../../runtime/storage/naming.js';
  *   is part of the `no-match` message;
  * - `duplicate-name`: several VMs carry the name of a selected VM. VmBackup skipped them; all
  *   are backed up (each into its own folder, see `vmFolderName`). Once per name;
- * - `disks-ignored` (vm_exports entry with disks), `fields-ignored` (excludes entry with MAX).
+ * - `disks-ignored` (vm_exports or delta_exports entry with disks), `fields-ignored` (excludes entry with MAX).
  *
  * MAX of a selected VM, from the most specific source (`maxFrom` says which, so that a one-off
  * run never prunes harder than the config says):
  * 1. the MAX of the entry that selected it;
  * 2. when that entry came with the request and has no MAX: the config's entry for the VM — the
- *    first of the config's vdi_exports, then vm_exports entries that selects it (the request's
+ *    first of the config's vdi_exports, delta_exports, then vm_exports entries that selects it (the request's
  *    lists replaced the config's for selection, not for retention): its MAX if it has one;
  * 3. `maxBackups` (max_backups).
  *
@@ -77,7 +78,7 @@ export interface PoolVm {
   name: string;
 }
 
-export type SelectionListName = 'excludes' | 'vdi_exports' | 'vm_exports';
+export type SelectionListName = 'excludes' | 'vdi_exports' | 'delta_exports' | 'vm_exports';
 
 /** An entry after parsing: `DEV-web3:7:xvda;xvdb` → name DEV-web3, max 7, disks [xvda, xvdb]. */
 export interface ParsedEntry {
@@ -106,8 +107,8 @@ export interface ParsedEntry {
  *     "maxBackups": "/etc/vmbackup.cfg line 2" }
  */
 export const SelectionSources = z.object({
-  requested: z.array(z.object({ list: z.enum(['excludes', 'vdi_exports', 'vm_exports']), where: z.string() })),
-  config: z.array(z.object({ list: z.enum(['vdi_exports', 'vm_exports']), entries: z.array(z.string()), where: z.string() })),
+  requested: z.array(z.object({ list: z.enum(['excludes', 'vdi_exports', 'delta_exports', 'vm_exports']), where: z.string() })),
+  config: z.array(z.object({ list: z.enum(['vdi_exports', 'delta_exports', 'vm_exports']), entries: z.array(z.string()), where: z.string() })),
   maxBackups: z.string(),
 });
 export type SelectionSources = z.infer<typeof SelectionSources>;
@@ -115,6 +116,8 @@ export type SelectionSources = z.infer<typeof SelectionSources>;
 export interface SelectOptions {
   excludes: string[];
   vdiExports: string[];
+  /** Incremental backups into the chunk store (`NAME[:MAX]`); absent = none. */
+  deltaExports?: string[];
   vmExports: string[];
   /** The global max_backups (>= 1). */
   maxBackups: number;
@@ -146,6 +149,9 @@ export interface VdiExportSelection<V extends PoolVm = PoolVm> {
   entry: string;
 }
 
+/** A VM backed up as points of the chunk store (all its disks); MAX = points kept. */
+export type DeltaExportSelection<V extends PoolVm = PoolVm> = VmExportSelection<V>;
+
 export interface VmExportSelection<V extends PoolVm = PoolVm> {
   vm: V;
   maxBackups: number;
@@ -165,6 +171,7 @@ export interface SelectionWarning {
 export interface Selection<V extends PoolVm = PoolVm> {
   excludes: V[];
   vdiExports: VdiExportSelection<V>[];
+  deltaExports: DeltaExportSelection<V>[];
   vmExports: VmExportSelection<V>[];
   warnings: SelectionWarning[];
   /** Entries that make the selection unusable: the run must not start (see the module comment). */
@@ -673,8 +680,9 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
         errors.push({ entry: raw, list, code, message: error.message });
         continue;
       }
-      if (list === 'vm_exports' && parsed.disks) {
-        warnings.push({ entry: parsed.entry, list, code: 'disks-ignored', message: `entry "${parsed.entry}": disks apply to vdi_exports only; ignored for a vm-export` });
+      if ((list === 'vm_exports' || list === 'delta_exports') && parsed.disks) {
+        const what = list === 'vm_exports' ? 'a vm-export' : 'a delta-export (it backs up every disk)';
+        warnings.push({ entry: parsed.entry, list, code: 'disks-ignored', message: `entry "${parsed.entry}": disks apply to vdi_exports only; ignored for ${what}` });
       }
       if (list === 'excludes' && (parsed.maxBackups !== null || parsed.disks)) {
         warnings.push({ entry: parsed.entry, list, code: 'fields-ignored', message: `entry "${parsed.entry}": max_backups and disks mean nothing in excludes; ignored` });
@@ -710,11 +718,12 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
   };
   pass('excludes', opts.excludes);
   pass('vdi_exports', opts.vdiExports);
+  pass('delta_exports', opts.deltaExports ?? []);
   pass('vm_exports', opts.vmExports);
 
   // The config's export entries, in the order the config's own selection would try them.
   const configEntries: { parsed: ParsedEntry; where: string }[] = [];
-  for (const list of ['vdi_exports', 'vm_exports'] as const) {
+  for (const list of ['vdi_exports', 'delta_exports', 'vm_exports'] as const) {
     for (const c of opts.sources?.config.filter((c) => c.list === list) ?? []) {
       for (const raw of c.entries) {
         try {
@@ -741,7 +750,7 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
     return { maxBackups: config.parsed.maxBackups, maxFrom: { from: 'config', entry: config.parsed.entry, where: config.where } };
   };
 
-  const result: Selection<V> = { excludes: [], vdiExports: [], vmExports: [], warnings, errors };
+  const result: Selection<V> = { excludes: [], vdiExports: [], deltaExports: [], vmExports: [], warnings, errors };
   const warnedNames = new Set<string>();
   for (let i = 0; i < count; i++) {
     const a = assigned[i];
@@ -754,6 +763,8 @@ export function selectVms<V extends PoolVm>(vms: readonly V[], opts: SelectOptio
     const max = maxOf(a, vm.name);
     if (a.list === 'vdi_exports') {
       result.vdiExports.push({ vm, ...max, disks: [...(a.parsed.disks ?? DEFAULT_VDI_DISKS)], entry: a.parsed.entry });
+    } else if (a.list === 'delta_exports') {
+      result.deltaExports.push({ vm, ...max, entry: a.parsed.entry });
     } else {
       result.vmExports.push({ vm, ...max, entry: a.parsed.entry });
     }

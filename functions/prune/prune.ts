@@ -14,7 +14,8 @@ import { parseWriterTag, processStart, thisProcess, writerState } from '../../ru
 import type { WriterState } from '../../runtime/storage/writer.js';
 import { JobBase, VmRef } from '../job.js';
 import { expireQuarantine, FAILED_KEEP_DAYS, quarantineSet } from './quarantine.js';
-import { manifestCheck, planRetention } from './retention.js';
+import { manifestCheck, planPointRetention, planRetention } from './retention.js';
+import { ChunkStore, collectGarbage, listPoints, removePoint } from '../../runtime/chunkstore/chunkstore.js';
 import type { FileEntry, ManifestCheck, RetentionPlan } from './retention.js';
 
 /**
@@ -41,6 +42,11 @@ export const PruneInput = JobBase.extend({
   protect: z.array(z.string()).default([]),
   /** Days a set that failed verification stays in `<folder>/.failed/` before it is deleted (failed_keep_days). */
   failedKeepDays: z.number().int().min(1).default(FAILED_KEEP_DAYS),
+  /**
+   * A delta-export: also keep `maxBackups` points of the chunk store in the folder (removing
+   * older ones), then collect the store's garbage.
+   */
+  points: z.boolean().optional(),
 });
 export type PruneInput = z.infer<typeof PruneInput>;
 
@@ -51,6 +57,10 @@ export const PruneOutput = PruneInput.extend({
   deleted: z.array(Deleted),
   /** Sets that failed verification, moved into `<folder>/.failed/<stamp>/`. */
   quarantined: z.array(z.string()).default([]),
+  /** Points of the chunk store removed (stamps), with `points`. */
+  prunedPoints: z.array(z.string()).default([]),
+  /** The store's garbage collection after the points were pruned (absent: none ran). */
+  gc: z.object({ removedChunks: z.number().int().min(0), removedBytes: z.number().int().min(0), trashedChunks: z.number().int().min(0), missingChunks: z.number().int().min(0) }).optional(),
   warnings: z.array(z.string()).default([]),
 });
 export type PruneOutput = z.infer<typeof PruneOutput>;
@@ -89,14 +99,21 @@ export const prune = defineFunction({
           ctx.log.info(`${input.folder}: deleted the set ${stamp} that failed verification, kept aside for ${input.failedKeepDays} days`);
         }
       }
-      return { ...planned, quarantined: failed.map((s) => s.stamp) };
+      const prunedPoints = input.points === true ? await prunePoints(input, ctx) : [];
+      return { ...planned, quarantined: failed.map((s) => s.stamp), prunedPoints };
     });
     if (plan === undefined) {
       warnings.push(`${input.folder}: not pruned this time: another run kept the folder locked (the next run prunes it)`);
-      return { ...input, kept: [], deleted: [], quarantined: [], warnings };
+      return { ...input, kept: [], deleted: [], quarantined: [], prunedPoints: [], warnings };
+    }
+    const gc = input.points === true ? await storeGarbage(input, ctx) : undefined;
+    if (gc !== undefined && gc.missingChunks > 0) {
+      warnings.push(`the chunk store misses ${gc.missingChunks} chunk(s) that points reference: run vmbackup verify; the next backup of each VM concerned reads them again`);
     }
     return {
       ...input,
+      prunedPoints: plan.prunedPoints,
+      ...(gc !== undefined ? { gc } : {}),
       kept: plan.keep.map((s) => s.stamp),
       deleted: plan.delete.map((d) => ({ stamp: d.stamp, files: d.files, reason: d.reason })),
       quarantined: plan.quarantined,
@@ -104,6 +121,35 @@ export const prune = defineFunction({
     };
   },
 });
+
+/** Removes the points beyond `maxBackups` (planPointRetention), oldest first; returns their stamps. */
+async function prunePoints(input: PruneInput, ctx: Pick<Ctx, 'log'>): Promise<string[]> {
+  const store = await ChunkStore.open(input.backupDir);
+  const { points } = await listPoints(store, input.folder);
+  const remove = planPointRetention(points.map((p) => p.stamp), input.maxBackups, input.protect);
+  for (const stamp of remove) {
+    await removePoint(store, { vmFolder: input.folder, stamp });
+    ctx.log.info(`${input.folder}: removed point ${stamp} (keeping ${input.maxBackups})`);
+  }
+  return remove;
+}
+
+/**
+ * The store's garbage collection (chunkstore/gc.ts: safe beside running backups). One GC at
+ * a time: when another runs, this one is skipped (that one, or the next, frees the space).
+ */
+async function storeGarbage(input: PruneInput, ctx: Pick<Ctx, 'log'>): Promise<PruneOutput['gc']> {
+  try {
+    const report = await collectGarbage(await ChunkStore.open(input.backupDir));
+    return { removedChunks: report.chunksRemoved, removedBytes: report.bytesRemoved, trashedChunks: report.chunksTrashed, missingChunks: report.missing.length };
+  } catch (error) {
+    if (error instanceof LockedError) {
+      ctx.log.info(`${input.folder}: chunk store garbage collection skipped: ${error.message}`);
+      return undefined;
+    }
+    throw error;
+  }
+}
 
 /** A set's manifest as read: whether it makes the set count (`manifestCheck`), and its content when it parsed. */
 export interface ManifestReading {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Manifest } from '../../runtime/storage/manifest.js';
-import { LEGACY_HOSTS_SERIES, manifestCheck, planRetention, planSeriesRetention, type FileEntry, type ManifestCheck, type RetentionPlan } from './retention.js';
+import { LEGACY_HOSTS_SERIES, manifestCheck, planPointRetention, planRetention, planSeriesRetention, type FileEntry, type ManifestCheck, type RetentionPlan } from './retention.js';
 
 const HOUR = 3_600_000;
 const NOW = Date.parse('2024-03-10T12:00:00Z');
@@ -418,5 +418,17 @@ describe('partials named after their writer', () => {
     expect(p.delete).toEqual([{ stamp: day(2), files: [files[1]!.name], reason: 'dead-writer', series: 'pool-db' }]);
     expect(kept(p)).toEqual([day(1)]);
     expect(p.incomplete.map((i) => `${i.set.stamp} ${i.reason}`)).toEqual([`${day(3)} writer-alive`]);
+  });
+});
+
+describe('planPointRetention', () => {
+  const s = (d: number) => `202612${String(d).padStart(2, '0')}-080000`;
+  it.each<[string, string[], number, string[], string[]]>([
+    ['keeps the newest MAX points, removes the older ones', [s(1), s(2), s(3), s(4), s(5)], 3, [], [s(1), s(2)]],
+    ['nothing to remove under MAX', [s(1), s(2)], 3, [], []],
+    ["never removes the run's own point", [s(1), s(2), s(3)], 1, [s(2)], [s(1)]],
+    ['order of the listing does not matter', [s(3), s(1), s(2)], 2, [], [s(1)]],
+  ])('%s', (_name, stamps, max, protect, removed) => {
+    expect(planPointRetention(stamps, max, protect)).toEqual(removed);
   });
 });

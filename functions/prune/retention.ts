@@ -427,3 +427,16 @@ function ageOutLegacyHosts(plan: RetentionPlan, maxBackups: number): void {
   // keep is newest first; deletions go oldest first.
   plan.delete.push(...aged.reverse().map((set) => ({ stamp: set.stamp, files: set.files, reason: 'over-max-backups' as const, series: set.series })));
 }
+
+/**
+ * Which points of the chunk store (a delta-export VM's, by stamp) to remove: all but the
+ * newest `maxBackups` committed ones and the protected ones (the run's own). Incomplete
+ * points are not given here: they never count, and the store's GC removes them. Pure.
+ *
+ * @example planPointRetention(['20261201-080000', '20261202-080000', '20261203-080000'], 2, []) // → ['20261201-080000']
+ */
+export function planPointRetention(stamps: readonly string[], maxBackups: number, protect: readonly string[]): string[] {
+  const sorted = [...new Set(stamps)].sort();
+  const keep = new Set([...sorted.slice(-maxBackups), ...protect]);
+  return sorted.filter((s) => !keep.has(s));
+}

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { defineFunction, subject } from '../../runtime/function.js';
 import type { Ctx } from '../../runtime/function.js';
-import { PermanentError } from '../../runtime/errors.js';
+import { PermanentError, errorInfo } from '../../runtime/errors.js';
 import { jobSubject } from '../../runtime/events.js';
 import { freeSpace } from '../../runtime/storage/space.js';
 import { formatSeconds } from '../../runtime/units.js';
@@ -47,6 +47,11 @@ export const SnapshotTaken = z.object({
   disks: z.array(ExportDisk),
   /** Start of the source VM blocked by us (kind `direct`): the export phase lifts it. */
   startBlocked: z.boolean(),
+  /**
+   * delta-export with `cbt`: devices whose changed-block tracking was off and was turned on
+   * just before this snapshot (their changes since the previous point are unknown).
+   */
+  cbtEnabled: z.array(z.string()).optional(),
   at: z.string(),
 });
 export type SnapshotTaken = z.infer<typeof SnapshotTaken>;
@@ -106,7 +111,9 @@ export const snapshot = defineFunction({
       }
     }
 
-    if (input.mode === 'vm') {
+    if (input.mode !== 'vdi') {
+      // A delta-export's snapshot carries CBT only when the disk tracked before it was taken.
+      const cbtEnabled = input.mode === 'delta' && input.cbt !== false ? await enableCbt(xapi, vm, input, warnings) : undefined;
       const snap = (await findOurVmSnapshot(xapi, vm, key)) ?? (await takeVmSnapshot(xapi, vm, input, ctx));
       const disks: ExportDisk[] = [];
       for (const vbdRef of snap.VBDs) {
@@ -119,7 +126,7 @@ export const snapshot = defineFunction({
         const source = vdi.snapshot_of === NULL_REF ? undefined : await xapi.getRecord('VDI', vdi.snapshot_of).catch(() => undefined);
         disks.push(exportDisk(vbd, source?.uuid ?? vdi.uuid, vdi));
       }
-      return { ...input, snapshot: { kind: 'vm' as const, vmUuid: snap.uuid, disks, startBlocked: false, at }, records, warnings };
+      return { ...input, snapshot: { kind: 'vm' as const, vmUuid: snap.uuid, disks, startBlocked: false, at, ...(cbtEnabled !== undefined ? { cbtEnabled } : {}) }, records, warnings };
     }
 
     const disks: ExportDisk[] = [];
@@ -192,11 +199,30 @@ export function matchDisks<D extends { vbd: Pick<VbdRecord, 'device' | 'userdevi
 /** The disks a job exports: all for a vm-export, the chosen devices for a vdi-export. */
 async function chosenDisks(xapi: XapiClient, vm: VmRecord, input: SnapshotInput, warnings: string[]) {
   const all = await vmDisks(xapi, vm);
-  if (input.mode === 'vm') return all;
+  if (input.mode !== 'vdi') return all;
   const match = matchDisks(all, input.disks);
   if (match.error !== undefined) throw new PermanentError('NO_DISKS', match.error, { vm: input.vm.uuid });
   warnings.push(...match.warnings);
   return match.chosen;
+}
+
+/**
+ * Turns on changed-block tracking on each disk of the VM that lacks it (VDI.enable_cbt);
+ * returns their devices. A disk whose SR cannot track gets a warning and is read whole.
+ */
+async function enableCbt(xapi: XapiClient, vm: VmRecord, input: SnapshotInput, warnings: string[]): Promise<string[]> {
+  const enabled: string[] = [];
+  for (const { vbd, vdi } of await vmDisks(xapi, vm)) {
+    if (vdi.cbt_enabled) continue;
+    const device = vbd.device || `userdevice${vbd.userdevice}`;
+    try {
+      await xapi.enableCbt(vdi.$ref);
+      enabled.push(device);
+    } catch (error) {
+      warnings.push(`changed-block tracking could not be turned on for ${device} (${errorInfo(error).message}): each backup reads it whole`);
+    }
+  }
+  return enabled;
 }
 
 async function findOurVmSnapshot(xapi: XapiClient, vm: VmRecord, key: string): Promise<VmRecord | undefined> {

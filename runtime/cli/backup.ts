@@ -3,6 +3,7 @@ import { constants } from 'node:os';
 import { duplicateNames, selectVms } from '../../functions/plan/select.js';
 import type { SelectionSources } from '../../functions/plan/select.js';
 import { matchDisks, vmDisks } from '../../functions/snapshot/snapshot.js';
+import { previewDiskReads } from '../../functions/delta-export/delta-export.js';
 import { selectOptions, selectionError } from '../../functions/plan/plan.js';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import { helpText } from '../config/args.js';
@@ -130,6 +131,8 @@ export function runOptions(s: Settings, loaded?: Pick<LoadedSettings, 'sources' 
     backupDir: s.backup_dir,
     vmExports: s.vm_exports,
     vdiExports: s.vdi_exports,
+    deltaExports: s.delta_exports,
+    cbt: s.cbt,
     excludes: s.excludes,
     maxBackups: s.max_backups,
     compress: s.compress,
@@ -156,7 +159,7 @@ export function runOptions(s: Settings, loaded?: Pick<LoadedSettings, 'sources' 
  * @example selectionSources(loaded) // { requested: [{ list: 'vm_exports', where: 'command line (-e)' }], config: [...], maxBackups: 'default' }
  */
 export function selectionSources(loaded: Pick<LoadedSettings, 'sources' | 'where' | 'configLists'>): SelectionSources {
-  const lists = ['excludes', 'vdi_exports', 'vm_exports'] as const;
+  const lists = ['excludes', 'vdi_exports', 'delta_exports', 'vm_exports'] as const;
   return {
     requested: lists.filter((list) => loaded.sources[list] === 'flag').map((list) => ({ list, where: loaded.where[list] })),
     config: loaded.configLists.map((c) => ({ list: c.list, entries: [...c.entries], where: c.where })),
@@ -199,7 +202,13 @@ async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
       const found = match.error !== undefined ? [`${match.error}: its backup would fail`] : match.warnings;
       for (const w of found) warnings.push({ entry: e.entry, list: 'vdi_exports', message: `${e.vm.name}: ${w}` });
     }
-    io.stdout.write(formatPreview(loaded, { ...selection, warnings }, { json: flags.json }));
+    const deltaExports = [];
+    for (const e of selection.deltaExports) {
+      const vm = candidates.find((c) => c.uuid === e.vm.uuid)!;
+      const disks = (await previewDiskReads(xapi, vm, { backupDir: settings.backup_dir, folder: e.vm.folder, cbt: settings.cbt })).map(({ warn: _warn, ...d }) => d);
+      deltaExports.push({ ...e, disks });
+    }
+    io.stdout.write(formatPreview(loaded, { ...selection, deltaExports, warnings }, { json: flags.json }));
     // What the run would refuse to start with: exit 2, as the run would.
     if (selection.errors.length > 0) {
       io.stderr.write(`vmbackup: ${selectionError(selection.errors).message}\n`);

@@ -25,6 +25,7 @@ describe('parseArgs: VmBackup spellings', () => {
     ['-E DEV-MYSQL:-1:xvdb (value with a dash inside)', ['-E', 'DEV-MYSQL:-1:xvdb'], { vdi_exports: ['DEV-MYSQL:-1:xvdb'] }],
     ['-E DEV-MYSQL:7:xvda;xvdb', ['-E', 'DEV-MYSQL:7:xvda;xvdb'], { vdi_exports: ['DEV-MYSQL:7:xvda;xvdb'] }],
     ["-x '.*' -p -H (weekly pool and hosts only)", ['-x', '.*', '-p', '-H'], { excludes: ['.*'], pool_backup: true, host_backup: true }],
+    ['repeatable --delta-export accumulates in order', ['--delta-export', 'db.*:14', '--delta-export=web1'], { delta_exports: ['db.*:14', 'web1'] }],
     ['repeatable -e, -E, -x accumulate in order', ['-e', 'a', '--vm-export', 'b', '-eC', '-E', 'd', '--vdi-export=e', '-x', 'f', '--exclude', 'g'], { vm_exports: ['a', 'b', 'C'], vdi_exports: ['d', 'e'], excludes: ['f', 'g'] }],
     ['a comma in a flag value is not a separator (one entry per flag, as VmBackup)', ['-e', 'a,b'], { vm_exports: ['a,b'] }],
     ["-x '' is an explicitly empty list", ['-x', ''], { excludes: [''] }],

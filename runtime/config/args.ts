@@ -32,6 +32,7 @@ export type ArgKey =
   | 'vdi_export_format'
   | 'vm_exports'
   | 'vdi_exports'
+  | 'delta_exports'
   | 'excludes'
   | 'max_backups'
   | 'space_threshold'
@@ -133,6 +134,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { long: 'preview', target: { kind: 'flag', name: 'preview' }, group: 'vmbackup', help: 'Preview resulting config and exit' },
   { short: 'e', long: 'vm-export', metavar: 'STRING', target: { kind: 'value', key: 'vm_exports', repeat: true }, group: 'vmbackup', help: 'VM name or Regex for vm-export, NAME[:MAX] (Default: ".*" when no export list is configured) NOTE: Specify multiple times for multiple values' },
   { short: 'E', long: 'vdi-export', metavar: 'STRING', target: { kind: 'value', key: 'vdi_exports', repeat: true }, group: 'vmbackup', help: 'VM name or Regex for vdi-export, NAME[:MAX[:DISK;DISK]] (Default: None) NOTE: Specify multiple times for multiple values' },
+  { long: 'delta-export', metavar: 'STRING', target: { kind: 'value', key: 'delta_exports', repeat: true }, group: 'extra', help: 'VM name or Regex for an incremental backup into the chunk store, NAME[:MAX] (MAX = points kept; Default: None) NOTE: Specify multiple times for multiple values' },
   { short: 'x', long: 'exclude', metavar: 'STRING', target: { kind: 'value', key: 'excludes', repeat: true }, group: 'vmbackup', help: 'VM name or Regex to exclude (Default: None) NOTE: Specify multiple times for multiple values' },
   { long: 'no-pool-backup', target: { kind: 'switch', key: 'pool_backup', value: false }, group: 'extra', help: 'Do not backup Pool DB, even if a config file says so' },
   { long: 'no-host-backup', target: { kind: 'switch', key: 'host_backup', value: false }, group: 'extra', help: 'Do not backup Hosts, even if a config file says so' },

@@ -49,6 +49,7 @@ const RUN_OPTIONS = [
   'backup-dir',
   'vm-export',
   'vdi-export',
+  'delta-export',
   'exclude',
   'pool-backup',
   'no-pool-backup',

@@ -51,11 +51,11 @@ export interface LoadedSettings {
   /** The command-line options given, by long name, as spelled (ParsedArgs.given). */
   given: ReadonlyMap<string, string>;
   /**
-   * The config files' vdi_exports and vm_exports (the file that wins), also when `-E`/`-e`
+   * The config files' vdi_exports, delta_exports and vm_exports (the file that wins), also when `-E`/`-e`
    * replaced them for selection: the MAX of a VM a request selects without one comes from
    * them. `where` is the file and line.
    */
-  configLists: { list: 'vdi_exports' | 'vm_exports'; entries: string[]; where: string }[];
+  configLists: { list: 'vdi_exports' | 'delta_exports' | 'vm_exports'; entries: string[]; where: string }[];
 }
 
 /** One invalid value; ConfigError's `data.issues` carries them all. */
@@ -86,7 +86,7 @@ const RANK_ENV = 1000;
 const RANK_FLAG = 2000;
 
 const KEYS = Object.keys(Settings.shape) as SettingKey[];
-const LIST_KEYS = ['vm_exports', 'vdi_exports', 'excludes'] as const satisfies readonly SettingKey[];
+const LIST_KEYS = ['vm_exports', 'vdi_exports', 'delta_exports', 'excludes'] as const satisfies readonly SettingKey[];
 const PATH_KEYS = new Set<SettingKey>([
   'base_dir',
   'backup_dir',
@@ -350,7 +350,7 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
   }
   for (const key of LIST_KEYS) {
     const name = `VMBACKUP_${key.toUpperCase()}`;
-    if (env[name] !== undefined) warnings.push(`${name} is ignored: ${key} is a list, set it in a config file or with ${key === 'excludes' ? '-x' : key === 'vm_exports' ? '-e' : '-E'}`);
+    if (env[name] !== undefined) warnings.push(`${name} is ignored: ${key} is a list, set it in a config file or with ${key === 'excludes' ? '-x' : key === 'vm_exports' ? '-e' : key === 'delta_exports' ? '--delta-export' : '-E'}`);
   }
 
   for (const [key, raw] of Object.entries(args.values) as [ArgKey, string | boolean | string[]][]) {
@@ -463,7 +463,7 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
   if (sources.backup_dir === 'default') settings.backup_dir = join(String(settings.base_dir), 'exports');
   // VmBackup: vm_exports = .* only when no export list is configured. An explicit, empty
   // `vm_exports =` (or `-e ''`) means "no vm-exports"; an empty vdi_exports says nothing.
-  if (sources.vm_exports === 'default' && ((settings.vdi_exports as string[] | undefined) ?? []).length === 0) {
+  if (sources.vm_exports === 'default' && ((settings.vdi_exports as string[] | undefined) ?? []).length === 0 && ((settings.delta_exports as string[] | undefined) ?? []).length === 0) {
     settings.vm_exports = ['.*'];
   }
 
@@ -500,7 +500,7 @@ export function loadSettings(options: LoadSettingsOptions): LoadedSettings {
 
   // The config's own export lists, for the MAX of VMs a request selects (-e/-E replace them).
   const configLists: LoadedSettings['configLists'] = [];
-  for (const key of ['vdi_exports', 'vm_exports'] as const) {
+  for (const key of ['vdi_exports', 'delta_exports', 'vm_exports'] as const) {
     const inFiles = (candidates.get(key) ?? []).filter((c) => c.origin.kind === 'file');
     if (inFiles.length === 0) continue;
     const w = inFiles.reduce((best, c) => (c.origin.rank > best.origin.rank || (c.origin.rank === best.origin.rank && (c.origin as { line: number }).line >= (best.origin as { line: number }).line) ? c : best));

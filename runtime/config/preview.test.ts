@@ -19,6 +19,16 @@ function load(argv: string[], env: Record<string, string> = {}): LoadedSettings 
 const selection: PreviewSelection = {
   excludes: [{ name: 'DEV-phishing-test' }, { name: 'PRD-PRINTER1' }],
   vdiExports: [{ vm: { name: 'DEV-web3' }, maxBackups: 7, disks: ['xvda', 'xvdb'] }],
+  deltaExports: [
+    {
+      vm: { name: 'PRD-db1' },
+      maxBackups: 14,
+      disks: [
+        { disk: 'xvda', read: 'changes', base: '20261205-080000', reason: 'CBT changes since point 20261205-080000' },
+        { disk: 'xvdb', read: 'full', reason: 'disk added since point 20261205-080000' },
+      ],
+    },
+  ],
   vmExports: [
     { vm: { name: 'PRD-print4' }, maxBackups: 5 },
     { vm: { name: 'web, old' }, maxBackups: 4 },
@@ -53,6 +63,10 @@ describe('previewText', () => {
         '    PRD-PRINTER1',
         '  vdi-exports (cnt) = 1',
         '    DEV-web3  (max_backups 7, disks xvda;xvdb)',
+        '  delta-exports (cnt) = 1',
+        '    PRD-db1  (points kept 14)',
+        '      xvda: changed blocks only: CBT changes since point 20261205-080000',
+        '      xvdb: read whole: disk added since point 20261205-080000',
         '  vm-exports (cnt) = 3',
         '    PRD-print4  (max_backups 5)',
         '    web, old  (max_backups 4)',
@@ -76,7 +90,7 @@ describe('previewText', () => {
     const loaded = { ...load(['--xapi', 'http://m']), files: ['/etc/vmbackup.cfg', '/root/vmbackup.cfg'] };
     const text = previewText(loaded, empty);
     expect(text).toContain('  config files      = /etc/vmbackup.cfg, /root/vmbackup.cfg\n');
-    expect(text).toContain('  excludes (cnt) = 0\n  vdi-exports (cnt) = 0\n  vm-exports (cnt) = 0\n');
+    expect(text).toContain('  excludes (cnt) = 0\n  vdi-exports (cnt) = 0\n  delta-exports (cnt) = 0\n  vm-exports (cnt) = 0\n');
     expect(text).toContain('  warnings (cnt) = 1\n    xapi_url = http://m on the command line (--xapi): http sends the password in cleartext; use https\n');
   });
 });
@@ -114,10 +128,20 @@ describe('where each VM goes', () => {
 });
 
 describe('previewJson', () => {
-  it('has exactly settings, excludes, vdi_exports, vm_exports, warnings and errors', () => {
+  it('has exactly settings, excludes, vdi_exports, delta_exports, vm_exports, warnings and errors', () => {
     const loaded = load(['-b', '/mnt/VmBackup', '--password-file', passwordFile, '-F', 'vhd']);
     const json = previewJson(loaded, selection);
-    expect(Object.keys(json)).toEqual(['settings', 'excludes', 'vdi_exports', 'vm_exports', 'warnings', 'errors']);
+    expect(Object.keys(json)).toEqual(['settings', 'excludes', 'vdi_exports', 'delta_exports', 'vm_exports', 'warnings', 'errors']);
+    expect(json.delta_exports).toEqual([
+      {
+        vm: 'PRD-db1',
+        max_backups: 14,
+        disks: [
+          { disk: 'xvda', read: 'changes', base: '20261205-080000', reason: 'CBT changes since point 20261205-080000' },
+          { disk: 'xvdb', read: 'full', reason: 'disk added since point 20261205-080000' },
+        ],
+      },
+    ]);
     expect(json.errors).toEqual([]);
     expect(json.excludes).toEqual(['DEV-phishing-test', 'PRD-PRINTER1']);
     expect(json.vdi_exports).toEqual([{ vm: 'DEV-web3', max_backups: 7, disks: ['xvda', 'xvdb'] }]);
@@ -141,6 +165,8 @@ describe('previewJson', () => {
       log_level: 'info',
       vm_exports: ['.*'],
       vdi_exports: [],
+      delta_exports: [],
+      cbt: true,
       excludes: [],
       xapi_url: 'https://localhost',
       username: 'root',

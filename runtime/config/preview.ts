@@ -19,9 +19,19 @@ import { Settings } from './schema.js';
 export interface PreviewSelection {
   excludes: { name: string }[];
   vdiExports: { vm: PreviewVm; maxBackups: number; maxFrom?: MaxSource; disks: string[] }[];
+  /** delta_exports, each with what its next backup does with each disk (when the pool was asked). */
+  deltaExports?: { vm: PreviewVm; maxBackups: number; maxFrom?: MaxSource; disks?: PreviewDiskRead[] }[];
   vmExports: { vm: PreviewVm; maxBackups: number; maxFrom?: MaxSource }[];
   warnings: { entry: string; list: string; message: string }[];
   errors?: { entry: string; list: string; message: string }[];
+}
+
+/** What a delta-export's next backup does with a disk: `full` (and why) or `changes` since point `base`. */
+export interface PreviewDiskRead {
+  disk: string;
+  read: 'full' | 'changes';
+  base?: string;
+  reason: string;
 }
 
 /** A VM to back up: its name, and where known its uuid and the folder its backups go to. */
@@ -43,6 +53,7 @@ export interface PreviewJson {
   settings: Record<string, unknown>;
   excludes: string[];
   vdi_exports: ({ vm: string; max_backups: number; disks: string[] } & MaxWhere & VmWhere)[];
+  delta_exports: ({ vm: string; max_backups: number; disks?: PreviewDiskRead[] } & MaxWhere & VmWhere)[];
   vm_exports: ({ vm: string; max_backups: number } & MaxWhere & VmWhere)[];
   warnings: string[];
   /** What stops the run: an invalid entry or regex, an entry of the command line matching no VM. */
@@ -150,6 +161,12 @@ export function previewText(input: PreviewInput, selection: PreviewSelection): s
   };
   list('excludes', selection.excludes.map((vm) => showName(vm.name)));
   list('vdi-exports', selection.vdiExports.map((e) => `${showName(e.vm.name)}  (${maxNote(e.maxBackups, e.maxFrom)}, disks ${e.disks.join(';')}${folderNote(e.vm)})`));
+  const deltas = selection.deltaExports ?? [];
+  lines.push(`  delta-exports (cnt) = ${deltas.length}`);
+  for (const e of deltas) {
+    lines.push(`    ${showName(e.vm.name)}  (${maxNote(e.maxBackups, e.maxFrom).replace('max_backups', 'points kept')}${folderNote(e.vm)})`);
+    for (const d of e.disks ?? []) lines.push(`      ${d.disk}: ${d.read === 'changes' ? 'changed blocks only' : 'read whole'}: ${d.reason}`);
+  }
   list('vm-exports', selection.vmExports.map((e) => `${showName(e.vm.name)}  (${maxNote(e.maxBackups, e.maxFrom)}${folderNote(e.vm)})`));
   const warnings = [...(input.warnings ?? []), ...selection.warnings.map(selectionWarning)];
   if (warnings.length > 0) list('warnings', warnings);
@@ -158,7 +175,7 @@ export function previewText(input: PreviewInput, selection: PreviewSelection): s
   return `${lines.join('\n')}\n`;
 }
 
-/** The JSON preview: `{settings, excludes, vdi_exports, vm_exports, warnings}`. */
+/** The JSON preview: `{settings, excludes, vdi_exports, delta_exports, vm_exports, warnings}`. */
 export function previewJson(input: PreviewInput, selection: PreviewSelection): PreviewJson {
   const settings: Record<string, unknown> = {};
   for (const key of Object.keys(Settings.shape) as SettingKey[]) settings[key] = input.settings[key] ?? null;
@@ -167,6 +184,7 @@ export function previewJson(input: PreviewInput, selection: PreviewSelection): P
     settings,
     excludes: selection.excludes.map((vm) => vm.name),
     vdi_exports: selection.vdiExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, ...maxWhere(e.maxFrom), disks: [...e.disks], ...vmWhere(e.vm) })),
+    delta_exports: (selection.deltaExports ?? []).map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, ...maxWhere(e.maxFrom), ...vmWhere(e.vm), ...(e.disks !== undefined ? { disks: e.disks.map((d) => ({ ...d })) } : {}) })),
     vm_exports: selection.vmExports.map((e) => ({ vm: e.vm.name, max_backups: e.maxBackups, ...maxWhere(e.maxFrom), ...vmWhere(e.vm) })),
     warnings: [...(input.warnings ?? []), ...selection.warnings.map(selectionWarning)],
     errors: (selection.errors ?? []).map(selectionWarning),

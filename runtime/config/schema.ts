@@ -46,6 +46,18 @@ export const Settings = z.object({
   /** Selection entries, `NAME[:MAX[:DISK;DISK]]`; see functions/plan. */
   vm_exports: z.array(z.string()).default([]),
   vdi_exports: z.array(z.string()).default([]),
+  /**
+   * Incremental backups into the deduplicated chunk store (`NAME[:MAX]`, MAX = points kept):
+   * taken before vm_exports, after vdi_exports. See runtime/chunkstore/README.md.
+   */
+  delta_exports: z.array(z.string()).default([]),
+  /**
+   * Changed-block tracking for delta_exports: enable CBT on their disks and read only the
+   * 64 KiB blocks changed since the previous point. `false`: every run reads each disk whole
+   * (and still stores only new chunks), e.g. for VMs whose disks must move between SRs
+   * (XAPI refuses storage migration of a CBT-enabled disk with VDI_CBT_ENABLED).
+   */
+  cbt: z.boolean().default(true),
   excludes: z.array(z.string()).default([]),
   /** XAPI of the pool (the master, or any member: HOST_IS_SLAVE is followed). */
   xapi_url: z.string().url().default('https://localhost'),

@@ -358,7 +358,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
   }
   /** `vm_exports.1`: where an entry is in the request's list. */
   const bodyPlace = (options: RunOptions) => (issue: { entry: string; list: string }): string => {
-    const list = issue.list === 'excludes' ? options.excludes : issue.list === 'vdi_exports' ? options.vdiExports : options.vmExports;
+    const list = issue.list === 'excludes' ? options.excludes : issue.list === 'vdi_exports' ? options.vdiExports : issue.list === 'delta_exports' ? (options.deltaExports ?? []) : options.vmExports;
     const at = list.findIndex((e) => e.trim() === issue.entry.trim());
     return at < 0 ? issue.list : `${issue.list}.${at}`;
   };
@@ -672,6 +672,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
         ...deps.runDefaults,
         vmExports: entries,
         vdiExports: [],
+        ...(deps.runDefaults.deltaExports !== undefined ? { deltaExports: [] } : {}),
         selection: {
           requested: [{ list: 'vm_exports', where: `alert label ${deps.alertmanagerLabel}` }],
           config: deps.runDefaults.selection?.config ?? [],

@@ -39,6 +39,7 @@ describe('RunRequest and runOptionsFrom', () => {
     ['nothing: the settings as they are', {}, {}],
     ['vm_exports alone replaces the selection (vdi_exports emptied)', { vm_exports: ['web1'] }, { vmExports: ['web1'], vdiExports: [] }],
     ['vdi_exports alone: no vm-exports', { vdi_exports: ['web1:-1:xvdb'] }, { vmExports: [], vdiExports: ['web1:-1:xvdb'] }],
+    ['delta_exports alone: no vm-exports, no vdi-exports', { delta_exports: ['db.*:14'] }, { vmExports: [], vdiExports: [], deltaExports: ['db.*:14'] }],
     ['excludes replaced only when given', { excludes: [] }, { excludes: [] }],
     ['compress true is gzip', { compress: true }, { compress: 'gzip' }],
     ['verify_after_backup', { verify_after_backup: true }, { verifyAfterBackup: true }],
@@ -61,6 +62,7 @@ describe('RunRequest and runOptionsFrom', () => {
       requested: [
         { list: 'excludes', where: 'request (excludes)' },
         { list: 'vdi_exports', where: 'request (vdi_exports)' },
+        { list: 'delta_exports', where: 'request (delta_exports)' },
         { list: 'vm_exports', where: 'request (vm_exports)' },
       ],
       config,

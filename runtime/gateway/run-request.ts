@@ -44,6 +44,8 @@ export const RunRequestFields = {
   vm_exports: Entries.optional(),
   /** `NAME[:MAX[:DISK;DISK]]` entries whose disks are exported (raw/vhd). */
   vdi_exports: Entries.optional(),
+  /** `NAME[:MAX]` entries backed up as points of the chunk store (incremental; MAX = points kept). */
+  delta_exports: Entries.optional(),
   /** Entries never backed up. */
   excludes: Entries.optional(),
   max_backups: key('max_backups').optional(),
@@ -66,7 +68,7 @@ export type RunRequest = z.infer<typeof RunRequest>;
 
 /**
  * The run's options: the request over the gateway's defaults. The selection is one thing:
- * when the request names `vm_exports` or `vdi_exports`, its lists replace the configured
+ * when the request names `vm_exports`, `vdi_exports` or `delta_exports`, its lists replace the configured
  * ones (a list it leaves out is empty), so `{"vdi_exports": ["web1:-1:xvdb"]}` backs up only
  * web1's disk; `excludes` replaces the configured excludes only when given. The lists given
  * are the request's (`selection.requested`: an entry matching no VM is an error); the
@@ -76,12 +78,13 @@ export type RunRequest = z.infer<typeof RunRequest>;
  *   // → { ...defaults, vmExports: ['web1'], vdiExports: [], maxBackups: 2 }
  */
 export function runOptionsFrom(defaults: RunOptions, req: RunRequest): RunOptions {
-  const selects = req.vm_exports !== undefined || req.vdi_exports !== undefined;
+  const selects = req.vm_exports !== undefined || req.vdi_exports !== undefined || req.delta_exports !== undefined;
   const compress = req.compress === undefined ? defaults.compress : req.compress === true ? 'gzip' : req.compress === false ? 'none' : req.compress;
   return {
     ...defaults,
     vmExports: selects ? (req.vm_exports ?? []) : defaults.vmExports,
     vdiExports: selects ? (req.vdi_exports ?? []) : defaults.vdiExports,
+    ...deltaExportsFrom(defaults, req, selects),
     excludes: req.excludes ?? defaults.excludes,
     maxBackups: req.max_backups ?? defaults.maxBackups,
     compress,
@@ -97,12 +100,24 @@ export function runOptionsFrom(defaults: RunOptions, req: RunRequest): RunOption
     selection: {
       requested: [
         ...(req.excludes !== undefined ? [{ list: 'excludes' as const, where: 'request (excludes)' }] : []),
-        ...(selects ? [{ list: 'vdi_exports' as const, where: 'request (vdi_exports)' }, { list: 'vm_exports' as const, where: 'request (vm_exports)' }] : []),
+        ...(selects
+          ? [
+              { list: 'vdi_exports' as const, where: 'request (vdi_exports)' },
+              { list: 'delta_exports' as const, where: 'request (delta_exports)' },
+              { list: 'vm_exports' as const, where: 'request (vm_exports)' },
+            ]
+          : []),
       ],
       config: defaults.selection?.config ?? [],
       maxBackups: req.max_backups !== undefined ? 'request (max_backups)' : (defaults.selection?.maxBackups ?? 'the gateway\'s max_backups'),
     },
   };
+}
+
+/** The request's delta_exports, emptied when it selects by other lists only; absent when neither side has any. */
+function deltaExportsFrom(defaults: RunOptions, req: RunRequest, selects: boolean): Pick<RunOptions, 'deltaExports'> {
+  const list = selects ? (req.delta_exports ?? (defaults.deltaExports !== undefined ? [] : undefined)) : defaults.deltaExports;
+  return list !== undefined ? { deltaExports: list } : {};
 }
 
 /**

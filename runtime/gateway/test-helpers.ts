@@ -91,7 +91,7 @@ export function defaultRunOptions(backupDir = '/backups'): RunOptions {
   };
 }
 
-/** The `selection` of run options whose vm_exports and vdi_exports (and `excludes` when asked) came with the request. */
+/** The `selection` of run options whose vm_exports, vdi_exports and delta_exports (and `excludes` when asked) came with the request. */
 export function requestedSelection(opts: { excludes?: boolean; maxBackups?: string; alertLabel?: string } = {}): NonNullable<RunOptions['selection']> {
   return {
     requested:
@@ -100,6 +100,7 @@ export function requestedSelection(opts: { excludes?: boolean; maxBackups?: stri
         : [
             ...(opts.excludes === true ? [{ list: 'excludes' as const, where: 'request (excludes)' }] : []),
             { list: 'vdi_exports', where: 'request (vdi_exports)' },
+            { list: 'delta_exports', where: 'request (delta_exports)' },
             { list: 'vm_exports', where: 'request (vm_exports)' },
           ],
     config: [],

@@ -56,7 +56,8 @@ export const PreVmEvent = z.object({
   point: z.literal('pre-vm'),
   ...Common,
   ...VmFields,
-  mode: z.enum(['vm', 'vdi']),
+  /** `vm`, `vdi`, or `delta` (a point of the chunk store). */
+  mode: z.enum(['vm', 'vdi', 'delta']),
   /** `YYYYMMDD-HHMMSS`: names this backup set's files. */
   stamp: z.string(),
 });
@@ -82,7 +83,7 @@ export const PostVmEvent = z.object({
   point: z.literal('post-vm'),
   ...Common,
   ...VmFields,
-  mode: z.enum(['vm', 'vdi']).optional(),
+  mode: z.enum(['vm', 'vdi', 'delta']).optional(),
   stamp: z.string().optional(),
   outcome: VmOutcome,
 });

@@ -7,6 +7,8 @@ describe('runFunctions: the functions a run needs workers for', () => {
     ['any run', {}, ['plan', ...pipelines.vm, 'pool-db', 'host-backup']],
     ['VMs only', { vmExports: ['web1'], vdiExports: [], poolBackup: false, hostBackup: false }, ['plan', ...pipelines.vm]],
     ['disks only', { vmExports: [], vdiExports: ['db1:-1:xvdb'], poolBackup: false, hostBackup: false }, ['plan', ...pipelines.vm]],
+    ['delta-exports only', { vmExports: [], vdiExports: [], deltaExports: ['db1'], poolBackup: false, hostBackup: false }, ['plan', 'pre-hook', 'snapshot', 'delta-export', 'prune', 'post-hook']],
+    ['delta-exports beside vm-exports', { vmExports: ['web1'], vdiExports: [], deltaExports: ['db1'], poolBackup: false, hostBackup: false }, ['plan', ...pipelines.vm, 'delta-export']],
     ['the pool database only', { vmExports: [], vdiExports: [], poolBackup: true, hostBackup: false }, ['plan', 'pool-db']],
     ['hosts, any VM', { poolBackup: false, hostBackup: true }, ['plan', ...pipelines.vm, 'host-backup']],
   ])('%s', (_name, options, expected) => {

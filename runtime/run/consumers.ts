@@ -11,9 +11,13 @@ import { COORDINATOR } from './coordinator.js';
  *
  * @example runFunctions({ vmExports: [], vdiExports: [], poolBackup: true, hostBackup: false }) // → ['plan', 'pool-db']
  */
-export function runFunctions(options: Partial<Pick<RunOptions, 'vmExports' | 'vdiExports' | 'poolBackup' | 'hostBackup'>> = {}): string[] {
+export function runFunctions(options: Partial<Pick<RunOptions, 'vmExports' | 'vdiExports' | 'deltaExports' | 'poolBackup' | 'hostBackup'>> = {}): string[] {
   const vms = options.vmExports === undefined || options.vdiExports === undefined || options.vmExports.length > 0 || options.vdiExports.length > 0;
-  return ['plan', ...(vms ? pipelines.vm : []), ...(options.poolBackup !== false ? pipelines['pool-db'] : []), ...(options.hostBackup !== false ? pipelines['host-backup'] : [])];
+  // A delta-export's phases but its own are the vm pipeline's: needed when either list is.
+  const deltas = (options.deltaExports?.length ?? 0) > 0;
+  const vmPhases = vms ? pipelines.vm : deltas ? pipelines.delta : [];
+  const deltaOnly = deltas ? pipelines.delta.filter((f) => !(vmPhases as readonly string[]).includes(f)) : [];
+  return ['plan', ...vmPhases, ...deltaOnly, ...(options.poolBackup !== false ? pipelines['pool-db'] : []), ...(options.hostBackup !== false ? pipelines['host-backup'] : [])];
 }
 
 /** Work nobody consumes: a function's jobs, or the coordinator's events. */

@@ -11,9 +11,10 @@ import { HOOK_ABORTED } from '../hooks/kind.js';
 const PRE_HOOK = 'pre-hook';
 const POST_HOOK = 'post-hook';
 const VERIFY = 'verify';
-/** The phase that destroys a VM's snapshot (whatever happens to its transfer). */
+/** The phases that destroy a VM's snapshot (whatever happens to its transfer). */
 const EXPORT = 'export';
-/** The phase after which a VM's backup set is complete (its manifest is written). */
+const DELTA_EXPORT = 'delta-export';
+/** The phases after which a VM's backup set (or a delta-export's point) is complete (its manifest is written). */
 const META = 'meta';
 
 /** A job to queue: function name, message, dedup id. */
@@ -87,7 +88,11 @@ export function reduce(view: RunView, event: RunEvent, now: Date): Transition {
     header.excludes = plan.excludes.map((v) => v.name);
     header.cleaned = plan.cleaned;
     const created: JobState[] = [
-      ...plan.vmJobs.map((j) => newJob(j.jobId, 'vm', j.mode === 'vm' ? 'vm-export' : 'vdi-export', j.vm.name, j, { vmUuid: j.vm.uuid, folder: j.folder })),
+      ...plan.vmJobs.map((j) =>
+        j.mode === 'delta'
+          ? newJob(j.jobId, 'vm', 'delta-export', j.vm.name, j, { vmUuid: j.vm.uuid, folder: j.folder }, pipelines.delta)
+          : newJob(j.jobId, 'vm', j.mode === 'vm' ? 'vm-export' : 'vdi-export', j.vm.name, j, { vmUuid: j.vm.uuid, folder: j.folder }),
+      ),
       ...(plan.poolDb !== undefined ? [newJob('pool-db', 'pool-db', 'pool-db', 'pool database', plan.poolDb, {})] : []),
       ...plan.hostJobs.map((j) => newJob(j.jobId, 'host-backup', 'host-backup', j.host.name, j, {})),
     ];
@@ -150,7 +155,7 @@ export function reduce(view: RunView, event: RunEvent, now: Date): Transition {
       return toPostHook(out, job, view, now, undefined, { skipped: { reason } });
     }
     const next = job.pipeline[job.pipeline.indexOf(event.fn) + 1];
-    if (header.stopping !== undefined && next !== undefined && next !== POST_HOOK && next !== EXPORT) {
+    if (header.stopping !== undefined && next !== undefined && next !== POST_HOOK && next !== EXPORT && next !== DELTA_EXPORT) {
       // Stopping: the job ends here (its post-vm hooks still run).
       if (setComplete(job, next)) return completeButStopped(out, job, view, now, next, event.output);
       const error: ErrorInfo = { name: 'StoppedError', code: STOPPED, message: `stopped by ${header.stopping.reason} before ${next}`, permanent: true, retryable: false };
@@ -180,9 +185,10 @@ export function reduce(view: RunView, event: RunEvent, now: Date): Transition {
   return failJob(out, job, view, now, event.fn, event.error, event.input);
 }
 
-/** Whether the VM's set is complete (meta wrote its manifest) when phase `fn` is reached. */
+/** Whether the VM's set is complete (meta, or delta-export, wrote its manifest) when phase `fn` is reached. */
 function setComplete(job: JobState, fn: string): boolean {
-  return job.kind === 'vm' && job.pipeline.includes(META) && job.pipeline.indexOf(fn) > job.pipeline.indexOf(META);
+  const commit = job.pipeline.includes(META) ? META : DELTA_EXPORT;
+  return job.kind === 'vm' && job.pipeline.includes(commit) && job.pipeline.indexOf(fn) > job.pipeline.indexOf(commit);
 }
 
 /**
@@ -285,8 +291,8 @@ function afterPostHook(out: Transition, job: JobState, view: RunView, data: unkn
   return endJob(out, job, view, now);
 }
 
-function newJob(jobId: string, kind: JobKind, category: Category, label: string, input: unknown, extra: { vmUuid?: string; folder?: string }): JobState {
-  const pipeline = [...pipelines[kind]];
+function newJob(jobId: string, kind: JobState['kind'], category: Category, label: string, input: unknown, extra: { vmUuid?: string; folder?: string }, phases: readonly string[] = pipelines[kind]): JobState {
+  const pipeline = [...phases];
   return {
     jobId,
     kind,

@@ -7,7 +7,7 @@ import { ErrorInfoSchema } from '../errors.js';
  * bucket on NATS: the header under `<runId>`, each job under `<runId>.<jobId>`, so a
  * 5,000-VM run never rewrites one huge value).
  */
-export const Category = z.enum(['vm-export', 'vdi-export', 'pool-db', 'host-backup']);
+export const Category = z.enum(['vm-export', 'vdi-export', 'delta-export', 'pool-db', 'host-backup']);
 export type Category = z.infer<typeof Category>;
 
 export const JobStatus = z.enum(['pending', 'running', 'success', 'failed', 'skipped']);

@@ -63,7 +63,7 @@ export const RunSummary = z.object({
 });
 export type RunSummary = z.infer<typeof RunSummary>;
 
-const LIST_CATEGORY: Record<string, z.infer<typeof Category>> = { vdi_exports: 'vdi-export', vm_exports: 'vm-export', excludes: 'vm-export' };
+const LIST_CATEGORY: Record<string, z.infer<typeof Category>> = { vdi_exports: 'vdi-export', delta_exports: 'delta-export', vm_exports: 'vm-export', excludes: 'vm-export' };
 
 export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSummary {
   const categories: Record<string, { S: number; W: number; E: number }> = {};
@@ -124,7 +124,7 @@ export function summarize(header: RunHeader, jobs: readonly JobState[]): RunSumm
 
 /** Whether the run had VMs to back up and its pre-vm hooks skipped every one. */
 function everyVmSkipped(jobs: readonly Pick<JobSummary, 'category' | 'status'>[]): boolean {
-  const vms = jobs.filter((j) => j.category === 'vm-export' || j.category === 'vdi-export');
+  const vms = jobs.filter((j) => j.category === 'vm-export' || j.category === 'vdi-export' || j.category === 'delta-export');
   return vms.length > 0 && vms.every((j) => j.status === 'skipped');
 }
 
@@ -138,6 +138,7 @@ export function verdict(c: { S: number; W: number; E: number }): string {
 const TITLES: Record<string, string> = {
   'vm-export': 'vm-export',
   'vdi-export': 'vdi-export',
+  'delta-export': 'delta-export',
   'pool-db': 'pool-db backup',
   'host-backup': 'host backup',
 };

@@ -15,6 +15,12 @@ export const TAG = {
   source: 'vmbackup:source',
   origin: 'vmbackup:origin',
   created: 'vmbackup:created',
+  /**
+   * On a disk snapshot kept as a delta-export's CBT base (its data destroyed): the stamp of
+   * the point it was read for. A base has no `run` tag, so no plan takes it for a leftover;
+   * the next delta-export of its VM finds it by this tag and destroys it once superseded.
+   */
+  base: 'vmbackup:base',
 } as const;
 
 /** Reason written into `blocked_operations` while a halted VM is exported without a snapshot. */
@@ -77,7 +83,7 @@ export function isLeftover(
 }
 
 function isOurs(record: { is_a_snapshot: boolean; other_config: Record<string, string> }): boolean {
-  return record.is_a_snapshot && record.other_config[TAG.run] !== undefined;
+  return record.is_a_snapshot && (record.other_config[TAG.run] !== undefined || record.other_config[TAG.base] !== undefined);
 }
 
 /** The record of a snapshot about to be destroyed; undefined when it is gone. Refuses one vmbackup did not make. */
@@ -98,9 +104,10 @@ async function ourSnapshot<K extends 'VM' | 'VDI'>(xapi: XapiClient, type: K, re
 /**
  * Destroys a snapshot VM made by vmbackup and its disk snapshots (what `xe vm-uninstall`
  * does; VM.destroy alone leaves the disks on the SR). Refuses anything that is not a tagged
- * snapshot. Returns the uuids destroyed; objects already gone are skipped.
+ * snapshot. Returns the uuids destroyed; objects already gone are skipped. `keepVdis`: disk
+ * snapshots (by uuid) that stay, e.g. those a delta-export keeps as its next CBT base.
  */
-export async function destroySnapshotVm(xapi: XapiClient, ref: Ref): Promise<string[]> {
+export async function destroySnapshotVm(xapi: XapiClient, ref: Ref, opts: { keepVdis?: ReadonlySet<string> } = {}): Promise<string[]> {
   const vm = await ourSnapshot(xapi, 'VM', ref);
   if (vm === undefined) return [];
   const vdis: VdiRecord[] = [];
@@ -109,7 +116,7 @@ export async function destroySnapshotVm(xapi: XapiClient, ref: Ref): Promise<str
     if (vbd === undefined || vbd.type !== 'Disk' || vbd.VDI === NULL_REF) continue;
     const vdi = await xapi.getRecord('VDI', vbd.VDI).catch(() => undefined);
     // Only the disk snapshots: never a shared disk or an ISO the snapshot merely points at.
-    if (vdi !== undefined && vdi.is_a_snapshot) vdis.push(vdi);
+    if (vdi !== undefined && vdi.is_a_snapshot && opts.keepVdis?.has(vdi.uuid) !== true) vdis.push(vdi);
   }
   const destroyed: string[] = [];
   await ignoreGone(xapi.call('VM.destroy', ref));
