@@ -188,25 +188,7 @@ export interface PointXva {
  * `virtual_size` the point's size of that disk.
  */
 export async function pointXva(p: RestorePoint): Promise<PointXva> {
-  const meta = await p.point.readMeta();
-  const ova = await ovaXmlOf(meta, p.name);
-  const objects = (ova.objects ?? []) as unknown as OvaObject[];
-  const vms = objects.filter((o) => o.class === 'VM' && o.snapshot.is_a_snapshot !== true);
-  const vm = vms.find((o) => o.snapshot.uuid === p.point.manifest.vm.uuid) ?? vms[0];
-  if (vm === undefined) throw new PermanentError('POINT_BAD_META', `point ${p.name}: its VM metadata holds no VM`, { point: p.name });
-  const vbds = objects.filter((o) => o.class === 'VBD' && o.snapshot.VM === vm.id);
-  const vdis = new Map(objects.filter((o) => o.class === 'VDI').map((o) => [o.id, o]));
-
-  // Each disk of the point: its VDI in the metadata, by uuid, else by its VBD's device.
-  const diskRefs = new Map<string, PointDisk>();
-  for (const disk of p.point.manifest.disks) {
-    const byUuid = disk.vdi !== undefined ? [...vdis.values()].find((o) => o.snapshot.uuid === disk.vdi) : undefined;
-    const vbd = byUuid === undefined ? vbds.find((o) => o.snapshot.type !== 'CD' && (o.snapshot.device === disk.name || o.snapshot.userdevice === disk.name)) : undefined;
-    const id = byUuid?.id ?? (vbd !== undefined ? String(vbd.snapshot.VDI) : undefined);
-    if (id === undefined || !vdis.has(id)) throw new PermanentError('POINT_BAD_META', `point ${p.name}: disk ${disk.name} is not a disk of the VM in its metadata`, { point: p.name, disk: disk.name });
-    if (diskRefs.has(id)) throw new PermanentError('POINT_BAD_META', `point ${p.name}: disks ${diskRefs.get(id)!.name} and ${disk.name} are the same VDI in its metadata`, { point: p.name });
-    diskRefs.set(id, disk);
-  }
+  const { ova, objects, vm, vbds, vdis, diskRefs } = await pointOva(p);
   const keep = new Set<string>([vm.id, ...diskRefs.keys()]);
   for (const vbd of vbds) if (vbd.snapshot.type === 'CD' || diskRefs.has(String(vbd.snapshot.VDI))) keep.add(vbd.id);
   for (const id of diskRefs.keys()) keep.add(String(vdis.get(id)!.snapshot.SR));
@@ -243,6 +225,44 @@ export async function pointXva(p: RestorePoint): Promise<PointXva> {
     for (const index of indexes) await index.close();
     throw error;
   }
+}
+
+/** The point's ova.xml, its VM, and the VDI (`Ref:N`) of each of the point's disks. */
+async function pointOva(p: RestorePoint) {
+  const meta = await p.point.readMeta();
+  const ova = await ovaXmlOf(meta, p.name);
+  const objects = (ova.objects ?? []) as unknown as OvaObject[];
+  const vms = objects.filter((o) => o.class === 'VM' && o.snapshot.is_a_snapshot !== true);
+  const vm = vms.find((o) => o.snapshot.uuid === p.point.manifest.vm.uuid) ?? vms[0];
+  if (vm === undefined) throw new PermanentError('POINT_BAD_META', `point ${p.name}: its VM metadata holds no VM`, { point: p.name });
+  const vbds = objects.filter((o) => o.class === 'VBD' && o.snapshot.VM === vm.id);
+  const vdis = new Map(objects.filter((o) => o.class === 'VDI').map((o) => [o.id, o]));
+  // Each disk of the point: its VDI in the metadata, by uuid, else by its VBD's device.
+  const diskRefs = new Map<string, PointDisk>();
+  for (const disk of p.point.manifest.disks) {
+    const byUuid = disk.vdi !== undefined ? [...vdis.values()].find((o) => o.snapshot.uuid === disk.vdi) : undefined;
+    const vbd = byUuid === undefined ? vbds.find((o) => o.snapshot.type !== 'CD' && (o.snapshot.device === disk.name || o.snapshot.userdevice === disk.name)) : undefined;
+    const id = byUuid?.id ?? (vbd !== undefined ? String(vbd.snapshot.VDI) : undefined);
+    if (id === undefined || !vdis.has(id)) throw new PermanentError('POINT_BAD_META', `point ${p.name}: disk ${disk.name} is not a disk of the VM in its metadata`, { point: p.name, disk: disk.name });
+    if (diskRefs.has(id)) throw new PermanentError('POINT_BAD_META', `point ${p.name}: disks ${diskRefs.get(id)!.name} and ${disk.name} are the same VDI in its metadata`, { point: p.name });
+    diskRefs.set(id, disk);
+  }
+  return { ova, objects, vm, vbds, vdis, diskRefs };
+}
+
+/**
+ * The name and description the VDI of `disk` had, from the point's metadata; undefined when
+ * the point has none that says (a disk restores from its chunks alone).
+ */
+export async function pointVdiRecord(p: RestorePoint, disk: string): Promise<{ name: string; description: string } | undefined> {
+  if (p.point.manifest.meta === undefined) return undefined;
+  const mapped = await pointOva(p).catch(() => undefined);
+  for (const [id, d] of mapped?.diskRefs ?? []) {
+    if (d.name !== disk) continue;
+    const vdi = mapped!.vdis.get(id)!.snapshot;
+    return { name: String(vdi.name_label ?? ''), description: String(vdi.name_description ?? '') };
+  }
+  return undefined;
 }
 
 /** ova.xml out of `vm.meta`: the tar `/export_metadata` answers, or the XML itself. */

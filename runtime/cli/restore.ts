@@ -332,10 +332,14 @@ export function restoreHelp(): string {
                         [-c FILE] [-b PATH] [-d PATH] [-l LEVEL] [-v]
                         [--xapi URL] [--user NAME] [--password-file FILE]
                         [--tls-ca-file FILE] [--insecure | --no-insecure]
+       vmbackup restore POINT --disk DEV --to-file PATH [--format raw|vhd] [--json]
 
 Restore one backup into the pool. FILE is a data file of a backup set, or the set's .json:
   backup_<stamp>.xva, .xva.gz, .xva.zst   imported as a new VM (PUT /import)
   backup_<disk>_<stamp>.raw, .vhd         written into a new VDI, or --vdi (PUT /import_raw_vdi)
+or a point of the chunk store (incremental backups), its folder or its manifest.json:
+  <vm folder>/point_<stamp>[/manifest.json]   the whole VM (PUT /import), or with --disk,
+                                              --vdi or --attach one disk (PUT /import_raw_vdi)
 
 options:
   --sr SR          SR (uuid or name) to restore onto (Default: the pool's default SR)
@@ -345,7 +349,11 @@ options:
                    refused while it exists, unless --force)
   --vdi UUID       raw/vhd: write into this existing VDI (large enough, not attached)
                    instead of creating one; its content is replaced
-  --disk DEV       vdi-export sets with several disks: which one (xvdb)
+  --disk DEV       vdi-export sets with several disks: which one (xvdb); a point: restore
+                   this disk only (a point of one disk: --vdi or --attach choose it)
+  --to-file PATH   a point: write the disk to this local file instead (no pool, no
+                   connection options); PATH must not exist
+  --format F       with --to-file: raw (default) or vhd (dynamic VHD, for xe vdi-import)
   --attach VM      raw/vhd: give the new VDI to this VM (name or uuid) on its first free
                    device, read-write, not bootable; plugged if the VM is running, else
                    attached when it starts. Checked before uploading: the VM must exist,
@@ -361,10 +369,11 @@ Connection and config options are those of vmbackup (see vmbackup --help). Nothi
 half-created: a failed restore removes what it made, except a restored disk that --attach could
 not attach (its data is good). A restored VM whose backup was taken while it was halted gets
 the start block vmbackup saved with it lifted (an operator's blocks stay).
-Exit codes: 0 restored; 1 the restore failed or was refused (an incomplete or failed set, the
-original VM still there with --preserve, a disk in use, a restored disk that could not be
-attached); 2 usage, config or connection error (a bad or missing option, FILE not found, an
-unknown SR, VDI or VM, --disk missing or wrong, --attach to a VM that cannot take the disk).
+Exit codes: 0 restored; 1 the restore failed or was refused (an incomplete or failed set, an
+incomplete point or one with a missing or damaged chunk, the original VM still there with
+--preserve, a disk in use, a restored disk that could not be attached); 2 usage, config or
+connection error (a bad or missing option, FILE not found, an unknown SR, VDI or VM, --disk
+missing or wrong, --attach to a VM that cannot take the disk, a --to-file PATH that exists).
 `;
 }
 
