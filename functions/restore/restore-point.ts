@@ -1,8 +1,8 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { PassThrough, Readable, pipeline } from 'node:stream';
-import { ChunkStore, STORE_FOLDER, diskBlockSource, openPoint, pointName, readDiskRaw, readDiskVhd } from '../../runtime/chunkstore/chunkstore.js';
-import type { IndexReader, OpenPoint, PointDisk, PointRef } from '../../runtime/chunkstore/chunkstore.js';
+import { STORE_FOLDER, diskBlockSource, openExistingStore, openPoint, pointName, readDiskRaw, readDiskVhd } from '../../runtime/chunkstore/chunkstore.js';
+import type { ChunkStore, IndexReader, OpenPoint, PointDisk, PointRef } from '../../runtime/chunkstore/chunkstore.js';
 import { POINT_MANIFEST, POINT_PREFIX } from '../../runtime/chunkstore/points.js';
 import { PermanentError, VmbackupError, errorInfo } from '../../runtime/errors.js';
 import { readTar } from '../../runtime/formats/tar.js';
@@ -61,11 +61,10 @@ export interface RestorePoint {
  */
 export async function openRestorePoint(where: PointLocation): Promise<RestorePoint> {
   const name = pointName(where.ref);
-  const storeFile = path.join(where.backupDir, STORE_FOLDER, 'store.json');
-  if (!(await exists(storeFile))) {
+  const store = await openExistingStore(where.backupDir);
+  if (store === undefined) {
     throw new PermanentError('POINT_NO_STORE', `point ${name}: no chunk store in ${where.backupDir} (${STORE_FOLDER}/store.json is missing), so none of its chunks can be read`, { point: name });
   }
-  const store = await ChunkStore.open(where.backupDir);
   if (!(await exists(path.join(where.dir, POINT_MANIFEST)))) {
     throw new PermanentError('POINT_INCOMPLETE', `point ${name} is incomplete (no ${POINT_MANIFEST}): its backup did not finish, so it cannot be restored`, { point: name });
   }
