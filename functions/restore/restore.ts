@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { open, readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { Transform, pipeline, type Readable } from 'node:stream';
+import { Readable, Transform, pipeline } from 'node:stream';
 import { z } from 'zod';
 import { PermanentError, VmbackupError, errorInfo } from '../../runtime/errors.js';
 import { jobSubject } from '../../runtime/events.js';
@@ -23,6 +23,10 @@ import { manifestCheck } from '../prune/retention.js';
 import type { MetaRecords } from '../meta/meta-format.js';
 import { RestoreInputError, chooseDataFile, manifestNameOf, metaNameOf, parseRestoreFile, rawFormatOf, restoredName, setDataFiles } from './restore-set.js';
 import type { RestoreFile, SetDataFile } from './restore-set.js';
+import { FailureTap, choosePointDisk, openRestorePoint, pointLocation, pointReadError, pointVdiRecord, pointXva } from './restore-point.js';
+import type { PointLocation } from './restore-point.js';
+import { POINT_PREFIX } from '../../runtime/chunkstore/points.js';
+import { readDiskRaw } from '../../runtime/chunkstore/chunkstore.js';
 
 /**
  * restore — puts a backup back into the pool.
@@ -61,7 +65,10 @@ import type { RestoreFile, SetDataFile } from './restore-set.js';
  *                    "vdis": [{ "uuid": "…", "name": "web1 0", "sr": "…" }] }, … }
  */
 export const RestoreInput = JobBase.extend({
-  /** Absolute path of a data file of a backup set, or of its manifest `backup_<stamp>.json`. */
+  /**
+   * Absolute path of a data file of a backup set, or of its manifest `backup_<stamp>.json`; or
+   * of a point of the chunk store: its folder `point_<stamp>` or its `manifest.json`.
+   */
   file: z.string().min(1).refine((f) => path.isAbsolute(f), 'file must be an absolute path'),
   /** SR to restore onto: uuid or name_label. Default: the pool's default SR. */
   sr: z.string().min(1).optional(),
@@ -76,7 +83,7 @@ export const RestoreInput = JobBase.extend({
    * read-write, not bootable; plugged when the VM runs. Checked before anything is uploaded.
    */
   attach: z.string().min(1).optional(),
-  /** vdi-export sets with several disks: the device to restore (`xvdb`). */
+  /** vdi-export sets and points with several disks: the device to restore (`xvdb`); for a point, one disk instead of the VM. */
   disk: z.string().regex(DISK_NAME_RE, 'disk: a device name such as xvdb').optional(),
   /** Restore a set that is incomplete or failed verification. */
   force: z.boolean().default(false),
@@ -114,7 +121,8 @@ export type RestoredVdi = z.infer<typeof RestoredVdi>;
 export const RestoreOutput = JobBase.extend({
   /** The data file uploaded. */
   file: z.string(),
-  format: z.enum(['xva', 'xva.gz', 'xva.zst', 'raw', 'vhd']),
+  /** `point`: a point of the chunk store (`file` is its folder). */
+  format: z.enum(['xva', 'xva.gz', 'xva.zst', 'raw', 'vhd', 'point']),
   /** What this restore created on the pool. */
   created: z.object({ vms: z.array(RestoredVm), vdis: z.array(RestoredVdi) }),
   /** The existing VDI written (`vdi` given). */
@@ -156,27 +164,167 @@ export const restore = defineFunction({
       if (!input.force) throw new PermanentError(code, `${message}; --force restores it anyway`);
       warn(`${message}; restoring anyway (--force)`);
     };
-    const set = await readSet(input, refuse, warn);
-    const xapi = await ctx.xapi();
-    const tags = { [RESTORE_TAG.from]: set.data.name, [RESTORE_TAG.job]: jobKey(input) };
-    const result = rawFormatOf(set.data.format) === undefined ? await restoreVm(xapi, ctx, input, set, tags, refuse, warn) : await restoreDisk(xapi, ctx, input, set, tags, warn);
-    const restoreMs = Date.now() - started;
-    const what = [...result.created.vms.map((v) => `VM "${v.name}" (${v.uuid})${v.unblocked.length > 0 ? ` (lifted vmbackup's block of ${v.unblocked.join(', ')})` : ''}`), ...result.created.vdis.map((v) => `VDI "${v.name}" (${v.uuid})`)];
-    if (result.overwritten !== undefined) what.push(`existing VDI "${result.overwritten.name}" (${result.overwritten.uuid})`);
-    ctx.log.info(`restored ${set.data.name} (${formatBytes(set.size)} in ${formatSeconds(restoreMs)}): ${what.join(', ')}`);
-    return {
-      runId: input.runId,
-      jobId: input.jobId,
-      try: input.try,
-      file: path.join(set.file.dir, set.data.name),
-      format: set.data.format,
-      ...result,
-      bytes: set.size,
-      restoreMs,
-      warnings,
-    };
+    const point = pointLocation(input.file);
+    const source = point !== undefined ? await pointSource(input, point) : setSource(await readSet(input, refuse, warn));
+    try {
+      const xapi = await ctx.xapi();
+      const tags = { [RESTORE_TAG.from]: source.from, [RESTORE_TAG.job]: jobKey(input) };
+      const result = source.kind === 'vm' ? await restoreVm(xapi, ctx, input, source, tags, refuse, warn) : await restoreDisk(xapi, ctx, input, source, tags, warn);
+      const restoreMs = Date.now() - started;
+      const what = [...result.created.vms.map((v) => `VM "${v.name}" (${v.uuid})${v.unblocked.length > 0 ? ` (lifted vmbackup's block of ${v.unblocked.join(', ')})` : ''}`), ...result.created.vdis.map((v) => `VDI "${v.name}" (${v.uuid})`)];
+      if (result.overwritten !== undefined) what.push(`existing VDI "${result.overwritten.name}" (${result.overwritten.uuid})`);
+      ctx.log.info(`restored ${source.name} (${formatBytes(source.length)} in ${formatSeconds(restoreMs)}): ${what.join(', ')}`);
+      return {
+        runId: input.runId,
+        jobId: input.jobId,
+        try: input.try,
+        file: source.file,
+        format: source.format,
+        ...result,
+        bytes: source.length,
+        restoreMs,
+        warnings,
+      };
+    } finally {
+      await source.close();
+    }
   },
 });
+
+/**
+ * What a restore uploads: a backup set's data file, or a point of the chunk store streamed from
+ * its chunks (restore-point.ts). Both go through the same upload, naming and clean-up below.
+ */
+interface SourceBase {
+  /** What error messages name: the data file's path, or `point web1/point_<stamp>`. */
+  label: string;
+  /** The short name log lines and messages use: the file's name, or the point's. */
+  name: string;
+  /** The file or point folder restored (the output's `file`). */
+  file: string;
+  format: RestoreOutput['format'];
+  /** The value of the `vmbackup:restored-from` tag. */
+  from: string;
+  stamp: string;
+  /** Bytes uploaded (XAPI needs the Content-Length). */
+  length: number;
+  /** A new stream of the bytes to upload (a redirected upload reads them again). */
+  open(ctx: Ctx): Readable;
+  /** Once every byte went: throws when they were not the backup's (a checksum). */
+  check(): void;
+  /** The source's own failure during the upload (a bad chunk), said rather than XAPI's verdict on the cut upload. */
+  failure(): VmbackupError | undefined;
+  close(): Promise<void>;
+}
+
+interface VmSource extends SourceBase {
+  kind: 'vm';
+  /** The VM the backup is of, as its metadata names it. */
+  original: { name?: string | undefined; uuid?: string | undefined };
+}
+
+interface DiskSource extends SourceBase {
+  kind: 'disk';
+  /** How `/import_raw_vdi` takes the bytes. */
+  upload: 'raw' | 'vhd';
+  /** The VDI's name and description, as the backup's metadata has them. */
+  vdiName: string;
+  vdiDescription: string;
+  /** The virtual size a VDI needs to hold the disk; may warn, or refuse a file that cannot be one. */
+  needed(warn: (message: string) => void): Promise<number>;
+  /** Reads the whole backup and checks it, before an existing VDI's content is replaced. */
+  checkFirst(ctx: Ctx, force: boolean): Promise<void>;
+}
+
+type Source = VmSource | DiskSource;
+
+/** A backup set's data file as what a restore uploads. */
+function setSource(set: SetInfo): Source {
+  const hash = new StreamHash();
+  const base = {
+    label: set.path,
+    name: set.data.name,
+    file: path.join(set.file.dir, set.data.name),
+    format: set.data.format,
+    from: set.data.name,
+    stamp: set.file.stamp,
+    length: set.size,
+    open: (ctx: Ctx) => hash.open(set.path, ctx),
+    check: () => hash.check(set),
+    failure: () => undefined,
+    close: async () => {},
+  };
+  const upload = rawFormatOf(set.data.format);
+  if (upload === undefined) return { ...base, kind: 'vm', original: { name: set.meta?.vm.name_label ?? set.manifest?.vm.name, uuid: set.meta?.vm.uuid ?? set.manifest?.vm.uuid } };
+  const diskMeta = set.meta?.disks.find((d) => d.vbd.device === set.data.disk);
+  return {
+    ...base,
+    kind: 'disk',
+    upload,
+    vdiName: diskMeta?.vdi.name_label ?? `${set.manifest?.vm.name ?? 'disk'} ${set.data.disk ?? ''}`.trim(),
+    vdiDescription: diskMeta?.vdi.name_description ?? '',
+    needed: async (warn) => {
+      if (upload === 'vhd') {
+        const footer = await readVhdFooter(set.path);
+        if (footer.diskType === VhdDiskType.differencing) {
+          throw new PermanentError('RESTORE_DIFFERENCING', `${set.data.name} is a differencing VHD: it cannot be restored without its parent`);
+        }
+        return Math.max(footer.currentSize, diskMeta === undefined ? 0 : Number(diskMeta.vdi.virtual_size));
+      }
+      const needed = diskMeta === undefined ? set.size : Number(diskMeta.vdi.virtual_size);
+      if (set.size > needed) throw new PermanentError('RESTORE_TOO_LARGE', `${set.data.name} holds ${set.size} bytes, more than the disk's virtual_size ${needed} in the .meta`);
+      if (set.size < needed) warn(`${set.data.name} holds ${set.size} bytes, the disk ${needed}: the rest of the disk is left as it is (zeros on a new VDI)`);
+      return needed;
+    },
+    checkFirst: async (ctx, force) => {
+      if (set.xxh64 !== undefined && !force) await verifyFile(set, ctx);
+    },
+  };
+}
+
+/**
+ * A point of the chunk store as what a restore uploads: the whole VM as an XVA made from its
+ * metadata and chunks (restore-point.ts), or, with `disk` (or `vdi` / `attach`, which take a
+ * disk), that disk's raw bytes. An incomplete point is never restored: `force` does not apply.
+ */
+async function pointSource(input: RestoreInput, where: PointLocation): Promise<Source> {
+  const p = await openRestorePoint(where);
+  const base = { label: `point ${p.name}`, name: p.name, file: where.dir, format: 'point' as const, from: `${where.ref.vmFolder}/${POINT_PREFIX}${where.ref.stamp}`, stamp: where.ref.stamp, check: () => {} };
+  if (input.disk === undefined && input.vdi === undefined && input.attach === undefined) {
+    const xva = await pointXva(p);
+    const tap = new FailureTap((error) => pointReadError(error, p, 'of the VM'));
+    return { ...base, kind: 'vm', length: xva.length, open: () => tap.tap(xva.open()), failure: () => tap.error, close: () => xva.close(), original: xva.vm };
+  }
+  const disk = choosePointDisk(p, input.disk);
+  const tap = new FailureTap((error) => pointReadError(error, p, disk.name));
+  const vdi = await pointVdiRecord(p, disk.name);
+  const raw = () =>
+    Readable.from(
+      (async function* () {
+        yield* await readDiskRaw(p.store, where.ref, disk.name);
+      })(),
+    );
+  return {
+    ...base,
+    kind: 'disk',
+    upload: 'raw',
+    length: disk.size,
+    open: () => tap.tap(raw()),
+    failure: () => tap.error,
+    close: async () => {},
+    vdiName: vdi?.name ?? `${p.point.manifest.vm.name} ${disk.name}`,
+    vdiDescription: vdi?.description ?? '',
+    needed: async () => disk.size,
+    checkFirst: async () => {
+      const check = new FailureTap((error) => pointReadError(error, p, disk.name));
+      try {
+        for await (const chunk of check.tap(raw())) void chunk;
+      } catch (error) {
+        throw check.error ?? error;
+      }
+    },
+  };
+}
 
 /** What the handler knows of the set before talking to XAPI. */
 interface SetInfo {
@@ -259,23 +407,22 @@ async function restoreVm(
   xapi: XapiClient,
   ctx: Ctx,
   input: RestoreInput,
-  set: SetInfo,
+  set: VmSource,
   tags: Record<string, string>,
   refuse: (code: string, message: string) => void,
   warn: (message: string) => void,
 ): Promise<Restored> {
-  if (input.vdi !== undefined) throw new RestoreInputError('RESTORE_BAD_TARGET', `--vdi: ${set.data.name} is a VM export; --vdi takes a disk backup (raw or vhd)`);
-  if (input.attach !== undefined) throw new RestoreInputError('RESTORE_BAD_TARGET', `--attach: ${set.data.name} is a VM export; --attach takes a disk backup (raw or vhd)`);
+  if (input.vdi !== undefined) throw new RestoreInputError('RESTORE_BAD_TARGET', `--vdi: ${set.name} is a VM export; --vdi takes a disk backup (raw or vhd)`);
+  if (input.attach !== undefined) throw new RestoreInputError('RESTORE_BAD_TARGET', `--attach: ${set.name} is a VM export; --attach takes a disk backup (raw or vhd)`);
   const sr = await resolveSr(xapi, input.sr);
-  const original = set.meta?.vm.name_label ?? set.manifest?.vm.name;
-  const originalUuid = set.meta?.vm.uuid ?? set.manifest?.vm.uuid;
+  const original = set.original.name;
+  const originalUuid = set.original.uuid;
   if (input.preserve) await checkOriginalGone(xapi, set, originalUuid, refuse, warn);
   const query: Record<string, string> = { sr_id: sr.$ref };
   if (input.preserve) query.restore = 'true';
-  const hash = new StreamHash();
   let result: unknown;
   try {
-    result = await xapi.upload('/import', query, () => hash.open(set.path, ctx), set.size, { signal: ctx.signal, idleTimeoutMs: input.idleTimeoutS * 1000 });
+    result = await xapi.upload('/import', query, () => set.open(ctx), set.length, { signal: ctx.signal, idleTimeoutMs: input.idleTimeoutS * 1000 });
   } catch (error) {
     // XAPI rolls a failed import back (import.ml without force): nothing to destroy here.
     throw restoreError(error, set);
@@ -283,15 +430,15 @@ async function restoreVm(
   const vmRefs = (Array.isArray(result) ? result : typeof result === 'string' && result !== '' ? [result] : []).map(String);
   const vdiRefs: Ref[] = [];
   try {
-    if (vmRefs.length === 0) throw new PermanentError('IMPORT_NO_VM', `${set.data.name}: XAPI imported no VM (task result ${JSON.stringify(result)})`);
+    if (vmRefs.length === 0) throw new PermanentError('IMPORT_NO_VM', `${set.name}: XAPI imported no VM (task result ${JSON.stringify(result)})`);
     // What the import made is known now: from here any failure destroys it.
     for (const ref of vmRefs) vdiRefs.push(...(await vmDisks(xapi, ref)));
-    if (ctx.signal.aborted) throw new VmbackupError('ABORTED', `${set.data.name}: restore aborted`);
-    hash.check(set);
+    if (ctx.signal.aborted) throw new VmbackupError('ABORTED', `${set.name}: restore aborted`);
+    set.check();
     const created: Restored['created'] = { vms: [], vdis: [] };
     for (const ref of vmRefs) {
       const vm = await xapi.getRecord('VM', ref);
-      const name = restoredName(original ?? vm.name_label, set.file.stamp, { ...(input.name !== undefined ? { name: input.name } : {}), preserve: input.preserve });
+      const name = restoredName(original ?? vm.name_label, set.stamp, { ...(input.name !== undefined ? { name: input.name } : {}), preserve: input.preserve });
       await xapi.call('VM.set_name_label', ref, name);
       await retag(xapi, 'VM', ref, vm.other_config, tags);
       const unblocked = await liftExportBlock(xapi, ref, vm.blocked_operations);
@@ -314,35 +461,22 @@ async function restoreVm(
 }
 
 /** `/import_raw_vdi` into a new VDI, or into the one given. */
-async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set: SetInfo, tags: Record<string, string>, warn: (message: string) => void): Promise<Restored> {
-  const format = rawFormatOf(set.data.format)!;
-  if (input.preserve) throw new RestoreInputError('RESTORE_BAD_TARGET', `--preserve: ${set.data.name} is a disk backup; --preserve applies to VM exports (xva)`);
+async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set: DiskSource, tags: Record<string, string>, warn: (message: string) => void): Promise<Restored> {
+  const format = set.upload;
+  if (input.preserve) throw new RestoreInputError('RESTORE_BAD_TARGET', `--preserve: ${set.name} is a disk backup; --preserve applies to VM exports (xva)`);
   if (input.attach !== undefined && input.vdi !== undefined) {
     throw new RestoreInputError('RESTORE_BAD_TARGET', `--attach and --vdi: --attach gives the new VDI a VM; the VDI --vdi names keeps the VBDs it has`);
   }
-  const diskMeta = set.meta?.disks.find((d) => d.vbd.device === set.data.disk);
-  let needed: number;
-  if (format === 'vhd') {
-    const footer = await readVhdFooter(set.path);
-    if (footer.diskType === VhdDiskType.differencing) {
-      throw new PermanentError('RESTORE_DIFFERENCING', `${set.data.name} is a differencing VHD: it cannot be restored without its parent`);
-    }
-    needed = Math.max(footer.currentSize, diskMeta === undefined ? 0 : Number(diskMeta.vdi.virtual_size));
-  } else {
-    needed = diskMeta === undefined ? set.size : Number(diskMeta.vdi.virtual_size);
-    if (set.size > needed) throw new PermanentError('RESTORE_TOO_LARGE', `${set.data.name} holds ${set.size} bytes, more than the disk's virtual_size ${needed} in the .meta`);
-    if (set.size < needed) warn(`${set.data.name} holds ${set.size} bytes, the disk ${needed}: the rest of the disk is left as it is (zeros on a new VDI)`);
-  }
-  const hash = new StreamHash();
+  const needed = await set.needed(warn);
   const upload = async (vdi: Ref) => {
-    await xapi.upload('/import_raw_vdi', { vdi, format }, () => hash.open(set.path, ctx), set.size, { signal: ctx.signal, idleTimeoutMs: input.idleTimeoutS * 1000 });
-    if (ctx.signal.aborted) throw new VmbackupError('ABORTED', `${set.data.name}: restore aborted`);
+    await xapi.upload('/import_raw_vdi', { vdi, format }, () => set.open(ctx), set.length, { signal: ctx.signal, idleTimeoutMs: input.idleTimeoutS * 1000 });
+    if (ctx.signal.aborted) throw new VmbackupError('ABORTED', `${set.name}: restore aborted`);
   };
 
   if (input.vdi !== undefined) {
     const target = await existingVdi(xapi, input, needed);
     // Its old content is lost once the upload starts: check the backup first, not while writing.
-    if (set.xxh64 !== undefined && !input.force) await verifyFile(set, ctx);
+    await set.checkFirst(ctx, input.force);
     try {
       await upload(target.$ref);
     } catch (error) {
@@ -353,14 +487,14 @@ async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set:
 
   const sr = await resolveSr(xapi, input.sr);
   const attachTo = input.attach === undefined ? undefined : await attachTarget(xapi, input.attach);
-  const name = restoredName(diskMeta?.vdi.name_label ?? `${set.manifest?.vm.name ?? 'disk'} ${set.data.disk ?? ''}`.trim(), set.file.stamp, {
+  const name = restoredName(set.vdiName, set.stamp, {
     ...(input.name !== undefined ? { name: input.name } : {}),
   });
   let ref: Ref;
   try {
     ref = await xapi.call<string>('VDI.create', {
       name_label: name,
-      name_description: diskMeta?.vdi.name_description ?? '',
+      name_description: set.vdiDescription,
       SR: sr.$ref,
       virtual_size: needed,
       type: 'user',
@@ -377,7 +511,7 @@ async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set:
   let created: RestoredVdi;
   try {
     await upload(ref);
-    hash.check(set);
+    set.check();
     const vdi = await xapi.getRecord('VDI', ref);
     created = { uuid: vdi.uuid, name: vdi.name_label, sr: sr.uuid };
   } catch (error) {
@@ -394,7 +528,7 @@ async function restoreDisk(xapi: XapiClient, ctx: Ctx, input: RestoreInput, set:
     const info = errorInfo(error);
     throw new PermanentError(
       'RESTORE_ATTACH_FAILED',
-      `restored ${set.data.name} into VDI "${created.name}" (${created.uuid}), but could not attach it to VM "${attachTo.name_label}" (${attachTo.uuid}): ${info.message}; the VDI is kept`,
+      `restored ${set.name} into VDI "${created.name}" (${created.uuid}), but could not attach it to VM "${attachTo.name_label}" (${attachTo.uuid}): ${info.message}; the VDI is kept`,
       { xapiCode: info.code, vm: attachTo.uuid, created: { vms: [], vdis: [created] } },
       { cause: error },
     );
@@ -463,13 +597,13 @@ const GONE: readonly string[] = ['HANDLE_INVALID', 'UUID_INVALID'];
  */
 async function checkOriginalGone(
   xapi: XapiClient,
-  set: SetInfo,
+  set: VmSource,
   uuid: string | undefined,
   refuse: (code: string, message: string) => void,
   warn: (message: string) => void,
 ): Promise<void> {
   if (uuid === undefined) {
-    warn(`--preserve: neither a manifest nor a .meta names the VM ${set.data.name} is a backup of: make sure it is gone`);
+    warn(`--preserve: neither a manifest nor a .meta names the VM ${set.name} is a backup of: make sure it is gone`);
     return;
   }
   const vm = await xapi.getRecordByUuid('VM', uuid).catch((error: unknown) => {
@@ -538,12 +672,14 @@ async function destroyAll(xapi: XapiClient, vms: Ref[], vdis: Ref[]): Promise<st
   return left;
 }
 
-function restoreError(error: unknown, set: SetInfo, leftovers: string[] = []): VmbackupError {
-  const info = errorInfo(error);
+function restoreError(error: unknown, set: Source, leftovers: string[] = []): VmbackupError {
+  // An upload cut by its source (a bad chunk) ends with XAPI's verdict on a short body: say the cause.
+  const cause = set.failure() ?? error;
+  const info = errorInfo(cause);
   const tail = leftovers.length > 0 ? `; could not remove ${leftovers.join(', ')}: destroy them by hand` : '';
-  const message = `restore of ${set.path} failed: ${info.message}${tail}`;
+  const message = `restore of ${set.label} failed: ${info.message}${tail}`;
   const data = { ...(info.data ?? {}), ...(leftovers.length > 0 ? { leftovers } : {}) };
-  return new PermanentError(info.code, message, data, { cause: error });
+  return new PermanentError(info.code, message, data, { cause });
 }
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;

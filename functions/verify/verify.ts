@@ -4,6 +4,10 @@ import { z } from 'zod';
 import { PermanentError } from '../../runtime/errors.js';
 import { jobSubject } from '../../runtime/events.js';
 import { defineFunction, subject } from '../../runtime/function.js';
+import type { Ctx } from '../../runtime/function.js';
+import { openExistingStore, pointName, verifyPoints } from '../../runtime/chunkstore/chunkstore.js';
+import { INDEX_SUFFIX } from '../../runtime/chunkstore/index-file.js';
+import { POINT_PREFIX } from '../../runtime/chunkstore/points.js';
 import { writeFileAtomic } from '../../runtime/storage/atomic.js';
 import type { WriteResult } from '../../runtime/storage/atomic.js';
 import { Manifest } from '../../runtime/storage/manifest.js';
@@ -48,6 +52,12 @@ export const VerifyInput = MetaOutput.extend({
   stamp: z.string().regex(/^\d{8}-\d{6}$/, 'stamp: YYYYMMDD-HHMMSS').optional(),
   /** False: return at once with `verified: null` (verify_after_backup off). Default true. */
   verify: z.boolean().default(true),
+  /** The backup is the point `<folder>/point_<stamp>` of the chunk store, not a set. */
+  point: z.boolean().default(false),
+  /** Points: check only this percentage of the chunks, drawn at random (a cheap nightly check). */
+  samplePercent: z.number().gt(0).max(100).default(100),
+  /** Points: skip chunks an earlier verify found good less than this long ago. */
+  skipVerifiedWithinMs: z.number().int().min(0).default(0),
 });
 export type VerifyInput = z.infer<typeof VerifyInput>;
 
@@ -72,6 +82,15 @@ export const Verified = z.object({
   bytes: z.number().int().min(0),
   ms: z.number().min(0),
   warnings: z.array(z.string()),
+  /** A point: its chunks checked, skipped (checked recently), and each bad one with every point that shares it. */
+  point: z
+    .object({
+      chunksChecked: z.number().int().min(0),
+      chunksSkipped: z.number().int().min(0),
+      samplePercent: z.number(),
+      badChunks: z.array(z.object({ digest: z.string(), message: z.string(), points: z.array(z.string()) })),
+    })
+    .optional(),
 });
 export type Verified = z.infer<typeof Verified>;
 
@@ -92,6 +111,7 @@ export const verify = defineFunction({
   output: VerifyOutput,
   async handle(input, ctx) {
     if (!input.verify) return { ...input, verified: null };
+    if (input.point) return { ...input, stamp: input.stamp ?? stampOf(input), verified: await verifyPoint(input, ctx) };
     const stamp = stampOf(input);
     const dir = path.join(input.backupDir, input.folder);
     const listedManifest = input.files?.find((f) => f.format === 'manifest');
@@ -181,4 +201,59 @@ export async function recordResult(dir: string, name: string, readText: string, 
   } catch (error) {
     return { skipped: `it cannot be written (${(error as Error).message})` };
   }
+}
+
+/** Codes of what verify finds wrong in a point. */
+export const PointVerifyCode = {
+  /** A chunk the point references is missing, or does not decompress or hash to its name. */
+  badChunk: 'VERIFY_CHUNK_BAD',
+  /** The manifest, the metadata or an index does not check. */
+  invalid: 'VERIFY_POINT_INVALID',
+} as const;
+
+/**
+ * Verifies a point with the chunk store's verifyPoints (runtime/chunkstore/verify.ts): its
+ * manifest, metadata and indexes, and every chunk it references (or `samplePercent` of them,
+ * skipping those found good within `skipVerifiedWithinMs`). A bad chunk is named with the
+ * OTHER points that share it. verifyPoints records the result in the point's `verified.json`.
+ */
+async function verifyPoint(input: VerifyInput, ctx: Ctx): Promise<Verified> {
+  const stamp = input.stamp ?? stampOf(input);
+  const ref = { vmFolder: input.folder, stamp };
+  const name = pointName(ref);
+  const store = await openExistingStore(input.backupDir);
+  if (store === undefined) throw new PermanentError('POINT_NO_STORE', `verify: ${name}: no chunk store in ${input.backupDir}`, { point: name });
+  const started = performance.now();
+  const report = await verifyPoints(store, [ref], { samplePercent: input.samplePercent, skipVerifiedWithinMs: input.skipVerifiedWithinMs, signal: ctx.signal });
+  const result = report.points[0]!;
+  const badChunks = report.badChunks.map((b) => ({ ...b, points: b.points.filter((p) => p !== name) }));
+  const first = result.problems[0];
+  let error: Verified['error'];
+  if (first !== undefined) {
+    const shared = first.digest !== undefined ? badChunks.find((b) => b.digest === first.digest)?.points ?? [] : [];
+    const also = shared.length > 0 ? `; the chunk is also used by ${shared.join(', ')}` : first.digest !== undefined ? '; no other point uses it' : '';
+    const more = result.problems.length > 1 ? ` (and ${result.problems.length - 1} more problem${result.problems.length > 2 ? 's' : ''})` : '';
+    error = {
+      file: first.disk !== undefined ? `${POINT_PREFIX}${stamp}/${first.disk}${INDEX_SUFFIX}` : `${POINT_PREFIX}${stamp}`,
+      code: first.digest !== undefined ? PointVerifyCode.badChunk : PointVerifyCode.invalid,
+      message: `${name}${first.disk !== undefined ? `, disk ${first.disk}` : ''}: ${first.message}${also}${more}`,
+    };
+  }
+  const ms = Math.round(performance.now() - started);
+  const warnings = report.recordError !== undefined ? [`${name}: when each chunk was checked could not be recorded (${report.recordError}): the next verify checks them again`] : [];
+  if (result.ok) ctx.log.info(`${name} verified: ${result.chunksChecked} chunks checked, ${result.chunksSkipped} skipped (checked recently)`);
+  else ctx.log.warn({ code: error!.code }, `${name} FAILED verification: ${error!.message}`);
+  return {
+    ok: result.ok,
+    at: ctx.clock.now().toISOString(),
+    stamp,
+    legacy: false,
+    recorded: true,
+    ...(error !== undefined ? { error } : {}),
+    files: [],
+    bytes: 0,
+    ms,
+    warnings,
+    point: { chunksChecked: result.chunksChecked, chunksSkipped: result.chunksSkipped, samplePercent: input.samplePercent, badChunks },
+  };
 }

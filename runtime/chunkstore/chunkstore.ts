@@ -25,3 +25,4 @@ export { chunkVerifiedAt, verifyPoints } from './verify.js';
 export type { PointVerifyResult, VerifyOptions, VerifyProblem, VerifyReport } from './verify.js';
 export { liveWriters } from './writers.js';
 export type { WriterInfo } from './writers.js';
+export { openExistingStore } from './existing.js';

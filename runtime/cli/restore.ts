@@ -3,6 +3,8 @@ import path from 'node:path';
 import { RestoreOutput, restore } from '../../functions/restore/restore.js';
 import type { RestoreInput, RestoredVdi } from '../../functions/restore/restore.js';
 import { RestoreInputError, parseRestoreFile } from '../../functions/restore/restore-set.js';
+import { pointLocation, restorePointToFile } from '../../functions/restore/restore-point.js';
+import type { PointToFileInput } from '../../functions/restore/restore-point.js';
 import { OPTIONS } from '../config/args.js';
 import { closest } from '../config/ini.js';
 import type { Settings } from '../config/schema.js';
@@ -44,6 +46,7 @@ export async function restoreCommand(argv: readonly string[], io: Io): Promise<n
   const loaded = loadCommandSettings(args.rest, io);
   if (typeof loaded === 'number') return loaded;
   const { settings, flags } = loaded;
+  if (args.toFile !== undefined || args.format !== undefined) return toFileCommand(args, io, flags.json);
   const startedAt = systemClock.now();
   const runId = `restore-${newRunId(startedAt)}`;
   let input: RestoreInput;
@@ -111,6 +114,10 @@ export interface RestoreArgs {
   vdi?: string;
   disk?: string;
   attach?: string;
+  /** `--to-file PATH`: write the disk of a point to this local file (no pool). */
+  toFile?: string;
+  /** `--format raw|vhd` of `--to-file`. */
+  format?: string;
   preserve: boolean;
   force: boolean;
   help: boolean;
@@ -118,7 +125,9 @@ export interface RestoreArgs {
   rest: string[];
 }
 
-const VALUED = ['sr', 'name', 'vdi', 'disk', 'attach'] as const;
+const VALUED = ['sr', 'name', 'vdi', 'disk', 'attach', 'to-file', 'format'] as const;
+/** The RestoreArgs field of each valued option. */
+const FIELD = { sr: 'sr', name: 'name', vdi: 'vdi', disk: 'disk', attach: 'attach', 'to-file': 'toFile', format: 'format' } as const;
 const SWITCHES = ['preserve', 'force', 'help'] as const;
 /** Settings options that mean something to a restore; the backup's selection options do not. */
 const PASSED = new Set(['config', 'base-dir', 'backup-dir', 'log-level', 'xapi', 'user', 'password-file', 'tls-ca-file', 'insecure', 'no-insecure', 'json', 'version']);
@@ -152,7 +161,7 @@ export function splitRestoreArgs(argv: readonly string[]): RestoreArgs {
         if (eq !== -1) value = arg.slice(eq + 1);
         else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('-')) value = argv[++i];
         if (value === undefined || value === '') throw new UsageError(`option --${name} needs a value`, { flag: `--${name}` });
-        out[name as (typeof VALUED)[number]] = value;
+        out[FIELD[name as (typeof VALUED)[number]]] = value;
         continue;
       }
       if ((SWITCHES as readonly string[]).includes(name)) {
@@ -198,20 +207,14 @@ export function splitRestoreArgs(argv: readonly string[]): RestoreArgs {
 /** The restore function's input from the command line; UsageError for a bad FILE or option. */
 function restoreInput(args: RestoreArgs, cwd: string, runId: string, settings: Settings): RestoreInput {
   if (args.file === undefined) throw new UsageError('vmbackup restore: FILE is missing (the data file of a backup set, or its .json); see vmbackup restore --help');
-  const file = path.resolve(cwd, args.file);
-  // Whether FILE exists first, so a missing file reads the same whatever its name.
-  let isFile: boolean;
-  try {
-    isFile = statSync(file).isFile();
-  } catch (error) {
-    const code = (error as { code?: string }).code;
-    throw new UsageError(code === 'ENOENT' || code === 'ENOTDIR' ? `${file}: no such file` : `${file}: cannot be read (${code})`, { file });
-  }
-  if (!isFile) throw new UsageError(`${file}: not a regular file`, { file });
-  try {
-    parseRestoreFile(file);
-  } catch (error) {
-    throw new UsageError((error as Error).message, { file });
+  const file = existingFile(args.file, cwd);
+  if (pointLocation(file) === undefined) {
+    if (!statSync(file).isFile()) throw new UsageError(`${file}: not a regular file`, { file });
+    try {
+      parseRestoreFile(file);
+    } catch (error) {
+      throw new UsageError((error as Error).message, { file });
+    }
   }
   if (args.preserve && args.name !== undefined) throw new UsageError('--preserve restores the VM under its own name: --name cannot go with it', { flag: '--name' });
   const parsed = restore.subject.schema.safeParse({
@@ -233,6 +236,61 @@ function restoreInput(args: RestoreArgs, cwd: string, runId: string, settings: S
     throw new UsageError(`--${String(issue.path[0] ?? 'file')}: ${issue.message}`, { issues: parsed.error.issues.map((i) => ({ message: i.message })) });
   }
   return parsed.data;
+}
+
+/**
+ * FILE as an absolute path, checked to exist first, so a missing file reads the same whatever
+ * its name. A point is a folder (`point_<stamp>`) or its manifest.json.
+ */
+function existingFile(given: string, cwd: string): string {
+  const file = path.resolve(cwd, given);
+  try {
+    statSync(file);
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    throw new UsageError(code === 'ENOENT' || code === 'ENOTDIR' ? `${file}: no such file` : `${file}: cannot be read (${code})`, { file });
+  }
+  return file;
+}
+
+/**
+ * `restore POINT --disk DEV --to-file PATH [--format raw|vhd]`: one disk of a point to a
+ * local file, in this process, with no XAPI connection. Exit 0 written; 1 the restore failed
+ * (a missing or damaged chunk, an incomplete point: nothing is left at PATH); 2 usage.
+ */
+async function toFileCommand(args: RestoreArgs, io: Io, json: boolean): Promise<number> {
+  let input: PointToFileInput;
+  try {
+    if (args.toFile === undefined) throw new UsageError('--format goes with --to-file (a disk restored into the pool is uploaded raw)', { flag: '--format' });
+    const poolOnly = (['sr', 'name', 'vdi', 'attach'] as const).find((k) => args[k] !== undefined) ?? (args.preserve ? 'preserve' : undefined);
+    if (poolOnly !== undefined) throw new UsageError(`--${poolOnly} does not apply to --to-file, which writes a local file, not into the pool`, { flag: `--${poolOnly}` });
+    if (args.format !== undefined && args.format !== 'raw' && args.format !== 'vhd') throw new UsageError(`--format ${args.format}: raw or vhd`, { flag: '--format' });
+    if (args.file === undefined) throw new UsageError('vmbackup restore: POINT is missing (a point_<stamp> folder, or its manifest.json); see vmbackup restore --help');
+    const file = existingFile(args.file, io.cwd);
+    if (pointLocation(file) === undefined) throw new UsageError(`--to-file: ${file} is not a point (a point_<stamp> folder, or its manifest.json); a backup set's raw or vhd file is already a file`, { file });
+    input = { file, to: path.resolve(io.cwd, args.toFile), format: args.format === 'vhd' ? 'vhd' : 'raw', ...(args.disk !== undefined ? { disk: args.disk } : {}) };
+  } catch (error) {
+    return fail(io, error);
+  }
+  const abort = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => abort.abort(new Error(signal));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const out = await restorePointToFile({ ...input, signal: abort.signal });
+    io.stdout.write(json ? JSON.stringify({ status: 'success', exitCode: 0, ...out }, null, 2) + '\n' : `Wrote disk ${out.disk} of point ${out.point} to ${out.to} (${out.format}, ${formatBytes(out.bytes)} for a ${formatBytes(out.diskSize)} disk)\n`);
+    return 0;
+  } catch (error) {
+    if (isFatalToCommand(error)) return fail(io, error);
+    if (!(error instanceof VmbackupError)) throw error;
+    const exitCode = error instanceof RestoreInputError ? 2 : 1;
+    if (json) io.stdout.write(JSON.stringify({ status: exitCode === 2 ? 'fatal' : 'failed', exitCode, error: { code: error.code, message: error.message } }, null, 2) + '\n');
+    else io.stderr.write(`vmbackup restore: ${error.message}\n`);
+    return exitCode;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
 }
 
 /** What a restore created, for people: one line per object, uuids first (warnings went to stderr). */
@@ -274,10 +332,14 @@ export function restoreHelp(): string {
                         [-c FILE] [-b PATH] [-d PATH] [-l LEVEL] [-v]
                         [--xapi URL] [--user NAME] [--password-file FILE]
                         [--tls-ca-file FILE] [--insecure | --no-insecure]
+       vmbackup restore POINT --disk DEV --to-file PATH [--format raw|vhd] [--json]
 
 Restore one backup into the pool. FILE is a data file of a backup set, or the set's .json:
   backup_<stamp>.xva, .xva.gz, .xva.zst   imported as a new VM (PUT /import)
   backup_<disk>_<stamp>.raw, .vhd         written into a new VDI, or --vdi (PUT /import_raw_vdi)
+or a point of the chunk store (incremental backups), its folder or its manifest.json:
+  <vm folder>/point_<stamp>[/manifest.json]   the whole VM (PUT /import), or with --disk,
+                                              --vdi or --attach one disk (PUT /import_raw_vdi)
 
 options:
   --sr SR          SR (uuid or name) to restore onto (Default: the pool's default SR)
@@ -287,7 +349,11 @@ options:
                    refused while it exists, unless --force)
   --vdi UUID       raw/vhd: write into this existing VDI (large enough, not attached)
                    instead of creating one; its content is replaced
-  --disk DEV       vdi-export sets with several disks: which one (xvdb)
+  --disk DEV       vdi-export sets with several disks: which one (xvdb); a point: restore
+                   this disk only (a point of one disk: --vdi or --attach choose it)
+  --to-file PATH   a point: write the disk to this local file instead (no pool, no
+                   connection options); PATH must not exist
+  --format F       with --to-file: raw (default) or vhd (dynamic VHD, for xe vdi-import)
   --attach VM      raw/vhd: give the new VDI to this VM (name or uuid) on its first free
                    device, read-write, not bootable; plugged if the VM is running, else
                    attached when it starts. Checked before uploading: the VM must exist,
@@ -303,10 +369,11 @@ Connection and config options are those of vmbackup (see vmbackup --help). Nothi
 half-created: a failed restore removes what it made, except a restored disk that --attach could
 not attach (its data is good). A restored VM whose backup was taken while it was halted gets
 the start block vmbackup saved with it lifted (an operator's blocks stay).
-Exit codes: 0 restored; 1 the restore failed or was refused (an incomplete or failed set, the
-original VM still there with --preserve, a disk in use, a restored disk that could not be
-attached); 2 usage, config or connection error (a bad or missing option, FILE not found, an
-unknown SR, VDI or VM, --disk missing or wrong, --attach to a VM that cannot take the disk).
+Exit codes: 0 restored; 1 the restore failed or was refused (an incomplete or failed set, an
+incomplete point or one with a missing or damaged chunk, the original VM still there with
+--preserve, a disk in use, a restored disk that could not be attached); 2 usage, config or
+connection error (a bad or missing option, FILE not found, an unknown SR, VDI or VM, --disk
+missing or wrong, --attach to a VM that cannot take the disk, a --to-file PATH that exists).
 `;
 }
 

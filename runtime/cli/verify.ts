@@ -17,6 +17,10 @@ import { quarantineSet } from '../../functions/prune/quarantine.js';
 import { verifySeries } from '../../functions/verify/series-check.js';
 import type { SeriesFileResult } from '../../functions/verify/series-check.js';
 import { assertBackupDirExists } from '../storage/mounts.js';
+import { listPoints, openExistingStore } from '../chunkstore/chunkstore.js';
+import type { ChunkStore } from '../chunkstore/chunkstore.js';
+import { POINT_PREFIX } from '../chunkstore/points.js';
+import { pointLocation } from '../../functions/restore/restore-point.js';
 import { parseBackupFileName, vmFolderName } from '../storage/naming.js';
 import { formatBytes, formatSeconds } from '../units.js';
 import type { Io } from './io.js';
@@ -46,7 +50,12 @@ import { loadCommandSettings } from './settings.js';
  *   vmbackup verify /mnt/VmBackup/exports/web1/backup_20261126-083000.xva
  */
 export async function verifyCommand(argv: readonly string[], io: Io): Promise<number> {
-  const args = splitVerifyArgs(argv);
+  let args: VerifyArgs;
+  try {
+    args = splitVerifyArgs(argv);
+  } catch (error) {
+    return fail(io, error);
+  }
   if (args.help) {
     io.stdout.write(verifyHelp());
     return 0;
@@ -86,9 +95,10 @@ export async function verifyCommand(argv: readonly string[], io: Io): Promise<nu
   try {
     for (const target of targets) {
       if (abort.signal.aborted) break;
-      const outcome = await verifyOne(target, ctx);
+      const outcome = await verifyOne(target, ctx, args);
       results.push(outcome);
-      if (args.quarantine && outcome.status === 'failed') outcome.quarantined = await quarantine(target, settings.failed_keep_days, ctx);
+      // A point is not moved aside: its chunks are shared, and the next backup of the VM heals them.
+      if (args.quarantine && outcome.status === 'failed' && target.point !== true) outcome.quarantined = await quarantine(target, settings.failed_keep_days, ctx);
       if (!flags.json) {
         io.stdout.write(formatLine(outcome) + '\n');
         if (outcome.quarantined !== undefined) io.stdout.write(`            moved aside to ${outcome.quarantined}; deleted after ${settings.failed_keep_days} days (failed_keep_days)\n`);
@@ -123,6 +133,10 @@ export async function verifyCommand(argv: readonly string[], io: Io): Promise<nu
 interface VerifyArgs {
   targets: string[];
   latest: boolean;
+  /** Points: check this percentage of their chunks (default 100). */
+  sample?: number;
+  /** Points: skip chunks found good within this many days. */
+  skipVerifiedDays?: number;
   /** Move each set that fails into `<vm folder>/.failed/<stamp>/`. */
   quarantine: boolean;
   help: boolean;
@@ -146,7 +160,18 @@ export function splitVerifyArgs(argv: readonly string[]): VerifyArgs {
       out.targets.push(...argv.slice(i + 1));
       break;
     }
-    if (arg === '--latest') {
+    const own = /^--(sample|skip-verified)(?:=(.*))?$/.exec(arg);
+    if (own !== null) {
+      const value = own[2] ?? argv[++i];
+      const n = Number(value);
+      if (own[1] === 'sample') {
+        if (value === undefined || !(n > 0 && n <= 100)) throw new UsageError(`--sample ${value ?? ''}: a percentage of chunks, more than 0 and at most 100`, { flag: '--sample' });
+        out.sample = n;
+      } else {
+        if (value === undefined || !(n >= 0)) throw new UsageError(`--skip-verified ${value ?? ''}: a number of days, 0 or more`, { flag: '--skip-verified' });
+        out.skipVerifiedDays = n;
+      }
+    } else if (arg === '--latest') {
       out.latest = true;
     } else if (arg === '--quarantine') {
       out.quarantine = true;
@@ -182,6 +207,8 @@ interface SetTarget {
   legacy: boolean;
   /** A set without manifest found while listing a folder: reported, not verified. */
   incomplete: boolean;
+  /** A point of the chunk store (`<dir>/point_<stamp>`), not a set. */
+  point?: boolean;
 }
 
 /** VM names, folders and files → the sets they stand for, in order, without repeats. */
@@ -199,9 +226,14 @@ async function resolveTargets(args: VerifyArgs, backupDir: string, cwd: string):
     const full = path.resolve(cwd, target);
     const s = await stat(full).catch(() => undefined);
     if (s === undefined) throw new UsageError(`verify: ${target}: no such file or folder`, { flag: target });
+    const point = pointLocation(full);
+    if (point !== undefined) {
+      sets.push({ dir: path.join(point.backupDir, point.ref.vmFolder), stamp: point.ref.stamp, legacy: false, incomplete: false, point: true });
+      continue;
+    }
     if (s.isDirectory()) {
-      // A VM folder holds sets; a folder without any (a backup_dir) stands for its subfolders.
-      if ((await listSets(full)).length > 0) folders.push(full);
+      // A VM folder holds sets or points; a folder without any (a backup_dir) stands for its subfolders.
+      if ((await listSets(full)).length > 0 || (await hasPoints(full))) folders.push(full);
       else folders.push(...(await subfolders(full)));
       continue;
     }
@@ -209,14 +241,24 @@ async function resolveTargets(args: VerifyArgs, backupDir: string, cwd: string):
     if (info === null) throw new UsageError(`verify: ${target} is not a backup file (backup_<stamp>.xva, .meta, .json, …)`, { flag: target });
     sets.push({ dir: path.dirname(full), stamp: info.stamp, legacy: info.legacy, incomplete: false });
   }
+  const stores = new Map<string, ChunkStore | undefined>();
   for (const dir of folders) {
     let listed = await listSets(dir);
     if (args.latest) listed = newest(listed);
     for (const set of listed) sets.push({ dir, stamp: set.stamp, legacy: set.legacy, incomplete: isIncomplete(set) });
+    // The folder's points, from the chunk store of its backup_dir (none without a store).
+    const backupDir = path.dirname(dir);
+    if (!stores.has(backupDir)) stores.set(backupDir, await openExistingStore(backupDir));
+    const store = stores.get(backupDir);
+    if (store === undefined) continue;
+    const { points, incomplete } = await listPoints(store, path.basename(dir));
+    const found = [...points.map((p) => ({ stamp: p.stamp, incomplete: false })), ...incomplete.map((p) => ({ stamp: p.stamp, incomplete: true }))].sort((a, b) => a.stamp.localeCompare(b.stamp));
+    const chosen = args.latest ? points.slice(-1).map((p) => ({ stamp: p.stamp, incomplete: false })) : found;
+    for (const p of chosen) sets.push({ dir, stamp: p.stamp, legacy: false, incomplete: p.incomplete, point: true });
   }
   const seen = new Set<string>();
   const targets = sets.filter((t) => {
-    const key = `${t.dir}\0${t.stamp}`;
+    const key = `${t.dir}\0${t.point === true ? POINT_PREFIX : ''}${t.stamp}`;
     if (seen.has(key)) return false;
     seen.add(key);
     return true;
@@ -234,6 +276,11 @@ function newest(sets: SetListing[]): SetListing[] {
 /** A path, not a VM name: has a separator, or is named like a backup file. */
 function isPath(arg: string): boolean {
   return arg.includes('/') || arg === '.' || arg === '..' || parseBackupFileName(arg) !== null;
+}
+
+/** A folder holding `point_<stamp>` folders: a VM folder with points. */
+async function hasPoints(dir: string): Promise<boolean> {
+  return (await readdir(dir, { withFileTypes: true })).some((e) => e.isDirectory() && e.name.startsWith(POINT_PREFIX));
 }
 
 async function subfolders(dir: string): Promise<string[]> {
@@ -282,10 +329,18 @@ async function quarantine(target: SetTarget, keepDays: number, ctx: Ctx): Promis
   });
 }
 
-async function verifyOne(target: SetTarget, ctx: Ctx): Promise<SetOutcome> {
+async function verifyOne(target: SetTarget, ctx: Ctx, options: Pick<VerifyArgs, 'sample' | 'skipVerifiedDays'>): Promise<SetOutcome> {
   if (target.incomplete) return { target, status: 'incomplete' };
   try {
-    const out = await verify.handle(verify.subject.schema.parse({ backupDir: path.dirname(target.dir), folder: path.basename(target.dir), stamp: target.stamp }), ctx);
+    const out = await verify.handle(
+      verify.subject.schema.parse({
+        backupDir: path.dirname(target.dir),
+        folder: path.basename(target.dir),
+        stamp: target.stamp,
+        ...(target.point === true ? { point: true, samplePercent: options.sample ?? 100, skipVerifiedWithinMs: Math.round((options.skipVerifiedDays ?? 0) * 86_400_000) } : {}),
+      }),
+      ctx,
+    );
     const verified = out.verified!;
     return { target, status: verified.ok ? 'ok' : 'failed', verified };
   } catch (error) {
@@ -297,7 +352,7 @@ async function verifyOne(target: SetTarget, ctx: Ctx): Promise<SetOutcome> {
 }
 
 function label(target: SetTarget): string {
-  return `${path.basename(target.dir)}/backup_${target.stamp}`;
+  return `${path.basename(target.dir)}/${target.point === true ? POINT_PREFIX : 'backup_'}${target.stamp}`;
 }
 
 /** Sizes as verify prints them: plain bytes say `bytes`. */
@@ -312,6 +367,11 @@ function formatLine(o: SetOutcome): string {
   if (o.status === 'error') return `${status}  ${name}  not checked: ${o.error!.message}`;
   const v = o.verified!;
   if (o.status === 'failed') return `${status}  ${name}  ${v.error!.message}`;
+  if (v.point !== undefined) {
+    const sample = v.point.samplePercent < 100 ? ` (a ${v.point.samplePercent} % sample)` : '';
+    const skipped = v.point.chunksSkipped > 0 ? `, ${v.point.chunksSkipped} skipped (found good recently)` : '';
+    return `${status}  ${name}  ${v.point.chunksChecked} chunks checked${sample}${skipped} in ${formatSeconds(v.ms)}`;
+  }
   const legacy = v.legacy ? ' (VmBackup set: format checks only, no manifest)' : '';
   return `${status}  ${name}  ${v.files.length} files, ${formatSize(v.bytes)} in ${formatSeconds(v.ms)}${legacy}`;
 }
@@ -325,7 +385,11 @@ function summarize(results: SetOutcome[], ms: number, interrupted: boolean): { l
   if (counts.incomplete > 0) parts.push(`${counts.incomplete} incomplete`);
   if (counts.errors > 0) parts.push(`${counts.errors} not checked`);
   const speed = ms > 0 ? `, ${formatSize(Math.round(counts.bytes / (ms / 1000)))}/s` : '';
-  const line = `verify: ${counts.sets} set${counts.sets === 1 ? '' : 's'}: ${parts.join(', ')}; ${formatSize(counts.bytes)} read in ${formatSeconds(ms)}${speed}${interrupted ? ' (interrupted)' : ''}`;
+  const pointResults = results.filter((r) => r.verified?.point !== undefined);
+  const chunks = pointResults.reduce((n, r) => n + r.verified!.point!.chunksChecked, 0);
+  // Points are read chunk by chunk: their count says what was checked, not bytes of files.
+  const read = pointResults.length === results.filter((r) => r.verified !== undefined).length && pointResults.length > 0 ? `${chunks} chunks of points checked in ${formatSeconds(ms)}` : `${formatSize(counts.bytes)} read in ${formatSeconds(ms)}${speed}${pointResults.length > 0 ? `, ${chunks} chunks of points checked` : ''}`;
+  const line = `verify: ${counts.sets} set${counts.sets === 1 ? '' : 's'}: ${parts.join(', ')}; ${read}${interrupted ? ' (interrupted)' : ''}`;
   return { line, exitCode, counts };
 }
 
@@ -335,6 +399,7 @@ function jsonOf(o: SetOutcome): Record<string, unknown> {
     dir: o.target.dir,
     stamp: o.target.stamp,
     legacy: o.target.legacy,
+    ...(o.target.point === true ? { point: true } : {}),
     status: o.status,
     ...(o.verified ? { verified: o.verified } : {}),
     ...(o.error ? { error: o.error } : {}),
@@ -356,20 +421,25 @@ function makeLogger(baseDir: string): Logger {
 function verifyHelp(): string {
   return [
     'usage: vmbackup verify [VM…|PATH…] [--latest] [--quarantine] [--json] [-b PATH] [-d PATH]',
-    '                       [-c FILE]',
+    '                       [--sample P] [--skip-verified DAYS] [-c FILE]',
     '',
     'Re-reads backup sets and checks them: XVA chunk checksums (also inside .xva.gz and',
     '.xva.zst), VHD structure, raw sizes against the .meta, and every file\'s size and XXH64',
     'against the manifest. The result is recorded in each set\'s manifest; a set that fails no',
-    'longer counts toward max_backups.',
+    'longer counts toward max_backups. Points of the chunk store (incremental backups): every',
+    'chunk they reference exists and hashes to its name, their indexes and manifest check; a',
+    'bad chunk is named with the other points that share it.',
     '',
     'arguments:',
     '  VM                    a VM name: its backup sets in backup_dir',
-    '  PATH                  a backup file (its set), a VM folder, or a backup_dir',
+    '  PATH                  a backup file (its set), a point folder (point_<stamp>), a VM',
+    '                        folder, or a backup_dir',
     '                        (anything with a "/"; no argument: every set in backup_dir)',
     '',
     'options:',
     '  --latest              only the newest set of each VM folder',
+    '  --sample P            points: check a random P % of their chunks (a cheap nightly check)',
+    '  --skip-verified DAYS  points: skip chunks found good by a verify in the last DAYS days',
     '  --quarantine          move each set that fails into <vm folder>/.failed/<stamp>/:',
     '                        it counts for nothing and is deleted after failed_keep_days',
     '  --json                print the results as JSON',

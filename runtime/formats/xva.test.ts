@@ -8,7 +8,7 @@ import type { BlockSource } from './block-source.js';
 import { TAR_END, tarEntry, TarErrorCode } from './tar.js';
 import { generatedSource, readAll } from './test-sources.js';
 import { encodeValue } from './xmlrpc.js';
-import { readXva, verifyXva, xvaDiskWrites, XvaError, XvaErrorCode, xvaParts, xvaStream, type ReadXvaOptions, type XvaStreamOptions } from './xva.js';
+import { readXva, verifyXva, xvaDiskWrites, XvaError, XvaErrorCode, xvaParts, xvaSize, xvaStream, type ReadXvaOptions, type XvaStreamOptions } from './xva.js';
 import { loadXxh64, XXH64_EMPTY } from './xxh64.js';
 
 // Needs python3, xxhsum (Debian package `xxhash`) and sha1sum.
@@ -405,5 +405,22 @@ describe('xvaStream behaviour', () => {
     const data = buf.subarray(1024, 1024 + 4096);
     expect(buf.toString('latin1', 1024 + 4096, 1024 + 4096 + 23)).toMatch(/^Ref:7\/00000000\.checksum$/);
     expect(buf.toString('latin1', 1024 + 4096 + 512, 1024 + 4096 + 512 + 40)).toBe(createHash('sha1').update(data).digest('hex'));
+  });
+});
+
+describe('xvaSize', () => {
+  it.each([['xxhash'], ['sha1']] as const)('equals the length xvaStream writes with writeZeroBuffers (%s), from the allocation alone', async (checksum) => {
+    const kinds: ('data' | 'zero' | 'null')[] = ['null', 'data', 'zero', 'null', 'null', 'data', 'null'];
+    const a = generatedSource({ size: 7 * MiB - 4096, kind: (r) => kinds[r]! });
+    const b = generatedSource({ size: 3 * MiB, kind: () => 'null', seed: 2 });
+    const allocated = (n: number) => (offset: number) => n === 0 && kinds[Math.floor(offset / MiB)] !== 'null';
+    const ova = ovaXml([{ ref: 'Ref:1', size: a.size }, { ref: 'Ref:2', size: b.size }]);
+    let streamed = 0;
+    for await (const p of xvaParts({ ovaXml: ova, disks: [{ ref: 'Ref:1', source: a }, { ref: 'Ref:2', source: b }], writeZeroBuffers: true, checksum })) streamed += p.length;
+    const size = await xvaSize({ ovaXml: ova, checksum, disks: [{ ref: 'Ref:1', size: a.size, allocated: allocated(0) }, { ref: 'Ref:2', size: b.size, allocated: allocated(1) }] });
+    expect(size).toBe(streamed);
+    // The zero region is written (a Buffer), the null ones are not: fewer chunks than regions.
+    const all = await xvaSize({ ovaXml: ova, checksum, disks: [{ ref: 'Ref:1', size: a.size, allocated: () => true }, { ref: 'Ref:2', size: b.size, allocated: () => true }] });
+    expect(all).toBeGreaterThan(size);
   });
 });

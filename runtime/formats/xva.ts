@@ -175,6 +175,38 @@ export async function* xvaParts(options: XvaStreamOptions): AsyncGenerator<Buffe
   yield TAR_END;
 }
 
+/**
+ * The byte length of `xvaStream(options)` before streaming it, for an upload that needs its
+ * Content-Length (XAPI's `/import` refuses a chunked body), from each disk's allocation alone:
+ * `allocated(offset, length)` must be false exactly where the source's `read` returns null.
+ * Only for streams written with `writeZeroBuffers` and without keepalives (a zero Buffer is
+ * then written like any data, so the length does not depend on the bytes).
+ *
+ * @example
+ *   const length = await xvaSize({ ovaXml, disks: [{ ref: 'Ref:4', size, allocated }] });
+ *   await xapi.upload('/import', query, () => xvaStream({ ovaXml, disks, writeZeroBuffers: true }), length);
+ */
+export async function xvaSize(options: {
+  ovaXml: string;
+  disks: { ref: string; size: number; allocated(offset: number, length: number): boolean | Promise<boolean> }[];
+  checksum?: XvaChecksum;
+  chunkSize?: number;
+}): Promise<number> {
+  const chunkSize = options.chunkSize ?? XVA_CHUNK_SIZE;
+  const sumLength = (options.checksum ?? XvaChecksum.xxhash) === XvaChecksum.xxhash ? 16 : 40;
+  const entry = (size: number) => TAR_BLOCK_SIZE + size + tarPaddingLength(size);
+  let total = entry(Buffer.byteLength(options.ovaXml, 'utf8'));
+  for (const disk of options.disks) {
+    const count = Math.ceil(disk.size / chunkSize);
+    for (let i = 0; i < count; i++) {
+      const offset = i * chunkSize;
+      const length = Math.min(chunkSize, disk.size - offset);
+      if (i === 0 || i === count - 1 || (await disk.allocated(offset, length))) total += entry(length) + entry(sumLength);
+    }
+  }
+  return total + TAR_END.length;
+}
+
 /** Codes of `XvaError` (tar-level failures keep their `TAR_*` code). */
 export const XvaErrorCode = {
   NO_OVA: 'XVA_NO_OVA',
