@@ -1,3 +1,6 @@
+import { execFileSync } from 'node:child_process';
+import { readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChunkStore, collectGarbage, listPoints } from '../../runtime/chunkstore/chunkstore.js';
 import { httpsSim, vmbackup, workspace } from '../helpers/cli.js';
@@ -88,6 +91,18 @@ describe('delta-export: incremental backups into the chunk store, end to end', (
       const want = expected.get(p.stamp)!;
       expect((await pointDisk(store, p, 'xvda')).equals(want.xvda), `${p.stamp} xvda`).toBe(true);
       expect((await pointDisk(store, p, 'xvdb')).equals(want.xvdb), `${p.stamp} xvdb`).toBe(true);
+      // And through the user's door: `restore POINT --to-file --format vhd`, read back by an
+      // independent VHD reader (qemu-img), equals the disk as it was at that point.
+      for (const disk of ['xvda', 'xvdb'] as const) {
+        const vhd = path.join(ws.base, `${p.stamp}-${disk}.vhd`);
+        const r = await vmbackup(['restore', path.join(ws.exports, 'app1', `point_${p.stamp}`), '--disk', disk, '--to-file', vhd, '--format', 'vhd', '-b', ws.base]);
+        expect(r.code, r.stderr).toBe(0);
+        const raw = path.join(ws.base, `${p.stamp}-${disk}.raw`);
+        execFileSync('qemu-img', ['convert', '--image-opts', `driver=vpc,force_size_calc=current_size,file.filename=${vhd}`, '-O', 'raw', raw]);
+        expect((await readFile(raw)).equals(want[disk]), `${p.stamp} ${disk} via qemu-img`).toBe(true);
+        await rm(vhd);
+        await rm(raw);
+      }
     }
   }, 600_000);
 });
