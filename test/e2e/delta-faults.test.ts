@@ -11,7 +11,7 @@ import type { Simulator } from '../sim/server.js';
 import { login, xapi } from '../sim/test-helpers.js';
 import { deltaPool, deltaRun, diskBytes, pointDisk, points, snapshotsLeft } from './delta-helpers.js';
 
-const NAMES = ['gone', 'nocbt', 'lcb', 'nbddrop', 'chunk'] as const;
+const NAMES = ['gone', 'nocbt', 'lcb', 'nbddrop', 'chunk', 'grow'] as const;
 const vm = (name: string) => ({ name_label: name, power_state: 'Running' as const, disks: [{ device: 'xvda', size_mib: 8, fill: 'pattern' as const }], vifs: [] });
 
 /**
@@ -121,6 +121,21 @@ describe('delta-export faults: a full re-read with a warning naming the reason, 
     expect(r.summary.jobs[0]!.warnings).toEqual([`xvda: 1 chunk(s) of point ${newest.stamp} were missing from the store: read again from the disk`]);
     await whole(ws, 'chunk', 'changes');
     expect((await points(ws, 'chunk')).newest.manifest.disks[0]!.healedChunks).toBe(1);
+  });
+
+  it('a disk resized between runs: read whole at its new size with a warning, then changes again', async () => {
+    const ws = await first('grow');
+    const p1 = (await points(ws, 'grow')).newest.stamp;
+    await xapi(sim.url, 'VDI.resize_online', session, sourceVdi('grow'), String(12 << 20));
+    sim.state.churn('grow', 3);
+    const r = await deltaRun(ws, sim, ['--delta-export', 'grow']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.summary.jobs[0]!.warnings).toEqual([`xvda read whole: disk resized from 8.0 MiB to 12.0 MiB since point ${p1}`]);
+    await whole(ws, 'grow', 'full');
+    expect((await points(ws, 'grow')).newest.manifest.disks[0]!.size).toBe(12 << 20);
+    sim.state.churn('grow', 3);
+    expect((await deltaRun(ws, sim, ['--delta-export', 'grow'])).summary.status).toBe('success');
+    await whole(ws, 'grow', 'changes');
   });
 });
 
