@@ -138,11 +138,14 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
       const source = await xapi.getRecordByUuid('VDI', disk.source);
       const base = (await baseSnapshots(xapi, source)).at(-1);
       const nbd = await xapi.vdiNbdInfo(snapRef).catch(() => [] as NbdInfo[]);
+      // The same disk in the previous point: by its VDI (a halted VM's devices have no name
+      // but their userdevice), else by name.
+      const before = previous?.manifest.disks.find((d) => d.vdi === disk.source) ?? previous?.manifest.disks.find((d) => d.name === name);
       let plan = planDiskRead({
         disk: { name, size: disk.virtualSize, cbt: source.cbt_enabled },
         cbt: input.cbt !== false,
         nbd: nbd.length > 0,
-        ...(previous !== undefined ? { previous: { stamp: previous.stamp, disks: previous.manifest.disks } } : {}),
+        ...(previous !== undefined ? { previous: { stamp: previous.stamp, disks: before !== undefined ? [{ name, size: before.size }] : [] } } : {}),
         ...(base !== undefined ? { base: { stamp: base.other_config[TAG.base]!, cbt: base.cbt_enabled } } : {}),
         cbtTurnedOn: input.snapshot.cbtEnabled?.includes(name) === true,
       });
@@ -156,7 +159,7 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
       }
       if (plan.warn) warnings.push(`${name} read whole: ${plan.reason}`);
       else ctx.log.info(`${input.vm.name}: ${name}: ${plan.reason}`);
-      const r = await readDisk(xapi, ctx, input, point, { name, snapRef, size: disk.virtualSize, vdi: disk.source, nbd: nbd[0], nbdTls, plan, ranges });
+      const r = await readDisk(xapi, ctx, input, point, { name, baseDisk: before?.name ?? name, snapRef, size: disk.virtualSize, vdi: disk.source, nbd: nbd[0], nbdTls, plan, ranges });
       if (r.healedChunks > 0) warnings.push(`${name}: ${r.healedChunks} chunk(s) of point ${plan.base} were missing from the store: read again from the disk`);
       out.push({ disk: name, read: plan.read, ...(plan.base !== undefined ? { base: plan.base } : {}), reason: plan.reason, size: r.size, readBytes: r.readBytes, newBytes: r.newBytes, newChunks: r.newChunks, healedChunks: r.healedChunks });
     }
@@ -175,6 +178,8 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
 
 interface DiskRead {
   name: string;
+  /** Its name in the base point. */
+  baseDisk: string;
   snapRef: string;
   size: number;
   vdi: string;
@@ -186,7 +191,7 @@ interface DiskRead {
 
 /** One disk into the point: its changed chunks over NBD, or all of it (NBD or export_raw_vdi). */
 async function readDisk(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, point: PointWriter, d: DiskRead): Promise<PointDisk> {
-  const options = { vdi: d.vdi, signal: ctx.signal, onProgress: () => ctx.heartbeat() };
+  const options = { vdi: d.vdi, baseDisk: d.baseDisk, signal: ctx.signal, onProgress: () => ctx.heartbeat() };
   if (d.nbd !== undefined) {
     const info = d.nbd;
     const nbd = await NbdClient.connect({

@@ -1,14 +1,17 @@
-import { unlink } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ZERO_DIGEST, openPoint } from '../../runtime/chunkstore/chunkstore.js';
-import { workspace } from '../helpers/cli.js';
+import { VMBACKUP, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
 import { startSimulator } from '../sim/server.js';
 import type { Simulator } from '../sim/server.js';
 import { login, xapi } from '../sim/test-helpers.js';
 import { deltaPool, deltaRun, diskBytes, pointDisk, points, snapshotsLeft } from './delta-helpers.js';
 
-const NAMES = ['gone', 'nocbt', 'lcb', 'nbddrop', 'chunk'] as const;
+const NAMES = ['gone', 'nocbt', 'lcb', 'nbddrop', 'chunk', 'grow'] as const;
 const vm = (name: string) => ({ name_label: name, power_state: 'Running' as const, disks: [{ device: 'xvda', size_mib: 8, fill: 'pattern' as const }], vifs: [] });
 
 /**
@@ -119,6 +122,21 @@ describe('delta-export faults: a full re-read with a warning naming the reason, 
     await whole(ws, 'chunk', 'changes');
     expect((await points(ws, 'chunk')).newest.manifest.disks[0]!.healedChunks).toBe(1);
   });
+
+  it('a disk resized between runs: read whole at its new size with a warning, then changes again', async () => {
+    const ws = await first('grow');
+    const p1 = (await points(ws, 'grow')).newest.stamp;
+    await xapi(sim.url, 'VDI.resize_online', session, sourceVdi('grow'), String(12 << 20));
+    sim.state.churn('grow', 3);
+    const r = await deltaRun(ws, sim, ['--delta-export', 'grow']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.summary.jobs[0]!.warnings).toEqual([`xvda read whole: disk resized from 8.0 MiB to 12.0 MiB since point ${p1}`]);
+    await whole(ws, 'grow', 'full');
+    expect((await points(ws, 'grow')).newest.manifest.disks[0]!.size).toBe(12 << 20);
+    sim.state.churn('grow', 3);
+    expect((await deltaRun(ws, sim, ['--delta-export', 'grow'])).summary.status).toBe('success');
+    await whole(ws, 'grow', 'changes');
+  });
 });
 
 describe('delta-export without NBD', () => {
@@ -139,5 +157,40 @@ describe('delta-export without NBD', () => {
     expect(all).toHaveLength(2);
     expect((await pointDisk(store, newest, 'xvda')).equals(await diskBytes(sim, 'plain', 'xvda'))).toBe(true);
     expect(newest.manifest.disks[0]!.newBytes).toBeLessThan(all[0]!.manifest.disks[0]!.newBytes);
+  });
+});
+
+describe('delta-export on a full backup filesystem', () => {
+  let sim: Simulator;
+  beforeAll(async () => {
+    sim = await startSimulator({ pool: deltaPool([{ ...vm('small'), disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' as const }] }, { ...vm('big'), disks: [{ device: 'xvda', size_mib: 32, fill: 'pattern' as const }] }]) });
+  });
+  afterAll(async () => sim.close());
+
+  it('ENOSPC: that VM fails (exit 1) naming the full filesystem, leaves no point and no snapshot; the other VM is backed up', async () => {
+    const ws = await workspace();
+    // A 4 MiB tmpfs as backup_dir, in a private mount namespace (as root, or as a user with
+    // unprivileged user namespaces): the 32 MiB disk cannot fit.
+    const dir = path.join(ws.base, 'full');
+    await mkdir(dir);
+    const script = [
+      'set -e',
+      `mount -t tmpfs -o size=4m tmpfs '${dir}'`,
+      `'${process.execPath}' '${VMBACKUP}' ${[...ws.args(sim), '-d', dir, '--delta-export', 'small', '--delta-export', 'big', '--space-threshold', '1', '--concurrency', '1'].map((a) => `'${a}'`).join(' ')} > '${ws.base}/out.txt' 2> '${ws.base}/err.txt' || echo "exit=$?" > '${ws.base}/code.txt'`,
+      `cd '${dir}' && find . -type f | sort > '${ws.base}/files.txt'`,
+    ].join('\n');
+    const unshare = process.getuid?.() === 0 ? ['--mount'] : ['--user', '--map-root-user', '--mount'];
+    // Asynchronously: the simulator runs in this process and must keep answering.
+    await promisify(execFile)('unshare', [...unshare, 'bash', '-c', script], { env: { PATH: process.env.PATH ?? '' } });
+    expect(await readFile(path.join(ws.base, 'code.txt'), 'utf8')).toBe('exit=1\n');
+    expect(await readFile(path.join(ws.base, 'err.txt'), 'utf8')).toMatch(/ERROR: big: delta-export failed: the backup filesystem is full: cannot write .*\/\.chunkstore\/chunks\/.* \(ENOSPC\)/);
+    const files = (await readFile(path.join(ws.base, 'files.txt'), 'utf8')).trim().split('\n');
+    expect(files.filter((f) => f.startsWith('./small/point_') && f.endsWith('/manifest.json'))).toHaveLength(1);
+    expect(files.filter((f) => f.startsWith('./big/'))).toEqual([]);
+    expect(files.filter((f) => f.endsWith('.partial'))).toEqual([]);
+    expect(files.filter((f) => f.startsWith('./.chunkstore/writers/'))).toEqual([]);
+    // No snapshot of big is left; small keeps its one base.
+    expect(snapshotsLeft(sim).vms).toEqual([]);
+    expect(snapshotsLeft(sim).vdis.map((v) => v.type)).toEqual(['cbt_metadata']);
   });
 });

@@ -260,3 +260,34 @@ describe('storage migration and NBD info', () => {
     expect(await xapi(sim.url, 'VDI.get_nbd_info', session, vdi)).toEqual([]);
   });
 });
+
+describe('VDI.resize / VDI.resize_online', () => {
+  let own: Simulator;
+  let s: string;
+  beforeAll(async () => {
+    own = await startSimulator({ pool: cbtPool() });
+    s = await login(own.url);
+  });
+  afterAll(async () => own.close());
+  const disk = (vm: string) => own.state.records('VBD').find((b) => b.VM === own.state.vm(vm).ref && b.device === 'xvda')!.VDI as string;
+
+  it('grow a disk (new bytes zero, CBT tracks them) and refuse what XAPI and SM refuse', async () => {
+    const halted = disk('other');
+    await xapi(own.url, 'VDI.resize', s, halted, String(6 << 20));
+    expect(own.state.record('VDI', halted)!.virtual_size).toBe(6 << 20);
+    const res = await fetch(`${own.url}/export_raw_vdi?session_id=${s}&vdi=${halted}&format=raw`);
+    const bytes = Buffer.from(await res.arrayBuffer());
+    expect(bytes.length).toBe(6 << 20);
+    expect(bytes.every((b) => b === 0)).toBe(true);
+    expect(await xapiError(own.url, 'VDI.resize', s, halted, String(2 << 20))).toEqual(['SR_BACKEND_FAILURE_79', '', `VDI Invalid size [opterr=shrinking from ${6 << 20} to ${2 << 20} is not supported]`, '']);
+
+    const attached = disk('live');
+    expect((await xapiError(own.url, 'VDI.resize', s, attached, String(4 << 20)))[0]).toBe('VDI_IN_USE');
+    const before = (await xapi(own.url, 'VDI.snapshot', s, attached, {})) as string;
+    await xapi(own.url, 'VDI.resize_online', s, attached, String(4 << 20));
+    own.state.churn('live', 100);
+    const after = (await xapi(own.url, 'VDI.snapshot', s, attached, {})) as string;
+    // Every block of the grown disk changed, the new ones included.
+    expect(decodeBitmap(String(await xapi(own.url, 'VDI.list_changed_blocks', s, before, after)))).toHaveLength(64);
+  });
+});

@@ -54,6 +54,15 @@ export class CbtLogs {
     this.logs.delete(vdi);
   }
 
+  /** The VDI grew (VDI.resize): its log covers the new blocks. */
+  resize(vdi: string, size: number): void {
+    const log = this.logs.get(vdi);
+    if (log === undefined || bitmapBytes(size) <= log.bits.length) return;
+    const bits = new Uint8Array(bitmapBytes(size));
+    bits.set(log.bits);
+    log.bits = bits;
+  }
+
   /** A guest write of [offset, offset + length) on `vdi` (no-op without a log). */
   noteWrite(vdi: string, offset: number, length: number): void {
     const log = this.logs.get(vdi);

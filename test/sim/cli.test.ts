@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { smallPool } from './fixtures.js';
@@ -66,6 +67,29 @@ describe('vmbackup-sim', () => {
     child.kill('SIGTERM');
     const code = await new Promise((r) => child.on('exit', r));
     expect(code).toBe(0);
+  });
+
+  it('serves NBD on --nbd-port, and says where', async () => {
+    const free = await new Promise<number>((resolve) => {
+      const probe = createServer().listen(0, '127.0.0.1', () => {
+        const port = (probe.address() as AddressInfo).port;
+        probe.close(() => resolve(port));
+      });
+    });
+    const pool = { ...smallPool(), networks: [{ name_label: 'Storage', purpose: ['insecure_nbd'] }] };
+    const { stdout } = await start(['--pool', await poolFile(pool), '--nbd-port', String(free)]);
+    expect(stdout()).toContain(`NBD on port ${free} of every host address`);
+    // A real NBD server answers there: its greeting starts with NBDMAGIC.
+    const greeting = await new Promise<Buffer>((resolve, reject) => {
+      const socket = connect(free, '127.0.0.1');
+      socket.once('data', (d: Buffer) => {
+        socket.destroy();
+        resolve(d);
+      });
+      socket.once('error', reject);
+    });
+    expect(greeting.subarray(0, 8).toString('latin1')).toBe('NBDMAGIC');
+    expect((await runToEnd(['--generate', '1', '--nbd-port', '70000'])).stderr).toMatch(/--nbd-port: 70000 is not a port number/);
   });
 
   it('serves TLS with --https and prints where the CA certificate is', async () => {

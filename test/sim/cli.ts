@@ -19,6 +19,8 @@ Options:
   --pool FILE       pool description (JSON; see test/sim/README.md)
   --generate N      add N generated VMs (small disks); alone, a one-host pool with N VMs
   --port N          port shared by every host address (default 0: a free port)
+  --nbd-port N      port of the NBD server on every host address (default 0: a free port;
+                    XAPI's is 10809); served once a network has purpose nbd or insecure_nbd
   --https           serve TLS with a generated CA; its certificate path is printed
   --tls-dir DIR     where to write the CA and server certificate (default a temp dir)
   --bind A,B,...    listen addresses of the hosts, in order (default 127.0.0.1, 127.0.0.2, ...)
@@ -45,6 +47,7 @@ export async function main(argv: string[]): Promise<number> {
         pool: { type: 'string' },
         generate: { type: 'string' },
         port: { type: 'string' },
+        'nbd-port': { type: 'string' },
         https: { type: 'boolean' },
         'tls-dir': { type: 'string' },
         bind: { type: 'string' },
@@ -63,9 +66,12 @@ export async function main(argv: string[]): Promise<number> {
   }
   let spec: PoolSpec;
   let port: number | undefined;
+  let nbdPort: number | undefined;
   try {
     port = integer('port', values.port as string | undefined, 0);
     if (port !== undefined && port > 65535) throw new UsageError(`--port: ${port} is not a port number`);
+    nbdPort = integer('nbd-port', values['nbd-port'] as string | undefined, 0);
+    if (nbdPort !== undefined && nbdPort > 65535) throw new UsageError(`--nbd-port: ${nbdPort} is not a port number`);
     const generate = integer('generate', values.generate as string | undefined, 1);
     if (values.pool === undefined && generate === undefined) throw new UsageError('give --pool FILE or --generate N');
     if (values.pool !== undefined) {
@@ -96,6 +102,7 @@ export async function main(argv: string[]): Promise<number> {
   const sim = await startSimulator({
     pool: spec,
     ...(port === undefined ? {} : { port }),
+    ...(nbdPort === undefined ? {} : { nbdPort }),
     https: values.https === true,
     ...(bind === undefined ? {} : { bind }),
     ...(typeof values['tls-dir'] === 'string' ? { tlsDir: values['tls-dir'] } : {}),
@@ -104,6 +111,7 @@ export async function main(argv: string[]): Promise<number> {
   process.stdout.write(`vmbackup-sim: pool "${spec.name_label}" (${spec.hosts.length} host${spec.hosts.length === 1 ? '' : 's'}, ${plainVms} VMs), user ${spec.credentials.user}\n`);
   for (const h of sim.hosts.slice(1)) process.stdout.write(`vmbackup-sim: member ${h.name} at ${h.url}\n`);
   if (sim.caFile !== undefined) process.stdout.write(`CA certificate: ${sim.caFile}\n`);
+  process.stdout.write(`vmbackup-sim: NBD on port ${sim.nbdPort} of every host address\n`);
   process.stdout.write(`vmbackup-sim: master ${sim.hosts[0]!.name} listening on ${sim.url}\n`);
 
   await stopped;

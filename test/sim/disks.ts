@@ -384,6 +384,33 @@ export class WrittenDisk implements SimDisk {
   }
 }
 
+/** A disk grown by VDI.resize: `base`'s bytes, then zeros up to `size`. */
+export class GrownDisk implements SimDisk {
+  constructor(
+    readonly base: SimDisk,
+    readonly size: number,
+  ) {}
+
+  get allocated(): number {
+    return this.base.allocated;
+  }
+
+  hasData(offset: number, length: number): boolean {
+    return offset < this.base.size && this.base.hasData(offset, Math.min(length, this.base.size - offset));
+  }
+
+  async read(offset: number, length: number): Promise<Buffer | null> {
+    if (offset < 0 || length < 0 || offset + length > this.size) throw new RangeError(`read [${offset}, ${offset + length}) outside disk of ${this.size} bytes`);
+    if (offset >= this.base.size) return null;
+    if (offset + length <= this.base.size) return this.base.read(offset, length);
+    const head = await this.base.read(offset, this.base.size - offset);
+    if (head === null) return null;
+    const out = Buffer.alloc(length);
+    head.copy(out);
+    return out;
+  }
+}
+
 /**
  * `count` distinct block indices in [0, total), chosen from `seed` alone (Floyd's sampling
  * over xorshift32), sorted.

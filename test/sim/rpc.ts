@@ -428,6 +428,8 @@ export class Rpc {
       return hosts.map((h) => ({ address: h.address, port: nbd.port, cert, exportname: `/${f.uuid as string}?session_id=${c.session!}`, subject: nbd.subject }));
     });
     this.define('VDI.pool_migrate', [p('vdi', 'ref'), p('sr', 'ref'), p('options', 'map')], (_c, [vdi, sr]) => state.poolMigrateVdi(vdi as string, sr as string), { async: true });
+    this.define('VDI.resize', [p('vdi', 'ref'), p('size', 'int')], (_c, [vdi, size]) => state.resizeVdi(vdi as string, Number(size), false), { async: true });
+    this.define('VDI.resize_online', [p('vdi', 'ref'), p('size', 'int')], (_c, [vdi, size]) => state.resizeVdi(vdi as string, Number(size), true), { async: true });
     this.define('VDI.clone', [p('vdi', 'ref'), p('driver_params', 'map', true)], (_c, [vdi]) => state.cloneVdi(vdi as string), { async: true });
     this.define('VDI.copy', [p('vdi', 'ref'), p('sr', 'ref'), p('base_vdi', 'ref', true), p('into_vdi', 'ref', true)], (_c, [vdi, sr]) => state.copyVdi(vdi as string, sr as string), { async: true });
     this.define('network.add_purpose', [p('self', 'ref'), p('value', 'string')], (_c, [self, value]) => {

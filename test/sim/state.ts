@@ -1,7 +1,7 @@
 import { CbtLogs } from './cbt.js';
 import type { ClassName } from './datamodel.js';
 import { Database, type Row } from './db.js';
-import { MemoryDisk, WRITE_BLOCK, WrittenDisk, ZeroDisk, diskFor, pickBlocks, type SimDisk } from './disks.js';
+import { GrownDisk, MemoryDisk, WRITE_BLOCK, WrittenDisk, ZeroDisk, diskFor, pickBlocks, type SimDisk } from './disks.js';
 import { allowedVbdDevices, possibleDevices, validDevice, xenDeviceName } from './devices.js';
 import { ApiError } from './errors.js';
 import { IdGenerator, NULL_REF, randomRef } from './ids.js';
@@ -635,7 +635,7 @@ export class SimState {
       // list_changed_blocks tolerates VBDs of snapshot VMs (VM.checkpoint leaves them attached).
       return !(op === 'list_changed_blocks' && this.db.get('VM', vbd.VM as string)?.fields.is_a_snapshot === true);
     });
-    const live = ['snapshot', 'clone', 'enable_cbt', 'disable_cbt', 'data_destroy', 'mirror'].includes(op);
+    const live = ['snapshot', 'clone', 'enable_cbt', 'disable_cbt', 'data_destroy', 'mirror', 'resize_online'].includes(op);
     if (attached && !live && !(op === 'copy' && !this.hasRwAttach(vdiRef))) return new ApiError('VDI_IN_USE', [vdiRef, op]);
     const cbtOp = ['enable_cbt', 'disable_cbt', 'data_destroy', 'list_changed_blocks'].includes(op);
     if (cbtOp && (sr === undefined || !CBT_SR_TYPES.has(sr.type as string) || sr.content_type === 'iso')) return new ApiError('SR_OPERATION_NOT_SUPPORTED', [srRef]);
@@ -711,6 +711,21 @@ export class SimState {
     this.disks.delete(vdiRef);
     this.db.update('VDI', vdiRef, { type: 'cbt_metadata', physical_utilisation: 0 });
     this.adjustSr(this.db.field<string>('VDI', vdiRef, 'SR'), -used);
+  }
+
+  /**
+   * VDI.resize (a detached VDI) and VDI.resize_online (attached): grows the disk, the new
+   * bytes zeros; shrinking is refused as the SM backend refuses it.
+   */
+  resizeVdi(vdiRef: string, size: number, online: boolean): void {
+    this.assertVdiOperation(vdiRef, online ? 'resize_online' : 'resize');
+    if (!online && this.db.reverse('VBD', 'VDI', vdiRef).some((v) => this.db.get('VBD', v)?.fields.currently_attached === true)) throw new ApiError('VDI_IN_USE', [vdiRef, 'resize']);
+    const current = this.db.field<number>('VDI', vdiRef, 'virtual_size');
+    if (!Number.isSafeInteger(size) || size < current) throw new ApiError('SR_BACKEND_FAILURE_79', ['', `VDI Invalid size [opterr=shrinking from ${current} to ${size} is not supported]`, '']);
+    if (size === current) return;
+    this.disks.set(vdiRef, new GrownDisk(this.readableContent(vdiRef), size));
+    this.cbt.resize(vdiRef, size);
+    this.db.update('VDI', vdiRef, { virtual_size: size });
   }
 
   /** The VDI's content for a reader (NBD, exports): refused for cbt_metadata, as XAPI does. */
