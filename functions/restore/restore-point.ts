@@ -152,7 +152,8 @@ export async function restorePointToFile(input: PointToFileInput): Promise<Point
     const written = await writeStreamAtomic(input.to, tap.tap(source), input.signal ? { signal: input.signal } : {});
     return { point: p.name, disk: disk.name, to: input.to, format: input.format, diskSize: disk.size, bytes: written.size };
   } catch (error) {
-    throw tap.error ?? pointReadError(error, p, disk.name);
+    const cause = tap.error ?? pointReadError(error, p, disk.name);
+    throw new PermanentError(cause.code, `restore of point ${p.name} to ${input.to} failed: ${cause.message}`, cause.data, { cause });
   }
 }
 

@@ -26,3 +26,4 @@ export type { PointVerifyResult, VerifyOptions, VerifyProblem, VerifyReport } fr
 export { liveWriters } from './writers.js';
 export type { WriterInfo } from './writers.js';
 export { openExistingStore } from './existing.js';
+export { PointInfo, describePoints } from './describe.js';

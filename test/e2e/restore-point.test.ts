@@ -21,22 +21,17 @@ import type { MadePoint } from '../helpers/points.js';
  */
 
 const MiB = 1 << 20;
+// web1 with a snapshot and a CD drive, neither of which a point holds; app to attach a disk to.
+const web1Disks = [
+  { device: 'xvda', size_mib: 6, fill: 'pattern' as const },
+  { device: 'xvdb', size_mib: 5, fill: 'sparse' as const },
+];
 const pool: PoolSpecInput = {
   credentials: { user: 'root', password: 'secret' },
   hosts: [{ name_label: 'xcp1' }],
   srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 10 }],
   vms: [
-    {
-      name_label: 'web1',
-      power_state: 'Running',
-      disks: [
-        { device: 'xvda', size_mib: 6, fill: 'pattern' },
-        { device: 'xvdb', size_mib: 5, fill: 'sparse' },
-      ],
-      vifs: [{ network: 'eth0', mac: 'aa:bb:cc:dd:ee:01' }],
-      cd: true,
-      snapshots: [{ name_label: 'web1 before upgrade' }],
-    },
+    { name_label: 'web1', power_state: 'Running', disks: web1Disks, vifs: [{ network: 'eth0', mac: 'aa:bb:cc:dd:ee:01' }], cd: true, snapshots: [{ name_label: 'web1 before upgrade' }] },
     { name_label: 'app', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'zero' }], vifs: [] },
   ],
 };

@@ -12,8 +12,9 @@ import { pointOfVm } from '../helpers/points.js';
 import type { MadePoint } from '../helpers/points.js';
 
 /**
- * `vmbackup verify` on points of the chunk store, with the real command: every chunk checked,
- * a sample, recent checks skipped, and a damaged chunk named with the other points sharing it.
+ * `vmbackup verify` and `vmbackup list` on points of the chunk store, with the real command:
+ * every chunk checked, a sample, recent checks skipped, a damaged chunk named with the other
+ * points sharing it; points listed beside sets with what each costs the store.
  */
 
 const pool: PoolSpecInput = {
@@ -126,4 +127,25 @@ describe('vmbackup verify on points', () => {
       expect(bad.stderr).toContain(message);
     }
   }, 120_000);
+});
+
+describe('vmbackup list shows points beside sets', () => {
+  it('stamp, time, size, full or changes, bytes stored, verification, disks; --json and one VM', async () => {
+    const result = await vmbackup(['list', '-b', ws.base]);
+    expect(result.code, result.stderr).toBe(0);
+    const lines = result.stdout.split('\n');
+    const uuid = sim.state.vm('web1').uuid as string;
+    const at = lines.indexOf(`web1 (${uuid})`);
+    expect(at).toBeGreaterThanOrEqual(0);
+    // Newest first; the second point of the same bytes added nothing to the store.
+    expect(lines[at + 1]).toMatch(/^ {2}point 20261207-080000 {2}\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ {2}11.0 MiB {2}full, 0 B stored {2}complete {2}verified OK at \d{4}-/);
+    expect(lines[at + 2]).toBe('    xvda 6.0 MiB, xvdb 5.0 MiB');
+    expect(lines[at + 3]).toMatch(/^ {2}point 20261206-080000 .* {2}11.0 MiB {2}full, [\d.]+ [KM]iB stored {2}complete {2}verified OK at /);
+    expect(lines).toContain(`clone (web1, ${uuid})`);
+
+    const json = JSON.parse((await vmbackup(['list', 'clone', '--json', '-b', ws.base])).stdout) as { vms: { folder: string; sets: unknown[]; points: { stamp: string; kind: string; bytes: number; storedBytes: number; complete: boolean; disks: { name: string }[]; verify?: { ok: boolean } }[] }[] };
+    expect(json.vms.map((v) => v.folder)).toEqual(['clone']);
+    expect(json.vms[0]!.sets).toEqual([]);
+    expect(json.vms[0]!.points).toMatchObject([{ stamp: '20261206-080000', kind: 'full', complete: true, bytes: 11 << 20, storedBytes: 0, disks: [{ name: 'xvda' }, { name: 'xvdb' }], verify: { ok: true } }]);
+  }, 60_000);
 });
