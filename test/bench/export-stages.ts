@@ -10,12 +10,15 @@
  *   + write           … and write(2) to a file (no fsync)
  *   export            writeStreamAtomic: hash, write, background datasyncs, fsync, rename
  *
- * Prints a table of GiB/s (median, min–max) and the body's chunk sizes.
+ * Prints a table: GiB/s (median, min–max), and CPU seconds per GiB of the reader (this
+ * process, or curl) and of the simulator (given its pid: /proc/PID/stat) — on a shared
+ * two-core machine the CPU a reader takes is CPU the simulator does not get. Then the body's
+ * chunk sizes.
  *
- *   tsx test/bench/export-stages.ts <xapi url> <user> <password> <vm uuid> <dir> [rounds]
+ *   tsx test/bench/export-stages.ts <xapi url> <user> <password> <vm uuid> <dir> [rounds] [simulator pid]
  */
 import { execFile } from 'node:child_process';
-import { writeSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -25,7 +28,7 @@ import { XapiClient } from '../../runtime/xapi/client.js';
 import { median } from './report.js';
 
 const run = promisify(execFile);
-const [url, user, password, uuid, dir, roundsArg] = process.argv.slice(2) as [string, string, string, string, string, string | undefined];
+const [url, user, password, uuid, dir, roundsArg, simPid] = process.argv.slice(2) as [string, string, string, string, string, string | undefined, string | undefined];
 const rounds = Number(roundsArg ?? 3);
 const xapi = await XapiClient.connect({ url, user, password });
 const xxh = await loadXxh64();
@@ -44,10 +47,28 @@ async function body(f: (chunk: Buffer) => void): Promise<number> {
   return bytes;
 }
 
+/** CPU seconds used so far by process `pid` (utime + stime of /proc/PID/stat). */
+function cpuOf(pid: string): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** CPU seconds of this process so far. */
+function ownCpu(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
+/** The CPU seconds of the last curl (from /usr/bin/time). */
+let curlCpu = 0;
+
 async function curl(target: string, fsync: boolean): Promise<number> {
   const session = await run('curl', ['-sS', '-H', 'content-type: application/json', '-d', JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'session.login_with_password', params: [user, password] }), `${url}/jsonrpc`]);
   const sid = (JSON.parse(session.stdout) as { result: string }).result;
-  const { stdout } = await run('curl', ['-sS', '-o', target, '-w', '%{size_download}', `${url}/export?uuid=${uuid}&session_id=${sid}`]);
+  const { stdout, stderr } = await run('/usr/bin/time', ['-f', 'cpu %U %S', 'curl', '-sS', '-o', target, '-w', '%{size_download}', `${url}/export?uuid=${uuid}&session_id=${sid}`]);
+  const m = /cpu ([\d.]+) ([\d.]+)/.exec(stderr);
+  curlCpu = m ? Number(m[1]) + Number(m[2]) : NaN;
   if (fsync) await run('sync', [target]);
   return Number(stdout);
 }
@@ -80,20 +101,31 @@ const STAGES: [string, () => Promise<number>][] = [
   }],
 ];
 
-const rates = new Map<string, number[]>(STAGES.map(([name]) => [name, []]));
+const rates = new Map<string, { gibs: number[]; cpu: number[]; sim: number[] }>(STAGES.map(([name]) => [name, { gibs: [], cpu: [], sim: [] }]));
 for (let i = 0; i < rounds; i++) {
   const order = i % 2 === 0 ? STAGES : [...STAGES].reverse();
   for (const [name, f] of order) {
+    const sim0 = simPid !== undefined ? cpuOf(simPid) : NaN;
+    const cpu0 = ownCpu();
     const t = performance.now();
     const bytes = await f();
     const ms = performance.now() - t;
+    const cpu = name.startsWith('curl') ? curlCpu : ownCpu() - cpu0;
+    const sim = simPid !== undefined ? cpuOf(simPid) - sim0 : NaN;
     await rm(file, { force: true });
     await run('sync');
-    rates.get(name)!.push((bytes / ms) * 1e3 / (1 << 30));
+    const gib = bytes / (1 << 30);
+    const r = rates.get(name)!;
+    r.gibs.push(gib / (ms / 1e3));
+    r.cpu.push(cpu / gib);
+    r.sim.push(sim / gib);
   }
 }
 await xapi.close();
-for (const [name, xs] of rates) console.log(`${name.padEnd(28)} ${median(xs).toFixed(2)} GiB/s  (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)})`);
+console.log(`${'stage'.padEnd(28)} ${'GiB/s median (min–max)'.padEnd(24)} reader CPU s/GiB   simulator CPU s/GiB`);
+for (const [name, r] of rates) {
+  console.log(`${name.padEnd(28)} ${`${median(r.gibs).toFixed(2)} (${Math.min(...r.gibs).toFixed(2)}–${Math.max(...r.gibs).toFixed(2)})`.padEnd(24)} ${median(r.cpu).toFixed(2).padEnd(18)} ${median(r.sim).toFixed(2)}`);
+}
 const sizes = [...chunkSizes].sort((a, b) => a - b);
 console.log(`body chunks: ${sizes.length} seen, median ${median(sizes)} bytes, min ${sizes[0]}, max ${sizes.at(-1)}`);
 process.exit(0);
