@@ -74,7 +74,7 @@ async function simulator(poolFile: string, extra: string[] = []): Promise<Sim> {
 }
 
 async function pool(dir: string, vms: { name: string; mib: number }[]): Promise<string> {
-  const file = path.join(dir, `pool-${vms.map((v) => v.name).join('-')}.json`);
+  const file = path.join(dir, `pool-${vms[0]?.name ?? 'empty'}-${vms.length}.json`);
   await writeFile(
     file,
     JSON.stringify({
@@ -192,6 +192,19 @@ async function exportLine(work: string, sim: Sim, name: string, what: string, ou
   return all;
 }
 
+/** A section of one export line: a 1 GiB VM exported as `opts` say, against curl + fsync of `curlPath`. */
+function exportSection(name: string, line: string, what: string, opts: Parameters<typeof exportOnce>[3], curlPath: (vm: { uuid: string; vdi: string }) => string): Section {
+  return {
+    name,
+    lines: [line],
+    run: (work) =>
+      withSim(work, [{ name, mib: 1024 }], async (sim) => {
+        const vm = await vmOf(sim.url, name);
+        await exportLine(work, sim, line, what, () => exportOnce(sim, [vm], work, opts), curlPath(vm));
+      }),
+  };
+}
+
 interface Section {
   /** The section's name, for `npm run bench -- NAME`. */
   name: string;
@@ -248,24 +261,8 @@ const SECTIONS: Section[] = [
         );
       }),
   },
-  {
-    name: 'export_zstd',
-    lines: ['export_zstd_vs_curl_ratio'],
-    run: (work) =>
-      withSim(work, [{ name: 'zbig', mib: 1024 }], async (sim) => {
-        const vm = await vmOf(sim.url, 'zbig');
-        await exportLine(work, sim, 'export_zstd_vs_curl_ratio', 'vmbackup zstd', () => exportOnce(sim, [vm], work, { compress: 'zstd' }), `/export?uuid=${vm.uuid}&use_compression=zstd`);
-      }),
-  },
-  {
-    name: 'export_raw',
-    lines: ['export_raw_vs_curl_ratio'],
-    run: (work) =>
-      withSim(work, [{ name: 'rbig', mib: 1024 }], async (sim) => {
-        const vm = await vmOf(sim.url, 'rbig');
-        await exportLine(work, sim, 'export_raw_vs_curl_ratio', 'vmbackup raw', () => exportOnce(sim, [vm], work, { kind: 'vdi:raw' }), `/export_raw_vdi?vdi=${vm.vdi}&format=raw`);
-      }),
-  },
+  exportSection('export_zstd', 'export_zstd_vs_curl_ratio', 'vmbackup zstd', { compress: 'zstd' }, (vm) => `/export?uuid=${vm.uuid}&use_compression=zstd`),
+  exportSection('export_raw', 'export_raw_vs_curl_ratio', 'vmbackup raw', { kind: 'vdi:raw' }, (vm) => `/export_raw_vdi?vdi=${vm.vdi}&format=raw`),
   {
     name: 'parallel2',
     lines: ['export_parallel2_ratio'],
@@ -422,17 +419,7 @@ const SECTIONS: Section[] = [
     name: 'nats',
     lines: ['nats_vs_embedded_ratio'],
     async run(work) {
-      const file = path.join(work, 'pool-nats-200.json');
-      await writeFile(
-        file,
-        JSON.stringify({
-          credentials: { user: 'root', password: 'bench' },
-          hosts: [{ name_label: 'bench-host' }],
-          srs: [{ name_label: 'SR', size_gib: 100, used_gib: 1 }],
-          vms: Array.from({ length: 200 }, (_, i) => ({ name_label: `vm-${String(i).padStart(3, '0')}`, power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' }], vifs: [] })),
-        }),
-      );
-      const sim = await simulator(file);
+      const sim = await simulator(await pool(work, Array.from({ length: 200 }, (_, i) => ({ name: `vm-${String(i).padStart(3, '0')}`, mib: 1 }))));
       try {
         const { natsVsEmbedded } = await import('../nats/bench-nats.js');
         const r = await natsVsEmbedded({ simUrl: sim.url, user: 'root', password: 'bench', work, rounds: ROUNDS, note: (line) => console.error(line) });
