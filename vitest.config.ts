@@ -7,8 +7,9 @@ export default defineConfig({
   test: {
     include: ['functions/**/*.test.ts', 'runtime/**/*.test.ts', 'test/**/*.test.ts'],
     // The Debian tools the tests run (test/provision.ts: installed as root, else the line to
-    // run), then a temporary root for the run (TMPDIR), removed at its end.
-    globalSetup: ['test/provision.ts', 'test/helpers/global-tmp.ts'],
+    // run), then a temporary root for the run (TMPDIR), removed at its end, then dist/ rebuilt
+    // if a source changed (the tests start bin/vmbackup.js, which runs dist/).
+    globalSetup: ['test/provision.ts', 'test/helpers/global-tmp.ts', 'test/helpers/build-dist.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',

@@ -10,7 +10,19 @@ export interface Io {
   cwd: string;
 }
 
-export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+/** The package's version: its package.json is two folders up from the sources, three from dist/. */
+export const VERSION: string = packageVersion();
+
+function packageVersion(): string {
+  for (const up of ['../../package.json', '../../../package.json']) {
+    try {
+      return (JSON.parse(readFileSync(new URL(up, import.meta.url), 'utf8')) as { name: string; version: string }).version;
+    } catch (error) {
+      if ((error as { code?: string }).code !== 'ENOENT') throw error;
+    }
+  }
+  throw new Error('vmbackup: package.json not found beside the sources');
+}
 
 /**
  * The JSON outcome of a command that could not do its work (exit 2), for callers that asked

@@ -1,8 +1,8 @@
 import os from 'node:os';
-import { firstPositional } from '../config/args.js';
-import { backupCommand } from './backup.js';
+import { firstPositional, helpText } from '../config/args.js';
 import type { Io } from './io.js';
-import { fail } from './io.js';
+import { VERSION, fail } from './io.js';
+import { loadCommandSettings } from './settings.js';
 
 /**
  * `vmbackup [COMMAND] [flags]`. Without a command it is VmBackup's command line (backup or
@@ -43,6 +43,19 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
     return 2;
   }
   return backupCommand(argv, io);
+}
+
+/**
+ * The backup command, loaded when it runs. `--help` and `--version` are answered from the
+ * settings alone (as the backup command would answer them), without loading the XAPI client
+ * and the functions: they answer at once.
+ */
+async function backupCommand(argv: readonly string[], io: Io): Promise<number> {
+  if (argv.some((a) => /^-[^-]*[hv]|^--(help|version)$/.test(a))) {
+    const loaded = loadCommandSettings(argv, io, { help: () => helpText({ prog: 'vmbackup', version: VERSION }) + '\n', warnings: false });
+    if (typeof loaded === 'number') return loaded;
+  }
+  return (await import('./backup.js')).backupCommand(argv, io);
 }
 
 /** The process entry (bin/vmbackup.js): runs `main` and exits with its code. */

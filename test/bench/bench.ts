@@ -1,24 +1,41 @@
 /**
  * `npm run bench`: speed and memory, each measured against a baseline in the same run (these
- * machines are noisy, so only ratios and differences mean something). Prints `name=value`
- * lines; targets in comments. Select some with `npm run bench -- export rss plan`.
+ * machines are shared and noisy, so only ratios and differences mean something), over at
+ * least 3 rounds whose order alternates. Every line reads
  *
- *   export_vs_curl_ratio   2 GiB XVA through snapshot+export to disk, throughput / curl -o   ≥ 0.9
- *   rss_growth_mib         peak RSS exporting an 8 GiB disk − exporting a 1 GiB disk        < 32
- *   plan_ms_5000           plan over 5,000 VMs with 100 selection entries                    < 1000
- *   plan_vs_fetch_ratio    … divided by one bare VM.get_all_records of the same pool
- *   nats_vs_embedded_ratio 200 VMs with 1 MiB disks: `vmbackup run` through NATS with two
- *                          workers, wall time / the same run embedded (`vmbackup`)         ≤ 1.5
- *   chunk_<n>mib_…         chunk store: chunk sizes 1, 2, 4 MiB compared (`chunks`)
- *   gc_ms_100k_chunks      chunk store GC over 100,000 chunks; gc_vs_list_ratio ≤ 3 (`gc`)
- *                          (see chunkstore.ts beside this file)
- *   sim_export_vs_plain_http_ratio  the simulator's 1 GiB XVA export to `curl -o /dev/null`,
- *                          throughput / a bare node HTTP server sending as many bytes    ≥ 0.3
- *   sim_pattern_vs_copy_ratio  pattern disk reads (2 MiB) / filling fresh buffers by copy ≥ 0.2
- *                          (`sim`: the simulator must never be what a benchmark measures)
+ *   name=<median> min=… max=… rounds=N | <figure> / <baseline>
+ *
+ * (test/bench/report.ts). `npm run bench -- NAME…` runs the sections whose name, or one of
+ * whose lines' names, is given: `npm run bench -- startup_ms export_raw`. The whole bench
+ * takes a few minutes on two cores.
+ *
+ *   section       line                         what                                              target
+ *   startup       startup_ms                   `vmbackup --version`, wall ms (against `node -e 0`) ≤ 250
+ *   export        export_vs_curl_ratio         1 GiB XVA through snapshot+export to disk (hash,
+ *                                              fsync, rename), throughput / `curl -o`
+ *                 export_vs_curl_fsync_ratio   … / `curl -o` + fsync of the same bytes            ≥ 0.9
+ *   export_zstd   export_zstd_vs_curl_ratio    the same with compress = zstd (XAPI compresses)    ≥ 0.9
+ *   export_raw    export_raw_vs_curl_ratio     a 1 GiB disk as raw (vdi-export) / curl + fsync    ≥ 0.9
+ *   parallel2     export_parallel2_ratio       two 512 MiB VMs exported at once in one process /
+ *                                              two `curl -o` + fsync side by side                 ≥ 0.9
+ *   run           run_vs_curl_ratio            a whole `vmbackup -e big` run (1 GiB VM, embedded,
+ *                                              a process) / `curl -o` + fsync of its export       ≥ 0.85
+ *   rss           rss_growth_mib               peak RSS exporting a 4 GiB disk − a 512 MiB disk   < 32
+ *   plan          plan_ms_5000                 plan over 5,000 VMs with 100 selection entries     < 1000
+ *                 plan_vs_fetch_ratio          … / one bare VM.get_all_records of the same pool
+ *   nats          nats_vs_embedded_ratio       200 VMs with 1 MiB disks: `vmbackup run` through
+ *                                              NATS with two workers / the same run embedded     ≤ 1.5
+ *   sim           sim_export_vs_plain_http_ratio  the simulator's 1 GiB XVA export to `curl -o
+ *                                              /dev/null` / a bare node HTTP server               ≥ 0.3
+ *                 sim_pattern_vs_copy_ratio    pattern disk reads / filling fresh buffers by copy ≥ 0.2
+ *   chunks, gc    chunk_<n>mib_…, gc_…         chunk store (chunkstore.ts beside this file)
+ *
+ * A new line: add a section to SECTIONS (its name, the names of the lines it prints, and
+ * what it runs), measure its figure and its baseline in the same rounds (`alternate`), and
+ * print it with `benchLine`; add it to this table and to README.md's.
  */
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,13 +44,14 @@ import { plan } from '../../functions/plan/plan.js';
 import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
+import { vmbackup } from '../helpers/cli.js';
+import { alternate, benchLine, median, rate } from './report.js';
 
 const run = promisify(execFile);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const tsx = path.join(root, 'node_modules/.bin/tsx');
-const wanted = new Set(process.argv.slice(2));
-const want = (name: string) => wanted.size === 0 || wanted.has(name);
 const GiB = 1 << 30;
+const ROUNDS = 3;
 
 interface Sim {
   url: string;
@@ -56,7 +74,7 @@ async function simulator(poolFile: string, extra: string[] = []): Promise<Sim> {
 }
 
 async function pool(dir: string, vms: { name: string; mib: number }[]): Promise<string> {
-  const file = path.join(dir, `pool-${vms.map((v) => v.name).join('-')}.json`);
+  const file = path.join(dir, `pool-${vms[0]?.name ?? 'empty'}-${vms.length}.json`);
   await writeFile(
     file,
     JSON.stringify({
@@ -69,6 +87,16 @@ async function pool(dir: string, vms: { name: string; mib: number }[]): Promise<
   return file;
 }
 
+/** A simulator serving `vms`, for the time of `f`. */
+async function withSim<T>(work: string, vms: { name: string; mib: number }[], f: (sim: Sim) => Promise<T>): Promise<T> {
+  const sim = await simulator(await pool(work, vms));
+  try {
+    return await f(sim);
+  } finally {
+    sim.stop();
+  }
+}
+
 async function rpc(url: string, method: string, params: unknown[]): Promise<unknown> {
   const res = await fetch(`${url}/jsonrpc`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }) });
   const body = (await res.json()) as { result?: unknown; error?: unknown };
@@ -76,253 +104,444 @@ async function rpc(url: string, method: string, params: unknown[]): Promise<unkn
   return body.result;
 }
 
-async function vmUuid(url: string, name: string): Promise<string> {
-  const session = await rpc(url, 'session.login_with_password', ['root', 'bench']);
-  const refs = (await rpc(url, 'VM.get_by_name_label', [session, name])) as string[];
-  const uuid = (await rpc(url, 'VM.get_uuid', [session, refs[0]])) as string;
+const login = async (url: string) => (await rpc(url, 'session.login_with_password', ['root', 'bench'])) as string;
+
+/** A VM's uuid and the uuid of its disk xvda. */
+async function vmOf(url: string, name: string): Promise<{ uuid: string; name: string; vdi: string }> {
+  const session = await login(url);
+  const [ref] = (await rpc(url, 'VM.get_by_name_label', [session, name])) as string[];
+  const uuid = (await rpc(url, 'VM.get_uuid', [session, ref])) as string;
+  const [vbd] = (await rpc(url, 'VM.get_VBDs', [session, ref])) as string[];
+  const vdi = (await rpc(url, 'VDI.get_uuid', [session, await rpc(url, 'VBD.get_VDI', [session, vbd])])) as string;
   await rpc(url, 'session.logout', [session]);
-  return uuid;
+  return { uuid, name, vdi };
 }
 
-async function exportOnce(url: string, uuid: string, name: string, dir: string): Promise<{ bytes: number; ms: number; maxRssMiB: number }> {
-  const { stdout } = await run(tsx, [path.join(root, 'test/bench/export-once.ts'), url, 'root', 'bench', uuid, name, dir], { maxBuffer: 1 << 20 });
-  await rm(path.join(dir, 'bench'), { recursive: true, force: true });
-  return JSON.parse(stdout) as { bytes: number; ms: number; maxRssMiB: number };
+interface Export {
+  bytes: number;
+  ms: number;
+  maxRssMiB: number;
 }
 
-/** `curl -o`, and the time it takes to make that file durable (`sync FILE`, an fsync). */
-async function curlOnce(url: string, uuid: string, file: string): Promise<{ bytes: number; ms: number; syncedMs: number }> {
-  const session = (await rpc(url, 'session.login_with_password', ['root', 'bench'])) as string;
+/**
+ * The real snapshot + export functions in a fresh process (export-once.ts): `vms` at once,
+ * `kind` vm (XVA) or vdi:raw / vdi:vhd; the files are removed after. Settles the disk after.
+ */
+async function exportOnce(sim: Sim, vms: { uuid: string; name: string }[], dir: string, opts: { compress?: 'none' | 'gzip' | 'zstd'; kind?: string } = {}): Promise<Export> {
+  const args = [path.join(root, 'test/bench/export-once.ts'), sim.url, 'root', 'bench', dir, opts.compress ?? 'none', opts.kind ?? 'vm', ...vms.map((v) => `${v.uuid}:${v.name}`)];
+  const { stdout } = await run(tsx, args, { maxBuffer: 1 << 20 });
+  await Promise.all(vms.map((v) => rm(path.join(dir, `bench-${v.name}`), { recursive: true, force: true })));
+  await run('sync');
+  return JSON.parse(stdout) as Export;
+}
+
+interface Curl {
+  bytes: number;
+  /** Until curl wrote its last byte. */
+  ms: number;
+  /** … and the file was fsynced (`sync FILE`), the durability vmbackup gives its files. */
+  syncedMs: number;
+}
+
+/**
+ * `curl -o` of an XAPI handler (`pathAndQuery` without the session), then an fsync of the
+ * file: the least moving these bytes to this disk can cost. Logged in before the clock
+ * starts; the file is removed and the disk settled after.
+ */
+async function curlOnce(sim: Sim, pathAndQuery: string, file: string): Promise<Curl> {
+  const session = await login(sim.url);
   const started = performance.now();
-  const { stdout } = await run('curl', ['-sS', '-o', file, '-w', '%{size_download}', `${url}/export?uuid=${uuid}&session_id=${session}`]);
+  const { stdout } = await run('curl', ['-sS', '-o', file, '-w', '%{size_download}', `${sim.url}${pathAndQuery}&session_id=${session}`]);
   const ms = performance.now() - started;
   await run('sync', [file]);
   const syncedMs = performance.now() - started;
-  await rpc(url, 'session.logout', [session]);
+  await rpc(sim.url, 'session.logout', [session]);
   await rm(file, { force: true });
+  await run('sync');
   return { bytes: Number(stdout), ms, syncedMs };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
+/**
+ * Our bytes and curl's must be the same transfer: an XVA's ova.xml may differ by a few blocks
+ * (times, task), which compressed can shift the rest by a little more.
+ */
+function sameBytes(what: string, ours: number, curl: number): void {
+  if (Math.abs(ours - curl) > Math.max(1 << 20, curl * 0.02)) throw new Error(`${what}: vmbackup wrote ${ours} bytes, curl ${curl}`);
 }
 
-const work = await mkdtemp(path.join(os.tmpdir(), 'vmbackup-bench-'));
-try {
-  if (want('export')) {
-    const sim = await simulator(await pool(work, [{ name: 'big', mib: 2048 }]));
-    try {
-      const uuid = await vmUuid(sim.url, 'big');
-      await curlOnce(sim.url, uuid, path.join(work, 'warm.xva')); // warm caches
-      await run('sync');
-      const ratios: number[] = [];
-      const durableRatios: number[] = [];
-      for (let i = 0; i < 5; i++) {
-        // Alternate the order, and let the disk settle (sync) after each: curl leaves 2 GiB of
-        // dirty pages behind (it does not fsync, vmbackup does), whose writeback would
-        // otherwise land on whichever transfer runs next.
-        const measure = async <T>(f: () => Promise<T>): Promise<T> => {
-          const r = await f();
-          await run('sync');
-          return r;
-        };
-        let curl: { bytes: number; ms: number; syncedMs: number };
-        let ours: { bytes: number; ms: number; maxRssMiB: number };
-        if (i % 2 === 0) {
-          curl = await measure(() => curlOnce(sim.url, uuid, path.join(work, 'curl.xva')));
-          ours = await measure(() => exportOnce(sim.url, uuid, 'big', work));
-        } else {
-          ours = await measure(() => exportOnce(sim.url, uuid, 'big', work));
-          curl = await measure(() => curlOnce(sim.url, uuid, path.join(work, 'curl.xva')));
-        }
-        // Same disk; only ova.xml may differ by a few blocks (times, task).
-        if (Math.abs(ours.bytes - curl.bytes) > 1 << 20) throw new Error(`export wrote ${ours.bytes} bytes, curl ${curl.bytes}`);
-        ratios.push(ours.bytes / ours.ms / (curl.bytes / curl.ms));
-        durableRatios.push(ours.bytes / ours.ms / (curl.bytes / curl.syncedMs));
-        const rate = (bytes: number, ms: number) => ((bytes / ms) * 1e3 / GiB).toFixed(2);
-        console.error(
-          `  export round ${i + 1}: curl -o ${rate(curl.bytes, curl.ms)} GiB/s (${rate(curl.bytes, curl.syncedMs)} with fsync), vmbackup ${rate(ours.bytes, ours.ms)} GiB/s (fsynced)`,
-        );
-      }
-      console.log(`export_vs_curl_ratio=${median(ratios).toFixed(2)}`);
-      // vmbackup fsyncs before it renames (a backup must survive a power cut); curl -o does
-      // not. The same durability for curl: its file fsynced once written.
-      console.log(`export_vs_curl_fsync_ratio=${median(durableRatios).toFixed(2)}`);
-    } finally {
-      sim.stop();
-    }
+/**
+ * An export line: `rounds` of our export against curl + fsync of the same handler, in
+ * alternating order, after one warm-up curl; prints `name` (throughput / curl + fsync's).
+ */
+async function exportLine(work: string, sim: Sim, name: string, what: string, ours: () => Promise<Export>, curlPath: string): Promise<{ ours: Export[]; curls: Curl[] }> {
+  await curlOnce(sim, curlPath, path.join(work, 'warm.bin'));
+  const all: { ours: Export[]; curls: Curl[] } = { ours: [], curls: [] };
+  for (let i = 0; i < ROUNDS; i++) {
+    const [o, c] = await alternate(i, ours, () => curlOnce(sim, curlPath, path.join(work, 'curl.bin')));
+    sameBytes(name, o.bytes, c.bytes);
+    all.ours.push(o);
+    all.curls.push(c);
+    console.error(`  ${name} round ${i + 1}: curl -o ${rate(c.bytes, c.ms)} (${rate(c.bytes, c.syncedMs)} with fsync), ${what} ${rate(o.bytes, o.ms)} (fsynced)`);
   }
+  const gibs = (xs: { bytes: number; ms: number }[]) => rate(median(xs.map((x) => x.bytes)), median(xs.map((x) => x.ms)));
+  benchLine(
+    name,
+    all.ours.map((o, i) => o.bytes / o.ms / (all.curls[i]!.bytes / all.curls[i]!.syncedMs)),
+    { figure: `${what} (fsynced) ${gibs(all.ours)}`, baseline: `curl -o + fsync ${gibs(all.curls.map((c) => ({ bytes: c.bytes, ms: c.syncedMs })))}` },
+  );
+  return all;
+}
 
-  if (want('rss')) {
-    const sim = await simulator(await pool(work, [{ name: 'small', mib: 1024 }, { name: 'large', mib: 8192 }]));
-    try {
-      const small = await exportOnce(sim.url, await vmUuid(sim.url, 'small'), 'small', work);
-      const large = await exportOnce(sim.url, await vmUuid(sim.url, 'large'), 'large', work);
-      console.error(`  peak RSS: 1 GiB export ${small.maxRssMiB.toFixed(1)} MiB, 8 GiB export ${large.maxRssMiB.toFixed(1)} MiB`);
-      console.log(`rss_growth_mib=${(large.maxRssMiB - small.maxRssMiB).toFixed(1)}`);
-    } finally {
-      sim.stop();
-    }
-  }
-
-  if (want('plan')) {
-    const file = path.join(work, 'pool-5000.json');
-    await writeFile(file, JSON.stringify({ credentials: { user: 'root', password: 'bench' }, hosts: [{ name_label: 'h' }], srs: [{ name_label: 'SR', size_gib: 100, used_gib: 1 }], vms: [] }));
-    const sim = await simulator(file, ['--generate', '5000']);
-    const xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'bench' });
-    try {
-      // 100 entries: half simple names, half regexes, spread over the three lists.
-      const names = Array.from({ length: 50 }, (_, i) => `vm-${String(i * 97 + 1).padStart(3, '0')}`);
-      const regexes = Array.from({ length: 50 }, (_, i) => `vm-${i % 10}${(i * 7) % 10}.*[13579]$:${(i % 5) + 1}`);
-      const ctx = localCtx({ log: silentLogger(), xapi });
-      const input = {
-        runId: 'bench',
-        jobId: 'plan',
-        try: 1,
-        startedAt: new Date().toISOString(),
-        options: {
-          backupDir: work,
-          excludes: names.slice(0, 10),
-          vdiExports: [...names.slice(10, 30), ...regexes.slice(0, 20)],
-          vmExports: [...names.slice(30), ...regexes.slice(20)],
-          maxBackups: 4,
-          compress: 'none' as const,
-          format: 'raw' as const,
-          poolBackup: false,
-          hostBackup: false,
-          spaceThreshold: 1,
-          concurrency: 2,
-          vmRetries: 1,
-          haltedWithoutSnapshot: true,
-          idleTimeoutS: 300,
-          leftoverAgeHours: 24,
-        },
-      };
-      const planMs: number[] = [];
-      const fetchMs: number[] = [];
-      let jobs = 0;
-      for (let i = 0; i < 5; i++) {
-        let t = performance.now();
-        await xapi.getAllRecords('VM');
-        fetchMs.push(performance.now() - t);
-        t = performance.now();
-        const out = await plan.handle(input, ctx);
-        planMs.push(performance.now() - t);
-        jobs = out.vmJobs.length;
-      }
-      console.error(`  plan: ${jobs} jobs from 5,000 VMs; VM.get_all_records alone ${median(fetchMs).toFixed(0)} ms`);
-      console.log(`plan_ms_5000=${median(planMs).toFixed(0)}`);
-      console.log(`plan_vs_fetch_ratio=${(median(planMs) / median(fetchMs)).toFixed(2)}`);
-    } finally {
-      await xapi.close();
-      sim.stop();
-    }
-  }
-
-  if (want('nats')) {
-    const file = path.join(work, 'pool-nats-200.json');
-    await writeFile(
-      file,
-      JSON.stringify({
-        credentials: { user: 'root', password: 'bench' },
-        hosts: [{ name_label: 'bench-host' }],
-        srs: [{ name_label: 'SR', size_gib: 100, used_gib: 1 }],
-        vms: Array.from({ length: 200 }, (_, i) => ({ name_label: `vm-${String(i).padStart(3, '0')}`, power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' }], vifs: [] })),
+/** A section of one export line: a 1 GiB VM exported as `opts` say, against curl + fsync of `curlPath`. */
+function exportSection(name: string, line: string, what: string, opts: Parameters<typeof exportOnce>[3], curlPath: (vm: { uuid: string; vdi: string }) => string): Section {
+  return {
+    name,
+    lines: [line],
+    run: (work) =>
+      withSim(work, [{ name, mib: 1024 }], async (sim) => {
+        const vm = await vmOf(sim.url, name);
+        await exportLine(work, sim, line, what, () => exportOnce(sim, [vm], work, opts), curlPath(vm));
       }),
-    );
-    const sim = await simulator(file);
-    try {
-      const { natsVsEmbedded } = await import('../nats/bench-nats.js');
-      const r = await natsVsEmbedded({ simUrl: sim.url, user: 'root', password: 'bench', work, rounds: 3, note: (line) => console.error(line) });
-      console.log(`nats_vs_embedded_ratio=${r.ratio.toFixed(2)}`);
-    } finally {
-      sim.stop();
-    }
-  }
+  };
+}
 
-  if (want('sim')) {
-    const rounds = 3;
-    // The simulator's export against the cheapest HTTP server that sends as many bytes.
-    const sim = await simulator(await pool(work, [{ name: 'sim1g', mib: 1024 }]));
-    const plainScript = `const chunk = Buffer.alloc(1 << 20, 7); const total = Number(process.argv[1]);
+interface Section {
+  /** The section's name, for `npm run bench -- NAME`. */
+  name: string;
+  /** The lines it prints (each also selects it). */
+  lines: string[];
+  run(work: string): Promise<void>;
+}
+
+const SECTIONS: Section[] = [
+  {
+    name: 'startup',
+    lines: ['startup_ms'],
+    async run() {
+      // Wall time is the line; the CPU time (/usr/bin/time) says what it would be on an idle
+      // machine, where a start waits for nothing else.
+      const timed = async (args: string[]): Promise<{ ms: number; cpuMs: number }> => {
+        const t = performance.now();
+        const { stderr } = await run('/usr/bin/time', ['-f', 'cpu %U %S', process.execPath, ...args]);
+        const ms = performance.now() - t;
+        const m = /cpu ([\d.]+) ([\d.]+)\s*$/.exec(stderr);
+        return { ms, cpuMs: m ? (Number(m[1]) + Number(m[2])) * 1000 : NaN };
+      };
+      const ours = () => timed([path.join(root, 'bin/vmbackup.js'), '--version']);
+      const bare = () => timed(['-e', '0']);
+      await ours(); // the page cache
+      await bare();
+      const o: { ms: number; cpuMs: number }[] = [];
+      const b: { ms: number; cpuMs: number }[] = [];
+      for (let i = 0; i < 7; i++) {
+        const [x, y] = await alternate(i, ours, bare);
+        o.push(x);
+        b.push(y);
+      }
+      const ms = (xs: number[]) => `${median(xs).toFixed(0)} ms`;
+      benchLine('startup_ms', o.map((x) => x.ms), {
+        figure: `vmbackup --version ${ms(o.map((x) => x.ms))} (CPU ${ms(o.map((x) => x.cpuMs))})`,
+        baseline: `node -e 0 ${ms(b.map((x) => x.ms))} (CPU ${ms(b.map((x) => x.cpuMs))})`,
+        digits: 0,
+      });
+    },
+  },
+  {
+    name: 'export',
+    lines: ['export_vs_curl_ratio', 'export_vs_curl_fsync_ratio'],
+    run: (work) =>
+      withSim(work, [{ name: 'big', mib: 1024 }], async (sim) => {
+        const vm = await vmOf(sim.url, 'big');
+        const all = await exportLine(work, sim, 'export_vs_curl_fsync_ratio', 'vmbackup', () => exportOnce(sim, [vm], work), `/export?uuid=${vm.uuid}`);
+        // The same rounds against curl -o alone, which leaves its bytes in the page cache.
+        benchLine(
+          'export_vs_curl_ratio',
+          all.ours.map((o, i) => o.bytes / o.ms / (all.curls[i]!.bytes / all.curls[i]!.ms)),
+          { figure: `vmbackup (fsynced) ${rate(median(all.ours.map((o) => o.bytes)), median(all.ours.map((o) => o.ms)))}`, baseline: `curl -o (no fsync) ${rate(median(all.curls.map((c) => c.bytes)), median(all.curls.map((c) => c.ms)))}` },
+        );
+      }),
+  },
+  exportSection('export_zstd', 'export_zstd_vs_curl_ratio', 'vmbackup zstd', { compress: 'zstd' }, (vm) => `/export?uuid=${vm.uuid}&use_compression=zstd`),
+  exportSection('export_raw', 'export_raw_vs_curl_ratio', 'vmbackup raw', { kind: 'vdi:raw' }, (vm) => `/export_raw_vdi?vdi=${vm.vdi}&format=raw`),
+  {
+    name: 'parallel2',
+    lines: ['export_parallel2_ratio'],
+    run: (work) =>
+      withSim(work, [{ name: 'p1', mib: 512 }, { name: 'p2', mib: 512 }], async (sim) => {
+        const vms = [await vmOf(sim.url, 'p1'), await vmOf(sim.url, 'p2')];
+        const curls = async (): Promise<Export> => {
+          const t = performance.now();
+          const cs = await Promise.all(vms.map((vm) => curlOnce(sim, `/export?uuid=${vm.uuid}`, path.join(work, `curl-${vm.name}.bin`))));
+          return { bytes: cs.reduce((n, c) => n + c.bytes, 0), ms: performance.now() - t, maxRssMiB: 0 };
+        };
+        await curls(); // warm up
+        const ours: Export[] = [];
+        const base: Export[] = [];
+        for (let i = 0; i < ROUNDS; i++) {
+          const [o, c] = await alternate(i, () => exportOnce(sim, vms, work), curls);
+          sameBytes('export_parallel2_ratio', o.bytes, c.bytes);
+          ours.push(o);
+          base.push(c);
+          console.error(`  parallel2 round ${i + 1}: two curl -o + fsync side by side ${rate(c.bytes, c.ms)}, vmbackup two exports at once ${rate(o.bytes, o.ms)}`);
+        }
+        benchLine(
+          'export_parallel2_ratio',
+          ours.map((o, i) => o.bytes / o.ms / (base[i]!.bytes / base[i]!.ms)),
+          { figure: `two vmbackup exports at once ${rate(median(ours.map((o) => o.bytes)), median(ours.map((o) => o.ms)))}`, baseline: `two curl -o + fsync side by side ${rate(median(base.map((o) => o.bytes)), median(base.map((o) => o.ms)))}` },
+        );
+      }),
+  },
+  {
+    name: 'run',
+    lines: ['run_vs_curl_ratio'],
+    run: (work) =>
+      withSim(work, [{ name: 'big', mib: 1024 }], async (sim) => {
+        const vm = await vmOf(sim.url, 'big');
+        const base = path.join(work, 'run-base');
+        await mkdir(path.join(base, 'exports'), { recursive: true });
+        await writeFile(path.join(base, 'password'), 'bench\n');
+        await chmod(path.join(base, 'password'), 0o600);
+        const args = ['-b', base, '--xapi', sim.url, '--user', 'root', '--password-file', path.join(base, 'password'), '-e', 'big', '--no-pool-backup', '--no-host-backup', '-l', 'warning'];
+        const whole = async (): Promise<number> => {
+          const t = performance.now();
+          const r = await vmbackup(args, { timeoutMs: 600_000 });
+          const ms = performance.now() - t;
+          if (r.code !== 0) throw new Error(`vmbackup -e big exited ${r.code}:\n${r.stderr.slice(-2000)}`);
+          await rm(path.join(base, 'exports', 'big'), { recursive: true, force: true });
+          await run('sync');
+          return ms;
+        };
+        const curl = () => curlOnce(sim, `/export?uuid=${vm.uuid}`, path.join(work, 'curl.bin'));
+        await curl();
+        const runMs: number[] = [];
+        const curls: Curl[] = [];
+        for (let i = 0; i < ROUNDS; i++) {
+          const [r, c] = await alternate(i, whole, curl);
+          runMs.push(r);
+          curls.push(c);
+          console.error(`  run round ${i + 1}: vmbackup -e big ${(r / 1000).toFixed(2)} s, curl -o ${(c.ms / 1000).toFixed(2)} s (${(c.syncedMs / 1000).toFixed(2)} s with fsync)`);
+        }
+        benchLine('run_vs_curl_ratio', curls.map((c, i) => c.syncedMs / runMs[i]!), {
+          figure: `vmbackup -e big (a process: start, snapshot, export, meta, prune) ${(median(runMs) / 1000).toFixed(2)} s`,
+          baseline: `curl -o + fsync of the export ${(median(curls.map((c) => c.syncedMs)) / 1000).toFixed(2)} s (without fsync ${(median(curls.map((c) => c.ms)) / 1000).toFixed(2)} s)`,
+        });
+      }),
+  },
+  {
+    name: 'rss',
+    lines: ['rss_growth_mib'],
+    run: (work) =>
+      withSim(work, [{ name: 'small', mib: 512 }, { name: 'large', mib: 4096 }], async (sim) => {
+        const small = await vmOf(sim.url, 'small');
+        const large = await vmOf(sim.url, 'large');
+        const smallRss: number[] = [];
+        const largeRss: number[] = [];
+        for (let i = 0; i < ROUNDS; i++) {
+          const [s, l] = await alternate(i, () => exportOnce(sim, [small], work), () => exportOnce(sim, [large], work));
+          smallRss.push(s.maxRssMiB);
+          largeRss.push(l.maxRssMiB);
+          console.error(`  rss round ${i + 1}: peak RSS exporting 512 MiB ${s.maxRssMiB.toFixed(1)} MiB, 4 GiB ${l.maxRssMiB.toFixed(1)} MiB`);
+        }
+        benchLine('rss_growth_mib', largeRss.map((l, i) => l - smallRss[i]!), {
+          figure: `peak RSS exporting 4 GiB ${median(largeRss).toFixed(1)} MiB`,
+          baseline: `exporting 512 MiB ${median(smallRss).toFixed(1)} MiB`,
+          digits: 1,
+        });
+      }),
+  },
+  {
+    name: 'plan',
+    lines: ['plan_ms_5000', 'plan_vs_fetch_ratio'],
+    async run(work) {
+      const file = path.join(work, 'pool-5000.json');
+      await writeFile(file, JSON.stringify({ credentials: { user: 'root', password: 'bench' }, hosts: [{ name_label: 'h' }], srs: [{ name_label: 'SR', size_gib: 100, used_gib: 1 }], vms: [] }));
+      const sim = await simulator(file, ['--generate', '5000']);
+      const xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'bench' });
+      try {
+        // 100 entries: half simple names, half regexes, spread over the three lists.
+        const names = Array.from({ length: 50 }, (_, i) => `vm-${String(i * 97 + 1).padStart(3, '0')}`);
+        const regexes = Array.from({ length: 50 }, (_, i) => `vm-${i % 10}${(i * 7) % 10}.*[13579]$:${(i % 5) + 1}`);
+        const ctx = localCtx({ log: silentLogger(), xapi });
+        const input = {
+          runId: 'bench',
+          jobId: 'plan',
+          try: 1,
+          startedAt: new Date().toISOString(),
+          options: {
+            backupDir: work,
+            excludes: names.slice(0, 10),
+            vdiExports: [...names.slice(10, 30), ...regexes.slice(0, 20)],
+            vmExports: [...names.slice(30), ...regexes.slice(20)],
+            maxBackups: 4,
+            compress: 'none' as const,
+            format: 'raw' as const,
+            poolBackup: false,
+            hostBackup: false,
+            spaceThreshold: 1,
+            concurrency: 2,
+            vmRetries: 1,
+            haltedWithoutSnapshot: true,
+            idleTimeoutS: 300,
+            leftoverAgeHours: 24,
+          },
+        };
+        const planMs: number[] = [];
+        const fetchMs: number[] = [];
+        let jobs = 0;
+        for (let i = 0; i < 5; i++) {
+          const [p, f] = await alternate(
+            i,
+            async () => {
+              const t = performance.now();
+              jobs = (await plan.handle(input, ctx)).vmJobs.length;
+              return performance.now() - t;
+            },
+            async () => {
+              const t = performance.now();
+              await xapi.getAllRecords('VM');
+              return performance.now() - t;
+            },
+          );
+          planMs.push(p);
+          fetchMs.push(f);
+        }
+        console.error(`  plan: ${jobs} jobs from 5,000 VMs`);
+        const detail = { figure: `plan ${median(planMs).toFixed(0)} ms`, baseline: `VM.get_all_records ${median(fetchMs).toFixed(0)} ms` };
+        benchLine('plan_ms_5000', planMs, { ...detail, digits: 0 });
+        benchLine('plan_vs_fetch_ratio', planMs.map((p, i) => p / fetchMs[i]!), detail);
+      } finally {
+        await xapi.close();
+        sim.stop();
+      }
+    },
+  },
+  {
+    name: 'nats',
+    lines: ['nats_vs_embedded_ratio'],
+    async run(work) {
+      const sim = await simulator(await pool(work, Array.from({ length: 200 }, (_, i) => ({ name: `vm-${String(i).padStart(3, '0')}`, mib: 1 }))));
+      try {
+        const { natsVsEmbedded } = await import('../nats/bench-nats.js');
+        const r = await natsVsEmbedded({ simUrl: sim.url, user: 'root', password: 'bench', work, rounds: ROUNDS, note: (line) => console.error(line) });
+        benchLine('nats_vs_embedded_ratio', r.natsMs.map((n, i) => n / r.embeddedMs[i]!), {
+          figure: `vmbackup run, NATS with two workers ${(median(r.natsMs) / 1000).toFixed(1)} s`,
+          baseline: `vmbackup embedded ${(median(r.embeddedMs) / 1000).toFixed(1)} s`,
+        });
+      } finally {
+        sim.stop();
+      }
+    },
+  },
+  {
+    name: 'sim',
+    lines: ['sim_export_vs_plain_http_ratio', 'sim_pattern_vs_copy_ratio'],
+    async run(work) {
+      // The simulator's export against the cheapest HTTP server that sends as many bytes.
+      const plainScript = `const chunk = Buffer.alloc(1 << 20, 7); const total = Number(process.argv[1]);
 const server = require('node:http').createServer((req, res) => { res.writeHead(200, { 'content-length': total }); let sent = 0;
   const pump = () => { while (sent < total) { const n = Math.min(chunk.length, total - sent); sent += n; if (!res.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return res.once('drain', pump); } res.end(); }; pump(); });
 server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:' + server.address().port));`;
-    try {
-      const uuid = await vmUuid(sim.url, 'sim1g');
-      const curlNull = async (url: string): Promise<{ bytes: number; ms: number }> => {
-        const t = performance.now();
-        const { stdout } = await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{size_download}', url]);
-        return { bytes: Number(stdout), ms: performance.now() - t };
-      };
-      const simUrl = async () => `${sim.url}/export?uuid=${uuid}&session_id=${(await rpc(sim.url, 'session.login_with_password', ['root', 'bench'])) as string}`;
-      const probe = await curlNull(await simUrl());
-      const plain = spawn(process.execPath, ['-e', plainScript, String(probe.bytes)], { stdio: ['ignore', 'pipe', 'inherit'] });
-      try {
-        const plainUrl = await new Promise<string>((resolve, reject) => {
-          plain.stdout.on('data', (d: Buffer) => {
-            const m = /listening on (\S+)/.exec(d.toString());
-            if (m) resolve(m[1]!);
+      await withSim(work, [{ name: 'sim1g', mib: 1024 }], async (sim) => {
+        const { uuid } = await vmOf(sim.url, 'sim1g');
+        const curlNull = async (url: string): Promise<{ bytes: number; ms: number }> => {
+          const t = performance.now();
+          const { stdout } = await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{size_download}', url]);
+          return { bytes: Number(stdout), ms: performance.now() - t };
+        };
+        const simUrl = async () => `${sim.url}/export?uuid=${uuid}&session_id=${await login(sim.url)}`;
+        const probe = await curlNull(await simUrl());
+        const plain = spawn(process.execPath, ['-e', plainScript, String(probe.bytes)], { stdio: ['ignore', 'pipe', 'inherit'] });
+        try {
+          const plainUrl = await new Promise<string>((resolve, reject) => {
+            plain.stdout.on('data', (d: Buffer) => {
+              const m = /listening on (\S+)/.exec(d.toString());
+              if (m) resolve(m[1]!);
+            });
+            plain.on('exit', (code) => reject(new Error(`plain HTTP server exited with ${code}`)));
           });
-          plain.on('exit', (code) => reject(new Error(`plain HTTP server exited with ${code}`)));
-        });
-        const ratios: number[] = [];
-        for (let i = 0; i < rounds; i++) {
-          const ours = await curlNull(await simUrl());
-          const base = await curlNull(plainUrl);
-          if (ours.bytes !== base.bytes) throw new Error(`simulator sent ${ours.bytes} bytes, the plain server ${base.bytes}`);
-          ratios.push(base.ms / ours.ms);
-          console.error(`  sim round ${i + 1}: simulator export ${((ours.bytes / ours.ms) * 1e3 / GiB).toFixed(2)} GiB/s, plain HTTP ${((base.bytes / base.ms) * 1e3 / GiB).toFixed(2)} GiB/s`);
+          const ours: { bytes: number; ms: number }[] = [];
+          const base: { bytes: number; ms: number }[] = [];
+          for (let i = 0; i < ROUNDS; i++) {
+            const url = await simUrl();
+            const [o, b] = await alternate(i, () => curlNull(url), () => curlNull(plainUrl));
+            if (o.bytes !== b.bytes) throw new Error(`simulator sent ${o.bytes} bytes, the plain server ${b.bytes}`);
+            ours.push(o);
+            base.push(b);
+            console.error(`  sim round ${i + 1}: simulator export ${rate(o.bytes, o.ms)}, plain HTTP ${rate(b.bytes, b.ms)}`);
+          }
+          benchLine('sim_export_vs_plain_http_ratio', ours.map((o, i) => base[i]!.ms / o.ms), {
+            figure: `simulator export to curl -o /dev/null ${rate(probe.bytes, median(ours.map((o) => o.ms)))}`,
+            baseline: `a bare node HTTP server ${rate(probe.bytes, median(base.map((b) => b.ms)))}`,
+          });
+        } finally {
+          plain.kill();
         }
-        console.log(`sim_export_vs_plain_http_ratio=${median(ratios).toFixed(2)}`);
-      } finally {
-        plain.kill();
-      }
-    } finally {
-      sim.stop();
-    }
+      });
 
-    // Pattern disk generation against the least any read costs: a fresh buffer filled by copy.
-    const { PatternDisk } = await import('../sim/disks.js');
-    const CHUNK = 2 << 20;
-    const disk = new PatternDisk(GiB, 'bench');
-    const source = Buffer.alloc(CHUNK, 7);
-    const timed = (f: () => void): number => {
-      const t = performance.now();
-      f();
-      return performance.now() - t;
-    };
-    const patternPass = () => timed(() => {
-      for (let o = 0; o < disk.size; o += CHUNK) disk.read(o, CHUNK);
-    });
-    const copyPass = () => timed(() => {
-      for (let o = 0; o < disk.size; o += CHUNK) source.copy(Buffer.allocUnsafe(CHUNK));
-    });
-    patternPass(); // warm up (JIT, the pattern's tables)
-    copyPass();
-    const ratios: number[] = [];
-    for (let i = 0; i < 2 * rounds - 1; i++) {
-      // Alternate the order: whichever runs second inherits the first's garbage.
-      let patternMs: number;
-      let copyMs: number;
-      if (i % 2 === 0) {
-        patternMs = patternPass();
-        copyMs = copyPass();
-      } else {
-        copyMs = copyPass();
-        patternMs = patternPass();
+      // Pattern disk generation against the least any read costs: a fresh buffer filled by copy.
+      const { PatternDisk } = await import('../sim/disks.js');
+      const CHUNK = 2 << 20;
+      const disk = new PatternDisk(GiB, 'bench');
+      const source = Buffer.alloc(CHUNK, 7);
+      const timed = async (f: () => void): Promise<number> => {
+        const t = performance.now();
+        f();
+        return performance.now() - t;
+      };
+      const patternPass = () =>
+        timed(() => {
+          for (let o = 0; o < disk.size; o += CHUNK) disk.read(o, CHUNK);
+        });
+      const copyPass = () =>
+        timed(() => {
+          for (let o = 0; o < disk.size; o += CHUNK) source.copy(Buffer.allocUnsafe(CHUNK));
+        });
+      await patternPass(); // warm up (JIT, the pattern's tables)
+      await copyPass();
+      const patternMs: number[] = [];
+      const copyMs: number[] = [];
+      for (let i = 0; i < 2 * ROUNDS - 1; i++) {
+        const [p, c] = await alternate(i, patternPass, copyPass);
+        patternMs.push(p);
+        copyMs.push(c);
       }
-      ratios.push(copyMs / patternMs);
-      console.error(`  pattern round ${i + 1}: pattern disk ${((GiB / patternMs) * 1e3 / GiB).toFixed(2)} GiB/s, copy ${((GiB / copyMs) * 1e3 / GiB).toFixed(2)} GiB/s`);
-    }
-    console.log(`sim_pattern_vs_copy_ratio=${median(ratios).toFixed(2)}`);
-  }
+      benchLine('sim_pattern_vs_copy_ratio', patternMs.map((p, i) => copyMs[i]! / p), {
+        figure: `pattern disk reads ${rate(GiB, median(patternMs))}`,
+        baseline: `fresh buffers filled by copy ${rate(GiB, median(copyMs))}`,
+      });
+    },
+  },
+  {
+    name: 'chunks',
+    lines: [],
+    async run(work) {
+      const { chunkSizeBench } = await import('./chunkstore.js');
+      await chunkSizeBench(work, (line) => console.error(line));
+    },
+  },
+  {
+    name: 'gc',
+    lines: ['gc_ms_100k_chunks', 'gc_vs_list_ratio'],
+    async run(work) {
+      const { gcBench } = await import('./chunkstore.js');
+      await gcBench(work, (line) => console.error(line));
+    },
+  },
+];
 
-  if (want('chunks') || want('gc')) {
-    const { chunkSizeBench, gcBench } = await import('./chunkstore.js');
-    if (want('chunks')) await chunkSizeBench(work, (line) => console.error(line));
-    if (want('gc')) await gcBench(work, (line) => console.error(line));
+const wanted = process.argv.slice(2);
+const unknown = wanted.filter((w) => !SECTIONS.some((s) => s.name === w || s.lines.includes(w) || (s.name === 'chunks' && w.startsWith('chunk_'))));
+if (unknown.length > 0) {
+  console.error(`bench: no line or section named ${unknown.join(', ')} (sections: ${SECTIONS.map((s) => s.name).join(', ')})`);
+  process.exit(2);
+}
+const work = await mkdtemp(path.join(os.tmpdir(), 'vmbackup-bench-'));
+try {
+  for (const section of SECTIONS) {
+    if (wanted.length > 0 && !wanted.some((w) => w === section.name || section.lines.includes(w) || (section.name === 'chunks' && w.startsWith('chunk_')))) continue;
+    const t = performance.now();
+    await section.run(work);
+    console.error(`  (${section.name}: ${((performance.now() - t) / 1000).toFixed(0)} s)`);
   }
 } finally {
   await rm(work, { recursive: true, force: true });

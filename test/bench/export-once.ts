@@ -1,8 +1,11 @@
 /**
- * One export through the real snapshot + export functions, in a fresh process, for the
- * benchmarks: prints `{ bytes, ms, maxRssMiB }` as JSON on stdout.
+ * Exports through the real snapshot + export functions, in a fresh process, for the
+ * benchmarks: one VM, or several at once (as `pool_workers = 2` would), each as an XVA
+ * (`vm`, compressed by XAPI with `gzip`/`zstd`) or its disks as raw/VHD (`vdi:raw`,
+ * `vdi:vhd`). Prints `{ bytes, ms, maxRssMiB }` as JSON on stdout: all VMs' bytes, the wall
+ * time from the first export's start to the last one's end (after fsync and rename).
  *
- *   tsx test/bench/export-once.ts <xapi url> <user> <password> <vm uuid> <vm name> <backup dir>
+ *   tsx test/bench/export-once.ts <xapi url> <user> <password> <backup dir> <none|gzip|zstd> <vm|vdi:raw|vdi:vhd> <uuid:name>…
  */
 import { exportFn } from '../../functions/export/export.js';
 import { snapshot } from '../../functions/snapshot/snapshot.js';
@@ -12,30 +15,36 @@ import { silentLogger } from '../../runtime/log.js';
 import { formatStamp } from '../../runtime/storage/naming.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
 
-const [url, user, password, uuid, name, dir] = process.argv.slice(2) as [string, string, string, string, string, string];
+const [url, user, password, dir, compress, kind, ...vms] = process.argv.slice(2) as [string, string, string, string, 'none' | 'gzip' | 'zstd', string, ...string[]];
+const [mode, format] = kind.split(':') as ['vm' | 'vdi', 'raw' | 'vhd' | undefined];
 const xapi = await XapiClient.connect({ url, user, password });
 const ctx = localCtx({ log: silentLogger(), xapi });
-const input: SnapshotInput = {
-  runId: 'bench',
-  jobId: `vm.${uuid}`,
-  try: 1,
-  vm: { uuid, name },
-  mode: 'vm',
-  disks: [],
-  backupDir: dir,
-  folder: 'bench',
-  stamp: formatStamp(new Date()),
-  maxBackups: 1,
-  compress: 'none',
-  format: 'raw',
-  spaceThreshold: 1,
-  haltedWithoutSnapshot: true,
-  idleTimeoutS: 300,
-};
-const snap = await snapshot.handle(input, ctx);
+const snaps = await Promise.all(
+  vms.map(async (vm) => {
+    const [uuid, name] = vm.split(':') as [string, string];
+    const input: SnapshotInput = {
+      runId: 'bench',
+      jobId: `vm.${uuid}`,
+      try: 1,
+      vm: { uuid, name },
+      mode,
+      disks: mode === 'vdi' ? ['xvda'] : [],
+      backupDir: dir,
+      folder: `bench-${name}`,
+      stamp: formatStamp(new Date()),
+      maxBackups: 1,
+      compress,
+      format: format ?? 'raw',
+      spaceThreshold: 1,
+      haltedWithoutSnapshot: true,
+      idleTimeoutS: 300,
+    };
+    return snapshot.output.parse(await snapshot.handle(input, ctx));
+  }),
+);
 const started = performance.now();
-const out = await exportFn.handle(snapshot.output.parse(snap), ctx);
+const outs = await Promise.all(snaps.map((snap) => exportFn.handle(snap, ctx)));
 const ms = performance.now() - started;
 await xapi.close();
-process.stdout.write(JSON.stringify({ bytes: out.bytes, ms, maxRssMiB: process.resourceUsage().maxRSS / 1024 }) + '\n');
+process.stdout.write(JSON.stringify({ bytes: outs.reduce((n, o) => n + o.bytes, 0), ms, maxRssMiB: process.resourceUsage().maxRSS / 1024 }) + '\n');
 process.exit(0);
