@@ -1,8 +1,10 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { ChunkStore, PointWriter, STORE_FOLDER, listPoints } from '../../runtime/chunkstore/chunkstore.js';
-import type { PointDisk } from '../../runtime/chunkstore/chunkstore.js';
+import { ChunkStore, PointWriter, STORE_FOLDER, diskBlockSource, listPoints, openPoint } from '../../runtime/chunkstore/chunkstore.js';
+import type { PointDisk, WriteDiskOptions } from '../../runtime/chunkstore/chunkstore.js';
+import { vhdDiskWrites } from '../../runtime/formats/vhd.js';
+import type { VhdDiskWrite } from '../../runtime/formats/vhd.js';
 import { PermanentError, RestartError, VmbackupError, errorInfo } from '../../runtime/errors.js';
 import { jobSubject } from '../../runtime/events.js';
 import { defineFunction, subject } from '../../runtime/function.js';
@@ -29,13 +31,15 @@ import type { DiskReadPlan } from './read-plan.js';
  * it, else `/export_raw_vdi?format=raw`); later ones ask `VDI.list_changed_blocks(base, new)`
  * and read only the chunks those 64 KiB blocks touch, over NBD (TLS with the pool's
  * certificate when a network has purpose `nbd`), the rest of the index taken from the previous
- * point. Every reason to read a disk whole instead (read-plan.ts, or list_changed_blocks
+ * point. Without NBD the base snapshot is kept whole and the next run reads
+ * `/export_raw_vdi?format=vhd&base=<base>`: the chunks its blocks touch, laid over the base
+ * point's. Every reason to read a disk whole instead (read-plan.ts, or list_changed_blocks
  * failing) is a warning naming it; the backup goes on. Then the VM's metadata
  * (`/export_metadata`), VmBackup's `.meta`, and the manifest last.
  *
  * The snapshot: once the point is committed, its disk snapshots with CBT stay as the next
  * run's base — tagged `vmbackup:base` = the point's stamp, their data destroyed
- * (`VDI.data_destroy`, no SR space) — and the bases they supersede are destroyed; the
+ * (`VDI.data_destroy`, no SR space; kept without NBD) — and the bases they supersede are destroyed; the
  * snapshot VM and every other disk snapshot go. On failure the whole snapshot goes and the
  * previous base stays. No snapshot is left behind.
  *
@@ -84,7 +88,7 @@ export const deltaExport = defineFunction({
     const started = Date.now();
     const warnings = [...input.warnings];
     const disks: DeltaDisk[] = [];
-    let written: { point: string; manifestBytes: number } | undefined;
+    let written: Written | undefined;
     let failure: unknown;
     try {
       ctx.signal.throwIfAborted();
@@ -93,7 +97,7 @@ export const deltaExport = defineFunction({
     } catch (error) {
       failure = error;
     } finally {
-      warnings.push(...(await settleSnapshot(xapi, ctx, input, written !== undefined)));
+      warnings.push(...(await settleSnapshot(xapi, ctx, input, written)));
     }
     if (failure !== undefined) {
       for (const w of warnings.slice(input.warnings.length)) ctx.log.warn(`${input.vm.name}: ${w}`);
@@ -124,8 +128,16 @@ export const deltaExport = defineFunction({
   },
 });
 
-/** Reads each disk into a new point, adds the metadata and commits; returns the point's name. */
-async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, out: DeltaDisk[], warnings: string[]): Promise<{ point: string; manifestBytes: number }> {
+/** A committed point: its name, its manifest's size, the devices whose snapshot stays whole as the next base (no NBD). */
+interface Written {
+  point: string;
+  manifestBytes: number;
+  keepWhole: Set<string>;
+}
+
+/** Reads each disk into a new point, adds the metadata and commits. */
+async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, out: DeltaDisk[], warnings: string[]): Promise<Written> {
+  const keepWhole = new Set<string>();
   const store = await ChunkStore.open(input.backupDir);
   const previous = (await listPoints(store, input.folder)).points.at(-1);
   const nbdTls = await nbdNeedsTls(xapi);
@@ -146,11 +158,13 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
         cbt: input.cbt !== false,
         nbd: nbd.length > 0,
         ...(previous !== undefined ? { previous: { stamp: previous.stamp, disks: before !== undefined ? [{ name, size: before.size }] : [] } } : {}),
-        ...(base !== undefined ? { base: { stamp: base.other_config[TAG.base]!, cbt: base.cbt_enabled } } : {}),
+        ...(base !== undefined ? { base: { stamp: base.other_config[TAG.base]!, cbt: base.cbt_enabled, whole: base.type !== 'cbt_metadata' } } : {}),
         cbtTurnedOn: input.snapshot.cbtEnabled?.includes(name) === true,
       });
       let ranges: { offset: number; length: number }[] = [];
-      if (plan.read === 'changes') {
+      // Without NBD the snapshot stays whole: the next run reads its VHD difference from it.
+      if (nbd.length === 0 && input.cbt !== false) keepWhole.add(name);
+      if (plan.via === 'nbd') {
         try {
           ranges = (await xapi.listChangedBlocks(base!.$ref, snapRef, disk.virtualSize)).ranges;
         } catch (error) {
@@ -159,7 +173,7 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
       }
       if (plan.warn) warnings.push(`${name} read whole: ${plan.reason}`);
       else ctx.log.info(`${input.vm.name}: ${name}: ${plan.reason}`);
-      const r = await readDisk(xapi, ctx, input, point, { name, baseDisk: before?.name ?? name, snapRef, size: disk.virtualSize, vdi: disk.source, nbd: nbd[0], nbdTls, plan, ranges });
+      const r = await readDisk(xapi, ctx, input, point, { name, baseDisk: before?.name ?? name, baseRef: base?.$ref, snapRef, size: disk.virtualSize, vdi: disk.source, nbd: nbd[0], nbdTls, plan, ranges });
       if (r.healedChunks > 0) warnings.push(`${name}: ${r.healedChunks} chunk(s) of point ${plan.base} were missing from the store: read again from the disk`);
       out.push({ disk: name, read: plan.read, ...(plan.base !== undefined ? { base: plan.base } : {}), reason: plan.reason, size: r.size, readBytes: r.readBytes, newBytes: r.newBytes, newChunks: r.newChunks, healedChunks: r.healedChunks });
     }
@@ -173,13 +187,14 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
     throw error;
   }
   const manifestBytes = (await stat(path.join(point.dir, 'manifest.json'))).size;
-  return { point: `${input.folder}/${path.basename(point.dir)}`, manifestBytes };
+  return { point: `${input.folder}/${path.basename(point.dir)}`, manifestBytes, keepWhole };
 }
 
 interface DiskRead {
   name: string;
-  /** Its name in the base point. */
+  /** Its name in the base point, and the base snapshot (VDI ref). */
   baseDisk: string;
+  baseRef: string | undefined;
   snapRef: string;
   size: number;
   vdi: string;
@@ -192,6 +207,7 @@ interface DiskRead {
 /** One disk into the point: its changed chunks over NBD, or all of it (NBD or export_raw_vdi). */
 async function readDisk(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, point: PointWriter, d: DiskRead): Promise<PointDisk> {
   const options = { vdi: d.vdi, baseDisk: d.baseDisk, signal: ctx.signal, onProgress: () => ctx.heartbeat() };
+  if (d.plan.via === 'vhd') return readVhdDifference(xapi, ctx, input, point, d, options);
   if (d.nbd !== undefined) {
     const info = d.nbd;
     const nbd = await NbdClient.connect({
@@ -218,6 +234,69 @@ async function readDisk(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, poi
   } catch (error) {
     download.abort();
     throw error;
+  }
+}
+
+/**
+ * The changes as XAPI's VHD difference between the new snapshot and the base snapshot (kept
+ * whole): each chunk one of its blocks touches is the base point's chunk with those blocks
+ * laid over it. The VHD is read as a stream, a chunk's blocks held until the writer takes it.
+ */
+async function readVhdDifference(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, point: PointWriter, d: DiskRead, options: WriteDiskOptions & { vdi: string; baseDisk: string }): Promise<PointDisk> {
+  const baseRef = { vmFolder: input.folder, stamp: d.plan.base! };
+  const baseIndex = await (await openPoint(point.store, baseRef)).openIndex(d.baseDisk);
+  const download = await xapi.download('/export_raw_vdi', { vdi: d.snapRef, format: 'vhd', base: d.baseRef! }, { signal: ctx.signal });
+  try {
+    const cs = baseIndex.chunkSize;
+    const baseBytes = diskBlockSource(point.store, baseIndex);
+    const overlays = new Map<number, VhdDiskWrite[]>();
+    const chunkRange = (i: number) => ({ offset: i * cs, length: Math.min(cs, d.size - i * cs) });
+    async function* ranges(): AsyncGenerator<{ offset: number; length: number }> {
+      let current = -1;
+      let pieces: VhdDiskWrite[] = [];
+      let last = -1;
+      for await (const w of vhdDiskWrites(download.body)) {
+        if (w.offset < last) throw new PermanentError('VHD_UNSORTED', `the VHD difference of ${d.name} is not in disk order (${w.offset} after ${last})`, { disk: d.name });
+        last = w.offset;
+        for (let at = w.offset; at < w.offset + w.data.length; ) {
+          const i = Math.floor(at / cs);
+          const end = Math.min(w.offset + w.data.length, (i + 1) * cs);
+          if (i !== current) {
+            if (current >= 0) {
+              overlays.set(current, pieces);
+              yield chunkRange(current);
+            }
+            current = i;
+            pieces = [];
+          }
+          pieces.push({ offset: at, data: w.data.subarray(at - w.offset, end - w.offset) });
+          at = end;
+        }
+      }
+      if (current >= 0) {
+        overlays.set(current, pieces);
+        yield chunkRange(current);
+      }
+    }
+    const reader = {
+      size: d.size,
+      read: async (offset: number, length: number) => {
+        const out = Buffer.alloc(length);
+        (await baseBytes.read(offset, length))?.copy(out);
+        const i = Math.floor(offset / cs);
+        for (const w of overlays.get(i) ?? []) w.data.copy(out, w.offset - offset);
+        overlays.delete(i);
+        return out;
+      },
+    };
+    const r = await point.addDiskChanges(d.name, baseRef, ranges(), reader, options);
+    await download.task;
+    return r;
+  } catch (error) {
+    download.abort();
+    throw error;
+  } finally {
+    await baseIndex.close();
   }
 }
 
@@ -256,7 +335,8 @@ export async function baseSnapshots(xapi: XapiClient, vdi: VdiRecord): Promise<V
  * on, data destroyed) and the older bases go; everything else of the snapshot is destroyed.
  * After a failure the whole snapshot goes. Returns warnings.
  */
-async function settleSnapshot(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, committed: boolean): Promise<string[]> {
+async function settleSnapshot(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, written: Written | undefined): Promise<string[]> {
+  const committed = written !== undefined;
   const warnings: string[] = [];
   const step = async (what: string, fn: () => Promise<unknown>): Promise<void> => {
     try {
@@ -273,7 +353,7 @@ async function settleSnapshot(xapi: XapiClient, ctx: Ctx, input: DeltaExportInpu
   if (committed) {
     for (const disk of input.snapshot.disks) {
       const snap = await xapi.getRecordByUuid('VDI', disk.exportVdi).catch(() => undefined);
-      if (snap === undefined || !snap.cbt_enabled) continue;
+      if (snap === undefined || !(snap.cbt_enabled || written.keepWhole.has(disk.device))) continue;
       await step(`keeping the snapshot of ${disk.device} as the next base`, async () => {
         await tagObject(xapi, 'VDI', snap.$ref, { [TAG.base]: input.stamp, [TAG.source]: input.vm.uuid });
         for (const key of [TAG.run, TAG.job, TAG.origin]) await xapi.call('VDI.remove_from_other_config', snap.$ref, key);
@@ -283,7 +363,7 @@ async function settleSnapshot(xapi: XapiClient, ctx: Ctx, input: DeltaExportInpu
   }
   if (vmRef !== undefined) await step('destroying the snapshot', () => destroySnapshotVm(xapi, vmRef, { keepVdis: keep }));
   for (const disk of input.snapshot.disks) {
-    if (keep.has(disk.exportVdi)) {
+    if (keep.has(disk.exportVdi) && written?.keepWhole.has(disk.device) !== true) {
       const ref = await xapi.call<string>('VDI.get_by_uuid', disk.exportVdi);
       await step(`destroying the data of ${disk.device}'s base snapshot`, () => xapi.dataDestroy(ref));
     }
@@ -328,7 +408,7 @@ export async function previewDiskReads(xapi: XapiClient, vm: VmRecord, opts: { b
         cbt: opts.cbt,
         nbd: nbd.length > 0,
         ...(previous !== undefined ? { previous: { stamp: previous.stamp, disks: previous.manifest.disks } } : {}),
-        ...(base !== undefined ? { base: { stamp: base.other_config[TAG.base]!, cbt: base.cbt_enabled } } : {}),
+        ...(base !== undefined ? { base: { stamp: base.other_config[TAG.base]!, cbt: base.cbt_enabled, whole: base.type !== 'cbt_metadata' } } : {}),
       }),
     );
   }

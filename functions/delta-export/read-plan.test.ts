@@ -24,7 +24,8 @@ describe('planDiskRead', () => {
     ['base snapshot gone', { base: undefined }, { read: 'full', warn: true, reason: /base snapshot of point 20261205-080000 is gone/ }],
     ['base of an older point (the newest is missing or incomplete)', { base: { stamp: '20261204-080000', cbt: true } }, { read: 'full', warn: true, reason: /base snapshot is of point 20261204-080000, but the newest point is 20261205-080000/ }],
     ['base without CBT', { base: { stamp: P1, cbt: false } }, { read: 'full', warn: true, reason: /no changed-block tracking/ }],
-    ['no NBD', { nbd: false }, { read: 'full', warn: true, reason: /no NBD/ }],
+    ['no NBD, the base without data', { nbd: false }, { read: 'full', warn: true, reason: /no NBD .* kept no data/ }],
+    ['no NBD, the base kept whole: its VHD difference', { nbd: false, base: { stamp: P1, cbt: true, whole: true } }, { read: 'changes', warn: false, reason: /VHD difference from its base snapshot/ }],
   ])('%s', (_name, change, expected) => {
     const plan = planDiskRead({ ...ok, ...change });
     expect(plan.read).toBe(expected.read);

@@ -16,6 +16,11 @@ export interface DiskReadPlan {
   read: 'full' | 'changes';
   /** The point whose index the new one starts from (`changes`). */
   base?: string;
+  /**
+   * How changes are read (`changes`): `nbd`, the chunks CBT names; `vhd`, the blocks of
+   * `/export_raw_vdi?format=vhd&base=<base snapshot>` (no NBD; the base kept whole).
+   */
+  via?: 'nbd' | 'vhd';
   reason: string;
   /** A full re-read the operator did not choose: said as a warning of the job. */
   warn: boolean;
@@ -30,8 +35,8 @@ export interface DiskReadFacts {
   nbd: boolean;
   /** The VM's newest committed point. */
   previous?: { stamp: string; disks: readonly { name: string; size: number }[] };
-  /** The disk's snapshot kept as a base (found by its tag): the point it was read for. */
-  base?: { stamp: string; cbt: boolean };
+  /** The disk's snapshot kept as a base (found by its tag): the point it was read for; `whole` when its data was kept. */
+  base?: { stamp: string; cbt: boolean; whole?: boolean };
   /** CBT was off on the disk and turned on for this backup (snapshot phase). */
   cbtTurnedOn?: boolean;
 }
@@ -48,6 +53,9 @@ export function planDiskRead(f: DiskReadFacts): DiskReadPlan {
   if (f.base === undefined) return full(`the base snapshot of point ${prev.stamp} is gone (destroyed outside vmbackup?)`);
   if (f.base.stamp !== prev.stamp) return full(`the base snapshot is of point ${f.base.stamp}, but the newest point is ${prev.stamp}`);
   if (!f.base.cbt) return full(`the base snapshot of point ${prev.stamp} has no changed-block tracking`);
-  if (!f.nbd) return full('the pool offers no NBD (no network with purpose nbd or insecure_nbd): the changed blocks cannot be read alone');
-  return { disk: f.disk.name, read: 'changes', base: prev.stamp, reason: `CBT changes since point ${prev.stamp}`, warn: false };
+  if (!f.nbd) {
+    if (f.base.whole === true) return { disk: f.disk.name, read: 'changes', base: prev.stamp, via: 'vhd', reason: `changes since point ${prev.stamp}, as a VHD difference from its base snapshot (the pool offers no NBD)`, warn: false };
+    return full('the pool offers no NBD (no network with purpose nbd or insecure_nbd) and the base snapshot kept no data: from now on it is kept whole');
+  }
+  return { disk: f.disk.name, read: 'changes', base: prev.stamp, via: 'nbd', reason: `CBT changes since point ${prev.stamp}`, warn: false };
 }

@@ -205,7 +205,7 @@ async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
     const deltaExports = [];
     for (const e of selection.deltaExports) {
       const vm = candidates.find((c) => c.uuid === e.vm.uuid)!;
-      const disks = (await previewDiskReads(xapi, vm, { backupDir: settings.backup_dir, folder: e.vm.folder, cbt: settings.cbt })).map(({ warn: _warn, ...d }) => d);
+      const disks = (await previewDiskReads(xapi, vm, { backupDir: settings.backup_dir, folder: e.vm.folder, cbt: settings.cbt })).map(({ warn: _warn, via: _via, ...d }) => d);
       deltaExports.push({ ...e, disks });
     }
     io.stdout.write(formatPreview(loaded, { ...selection, deltaExports, warnings }, { json: flags.json }));

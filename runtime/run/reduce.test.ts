@@ -496,3 +496,37 @@ describe('reduce: a stopped run (SIGTERM)', () => {
     expect(over.apply(stop()).header.stopping).toBeUndefined();
   });
 });
+
+describe('reduce: a delta-export VM', () => {
+  const deltaJob = (n: number): SnapshotInput => ({ ...vmJob(n), mode: 'delta', haltedWithoutSnapshot: false, cbt: true });
+  const stop = (): RunEvent => ({ outcome: 'stop', runId: RUN, reason: 'SIGTERM', at: now.toISOString() });
+
+  it('runs its own pipeline: pre-hook → snapshot → delta-export → prune → post-hook, as a delta-export', () => {
+    const run = started(1, { vmJobs: [deltaJob(1)] });
+    expect(run.jobs.get('vm.u1')).toMatchObject({ kind: 'vm', category: 'delta-export', pipeline: [...pipelines.delta] });
+    for (const fn of ['pre-hook', 'snapshot', 'delta-export', 'prune']) {
+      run.apply(done(fn, 'vm.u1', { marker: fn }));
+      expect(run.take()).toEqual([`r1:vm.u1:1:${pipelines.delta[pipelines.delta.indexOf(fn as 'prune') + 1]}`]);
+    }
+    run.apply(done('post-hook', 'vm.u1'));
+    expect(run.jobs.get('vm.u1')).toMatchObject({ status: 'success' });
+    expect(summarize(run.header, [...run.jobs.values()]).categories['delta-export']).toEqual({ S: 1, W: 0, E: 0 });
+  });
+
+  it('stopped after its snapshot: delta-export still runs (it destroys the snapshot); after delta-export the point counts, prune does not run', () => {
+    const run = started(2, { vmJobs: [deltaJob(1), deltaJob(2)] });
+    run.apply(done('pre-hook', 'vm.u1'));
+    run.apply(done('pre-hook', 'vm.u2'));
+    run.apply(done('snapshot', 'vm.u2', { marker: 'snap2' }));
+    run.take();
+    run.apply(stop());
+    run.apply(done('snapshot', 'vm.u1', { marker: 'snap1' }));
+    expect(run.queued).toMatchObject([{ fn: 'delta-export', data: { marker: 'snap1' } }]);
+    run.take();
+    run.apply(done('delta-export', 'vm.u2', { marker: 'point2' }));
+    expect(run.queued).toMatchObject([{ fn: 'post-hook', data: { marker: 'point2' } }]);
+    run.take();
+    run.apply(done('post-hook', 'vm.u2'));
+    expect(run.jobs.get('vm.u2')).toMatchObject({ status: 'success', warnings: ['the run was stopped by SIGTERM: the set is complete, but prune did not run'] });
+  });
+});
