@@ -19,6 +19,9 @@ export const COORDINATOR = 'coordinator';
  * repaired by the event's redelivery.
  */
 export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clock: Clock, log: Logger): Promise<void> {
+  // A phase's start changes no state (reduce ignores it): half of all events, so reading the
+  // run for them would double the coordinator's work, which is serial across every run.
+  if (event.outcome === 'started') return;
   for (let attempt = 0; attempt < 10; attempt++) {
     const current = await store.header(event.runId);
     if (current === undefined) {
