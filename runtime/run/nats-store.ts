@@ -77,7 +77,9 @@ export class NatsRunStore implements RunStore {
   async header(runId: string): Promise<{ header: RunHeader; revision: number } | undefined> {
     const entry = await this.get(headerKey(runId));
     if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
-    return { header: await this.decode(entry.json()), revision: entry.revision };
+    const header = await this.decode(entry.json());
+    // Its id list expired a moment before it (the bucket's max_age): the run is going too.
+    return header === undefined ? undefined : { header, revision: entry.revision };
   }
 
   async jobs(runId: string, jobIds: readonly string[]): Promise<Map<string, JobState>> {
@@ -134,8 +136,10 @@ export class NatsRunStore implements RunStore {
     if (ranges === undefined) return JSON.stringify(header); // pending names a job not in jobIds: kept as it is
     // A run not planned yet has no ids: nothing to write.
     const key = jobIds.length === 0 ? '' : `${kvToken(header.runId)}.=ids-${createHash('sha256').update(JSON.stringify(jobIds)).digest('hex').slice(0, 16)}`;
-    if (key !== '' && !this.idLists.has(key)) {
-      // Written before the header that names it; rewriting the same list is harmless.
+    // Written before the header that names it; rewriting the same list is harmless. Written
+    // again when the run finishes, so that it expires with the header (max_age counts from
+    // a key's last write), not a run's duration before it.
+    if (key !== '' && (!this.idLists.has(key) || header.status === 'finished')) {
       await untilAnswered(`writing the job ids of run ${header.runId}`, () => this.kv.put(key, JSON.stringify(jobIds)), RETRY);
       this.remember(key, jobIds);
     }
@@ -143,14 +147,15 @@ export class NatsRunStore implements RunStore {
     return JSON.stringify(stored);
   }
 
-  private async decode(value: unknown): Promise<RunHeader> {
+  /** The header a stored value holds; undefined when its id list is gone (expired). */
+  private async decode(value: unknown): Promise<RunHeader | undefined> {
     const stored = StoredHeader.safeParse(value);
     if (!stored.success) return RunHeader.parse(value);
     const { ids, pendingRanges: ranges, ...rest } = stored.data;
     let jobIds = ids.key === '' ? [] : this.idLists.get(ids.key);
     if (jobIds === undefined) {
       const entry = await this.get(ids.key);
-      if (entry === null || entry.operation !== 'PUT') throw new Error(`run ${rest.runId}: its job id list ${ids.key} is missing from ${RUNS_BUCKET}`);
+      if (entry === null || entry.operation !== 'PUT') return undefined;
       jobIds = z.array(z.string()).parse(entry.json());
       this.remember(ids.key, jobIds);
     }
