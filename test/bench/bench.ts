@@ -16,6 +16,8 @@
  *                          throughput / a bare node HTTP server sending as many bytes    ≥ 0.3
  *   sim_pattern_vs_copy_ratio  pattern disk reads (2 MiB) / filling fresh buffers by copy ≥ 0.2
  *                          (`sim`: the simulator must never be what a benchmark measures)
+ *   run_1000_vms_…, coordinator_rss_1000_vs_100, job_overhead_ms  1,000 VMs on four workers
+ *                          (`thousand`, `thousand-cluster`, only when named; thousand.ts)
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -27,6 +29,7 @@ import { plan } from '../../functions/plan/plan.js';
 import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
+import { simulatorProcess } from '../helpers/sim-process.js';
 
 const run = promisify(execFile);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -35,25 +38,8 @@ const wanted = new Set(process.argv.slice(2));
 const want = (name: string) => wanted.size === 0 || wanted.has(name);
 const GiB = 1 << 30;
 
-interface Sim {
-  url: string;
-  stop(): void;
-}
-
 /** The simulator in its own process, so it does not share our event loop or our RSS. */
-async function simulator(poolFile: string, extra: string[] = []): Promise<Sim> {
-  const child = spawn(process.execPath, [path.join(root, 'bin/vmbackup-sim.js'), '--pool', poolFile, '--port', '0', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /listening on (\S+)/.exec(out);
-      if (m) resolve(m[1]!);
-    });
-    child.on('exit', (code) => reject(new Error(`simulator exited with ${code}`)));
-  });
-  return { url, stop: () => child.kill() };
-}
+const simulator = simulatorProcess;
 
 async function pool(dir: string, vms: { name: string; mib: number }[]): Promise<string> {
   const file = path.join(dir, `pool-${vms.map((v) => v.name).join('-')}.json`);
@@ -317,6 +303,12 @@ server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:'
       console.error(`  pattern round ${i + 1}: pattern disk ${((GiB / patternMs) * 1e3 / GiB).toFixed(2)} GiB/s, copy ${((GiB / copyMs) * 1e3 / GiB).toFixed(2)} GiB/s`);
     }
     console.log(`sim_pattern_vs_copy_ratio=${median(ratios).toFixed(2)}`);
+  }
+
+  // Half an hour or more on two cores: only when named.
+  if (wanted.has('thousand') || wanted.has('thousand-cluster')) {
+    const { thousandBench } = await import('./thousand.js');
+    await thousandBench(work, { rounds: 3, single: wanted.has('thousand'), cluster: wanted.has('thousand-cluster'), note: (line) => console.error(line), print: (line) => console.log(line) });
   }
 
   if (want('chunks') || want('gc')) {
