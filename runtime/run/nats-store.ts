@@ -33,8 +33,8 @@ type StoredHeader = z.infer<typeof StoredHeader>;
 /**
  * The run store on the `vmbackup-runs` KV bucket (infra/nats/jetstream.ts): each run's
  * header under `<runId>` (its job ids apart, see StoredHeader), each of its jobs under
- * `<runId>.<jobId>`, all as JSON, so a 5,000-VM run never rewrites one huge value. Ids are mapped to one key token each
- * (`kvToken`), so `vm.5c1e…` is stored as `vm/5c1e…`.
+ * `<runId>.<jobId>`, all as JSON, so a 5,000-VM run never rewrites one huge value. Ids are
+ * mapped to one key token each (`kvToken`), so `vm.5c1e…` is stored as `vm/5c1e…`.
  *
  * - `create` is `kv.create` (compare-and-set against absent): a run id exists once, which is
  *   also how a trigger sent twice makes one run.
