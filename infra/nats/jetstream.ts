@@ -191,3 +191,44 @@ export function eventConsumer(durable: string, filter: string, opts: { ackWaitMs
     max_waiting: 512,
   };
 }
+
+const KiB = 1 << 10;
+const nsToDays = (ns: number | undefined) => (ns ?? 0) / (DAY * 1e6);
+
+/**
+ * The most one run leaves in the events stream and in the runs bucket: a part per run (the
+ * plan's events and the summary's frame; the header and its job id list) and a part per job
+ * (its seven phases' `started` and `done` events, its lines in `plan.done` and in the
+ * summary; its state), for one try of each job (a VM tried again adds its events again).
+ * Measured on the simulator's VMs (12.0 KiB and 1.4 KiB a VM, 2.0 KiB and 0.7 KiB a run),
+ * rounded up for longer names and paths; a pool-db or host job counts as a VM.
+ * infra/nats/README.md works out a year of nightly runs with it; test/nats/retention.test.ts
+ * holds fifty runs to it.
+ */
+interface Footprint {
+  perRun: { msgs: number; bytes: number };
+  perVm: { msgs: number; bytes: number };
+}
+export const RUN_FOOTPRINT: Readonly<Record<'events' | 'runs', Footprint>> = {
+  events: { perRun: { msgs: 5, bytes: 4 * KiB }, perVm: { msgs: 14, bytes: 16 * KiB } },
+  runs: { perRun: { msgs: 2, bytes: 2 * KiB }, perVm: { msgs: 1, bytes: 3 * KiB } },
+};
+
+/**
+ * What the events stream and the runs bucket hold at most, with `runsPerDay` runs of `vms`
+ * jobs a day: the runs of their max_age (and the one being written), each at RUN_FOOTPRINT,
+ * and never more than their max_bytes. The jobs stream holds only work not yet done.
+ *
+ * @example retainedBound({ vms: 1000, runsPerDay: 1 }).events.bytes // → 8 runs × ~12 MiB
+ */
+export function retainedBound(opts: { vms: number; runsPerDay: number }): Record<'events' | 'runs', { runs: number; msgs: number; bytes: number }> {
+  const of = (decl: StreamDecl, f: Footprint) => {
+    const runs = Math.ceil(nsToDays(decl.max_age) * opts.runsPerDay) + 1;
+    return {
+      runs,
+      msgs: runs * (f.perRun.msgs + opts.vms * f.perVm.msgs),
+      bytes: Math.min(runs * (f.perRun.bytes + opts.vms * f.perVm.bytes), decl.max_bytes ?? Infinity),
+    };
+  };
+  return { events: of(eventsStream, RUN_FOOTPRINT.events), runs: of(runsBucket, RUN_FOOTPRINT.runs) };
+}

@@ -19,22 +19,32 @@ export const COORDINATOR = 'coordinator';
  * repaired by the event's redelivery.
  */
 export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clock: Clock, log: Logger): Promise<void> {
+  // A phase's start changes no state (reduce ignores it): half of all events, so reading the
+  // run for them would double the coordinator's work, which is serial across every run.
+  if (event.outcome === 'started') return;
   for (let attempt = 0; attempt < 10; attempt++) {
-    const current = await store.header(event.runId);
+    // The header and the event's job at once; the pending jobs only when a slot is free
+    // (most events just move their job to its next phase).
+    const [current, own] = await Promise.all([store.header(event.runId), event.outcome === 'stop' ? undefined : store.jobs(event.runId, [event.jobId])]);
     if (current === undefined) {
       // Phases invoked on their own (vmbackup invoke, POST /v1/functions) have no run state.
       log.debug({ runId: event.runId, ...(event.outcome !== 'stop' ? { fn: event.fn } : {}) }, `event for unknown run ${event.runId} ignored`);
       return;
     }
     // A stop ends every pending job at once: it needs them all.
-    const ids = event.outcome === 'stop' ? current.header.pending : [event.jobId, ...current.header.pending.slice(0, current.header.concurrency)];
-    const jobs = await store.jobs(event.runId, ids);
+    let jobs = own ?? (await store.jobs(event.runId, current.header.pending));
     const behind = stateBehind(current.header, jobs, event);
     if (behind !== undefined) {
       // Dropping the event as stale would leave its job, and the run, waiting for ever.
       throw new Error(`run ${event.runId}: the state read (revision ${current.revision}) is older than the event ${event.outcome !== 'stop' ? `${event.fn}.${event.outcome} of ${event.jobId}` : 'stop'} (${behind}); reading it again`);
     }
-    const t = reduce({ header: current.header, jobs }, event, clock.now());
+    const now = clock.now();
+    let t = reduce({ header: current.header, jobs }, event, now);
+    if (event.outcome !== 'stop' && t.header.pending.length > 0 && (t.header.active < t.header.concurrency || t.header.stopping !== undefined)) {
+      // A slot is free (a job ended): read the first pending jobs and reduce again with them.
+      jobs = await store.jobs(event.runId, [event.jobId, ...current.header.pending.slice(0, current.header.concurrency)]);
+      t = reduce({ header: current.header, jobs }, event, now);
+    }
     // A stop changes the header even when it ends no job.
     if (event.outcome !== 'stop' && t.jobs.length === 0 && t.enqueue.length === 0 && !t.finished) return;
     for (const e of t.enqueue) await bus.enqueue(jobSubject(e.fn), e.data, { id: e.id });

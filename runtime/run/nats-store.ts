@@ -1,4 +1,6 @@
+import { createHash } from 'node:crypto';
 import type { JetStreamClient, KV } from 'nats';
+import { z } from 'zod';
 import { RUNS_BUCKET } from '../../infra/nats/jetstream.js';
 import { untilAnswered } from '../bus/nats.js';
 import { JobState, RunHeader } from './state.js';
@@ -10,12 +12,29 @@ const WRONG_LAST_SEQUENCE = 10071;
 const RETRY = { withinMs: 30_000 };
 /** Gets in flight at once when reading many keys. */
 const PARALLEL = 64;
+/** Job id lists kept in memory (they never change once written): a few runs' worth. */
+const ID_LISTS_CACHED = 16;
+
+/**
+ * A header as stored: a `RunHeader` whose job ids (`jobIds`) live under their own key,
+ * `<runId>.=ids-<hash>`, written once when the plan made them (the `=` followed by a
+ * non-hex letter is nothing kvToken ever makes, so no job id can take the key); `pending`
+ * is stored as `[start, end)` ranges of indexes into that list. The header the coordinator
+ * rewrites on every event then stays about a kilobyte whatever the number of VMs (it was
+ * ~80 bytes a VM: 80 KB written and read back per event of a 1,000-VM run). Headers written
+ * before, with `jobIds` and `pending` inline, are read as they are.
+ */
+const StoredHeader = RunHeader.omit({ jobIds: true, pending: true }).extend({
+  ids: z.object({ key: z.string(), count: z.number().int().min(0) }),
+  pendingRanges: z.array(z.tuple([z.number().int().min(0), z.number().int().min(0)])),
+});
+type StoredHeader = z.infer<typeof StoredHeader>;
 
 /**
  * The run store on the `vmbackup-runs` KV bucket (infra/nats/jetstream.ts): each run's
- * header under `<runId>`, each of its jobs under `<runId>.<jobId>`, both as JSON, so a
- * 5,000-VM run never rewrites one huge value. Ids are mapped to one key token each
- * (`kvToken`), so `vm.5c1e…` is stored as `vm/5c1e…`.
+ * header under `<runId>` (its job ids apart, see StoredHeader), each of its jobs under
+ * `<runId>.<jobId>`, all as JSON, so a 5,000-VM run never rewrites one huge value. Ids are
+ * mapped to one key token each (`kvToken`), so `vm.5c1e…` is stored as `vm/5c1e…`.
  *
  * - `create` is `kv.create` (compare-and-set against absent): a run id exists once, which is
  *   also how a trigger sent twice makes one run.
@@ -29,6 +48,9 @@ const PARALLEL = 64;
  *   await store.create(header); // false when the run exists
  */
 export class NatsRunStore implements RunStore {
+  /** Id lists by key: immutable (the key names its content's hash), so safe to keep. */
+  private readonly idLists = new Map<string, string[]>();
+
   private constructor(readonly kv: KV) {}
 
   /** Binds the bucket, which must exist (openNats applies it). */
@@ -43,7 +65,8 @@ export class NatsRunStore implements RunStore {
     try {
       // Sent again after a lost reply, a create that did land says "exists": the caller
       // then follows the run, which is this one.
-      await untilAnswered(`creating run ${header.runId}`, () => this.kv.create(headerKey(header.runId), JSON.stringify(RunHeader.parse(header))), RETRY);
+      const value = await this.encode(RunHeader.parse(header));
+      await untilAnswered(`creating run ${header.runId}`, () => this.kv.create(headerKey(header.runId), value), RETRY);
       return true;
     } catch (error) {
       if (isWrongLastSequence(error)) return false;
@@ -54,7 +77,9 @@ export class NatsRunStore implements RunStore {
   async header(runId: string): Promise<{ header: RunHeader; revision: number } | undefined> {
     const entry = await this.get(headerKey(runId));
     if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
-    return { header: RunHeader.parse(entry.json()), revision: entry.revision };
+    const header = await this.decode(entry.json());
+    // Its id list expired a moment before it (the bucket's max_age): the run is going too.
+    return header === undefined ? undefined : { header, revision: entry.revision };
   }
 
   async jobs(runId: string, jobIds: readonly string[]): Promise<Map<string, JobState>> {
@@ -71,7 +96,7 @@ export class NatsRunStore implements RunStore {
   }
 
   async commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[]): Promise<boolean> {
-    const value = JSON.stringify(RunHeader.parse(header));
+    const value = await this.encode(RunHeader.parse(header));
     if (jobs.length > 0) {
       // Do not write jobs for a state that is already stale.
       const current = await this.get(headerKey(runId));
@@ -96,13 +121,51 @@ export class NatsRunStore implements RunStore {
     const headers = await inChunks(keys, async (key) => {
       const entry = await this.get(key);
       if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
-      const parsed = RunHeader.safeParse(entry.json());
-      return parsed.success ? parsed.data : undefined;
+      return this.decode(entry.json()).catch(() => undefined);
     });
     return headers
       .filter((h): h is RunHeader => h !== undefined)
       .sort((a, b) => b.startedAt.localeCompare(a.startedAt))
       .slice(0, limit);
+  }
+
+  /** The header as stored: its job ids under their own key (written when new), pending as ranges. */
+  private async encode(header: RunHeader): Promise<string> {
+    const { jobIds, pending, ...rest } = header;
+    const ranges = pendingRanges(jobIds, pending);
+    if (ranges === undefined) return JSON.stringify(header); // pending names a job not in jobIds: kept as it is
+    // A run not planned yet has no ids: nothing to write.
+    const key = jobIds.length === 0 ? '' : `${kvToken(header.runId)}.=ids-${createHash('sha256').update(JSON.stringify(jobIds)).digest('hex').slice(0, 16)}`;
+    // Written before the header that names it; rewriting the same list is harmless. Written
+    // again when the run finishes, so that it expires with the header (max_age counts from
+    // a key's last write), not a run's duration before it.
+    if (key !== '' && (!this.idLists.has(key) || header.status === 'finished')) {
+      await untilAnswered(`writing the job ids of run ${header.runId}`, () => this.kv.put(key, JSON.stringify(jobIds)), RETRY);
+      this.remember(key, jobIds);
+    }
+    const stored: StoredHeader = { ...rest, ids: { key, count: jobIds.length }, pendingRanges: ranges };
+    return JSON.stringify(stored);
+  }
+
+  /** The header a stored value holds; undefined when its id list is gone (expired). */
+  private async decode(value: unknown): Promise<RunHeader | undefined> {
+    const stored = StoredHeader.safeParse(value);
+    if (!stored.success) return RunHeader.parse(value);
+    const { ids, pendingRanges: ranges, ...rest } = stored.data;
+    let jobIds = ids.key === '' ? [] : this.idLists.get(ids.key);
+    if (jobIds === undefined) {
+      const entry = await this.get(ids.key);
+      if (entry === null || entry.operation !== 'PUT') return undefined;
+      jobIds = z.array(z.string()).parse(entry.json());
+      this.remember(ids.key, jobIds);
+    }
+    if (jobIds.length !== ids.count) throw new Error(`run ${rest.runId}: its job id list ${ids.key} has ${jobIds.length} ids, the header says ${ids.count}`);
+    return RunHeader.parse({ ...rest, jobIds: [...jobIds], pending: ranges.flatMap(([a, b]) => jobIds.slice(a, b)) });
+  }
+
+  private remember(key: string, jobIds: string[]): void {
+    this.idLists.set(key, [...jobIds]);
+    if (this.idLists.size > ID_LISTS_CACHED) this.idLists.delete(this.idLists.keys().next().value!);
   }
 
   /** A read from the bucket's leader, again while the cluster elects one. */
@@ -158,6 +221,26 @@ export function headerKey(runId: string): string {
 
 export function jobKey(runId: string, jobId: string): string {
   return `${kvToken(runId)}.${kvToken(jobId)}`;
+}
+
+/**
+ * `pending` as `[start, end)` ranges of indexes into `jobIds`, or undefined when an id of it
+ * is not there. Pending jobs are a tail of the plan's VM jobs (plus a retry's failed ones),
+ * so a run has one range or a few.
+ *
+ * @example pendingRanges(['a', 'b', 'c', 'd'], ['c', 'd']) // → [[2, 4]]
+ */
+export function pendingRanges(jobIds: readonly string[], pending: readonly string[]): [number, number][] | undefined {
+  const index = new Map(jobIds.map((id, i) => [id, i]));
+  const ranges: [number, number][] = [];
+  for (const id of pending) {
+    const i = index.get(id);
+    if (i === undefined) return undefined;
+    const last = ranges.at(-1);
+    if (last !== undefined && last[1] === i) last[1] = i + 1;
+    else ranges.push([i, i + 1]);
+  }
+  return ranges;
 }
 
 function isWrongLastSequence(error: unknown): boolean {

@@ -29,6 +29,10 @@
  *                                              /dev/null` / a bare node HTTP server               ≥ 0.3
  *                 sim_pattern_vs_copy_ratio    pattern disk reads / filling fresh buffers by copy ≥ 0.2
  *   chunks, gc    chunk_<n>mib_…, gc_…         chunk store (chunkstore.ts beside this file)
+ *   thousand      run_1000_vms_nats_vs_embedded, coordinator_rss_1000_vs_100, job_overhead_ms:
+ *                                              1,000 VMs on four workers (thousand.ts); with
+ *                                              `thousand-cluster` on the three-node cluster.
+ *                                              Only when named: half an hour or more on two cores
  *
  * A new line: add a section to SECTIONS (its name, the names of the lines it prints, and
  * what it runs), measure its figure and its baseline in the same rounds (`alternate`), and
@@ -45,6 +49,8 @@ import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
 import { vmbackup } from '../helpers/cli.js';
+import { simulatorProcess } from '../helpers/sim-process.js';
+import type { SimProcess } from '../helpers/sim-process.js';
 import { alternate, benchLine, median, rate } from './report.js';
 
 const run = promisify(execFile);
@@ -53,25 +59,8 @@ const tsx = path.join(root, 'node_modules/.bin/tsx');
 const GiB = 1 << 30;
 const ROUNDS = 3;
 
-interface Sim {
-  url: string;
-  stop(): void;
-}
-
 /** The simulator in its own process, so it does not share our event loop or our RSS. */
-async function simulator(poolFile: string, extra: string[] = []): Promise<Sim> {
-  const child = spawn(process.execPath, [path.join(root, 'bin/vmbackup-sim.js'), '--pool', poolFile, '--port', '0', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /listening on (\S+)/.exec(out);
-      if (m) resolve(m[1]!);
-    });
-    child.on('exit', (code) => reject(new Error(`simulator exited with ${code}`)));
-  });
-  return { url, stop: () => child.kill() };
-}
+const simulator = simulatorProcess;
 
 async function pool(dir: string, vms: { name: string; mib: number }[]): Promise<string> {
   const file = path.join(dir, `pool-${vms[0]?.name ?? 'empty'}-${vms.length}.json`);
@@ -88,7 +77,7 @@ async function pool(dir: string, vms: { name: string; mib: number }[]): Promise<
 }
 
 /** A simulator serving `vms`, for the time of `f`. */
-async function withSim<T>(work: string, vms: { name: string; mib: number }[], f: (sim: Sim) => Promise<T>): Promise<T> {
+async function withSim<T>(work: string, vms: { name: string; mib: number }[], f: (sim: SimProcess) => Promise<T>): Promise<T> {
   const sim = await simulator(await pool(work, vms));
   try {
     return await f(sim);
@@ -127,7 +116,7 @@ interface Export {
  * The real snapshot + export functions in a fresh process (export-once.ts): `vms` at once,
  * `kind` vm (XVA) or vdi:raw / vdi:vhd; the files are removed after. Settles the disk after.
  */
-async function exportOnce(sim: Sim, vms: { uuid: string; name: string }[], dir: string, opts: { compress?: 'none' | 'gzip' | 'zstd'; kind?: string } = {}): Promise<Export> {
+async function exportOnce(sim: SimProcess, vms: { uuid: string; name: string }[], dir: string, opts: { compress?: 'none' | 'gzip' | 'zstd'; kind?: string } = {}): Promise<Export> {
   const args = [path.join(root, 'test/bench/export-once.ts'), sim.url, 'root', 'bench', dir, opts.compress ?? 'none', opts.kind ?? 'vm', ...vms.map((v) => `${v.uuid}:${v.name}`)];
   const { stdout } = await run(tsx, args, { maxBuffer: 1 << 20 });
   await Promise.all(vms.map((v) => rm(path.join(dir, `bench-${v.name}`), { recursive: true, force: true })));
@@ -148,7 +137,7 @@ interface Curl {
  * file: the least moving these bytes to this disk can cost. Logged in before the clock
  * starts; the file is removed and the disk settled after.
  */
-async function curlOnce(sim: Sim, pathAndQuery: string, file: string): Promise<Curl> {
+async function curlOnce(sim: SimProcess, pathAndQuery: string, file: string): Promise<Curl> {
   const session = await login(sim.url);
   const started = performance.now();
   const { stdout } = await run('curl', ['-sS', '-o', file, '-w', '%{size_download}', `${sim.url}${pathAndQuery}&session_id=${session}`]);
@@ -173,7 +162,7 @@ function sameBytes(what: string, ours: number, curl: number): void {
  * An export line: `rounds` of our export against curl + fsync of the same handler, in
  * alternating order, after one warm-up curl; prints `name` (throughput / curl + fsync's).
  */
-async function exportLine(work: string, sim: Sim, name: string, what: string, ours: () => Promise<Export>, curlPath: string): Promise<{ ours: Export[]; curls: Curl[] }> {
+async function exportLine(work: string, sim: SimProcess, name: string, what: string, ours: () => Promise<Export>, curlPath: string): Promise<{ ours: Export[]; curls: Curl[] }> {
   await curlOnce(sim, curlPath, path.join(work, 'warm.bin'));
   const all: { ours: Export[]; curls: Curl[] } = { ours: [], curls: [] };
   for (let i = 0; i < ROUNDS; i++) {
@@ -211,6 +200,8 @@ interface Section {
   /** The lines it prints (each also selects it). */
   lines: string[];
   run(work: string): Promise<void>;
+  /** Too long for the whole bench (half an hour or more on two cores): runs only when named. */
+  onlyWhenNamed?: boolean;
 }
 
 const SECTIONS: Section[] = [
@@ -423,9 +414,9 @@ const SECTIONS: Section[] = [
       try {
         const { natsVsEmbedded } = await import('../nats/bench-nats.js');
         const r = await natsVsEmbedded({ simUrl: sim.url, user: 'root', password: 'bench', work, rounds: ROUNDS, note: (line) => console.error(line) });
-        benchLine('nats_vs_embedded_ratio', r.natsMs.map((n, i) => n / r.embeddedMs[i]!), {
-          figure: `vmbackup run, NATS with two workers ${(median(r.natsMs) / 1000).toFixed(1)} s`,
-          baseline: `vmbackup embedded ${(median(r.embeddedMs) / 1000).toFixed(1)} s`,
+        benchLine('nats_vs_embedded_ratio', r.nats.map((n, i) => n.ms / r.embedded[i]!.ms), {
+          figure: `vmbackup run, NATS with two workers ${(median(r.nats.map((n) => n.ms)) / 1000).toFixed(1)} s`,
+          baseline: `vmbackup embedded ${(median(r.embedded.map((n) => n.ms)) / 1000).toFixed(1)} s`,
         });
       } finally {
         sim.stop();
@@ -520,6 +511,24 @@ server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:'
     },
   },
   {
+    name: 'thousand',
+    lines: ['run_1000_vms_nats_vs_embedded', 'coordinator_rss_1000_vs_100', 'job_overhead_ms'],
+    onlyWhenNamed: true,
+    async run(work) {
+      const { thousandBench } = await import('./thousand.js');
+      await thousandBench(work, { rounds: 3, single: true, cluster: false, note: (line) => console.error(line), print: (line) => console.log(line) });
+    },
+  },
+  {
+    name: 'thousand-cluster',
+    lines: [],
+    onlyWhenNamed: true,
+    async run(work) {
+      const { thousandBench } = await import('./thousand.js');
+      await thousandBench(work, { rounds: 3, single: false, cluster: true, note: (line) => console.error(line), print: (line) => console.log(line) });
+    },
+  },
+  {
     name: 'gc',
     lines: ['gc_ms_100k_chunks', 'gc_vs_list_ratio'],
     async run(work) {
@@ -538,7 +547,8 @@ if (unknown.length > 0) {
 const work = await mkdtemp(path.join(os.tmpdir(), 'vmbackup-bench-'));
 try {
   for (const section of SECTIONS) {
-    if (wanted.length > 0 && !wanted.some((w) => w === section.name || section.lines.includes(w) || (section.name === 'chunks' && w.startsWith('chunk_')))) continue;
+    const named = wanted.some((w) => w === section.name || section.lines.includes(w) || (section.name === 'chunks' && w.startsWith('chunk_')));
+    if (wanted.length > 0 ? !named : section.onlyWhenNamed === true) continue;
     const t = performance.now();
     await section.run(work);
     console.error(`  (${section.name}: ${((performance.now() - t) / 1000).toFixed(0)} s)`);

@@ -4,7 +4,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pipelines } from '../../functions/index.js';
 import { RUNS_BUCKET } from '../../infra/nats/jetstream.js';
-import { RunHeader, JobState } from '../../runtime/run/state.js';
+import { NatsRunStore } from '../../runtime/run/nats-store.js';
+import { JobState } from '../../runtime/run/state.js';
+import type { RunHeader } from '../../runtime/run/state.js';
 import type { RunSummary } from '../../runtime/run/summary.js';
 import { vmbackup } from '../helpers/cli.js';
 import { pool, startRig, vm } from './rig.js';
@@ -81,7 +83,10 @@ describe('vmbackup run through NATS with two workers', () => {
     // The run's state in the KV bucket: header under <runId>, each job under <runId>.<jobId>.
     const nc = await rig.client();
     const kv = await nc.jetstream().views.kv(RUNS_BUCKET, { bindOnly: true });
-    const header = RunHeader.parse((await kv.get(summary.runId))!.json());
+    const stored = (await kv.get(summary.runId))!.json<{ ids: { key: string; count: number } }>();
+    expect(stored).toMatchObject({ ids: { count: 3 }, pendingRanges: [] });
+    const header = (await (await NatsRunStore.open(nc.jetstream())).header(summary.runId))!.header;
+    expect((await kv.get(stored.ids.key))!.json()).toEqual(header.jobIds);
     expect(header).toMatchObject({ runId: summary.runId, status: 'finished', remaining: 0, active: 0, pending: [], trigger: 'cli', backupDir: natsDir });
     expect(header.jobIds).toHaveLength(3);
     for (const jobId of header.jobIds) {

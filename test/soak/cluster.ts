@@ -254,7 +254,7 @@ async function healthy(nc: NatsConnection, cluster: Cluster, ms = 60_000): Promi
 }
 
 /** Partial files, vmbackup snapshots on the pool, jobs still queued or not acked. */
-async function leftoversOf(nc: NatsConnection, sim: Simulator, exports: string, ackWaitS: number): Promise<string[]> {
+export async function leftoversOf(nc: NatsConnection, sim: Simulator, exports: string, ackWaitS: number): Promise<string[]> {
   const out: string[] = [];
   const partials = (await listFiles(exports)).filter((f) => f.endsWith('.partial'));
   if (partials.length > 0) out.push(`partial files: ${partials.join(', ')}`);

@@ -1,5 +1,6 @@
 import { soakCluster, tally } from './cluster.js';
 import { measureStall } from './stall.js';
+import { thousandVms } from './thousand.js';
 
 /**
  * `npm run soak -- cluster [--tries N] [--vm-mib M] [--ack-wait S]`: kills one node of a
@@ -8,6 +9,10 @@ import { measureStall } from './stall.js';
  *
  * `npm run soak -- stall [--tries N]`: how long the coordinator's kind of consumer stalls
  * when its leader is killed, N times (test/soak/stall.ts; default 4).
+ *
+ * `npm run soak -- thousand [--vms N] [--nodes 1|3]`: one run of N VMs (default 1,000) on
+ * four workers, on one nats-server or the three-node cluster (default 3; test/soak/
+ * thousand.ts). Exit 1 unless every VM is backed up and nothing is left over.
  */
 const [scenario, ...rest] = process.argv.slice(2);
 const flags = new Map<string, string>();
@@ -22,9 +27,21 @@ const number = (flag: string, fallback: number): number => {
   }
   return n;
 };
-if ((scenario !== 'cluster' && scenario !== 'stall') || [...flags.keys()].some((k) => !['--tries', '--vm-mib', '--ack-wait'].includes(k))) {
-  console.error('usage: npm run soak -- cluster [--tries N] [--vm-mib M] [--ack-wait S]\n       npm run soak -- stall [--tries N]');
+const allowed: Record<string, string[]> = { cluster: ['--tries', '--vm-mib', '--ack-wait'], stall: ['--tries'], thousand: ['--vms', '--nodes'] };
+if (scenario === undefined || allowed[scenario] === undefined || [...flags.keys()].some((k) => !allowed[scenario]!.includes(k))) {
+  console.error('usage: npm run soak -- cluster [--tries N] [--vm-mib M] [--ack-wait S]\n       npm run soak -- stall [--tries N]\n       npm run soak -- thousand [--vms N] [--nodes 1|3]');
   process.exit(2);
+}
+if (scenario === 'thousand') {
+  const nodes = number('--nodes', 3);
+  if (nodes !== 1 && nodes !== 3) {
+    console.error(`--nodes must be 1 or 3 (got ${nodes})`);
+    process.exit(2);
+  }
+  const vms = number('--vms', 1000);
+  const r = await thousandVms({ vms, nodes, print: (line) => console.log(line) });
+  const ok = r.summary.exitCode === 0 && r.backups === vms && r.leftovers.length === 0;
+  process.exit(ok ? 0 : 1);
 }
 if (scenario === 'stall') {
   await measureStall({ kills: number('--tries', 4), print: (line) => console.log(line) });

@@ -1,0 +1,144 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { JetStreamManager, NatsConnection } from 'nats';
+import type { RunOptions } from '../../functions/plan/plan.js';
+import { EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET, RUNS_BUCKET_STREAM, RUN_FOOTPRINT, retainedBound, streams } from '../../infra/nats/jetstream.js';
+import { NatsBus } from '../../runtime/bus/nats.js';
+import { NatsRunStore } from '../../runtime/run/nats-store.js';
+import { newRunId, startRun } from '../../runtime/run/start.js';
+import { waitFor } from '../sim/test-helpers.js';
+import { pool, startRig, vm } from './rig.js';
+import type { Rig } from './rig.js';
+
+/**
+ * JetStream holds a bounded amount: fifty nightly runs on a real nats-server, with the
+ * declared streams and bucket (infra/nats/jetstream.ts) as they are but for their ages,
+ * which run on a compressed clock (a day is DAY_MS). Each run's footprint stays within
+ * RUN_FOOTPRINT, the streams within retainedBound (the arithmetic of infra/nats/README.md),
+ * and what is older than its max_age is gone: events after 7 days, run state after 30, and
+ * no job stays queued.
+ */
+const DAY_MS = 1_000;
+const DAY_NS = 86_400e9;
+const VMS = ['night-a', 'night-b', 'night-c'];
+const NIGHTS = 50;
+
+let rig: Rig;
+let nc: NatsConnection;
+let jsm: JetStreamManager;
+beforeAll(async () => {
+  rig = await startRig(pool(VMS.map((name) => vm(name, 'Running', 1))));
+  await rig.worker();
+  nc = await rig.client();
+  jsm = await nc.jetstreamManager();
+  // The worker applied the declarations; the same, with every age on the compressed clock.
+  for (const decl of streams) {
+    const scale = (ns: number | undefined) => (ns === undefined ? undefined : Math.round((ns / DAY_NS) * DAY_MS * 1e6));
+    const { config } = await jsm.streams.info(decl.name);
+    // The duplicate window (ids kept in memory, not in the store) may not exceed max_age.
+    await jsm.streams.update(decl.name, { ...config, max_age: scale(decl.max_age)!, duplicate_window: Math.min(decl.duplicate_window!, scale(decl.max_age)!) });
+  }
+});
+afterAll(async () => {
+  await rig?.close();
+});
+
+interface Night {
+  runId: string;
+  vms: number;
+  /** When its state was last written (the run finished). */
+  finishedAt: number;
+}
+
+async function usage(stream: string): Promise<{ msgs: number; bytes: number; firstTs: number }> {
+  const { state } = await jsm.streams.info(stream);
+  return { msgs: state.messages, bytes: state.bytes, firstTs: state.messages > 0 ? Date.parse(state.first_ts) : Date.now() };
+}
+
+describe('JetStream after fifty nightly runs', () => {
+  it('keeps a week of events and a month of run state, each run within its footprint, and nothing queued', async () => {
+    const bus = await NatsBus.create(nc);
+    const store = await NatsRunStore.open(nc.jetstream());
+    const options: RunOptions = {
+      backupDir: rig.ws.exports,
+      vmExports: [],
+      vdiExports: [],
+      excludes: [],
+      maxBackups: 2,
+      compress: 'none',
+      format: 'raw',
+      poolBackup: false,
+      hostBackup: false,
+      spaceThreshold: 1,
+      concurrency: 2,
+      vmRetries: 0,
+      haltedWithoutSnapshot: true,
+      idleTimeoutS: 60,
+      leftoverAgeHours: 24,
+    };
+    const nights: Night[] = [];
+    const first = new Date('2026-01-01T01:00:00Z');
+    const clockStart = Date.now();
+    for (let n = 0; n < NIGHTS; n++) {
+      // Night n starts at its tick of the compressed clock, or at once when the last ran late.
+      const wait = clockStart + n * DAY_MS - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      const startedAt = new Date(first.getTime() + n * 86_400_000);
+      const runId = newRunId(startedAt);
+      // The first night backs up one VM, the others all three: what a VM adds is their difference.
+      const vms = n === 0 ? 1 : VMS.length;
+      const before = { events: await usage(EVENTS_STREAM), runs: await usage(RUNS_BUCKET_STREAM) };
+      expect(await startRun(store, bus, { runId, options: { ...options, vmExports: VMS.slice(0, vms) }, startedAt })).toBe(true);
+      const header = await waitFor(async () => {
+        const h = (await store.header(runId))?.header;
+        return h?.status === 'finished' ? h : undefined;
+      }, 60_000, `night ${n + 1} finished`);
+      const jobs = await store.allJobs(runId);
+      expect(jobs.map((j) => [j.label, j.status])).toEqual(VMS.slice(0, vms).map((name) => [name, 'success']));
+      expect(header.jobIds).toHaveLength(vms);
+      nights.push({ runId, vms, finishedAt: Date.now() });
+      if (n < 2) {
+        // The first nights are young: nothing has expired yet, so the growth is this run's.
+        const after = { events: await usage(EVENTS_STREAM), runs: await usage(RUNS_BUCKET_STREAM) };
+        const footprint = { events: { msgs: after.events.msgs - before.events.msgs, bytes: after.events.bytes - before.events.bytes }, runs: { msgs: after.runs.msgs - before.runs.msgs, bytes: after.runs.bytes - before.runs.bytes } };
+        expect(footprint.events.msgs).toBeLessThanOrEqual(RUN_FOOTPRINT.events.perRun.msgs + vms * RUN_FOOTPRINT.events.perVm.msgs);
+        expect(footprint.events.bytes).toBeLessThanOrEqual(RUN_FOOTPRINT.events.perRun.bytes + vms * RUN_FOOTPRINT.events.perVm.bytes);
+        expect(footprint.runs.msgs).toBeLessThanOrEqual(RUN_FOOTPRINT.runs.perRun.msgs + vms * RUN_FOOTPRINT.runs.perVm.msgs);
+        expect(footprint.runs.bytes).toBeLessThanOrEqual(RUN_FOOTPRINT.runs.perRun.bytes + vms * RUN_FOOTPRINT.runs.perVm.bytes);
+      }
+    }
+    const now = Date.now();
+    // Expiry runs about once a second on the server: a second's slack either side.
+    const SLACK_MS = 1_500;
+    const events = await usage(EVENTS_STREAM);
+    const runs = await usage(RUNS_BUCKET_STREAM);
+    // A night never starts before its tick: at most one run a day.
+    const bound = retainedBound({ vms: VMS.length, runsPerDay: 1 });
+    expect(events.msgs).toBeLessThanOrEqual(bound.events.msgs);
+    expect(events.bytes).toBeLessThanOrEqual(bound.events.bytes);
+    expect(runs.msgs).toBeLessThanOrEqual(bound.runs.msgs);
+    expect(runs.bytes).toBeLessThanOrEqual(bound.runs.bytes);
+    // Nothing older than max_age is kept: the oldest message is younger than it.
+    expect(now - events.firstTs).toBeLessThanOrEqual(7 * DAY_MS + SLACK_MS);
+    expect(now - runs.firstTs).toBeLessThanOrEqual(30 * DAY_MS + SLACK_MS);
+    // What is younger is kept, whole: the last week's summaries, the last month's state.
+    const keys: string[] = [];
+    const kv = await nc.jetstream().views.kv(RUNS_BUCKET, { bindOnly: true });
+    for await (const k of await kv.keys('*')) keys.push(k);
+    for (const night of nights) {
+      const age = now - night.finishedAt;
+      const summary = await jsm.streams.getMessage(EVENTS_STREAM, { last_by_subj: `vmbackup.events.${night.runId}.run.finished` }).catch(() => undefined);
+      const state = await store.header(night.runId);
+      if (age > 7 * DAY_MS + SLACK_MS) expect(summary, `night ${night.runId}: events`).toBeUndefined();
+      if (age < 7 * DAY_MS - SLACK_MS) expect(summary, `night ${night.runId}: events`).toBeDefined();
+      if (age > 30 * DAY_MS + SLACK_MS) {
+        expect(state, `night ${night.runId}: state`).toBeUndefined();
+        expect(keys).not.toContain(night.runId);
+      }
+      if (age < 30 * DAY_MS - SLACK_MS) expect((await store.allJobs(night.runId)).length, `night ${night.runId}: state`).toBe(night.vms);
+    }
+    // The oldest nights are gone from both.
+    expect(await store.header(nights[0]!.runId)).toBeUndefined();
+    // Every job was acked: the work queue is empty.
+    expect((await usage(JOBS_STREAM)).msgs).toBe(0);
+  }, 300_000);
+});
