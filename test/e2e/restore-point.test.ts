@@ -201,6 +201,21 @@ describe('vmbackup restore POINT into the pool', () => {
   }, 120_000);
 });
 
+describe('vmbackup restore POINT --vdi: into an existing VDI', () => {
+  it('its content replaced by the disk of the point, after every chunk was checked', async () => {
+    const sr = sim.state.records('SR').find((r) => r.name_label === 'NFS')!;
+    const target = await xapi.call<string>('VDI.create', { name_label: 'scratch', name_description: '', SR: sr.ref, virtual_size: String(8 << 20), type: 'user', sharable: false, read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [] });
+    const uuid = await xapi.call<string>('VDI.get_uuid', target);
+    const result = await restoreCmd([web1.dir, '--disk', 'xvda', '--vdi', uuid, '--json']);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    expect(JSON.parse(result.stdout)).toMatchObject({ created: { vms: [], vdis: [] }, overwritten: { uuid } });
+    const bytes = await readAll(sim.state.disk(target));
+    expect(bytes.subarray(0, 6 << 20).equals(web1.disks.get('xvda')!)).toBe(true);
+    await xapi.call('VDI.destroy', target);
+  }, 120_000);
+});
+
 describe('vmbackup restore POINT: a damaged point restores nothing', () => {
   /** Runs `body` with one chunk of web1's xvda damaged (`corrupt`) or gone, then puts it back. */
   async function withDamagedChunk(how: 'missing' | 'corrupt', body: (digest: string) => Promise<void>): Promise<void> {
@@ -241,6 +256,21 @@ describe('vmbackup restore POINT: a damaged point restores nothing', () => {
       expect(out.error.message).toContain(`point web1/point_20261206-080000, disk xvda: chunk ${digest} is missing`);
       expect(census()).toEqual(before);
     });
+  }, 120_000);
+
+  it('a missing chunk with --vdi: refused before the existing VDI is written, its content untouched', async () => {
+    const sr = sim.state.records('SR').find((r) => r.name_label === 'NFS')!;
+    const target = await xapi.call<string>('VDI.create', { name_label: 'keep me', name_description: '', SR: sr.ref, virtual_size: String(8 << 20), type: 'user', sharable: false, read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [] });
+    const before = await readAll(sim.state.disk(target));
+    const uploads = sim.state.transfers('import_raw_vdi').length;
+    await withDamagedChunk('missing', async (digest) => {
+      const result = await restoreCmd([web1.dir, '--disk', 'xvda', '--vdi', await xapi.call<string>('VDI.get_uuid', target)]);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(`chunk ${digest} is missing`);
+    });
+    expect((await readAll(sim.state.disk(target))).equals(before)).toBe(true);
+    expect(sim.state.transfers('import_raw_vdi')).toHaveLength(uploads);
+    await xapi.call('VDI.destroy', target);
   }, 120_000);
 
   it.each(['raw', 'vhd'])('a corrupt chunk: --to-file (%s) fails naming the chunk, exit 1, no file and no partial file left', async (format) => {
