@@ -11,6 +11,8 @@
  *                          workers, wall time / the same run embedded (`vmbackup`)         ≤ 1.5
  *   chunk_<n>mib_…         chunk store: chunk sizes 1, 2, 4 MiB compared (`chunks`)
  *   gc_ms_100k_chunks      chunk store GC over 100,000 chunks; gc_vs_list_ratio ≤ 3 (`gc`)
+ *   chunk_restore_vs_full_ratio  the newest of 8 points restored to a file / a raw copy ≥ 0.8,
+ *                          restore_<raw|vhd>_rss_growth_mib < 32 (`restore`)
  *                          (see chunkstore.ts beside this file)
  *   sim_export_vs_plain_http_ratio  the simulator's 1 GiB XVA export to `curl -o /dev/null`,
  *                          throughput / a bare node HTTP server sending as many bytes    ≥ 0.3
@@ -319,10 +321,14 @@ server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:'
     console.log(`sim_pattern_vs_copy_ratio=${median(ratios).toFixed(2)}`);
   }
 
-  if (want('chunks') || want('gc')) {
-    const { chunkSizeBench, gcBench } = await import('./chunkstore.js');
+  if (want('chunks') || want('gc') || want('restore')) {
+    const { chunkSizeBench, gcBench, restoreBench, restoreRssBench } = await import('./chunkstore.js');
     if (want('chunks')) await chunkSizeBench(work, (line) => console.error(line));
     if (want('gc')) await gcBench(work, (line) => console.error(line));
+    if (want('restore')) {
+      await restoreBench(work, (line) => console.error(line));
+      await restoreRssBench(work, (line) => console.error(line));
+    }
   }
 } finally {
   await rm(work, { recursive: true, force: true });
