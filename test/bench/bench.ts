@@ -29,6 +29,9 @@
  *                                              /dev/null` / a bare node HTTP server               ≥ 0.3
  *                 sim_pattern_vs_copy_ratio    pattern disk reads / filling fresh buffers by copy ≥ 0.2
  *   chunks, gc    chunk_<n>mib_…, gc_…         chunk store (chunkstore.ts beside this file)
+ *   restore       chunk_restore_vs_full_ratio  the newest of 8 points restored to a file / a raw
+ *                                              copy of the same disk                              ≥ 0.8
+ *                 restore_<raw|vhd>_rss_growth_mib  peak RSS restoring 1 GiB − 128 MiB            < 32
  *   thousand      run_1000_vms_nats_vs_embedded, coordinator_rss_1000_vs_100, job_overhead_ms:
  *                                              1,000 VMs on four workers (thousand.ts); with
  *                                              `thousand-cluster` on the three-node cluster.
@@ -526,6 +529,15 @@ server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:'
     async run(work) {
       const { thousandBench } = await import('./thousand.js');
       await thousandBench(work, { rounds: 3, single: false, cluster: true, note: (line) => console.error(line), print: (line) => console.log(line) });
+    },
+  },
+  {
+    name: 'restore',
+    lines: ['chunk_restore_vs_full_ratio', 'restore_raw_rss_growth_mib', 'restore_vhd_rss_growth_mib'],
+    async run(work) {
+      const { restoreBench, restoreRssBench } = await import('./chunkstore.js');
+      await restoreBench(work, (line) => console.error(line));
+      await restoreRssBench(work, (line) => console.error(line));
     },
   },
   {

@@ -10,8 +10,18 @@
  *   chunk_<n>mib_index_mib_per_tib    index size per TiB of disk
  *   gc_ms_100k_chunks                 GC over 100,000 chunks (80,000 referenced)
  *   gc_vs_list_ratio                  … divided by listing them (readdir + stat)        ≤ 3
+ *   chunk_restore_vs_full_ratio       the newest of 8 points (a full one, then 7 with 1 % churn)
+ *                                     of that 256 MiB disk restored to a raw file: copying the
+ *                                     disk's raw file (fsynced) / the restore               ≥ 0.8
+ *   restore_<raw|vhd>_rss_growth_mib  peak RSS restoring a 1 GiB disk of a point to a file − a
+ *                                     128 MiB one, each in its own process                   < 32
  */
-import { randomBytes } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { restorePointToFile } from '../../functions/restore/restore-point.js';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -171,13 +181,118 @@ export async function gcBench(work: string, note: (line: string) => void): Promi
   }
 }
 
-// Run alone: `tsx test/bench/chunkstore.ts [chunks] [gc]`.
+/** Churns 1 % of the image's 64 KiB blocks in place; returns them as ranges. */
+function churn(image: Buffer, seed: number): ByteRange[] {
+  const blocks = image.length / BLOCK;
+  const picked = new Set<number>();
+  let x = seed;
+  while (picked.size < Math.ceil(blocks / 100)) picked.add((x = xorshift(x)) % blocks);
+  const changed = [...picked].sort((a, b) => a - b);
+  for (const b of changed) randomBytes(BLOCK).copy(image, b * BLOCK);
+  return changed.map((b) => ({ offset: b * BLOCK, length: BLOCK }));
+}
+
+async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const part of createReadStream(file)) hash.update(part as Buffer);
+  return hash.digest('hex');
+}
+
+export async function restoreBench(work: string, note: (line: string) => void): Promise<void> {
+  const dir = await mkdtemp(path.join(work, 'restore-'));
+  try {
+    const size = 256 * MiB;
+    const image = diskImage(size);
+    const store = await ChunkStore.open(dir);
+    const vm = { uuid: 'u', name: 'vm' };
+    let p = await PointWriter.begin(store, { vmFolder: 'vm', stamp: 'p0', vm });
+    await p.addDisk('xvda', pieces(image));
+    await p.commit();
+    for (let i = 1; i < 8; i++) {
+      const ranges = churn(image, 100 + i);
+      p = await PointWriter.begin(store, { vmFolder: 'vm', stamp: `p${i}`, vm });
+      await p.addDiskChanges('xvda', { vmFolder: 'vm', stamp: `p${i - 1}` }, ranges, { size, read: async (o, n) => image.subarray(o, o + n) });
+      await p.commit();
+    }
+    const raw = path.join(dir, 'disk.raw');
+    await writeStreamAtomic(raw, pieces(image));
+    const expected = createHash('sha256').update(image).digest('hex');
+    const ratios: number[] = [];
+    for (let round = 0; round < 4; round++) {
+      const copy = async () => {
+        const t = performance.now();
+        await writeStreamAtomic(path.join(dir, 'copy.raw'), createReadStream(raw, { highWaterMark: MiB }));
+        return performance.now() - t;
+      };
+      const restore = async () => {
+        const t = performance.now();
+        await restorePointToFile({ file: path.join(dir, 'vm', 'point_p7'), disk: 'xvda', to: path.join(dir, 'restored.raw'), format: 'raw' });
+        return performance.now() - t;
+      };
+      // Alternate the order, so neither side is charged the other's cache or garbage.
+      let copyMs: number;
+      let restoredMs: number;
+      if (round % 2 === 0) {
+        copyMs = await copy();
+        restoredMs = await restore();
+      } else {
+        restoredMs = await restore();
+        copyMs = await copy();
+      }
+      if ((await sha256File(path.join(dir, 'restored.raw'))) !== expected) throw new Error('the restored disk differs from the source');
+      ratios.push(copyMs / restoredMs);
+      note(`  restore round ${round + 1}: copy ${((size / MiB / copyMs) * 1000).toFixed(0)} MiB/s, restore of the 8th point ${((size / MiB / restoredMs) * 1000).toFixed(0)} MiB/s`);
+      await rm(path.join(dir, 'copy.raw'), { force: true });
+      await rm(path.join(dir, 'restored.raw'), { force: true });
+    }
+    console.log(`chunk_restore_vs_full_ratio=${median(ratios).toFixed(2)}`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Peak RSS of a restore to a file, in its own process (test/bench/restore-once.ts). */
+async function restoreOnce(point: string, to: string, format: 'raw' | 'vhd'): Promise<{ maxRssMiB: number; bytes: number }> {
+  const tsx = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../node_modules/.bin/tsx');
+  const { stdout } = await promisify(execFile)(tsx, [path.join(path.dirname(fileURLToPath(import.meta.url)), 'restore-once.ts'), point, 'xvda', to, format]);
+  return JSON.parse(stdout) as { maxRssMiB: number; bytes: number };
+}
+
+export async function restoreRssBench(work: string, note: (line: string) => void): Promise<void> {
+  const dir = await mkdtemp(path.join(work, 'restore-rss-'));
+  try {
+    const store = await ChunkStore.open(dir, { sync: false });
+    for (const [stamp, mib] of [['small', 128], ['large', 1024]] as const) {
+      const p = await PointWriter.begin(store, { vmFolder: 'vm', stamp, vm: { uuid: 'u', name: 'vm' } });
+      await p.addDisk('xvda', Readable.from((function* () {
+        for (let i = 0; i < mib; i++) yield randomBytes(MiB);
+      })()));
+      await p.commit();
+    }
+    for (const format of ['raw', 'vhd'] as const) {
+      const rss: number[] = [];
+      for (const stamp of ['small', 'large']) {
+        const to = path.join(dir, `${stamp}.${format}`);
+        rss.push((await restoreOnce(path.join(dir, 'vm', `point_${stamp}`), to, format)).maxRssMiB);
+        await rm(to, { force: true });
+      }
+      note(`  peak RSS restoring to ${format}: 128 MiB disk ${rss[0]!.toFixed(1)} MiB, 1 GiB disk ${rss[1]!.toFixed(1)} MiB`);
+      console.log(`restore_${format}_rss_growth_mib=${(rss[1]! - rss[0]!).toFixed(1)}`);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+// Run alone: `tsx test/bench/chunkstore.ts [chunks] [gc] [restore] [restore-rss]`.
 if (import.meta.url === `file://${process.argv[1]}`) {
   const wanted = new Set(process.argv.slice(2));
   const work = await mkdtemp(path.join(os.tmpdir(), 'vmbackup-bench-'));
   try {
     if (wanted.size === 0 || wanted.has('chunks')) await chunkSizeBench(work, (l) => console.error(l));
     if (wanted.size === 0 || wanted.has('gc')) await gcBench(work, (l) => console.error(l));
+    if (wanted.size === 0 || wanted.has('restore')) await restoreBench(work, (l) => console.error(l));
+    if (wanted.size === 0 || wanted.has('restore-rss')) await restoreRssBench(work, (l) => console.error(l));
   } finally {
     await rm(work, { recursive: true, force: true });
   }

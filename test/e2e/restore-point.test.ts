@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ChunkStore, IndexReader } from '../../runtime/chunkstore/chunkstore.js';
+import { ChunkStore, IndexReader, collectGarbage, removePoint } from '../../runtime/chunkstore/chunkstore.js';
 import { readAll } from '../../runtime/formats/test-sources.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
 import type { PoolSpecInput } from '../sim/pool-spec.js';
@@ -201,6 +201,21 @@ describe('vmbackup restore POINT into the pool', () => {
   }, 120_000);
 });
 
+describe('vmbackup restore POINT --vdi: into an existing VDI', () => {
+  it('its content replaced by the disk of the point, after every chunk was checked', async () => {
+    const sr = sim.state.records('SR').find((r) => r.name_label === 'NFS')!;
+    const target = await xapi.call<string>('VDI.create', { name_label: 'scratch', name_description: '', SR: sr.ref, virtual_size: String(8 << 20), type: 'user', sharable: false, read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [] });
+    const uuid = await xapi.call<string>('VDI.get_uuid', target);
+    const result = await restoreCmd([web1.dir, '--disk', 'xvda', '--vdi', uuid, '--json']);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    expect(JSON.parse(result.stdout)).toMatchObject({ created: { vms: [], vdis: [] }, overwritten: { uuid } });
+    const bytes = await readAll(sim.state.disk(target));
+    expect(bytes.subarray(0, 6 << 20).equals(web1.disks.get('xvda')!)).toBe(true);
+    await xapi.call('VDI.destroy', target);
+  }, 120_000);
+});
+
 describe('vmbackup restore POINT: a damaged point restores nothing', () => {
   /** Runs `body` with one chunk of web1's xvda damaged (`corrupt`) or gone, then puts it back. */
   async function withDamagedChunk(how: 'missing' | 'corrupt', body: (digest: string) => Promise<void>): Promise<void> {
@@ -243,6 +258,21 @@ describe('vmbackup restore POINT: a damaged point restores nothing', () => {
     });
   }, 120_000);
 
+  it('a missing chunk with --vdi: refused before the existing VDI is written, its content untouched', async () => {
+    const sr = sim.state.records('SR').find((r) => r.name_label === 'NFS')!;
+    const target = await xapi.call<string>('VDI.create', { name_label: 'keep me', name_description: '', SR: sr.ref, virtual_size: String(8 << 20), type: 'user', sharable: false, read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [] });
+    const before = await readAll(sim.state.disk(target));
+    const uploads = sim.state.transfers('import_raw_vdi').length;
+    await withDamagedChunk('missing', async (digest) => {
+      const result = await restoreCmd([web1.dir, '--disk', 'xvda', '--vdi', await xapi.call<string>('VDI.get_uuid', target)]);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(`chunk ${digest} is missing`);
+    });
+    expect((await readAll(sim.state.disk(target))).equals(before)).toBe(true);
+    expect(sim.state.transfers('import_raw_vdi')).toHaveLength(uploads);
+    await xapi.call('VDI.destroy', target);
+  }, 120_000);
+
   it.each(['raw', 'vhd'])('a corrupt chunk: --to-file (%s) fails naming the chunk, exit 1, no file and no partial file left', async (format) => {
     await withDamagedChunk('corrupt', async (digest) => {
       const dir = path.join(ws.base, `damaged-${format}`);
@@ -267,4 +297,48 @@ describe('vmbackup restore POINT: a damaged point restores nothing', () => {
     expect(await names(ws.base)).not.toContain('incomplete.raw');
     await rm(dir, { recursive: true });
   }, 120_000);
+});
+
+describe('a full point, 7 incremental ones, pruned to 4 with GC between: every kept point restores bit for bit', () => {
+  it('to raw files, the newest also as a VHD that qemu-img reads back, and the oldest kept one as a whole VM into the pool', async () => {
+    const backupDir = path.join(ws.base, 'chain');
+    await mkdir(backupDir);
+    const made: MadePoint[] = [await pointOfVm(sim, xapi, backupDir, 'web1', { stamp: '20261201-080000', chunkSize: 64 << 10 })];
+    for (let day = 2; day <= 8; day++) {
+      const blocks = sim.state.churn('web1', 2);
+      made.push(await pointOfVm(sim, xapi, backupDir, 'web1', { stamp: `2026120${day}-080000`, changes: { base: made.at(-1)!.ref, blocks } }));
+    }
+    expect(made.slice(1).every((p) => p.manifest.disks.every((d) => d.mode === 'changes'))).toBe(true);
+    // Each day's churn changed the disks: every point holds other bytes than the one before.
+    for (let i = 1; i < made.length; i++) expect(made[i]!.disks.get('xvda')!.equals(made[i - 1]!.disks.get('xvda')!)).toBe(false);
+    const store = await ChunkStore.open(backupDir);
+    const chunkFiles = async () => (await Promise.all((await readdir(store.chunksDir)).map((d) => readdir(path.join(store.chunksDir, d))))).flat().filter((n) => /^[0-9a-f]{64}$/.test(n)).length;
+    const before = await chunkFiles();
+    for (const old of made.slice(0, 4)) await removePoint(store, old.ref);
+    // The first GC sets unreferenced chunks aside, the second deletes them (see runtime/chunkstore/README.md).
+    await collectGarbage(store, { safetyMarginMs: 0 });
+    await collectGarbage(store, { safetyMarginMs: 0 });
+    expect(await chunkFiles()).toBeLessThan(before);
+    const kept = made.slice(4);
+    for (const point of kept) {
+      for (const [disk, bytes] of point.disks) {
+        const to = path.join(backupDir, `${point.ref.stamp}-${disk}.raw`);
+        const result = await vmbackup(['restore', point.dir, '--disk', disk, '--to-file', to, '-b', ws.base]);
+        expect(result.code, result.stderr).toBe(0);
+        expect((await readFile(to)).equals(bytes)).toBe(true);
+      }
+    }
+    const newest = kept.at(-1)!;
+    const vhd = path.join(backupDir, 'newest-xvda.vhd');
+    expect((await vmbackup(['restore', newest.dir, '--disk', 'xvda', '--to-file', vhd, '--format', 'vhd', '-b', ws.base])).code).toBe(0);
+    execFileSync('qemu-img', ['convert', '--image-opts', `driver=vpc,force_size_calc=current_size,file.filename=${vhd}`, '-O', 'raw', `${vhd}.raw`]);
+    expect((await readFile(`${vhd}.raw`)).equals(newest.disks.get('xvda')!)).toBe(true);
+
+    const result = await restoreCmd([kept[0]!.dir, '--json']);
+    expect(result.code, result.stderr).toBe(0);
+    const vm = (JSON.parse(result.stdout) as Restored).created.vms[0]!;
+    const disks = await disksOf(vm.uuid);
+    for (const [device, bytes] of kept[0]!.disks) expect(disks.get(device)!.equals(bytes)).toBe(true);
+    await destroyRestored(vm.uuid);
+  }, 300_000);
 });

@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import { ChunkStore, PointWriter, pointDir } from '../../runtime/chunkstore/chunkstore.js';
+import { CBT_BLOCK_SIZE, ChunkStore, PointWriter, pointDir } from '../../runtime/chunkstore/chunkstore.js';
 import type { PointManifest, PointRef } from '../../runtime/chunkstore/chunkstore.js';
 import { readAll } from '../../runtime/formats/test-sources.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
@@ -27,7 +27,14 @@ export async function pointOfVm(
   xapi: XapiClient,
   backupDir: string,
   vm: string,
-  opts: { stamp: string; chunkSize?: number; vmFolder?: string; devices?: string[] },
+  opts: {
+    stamp: string;
+    chunkSize?: number;
+    vmFolder?: string;
+    devices?: string[];
+    /** An incremental point: `base` with the 64 KiB blocks `blocks` (per VDI uuid, as `sim.state.churn` returns them) read again. */
+    changes?: { base: PointRef; blocks: Record<string, number[]> };
+  },
 ): Promise<MadePoint> {
   const store = await ChunkStore.open(backupDir, { chunkSize: opts.chunkSize ?? 256 << 10, sync: false });
   const rec = sim.state.vm(vm);
@@ -43,7 +50,12 @@ export async function pointOfVm(
     if (vbd.type !== 'Disk' || (opts.devices !== undefined && !opts.devices.includes(vbd.device))) continue;
     const bytes = await readAll(sim.state.disk(vbd.VDI));
     disks.set(vbd.device, bytes);
-    await writer.addDisk(vbd.device, Readable.from([bytes]), { vdi: sim.state.record('VDI', vbd.VDI)!.uuid as string });
+    const vdi = sim.state.record('VDI', vbd.VDI)!.uuid as string;
+    if (opts.changes === undefined) await writer.addDisk(vbd.device, Readable.from([bytes]), { vdi });
+    else {
+      const ranges = (opts.changes.blocks[vdi] ?? []).map((b) => ({ offset: b * CBT_BLOCK_SIZE, length: CBT_BLOCK_SIZE }));
+      await writer.addDiskChanges(vbd.device, opts.changes.base, ranges, { size: bytes.length, read: async (o, n) => bytes.subarray(o, o + n) }, { vdi });
+    }
   }
   await writer.setMeta(Buffer.concat(parts));
   const manifest = await writer.commit();
