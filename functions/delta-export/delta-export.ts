@@ -1,8 +1,9 @@
-import { stat } from 'node:fs/promises';
+import { readFile, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { ChunkStore, PointWriter, STORE_FOLDER, diskBlockSource, listPoints, openPoint } from '../../runtime/chunkstore/chunkstore.js';
-import type { PointDisk, WriteDiskOptions } from '../../runtime/chunkstore/chunkstore.js';
+import { ChunkErrorCode, ChunkStore, PointWriter, STORE_FOLDER, diskBlockSource, listPoints, openPoint, pointDir } from '../../runtime/chunkstore/chunkstore.js';
+import type { PointDisk, PointRef, WriteDiskOptions } from '../../runtime/chunkstore/chunkstore.js';
+import { POINT_VERIFIED } from '../../runtime/chunkstore/points.js';
 import { vhdDiskWrites } from '../../runtime/formats/vhd.js';
 import type { VhdDiskWrite } from '../../runtime/formats/vhd.js';
 import { PermanentError, RestartError, VmbackupError, errorInfo } from '../../runtime/errors.js';
@@ -140,6 +141,10 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
   const keepWhole = new Set<string>();
   const store = await ChunkStore.open(input.backupDir);
   const previous = (await listPoints(store, input.folder)).points.at(-1);
+  if (previous !== undefined) {
+    const removed = await removeDamagedChunks(store, previous);
+    if (removed > 0) warnings.push(`point ${previous.stamp} failed verification: ${removed} damaged chunk(s) removed from the store, read again from the disk where it still holds them`);
+  }
   const nbdTls = await nbdNeedsTls(xapi);
   const point = await PointWriter.begin(store, { vmFolder: input.folder, vm: input.vm, stamp: input.stamp });
   try {
@@ -312,6 +317,32 @@ async function downloadAll(xapi: XapiClient, ctx: Ctx, pathname: string, query: 
     download.abort();
     throw error;
   }
+}
+
+/**
+ * The chunks that the last verification of `point` (its verified.json) found bad and that
+ * are still bad: removed, so that this backup reads them again (healed) — a chunk is named by
+ * its content, so every point that shares it is whole again. Returns how many.
+ */
+async function removeDamagedChunks(store: ChunkStore, point: PointRef): Promise<number> {
+  let verified: { ok?: unknown; problems?: { digest?: unknown }[] };
+  try {
+    verified = JSON.parse(await readFile(path.join(pointDir(store, point), POINT_VERIFIED), 'utf8')) as typeof verified;
+  } catch {
+    return 0; // never verified
+  }
+  if (verified.ok !== false) return 0;
+  let removed = 0;
+  for (const digest of new Set((verified.problems ?? []).map((p) => p.digest).filter((d): d is string => typeof d === 'string' && /^[0-9a-f]{64}$/.test(d)))) {
+    try {
+      await store.get(Buffer.from(digest, 'hex'));
+    } catch (error) {
+      if ((error as { code?: string }).code !== ChunkErrorCode.corrupt) continue;
+      await unlink(store.chunkPath(digest)).catch(() => {});
+      removed += 1;
+    }
+  }
+  return removed;
 }
 
 /** NBD clients must use TLS when a network has purpose `nbd` (plain with `insecure_nbd`). */

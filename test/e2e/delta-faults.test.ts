@@ -1,9 +1,9 @@
 import { execFile } from 'node:child_process';
-import { mkdir, readFile, unlink } from 'node:fs/promises';
+import { mkdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ZERO_DIGEST, openPoint } from '../../runtime/chunkstore/chunkstore.js';
+import { ZERO_DIGEST, openPoint, verifyPoints } from '../../runtime/chunkstore/chunkstore.js';
 import { VMBACKUP, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
 import { startSimulator } from '../sim/server.js';
@@ -11,7 +11,7 @@ import type { Simulator } from '../sim/server.js';
 import { login, xapi } from '../sim/test-helpers.js';
 import { deltaPool, deltaRun, diskBytes, pointDisk, points, snapshotsLeft } from './delta-helpers.js';
 
-const NAMES = ['gone', 'nocbt', 'lcb', 'nbddrop', 'chunk', 'grow'] as const;
+const NAMES = ['gone', 'nocbt', 'lcb', 'nbddrop', 'chunk', 'grow', 'rot'] as const;
 const vm = (name: string) => ({ name_label: name, power_state: 'Running' as const, disks: [{ device: 'xvda', size_mib: 8, fill: 'pattern' as const }], vifs: [] });
 
 /**
@@ -121,6 +121,30 @@ describe('delta-export faults: a full re-read with a warning naming the reason, 
     expect(r.summary.jobs[0]!.warnings).toEqual([`xvda: 1 chunk(s) of point ${newest.stamp} were missing from the store: read again from the disk`]);
     await whole(ws, 'chunk', 'changes');
     expect((await points(ws, 'chunk')).newest.manifest.disks[0]!.healedChunks).toBe(1);
+  });
+
+  it('a chunk corrupted on the share: verify names it, the next backup removes it and reads it again, and the older point is whole again', async () => {
+    const ws = await first('rot');
+    const { store, newest: p1 } = await points(ws, 'rot');
+    const before = await pointDisk(store, p1, 'xvda');
+    const index = await (await openPoint(store, p1)).openIndex('xvda');
+    const digest = Buffer.from(await index.digest(1));
+    await index.close();
+    await writeFile(store.chunkPath(digest), 'not a zstd frame');
+    const report = await verifyPoints(store, [p1]);
+    expect(report.ok).toBe(false);
+    expect(report.points[0]!.problems.map((p) => p.digest)).toEqual([digest.toString('hex')]);
+    // No guest writes: the chunk still holds the same bytes on the disk.
+    const r = await deltaRun(ws, sim, ['--delta-export', 'rot']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.summary.jobs[0]!.warnings).toEqual([
+      `point ${p1.stamp} failed verification: 1 damaged chunk(s) removed from the store, read again from the disk where it still holds them`,
+      `xvda: 1 chunk(s) of point ${p1.stamp} were missing from the store: read again from the disk`,
+    ]);
+    await whole(ws, 'rot', 'changes');
+    // The chunk is named by its content: the first point reads back whole again.
+    expect((await pointDisk(store, p1, 'xvda')).equals(before)).toBe(true);
+    expect((await verifyPoints(store, [p1])).ok).toBe(true);
   });
 
   it('a disk resized between runs: read whole at its new size with a warning, then changes again', async () => {
