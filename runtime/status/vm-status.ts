@@ -367,7 +367,7 @@ export class StatusReader {
         out[i] = await this.folder(names[i]!, now);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(8, names.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(32, names.length) }, worker));
     return { folders: out.filter((f) => f.chain.length > 0 || f.problems.length > 0) };
   }
 
