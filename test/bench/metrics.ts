@@ -9,7 +9,7 @@
  *                            the loaded 2-core build machine, once; later scrapes read only
  *                            the folders that changed)
  *
- * As a module: `metricsBench(work, print)` (what `npm run bench` calls).
+ * As a module: `metricsBench(work, print)`, for `npm run bench -- metrics`.
  */
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
