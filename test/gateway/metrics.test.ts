@@ -1,4 +1,6 @@
-import { chmod, mkdtemp, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, chown, cp, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +19,7 @@ import type { GatewayCommand } from './gateway-command.js';
  * gone: the series from backup_dir stay, the run store says it is down.
  */
 
+const run = promisify(execFile);
 const gatewayToken = 'metrics-gw-token-0123456789';
 const metricsToken = 'metrics-only-token-0123456789';
 
@@ -37,6 +40,7 @@ describe('Prometheus metrics of the gateway and the workers', () => {
   let workerMetrics: string;
   let runStartedAt: number;
   let env: Record<string, string>;
+  const cleanup: string[] = [];
 
   beforeAll(async () => {
     rig = await startRig(pool([vm('web1', 'Halted', 1), vm('db1', 'Halted', 1)]));
@@ -55,8 +59,8 @@ describe('Prometheus metrics of the gateway and the workers', () => {
     await w.ready;
     rig.sim.faults.add({ http: 'export', vm: 'db1', always: true, action: { kind: 'http-500' } });
     runStartedAt = Date.now() / 1000;
-    const run = await vmbackup(['run', ...rig.args('-e', 'web1', '-e', 'db1')], { env: { VMBACKUP_VM_RETRIES: '0' } });
-    expect(run.code, run.stdout + run.stderr).toBe(1);
+    const r = await vmbackup(['run', ...rig.args('-e', 'web1', '-e', 'db1')], { env: { VMBACKUP_VM_RETRIES: '0' } });
+    expect(r.code, r.stdout + r.stderr).toBe(1);
     rig.sim.faults.clear();
     gw = await startGatewayCommand(['--nats', rig.nats.url, '--listen', '127.0.0.1:0', '-b', rig.ws.base], env);
   }, 180_000);
@@ -64,6 +68,7 @@ describe('Prometheus metrics of the gateway and the workers', () => {
     gw?.child.kill('SIGTERM');
     await gw?.exited;
     await rig?.close();
+    for (const dir of cleanup) await rm(dir, { recursive: true, force: true });
   });
 
   it('GET /metrics needs a token: none is 401 with a challenge, an unknown one 403; the gateway\'s and metrics_tokens_file\'s are accepted', async () => {
@@ -119,6 +124,39 @@ describe('Prometheus metrics of the gateway and the workers', () => {
     expect(s.get('vmbackup_runs_total{outcome="error"}')).toBe(1);
     expect(s.get('vmbackup_runs_total{outcome="success"}')).toBe(0);
   });
+
+  it('a manifest the gateway\'s user cannot read: flagged on its VM, nothing else changes', async () => {
+    // The gateway as a system service runs: an unprivileged user (nobody), over a copy of the
+    // backups where web1's manifest belongs to root alone.
+    const nobody = { uid: 65534, gid: 65534 };
+    const base = await mkdtemp('/tmp/vmb-metrics-nobody-');
+    cleanup.push(base);
+    await cp(rig.ws.exports, path.join(base, 'exports'), { recursive: true });
+    await run('chmod', ['-R', 'a+rX', base]);
+    const web1 = path.join(base, 'exports', 'web1');
+    const manifest = (await readdir(web1)).find((n) => n.endsWith('.json'))!;
+    await chmod(path.join(web1, manifest), 0o600);
+    const tokens = path.join(base, 'tokens');
+    await writeFile(tokens, `${gatewayToken}\n`, { mode: 0o600 });
+    await chown(tokens, nobody.uid, nobody.gid);
+    const other = await startGatewayCommand(['--nats', rig.nats.url, '--listen', '127.0.0.1:0', '-b', base], { VMBACKUP_GATEWAY_TOKENS_FILE: tokens }, nobody);
+    try {
+      const res = await fetch(`${other.url}/metrics`, { headers: { Authorization: `Bearer ${gatewayToken}` } });
+      expect(res.status, other.output()).toBe(200);
+      const s = series(await res.text());
+      expect(s.get('vmbackup_damaged_backups{vm="web1"}')).toBe(1);
+      expect(s.get('vmbackup_backup_points{vm="web1"}')).toBe(0);
+      expect(s.get('vmbackup_last_success_timestamp_seconds{vm="web1"}')).toBe(0);
+      expect(s.get('vmbackup_up{component="backup_dir"}')).toBe(1);
+      expect(s.get('vmbackup_last_failure_timestamp_seconds{vm="db1"}')).toBeGreaterThanOrEqual(Math.floor(runStartedAt));
+      // GET /v1/backups (what vmbackup list prints) names the set and why.
+      const list = await fetch(`${other.url}/v1/backups?vm=web1`, { headers: { Authorization: `Bearer ${gatewayToken}` } });
+      expect(JSON.stringify(await list.json())).toContain('EACCES');
+    } finally {
+      other.child.kill('SIGTERM');
+      await other.exited;
+    }
+  }, 60_000);
 
   it('NATS down: vmbackup_up 0 for the run store, the per-VM series from backup_dir still served', async () => {
     await rig.nats.stop();
