@@ -10,7 +10,7 @@ import type { LoadedSettings } from '../config/load.js';
 import { formatPreview } from '../config/preview.js';
 import type { PreviewSelection } from '../config/preview.js';
 import type { Settings } from '../config/schema.js';
-import { ConfigError, isFatalToCommand } from '../errors.js';
+import { ConfigError, errorInfo, isFatalToCommand } from '../errors.js';
 import { localOrigin, systemClock } from '../function.js';
 import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
@@ -106,7 +106,9 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     await runEnded(summary, settings, reports!, log);
     return summary.exitCode;
   } catch (error) {
-    return fatalExit(error, log, io, { runId, json: flags.json });
+    const code = fatalExit(error, log, io, { runId, json: flags.json });
+    await runEnded(fatalSummary(runId, startedAt, error, settings), settings, reports!, log);
+    return code;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -227,6 +229,24 @@ async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
 export async function runEnded(summary: RunSummary, settings: Settings, reports: ReportTargets, log: Logger): Promise<void> {
   await updateMetricsTextfile(settings.metrics_textfile, summary, { backupDir: settings.backup_dir, maxAgeHours: settings.max_age_hours }, log);
   await sendReports(summary, reports, log);
+}
+
+/** The summary of a run that could not start (no pool, lock held, backup_dir missing …), for its reports and metrics. */
+export function fatalSummary(runId: string, startedAt: Date, error: unknown, settings: Settings): RunSummary {
+  return {
+    runId,
+    status: 'fatal',
+    exitCode: 2,
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    backupDir: settings.backup_dir,
+    categories: {},
+    jobs: [],
+    excludes: [],
+    warnings: [],
+    cleaned: [],
+    fatal: errorInfo(error),
+  };
 }
 
 /** The summary as the backup command prints it: text per log_level, or JSON. */

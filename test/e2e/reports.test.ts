@@ -152,6 +152,23 @@ describe('run reports: report_url and report_email', () => {
     expect(missing.stderr).toContain(`report_url_file ${path.join(dir, 'nope')} cannot be read (ENOENT)`);
   }, 120_000);
 
+  it('a run that cannot start (the pool refuses the password) is reported too: status fatal, exit 2', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'vmb-report-fatal-'));
+    const wrong = path.join(dir, 'password');
+    await writeFile(wrong, 'not-the-password\n', { mode: 0o600 });
+    const args = ws.args(sim);
+    args[args.indexOf('--password-file') + 1] = wrong;
+    const before = server.received.length;
+    const r = await vmbackup([...args, '-e', 'web1'], { env: { PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`, VMBACKUP_REPORT_URL: server.url } });
+    expect(r.code, r.stderr).toBe(2);
+    expect(server.received.length).toBe(before + 1);
+    const body = server.received.at(-1)!.body as { status: string; exitCode: number; text: string; fatal: string };
+    expect(body).toMatchObject({ status: 'fatal', exitCode: 2 });
+    expect(body.text.split('\n')[0]).toMatch(/^vmbackup run \S+: fatal, the run could not start$/);
+    expect(body.text).toContain(`ERROR: the run could not start: ${body.fatal}`);
+    expect(r.stderr).toContain(body.fatal);
+  }, 60_000);
+
   it('sendmail missing: a warning names it, the exit code is the run\'s', async () => {
     const empty = await mkdtemp(path.join(os.tmpdir(), 'vmb-no-sendmail-'));
     await mkdir(empty, { recursive: true });
