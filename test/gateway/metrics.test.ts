@@ -125,6 +125,15 @@ describe('Prometheus metrics of the gateway and the workers', () => {
     expect(s.get('vmbackup_runs_total{outcome="success"}')).toBe(0);
   });
 
+  it('a worker refuses to serve its metrics off loopback without a token, and says so before it connects', async () => {
+    const r = await vmbackup(['worker', '--nats', 'nats://127.0.0.1:1', '--metrics-listen', '0.0.0.0:9464']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('metrics_listen = 0.0.0.0:9464 is not a loopback address: give metrics_tokens_file (or gateway_tokens_file) so that GET /metrics needs a token');
+    const bad = await vmbackup(['worker', '--nats', 'nats://127.0.0.1:1', '--metrics-listen', 'nine']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('metrics_listen = nine: must be HOST:PORT');
+  }, 60_000);
+
   it('a manifest the gateway\'s user cannot read: flagged on its VM, nothing else changes', async () => {
     // The gateway as a system service runs: an unprivileged user (nobody), over a copy of the
     // backups where web1's manifest belongs to root alone.
