@@ -173,6 +173,10 @@ describe('StatusReader: each VM from backup_dir and the runs', () => {
     const after = byName((await reader.read()).vms, 'db1');
     expect(after.points).toBe(0);
     expect(after.problems).toHaveLength(1);
+    // Reads asked for while one is under way share it; the next one reads again.
+    const [a, b] = [reader.read(), reader.read()];
+    expect(await a).toBe(await b);
+    expect(await reader.read()).not.toBe(await a);
     // A fresh reader reads everything.
     expect(byName((await new StatusReader({ backupDir: w.exports }).read()).vms, 'db1').points).toBe(0);
   });

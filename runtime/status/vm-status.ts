@@ -331,8 +331,20 @@ export class StatusReader {
     this.now = opts.now ?? Date.now;
   }
 
-  /** The status now; `extra.runs` adds runs the store does not hold (cron: the run that just ended). */
-  async read(extra: { runs?: readonly RunRecord[] } = {}): Promise<StatusSnapshot> {
+  /**
+   * The status now; `extra.runs` adds runs the store does not hold (cron: the run that just
+   * ended). Requests that come while a read is under way share it: a slow first read of a large
+   * backup_dir is not started again by every scrape that times out meanwhile.
+   */
+  read(extra: { runs?: readonly RunRecord[] } = {}): Promise<StatusSnapshot> {
+    if (extra.runs !== undefined) return this.readNow(extra);
+    this.inflight ??= this.readNow({}).finally(() => (this.inflight = undefined));
+    return this.inflight;
+  }
+
+  private inflight: Promise<StatusSnapshot> | undefined;
+
+  private async readNow(extra: { runs?: readonly RunRecord[] }): Promise<StatusSnapshot> {
     const now = this.now();
     const [disk, runs] = await Promise.all([this.readDisk(now), this.opts.store !== undefined ? this.readRuns(this.opts.store) : undefined]);
     const all = [...(extra.runs ?? []), ...(runs?.runs ?? [])];
