@@ -44,6 +44,7 @@ export const NEEDS: readonly Need[] = [
   command('xxhsum', 'xxhash', 'an independent XXH64 for XVA chunk checksums'),
   command('zstd', 'zstd', 'XAPI pipes exports through the zstd binary; the simulator and verify do too'),
   command('openssl', 'openssl', "the simulator's and the NATS tests' TLS certificates"),
+  command('promtool', 'prometheus', 'promtool check config / check rules / test rules on infra/prometheus and the series vmbackup writes'),
 ];
 
 /** What to do about the missing needs: nothing, install their packages, or stop and say how. */

@@ -11,7 +11,7 @@ import type { LoadedSettings } from '../config/load.js';
 import { formatPreview } from '../config/preview.js';
 import type { PreviewSelection } from '../config/preview.js';
 import type { Settings } from '../config/schema.js';
-import { ConfigError, isFatalToCommand } from '../errors.js';
+import { ConfigError, errorInfo, isFatalToCommand } from '../errors.js';
 import { localOrigin, systemClock } from '../function.js';
 import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
@@ -19,6 +19,9 @@ import { hookConfigFromSettings, hooksFromConfig } from '../hooks/settings.js';
 import { runEmbedded } from '../run/embedded.js';
 import { newRunId } from '../run/start.js';
 import { formatSummary } from '../run/summary.js';
+import { reportTargets, sendReports } from '../report/report.js';
+import type { ReportTargets } from '../report/report.js';
+import { updateMetricsTextfile } from '../status/textfile.js';
 import type { RunSummary } from '../run/summary.js';
 import { acquireLock } from '../storage/lock.js';
 import type { Lock, LockInfo } from '../storage/lock.js';
@@ -43,12 +46,14 @@ import { connectXapi, xapiPassword } from './xapi.js';
  */
 export async function backupCommand(argv: readonly string[], io: Io): Promise<number> {
   let hookConfig: ReturnType<typeof hookConfigFromSettings> | undefined;
+  let reports: ReportTargets | undefined;
   const loaded = loadCommandSettings(argv, io, {
     help: () => helpText({ prog: 'vmbackup', version: VERSION }) + '\n',
     // Hook settings are settings: a bad one is reported as every config error is
     // (`vmbackup: <key> = <value> in <file> line N: <reason>`, exit 2), before anything runs.
     check: (l) => {
       if (!l.flags.preview) hookConfig = hookConfigFromSettings(l.settings, { hasBus: false, where: l.where });
+      if (!l.flags.preview) reports = reportTargets(l.settings);
     },
   });
   if (typeof loaded === 'number') return loaded;
@@ -94,13 +99,17 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     if (abort.signal.aborted) {
       // Stopped: exit 1, also when the signal came too late to stop anything (run-end hooks).
       report({ ...summary, exitCode: 1 }, settings, io, flags.json);
+      await runEnded({ ...summary, exitCode: 1 }, settings, reports!, log);
       log.error(`run ${runId} stopped by ${(abort.signal.reason as Error).message}: exit 1`);
       return 1;
     }
     report(summary, settings, io, flags.json);
+    await runEnded(summary, settings, reports!, log);
     return summary.exitCode;
   } catch (error) {
-    return fatalExit(error, log, io, { runId, json: flags.json });
+    const code = fatalExit(error, log, io, { runId, json: flags.json });
+    await runEnded(fatalSummary(runId, startedAt, error, settings), settings, reports!, log);
+    return code;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -220,6 +229,33 @@ async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
     await xapi?.close();
   }
   return refusal === undefined ? 0 : fail(io, refusal);
+}
+
+/**
+ * What follows a run's summary: the node_exporter textfile (metrics_textfile) and the run's
+ * reports (report_url, report_email). Neither changes the exit code; a failure is a warning.
+ */
+export async function runEnded(summary: RunSummary, settings: Settings, reports: ReportTargets, log: Logger): Promise<void> {
+  await updateMetricsTextfile(settings.metrics_textfile, summary, { backupDir: settings.backup_dir, maxAgeHours: settings.max_age_hours }, log);
+  await sendReports(summary, reports, log);
+}
+
+/** The summary of a run that could not start (no pool, lock held, backup_dir missing …), for its reports and metrics. */
+export function fatalSummary(runId: string, startedAt: Date, error: unknown, settings: Settings): RunSummary {
+  return {
+    runId,
+    status: 'fatal',
+    exitCode: 2,
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    backupDir: settings.backup_dir,
+    categories: {},
+    jobs: [],
+    excludes: [],
+    warnings: [],
+    cleaned: [],
+    fatal: errorInfo(error),
+  };
 }
 
 /** The summary as the backup command prints it: text per log_level, or JSON. */

@@ -15,7 +15,9 @@ import type { Bus } from '../bus/bus.js';
 import type { RunStore } from '../run/store.js';
 import { RunSummary, summarize } from '../run/summary.js';
 import { formatBytes, formatSeconds } from '../units.js';
-import { fatalExit, report, runOptions } from './backup.js';
+import { fatalExit, report, runEnded, runOptions } from './backup.js';
+import { reportTargets } from '../report/report.js';
+import type { ReportTargets } from '../report/report.js';
 import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
 import { commandLogger, loadCommandSettings } from './settings.js';
@@ -49,7 +51,9 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   const { settings, flags } = loaded;
   let timeoutS: number | undefined;
   let waitTimeoutS: number;
+  let reports: ReportTargets;
   try {
+    reports = reportTargets(settings);
     timeoutS = seconds(extras.values['--timeout'], '--timeout');
     waitTimeoutS = seconds(extras.values['--wait-timeout'], '--wait-timeout') ?? DEFAULT_WAIT_TIMEOUT_S;
   } catch (error) {
@@ -89,6 +93,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
       return 2;
     }
     report(outcome.summary, settings, io, flags.json);
+    await runEnded(outcome.summary, settings, reports, log);
     return outcome.summary.exitCode;
   } catch (error) {
     return fatalExit(error, log, io, { runId, json: flags.json });

@@ -32,6 +32,8 @@
  *   restore       chunk_restore_vs_full_ratio  the newest of 8 points restored to a file / a raw
  *                                              copy of the same disk                              ≥ 0.8
  *                 restore_<raw|vhd>_rss_growth_mib  peak RSS restoring 1 GiB − 128 MiB            < 32
+ *   metrics       metrics_ms_1000              GET /metrics over 1,000 VMs × 30 sets, ms           < 200
+ *                 metrics_vs_list_ratio        … / a bare listing of the same tree               ≤ 3
  *   thousand      run_1000_vms_nats_vs_embedded, coordinator_rss_1000_vs_100, job_overhead_ms:
  *                                              1,000 VMs on four workers (thousand.ts); with
  *                                              `thousand-cluster` on the three-node cluster.
@@ -538,6 +540,14 @@ server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:'
       const { restoreBench, restoreRssBench } = await import('./chunkstore.js');
       await restoreBench(work, (line) => console.error(line));
       await restoreRssBench(work, (line) => console.error(line));
+    },
+  },
+  {
+    name: 'metrics',
+    lines: ['metrics_ms_1000', 'metrics_vs_list_ratio'],
+    async run(work) {
+      const { metricsBench } = await import('./metrics.js');
+      await metricsBench(work, (line) => console.log(line));
     },
   },
   {

@@ -16,13 +16,14 @@ export interface GatewayCommand {
 }
 
 /**
- * Starts `vmbackup gateway ARGS` with only PATH, HOME and `env` in its environment; resolves
- * with its URL once it listens (kills it and throws with its output if it does not).
+ * Starts `vmbackup gateway ARGS` with only PATH, HOME and `env` in its environment (as user
+ * `as` when given, as a system service runs); resolves with its URL once it listens (kills it
+ * and throws with its output if it does not).
  *
  * @example const gw = await startGatewayCommand(['--nats', url, '--listen', '127.0.0.1:0', '-b', dir], { VMBACKUP_GATEWAY_TOKENS_FILE: tokens });
  */
-export async function startGatewayCommand(args: string[], env: Record<string, string>): Promise<GatewayCommand> {
-  const child = spawn(process.execPath, [VMBACKUP, 'gateway', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: os.tmpdir(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startGatewayCommand(args: string[], env: Record<string, string>, as: { uid: number; gid: number } | undefined = undefined): Promise<GatewayCommand> {
+  const child = spawn(process.execPath, [VMBACKUP, 'gateway', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: os.tmpdir(), ...env }, stdio: ['ignore', 'pipe', 'pipe'], ...as });
   let output = '';
   child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
