@@ -7,6 +7,7 @@ import { requestSchema } from './openapi.js';
 import { RunRequest } from './run-request.js';
 import { testGateway } from './test-helpers.js';
 import { GenericHook } from './webhook.js';
+import { isPagePath } from './page.js';
 
 const gw = testGateway();
 const doc = (await (await gw.app.request('/v1/openapi.json')).json()) as {
@@ -25,6 +26,7 @@ describe('GET /v1/openapi.json', () => {
   it('lists every route of the app, and only those', () => {
     const served = gatewayRoutes(gw.app)
       .filter((r) => r.path !== '/v1/functions/:name') // the catch-all answering 404 for unknown names
+      .filter((r) => !isPagePath(r.path)) // the status page: HTML, not the API (page.test.ts)
       .map((r) => `${r.method.toLowerCase()} ${r.path.replace(/:(\w+)/g, '{$1}')}`)
       .sort();
     const documented = Object.entries(doc.paths).flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m} ${p}`)).sort();
