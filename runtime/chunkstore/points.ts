@@ -75,7 +75,7 @@ export interface PointRef {
   stamp: string;
 }
 
-export function pointDir(store: ChunkStore, ref: PointRef): string {
+export function pointDir(store: Pick<ChunkStore, 'backupDir'>, ref: PointRef): string {
   return path.join(store.backupDir, ref.vmFolder, POINT_PREFIX + ref.stamp);
 }
 
@@ -242,7 +242,7 @@ export interface OpenPoint {
 }
 
 /** Opens a committed point: its manifest must exist and parse (PermanentError naming the point otherwise). */
-export async function openPoint(store: ChunkStore, ref: PointRef): Promise<OpenPoint> {
+export async function openPoint(store: Pick<ChunkStore, 'backupDir'>, ref: PointRef): Promise<OpenPoint> {
   const dir = pointDir(store, ref);
   const name = pointName(ref);
   let manifest: PointManifest;

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { listFiles, readManifests } from '../../functions/prune/prune.js';
 import type { ManifestReading } from '../../functions/prune/prune.js';
 import { planRetention, planSeriesRetention } from '../../functions/prune/retention.js';
-import type { BackupSet, IncompleteReason, RetentionPlan } from '../../functions/prune/retention.js';
+import type { BackupSet, FileEntry, IncompleteReason, RetentionPlan } from '../../functions/prune/retention.js';
 import { HOSTS_FOLDER, POOL_DB_FOLDER, parseBackupFileName, parseHostBackupFileName, parsePoolDbFileName } from '../storage/naming.js';
 import { HttpError } from './errors.js';
 
@@ -100,15 +100,8 @@ export async function listBackups(backupDir: string, opts: { now: number; vm?: s
   }
   const out: BackupsResponse = { backupDir, vms: [], poolDb: [], hosts: [] };
   for (const folder of folders) {
-    const dir = path.join(backupDir, folder);
-    const files = await listFiles(dir);
-    const readings = await readManifests(dir, files);
-    const manifests = new Map([...readings].map(([stamp, r]) => [stamp, r.check]));
-    const plan = planRetention({ files, manifests, maxBackups: Number.MAX_SAFE_INTEGER, now: opts.now });
+    const { files, sets, vm } = await readVmFolder(path.join(backupDir, folder), opts.now);
     const sizes = new Map(files.map((f) => [f.name, f.size]));
-    const sets = allSets(plan).map((s) => vmSet(s, sizes, readings.get(s.stamp)));
-    const newest = [...readings.values()].flatMap((r) => (r.manifest !== undefined ? [r.manifest] : [])).sort((a, b) => b.stamp.localeCompare(a.stamp))[0];
-    const vm = newest !== undefined ? newest.vm : undefined;
     if (sets.length > 0 && (opts.vm === undefined || opts.vm === folder || opts.vm === vm?.name)) {
       out.vms.push({ folder, ...(vm !== undefined ? { vm } : {}), sets });
     }
@@ -127,6 +120,34 @@ export async function listBackups(backupDir: string, opts: { now: number; vm?: s
     }
   }
   return out;
+}
+
+/** One VM folder as read for {@link readVmFolder}. */
+export interface VmFolderReading {
+  /** Its regular files (size, mtime). */
+  files: FileEntry[];
+  /** Its manifests, by stamp. */
+  readings: Map<string, ManifestReading>;
+  /** Complete and incomplete sets, newest first. */
+  sets: BackupSetInfo[];
+  /** From the newest valid manifest; absent for folders VmBackup alone wrote. */
+  vm?: { uuid: string; name: string };
+}
+
+/**
+ * The backup sets of one VM folder, as `GET /v1/backups` lists them and prune counts them:
+ * also what the status page and the metrics read (runtime/status/vm-status.ts). Throws when
+ * the folder cannot be read (EACCES, ENOTDIR); an absent folder has no sets.
+ */
+export async function readVmFolder(dir: string, now: number): Promise<VmFolderReading> {
+  const files = await listFiles(dir);
+  const readings = await readManifests(dir, files);
+  const manifests = new Map([...readings].map(([stamp, r]) => [stamp, r.check]));
+  const plan = planRetention({ files, manifests, maxBackups: Number.MAX_SAFE_INTEGER, now });
+  const sizes = new Map(files.map((f) => [f.name, f.size]));
+  const sets = allSets(plan).map((s) => vmSet(s, sizes, readings.get(s.stamp)));
+  const newest = [...readings.values()].flatMap((r) => (r.manifest !== undefined ? [r.manifest] : [])).sort((a, b) => b.stamp.localeCompare(a.stamp))[0];
+  return { files, readings, sets, ...(newest !== undefined ? { vm: newest.vm } : {}) };
 }
 
 /** Complete and incomplete sets, newest first. */
