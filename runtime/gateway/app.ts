@@ -31,6 +31,7 @@ import { BackupsResponse, listBackups } from './backups.js';
 import { HttpError, badInput, errorResponse, natsUnavailable, zodIssues } from './errors.js';
 import { getCookie } from 'hono/cookie';
 import { ProgressBoard } from '../run/progress.js';
+import { StatusReader, StatusSnapshot } from '../status/vm-status.js';
 import { PAGE_ASSETS, PAGE_COOKIE, PAGE_HEADERS, PageSessions, ProgressResponse, loginPage, progressView } from './page.js';
 import { buildOpenApi } from './openapi.js';
 import type { RouteDoc } from './openapi.js';
@@ -227,6 +228,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
   const publicPaths = new Set(['/v1/openapi.json']);
   const sessions = deps.pageSessions ?? new PageSessions();
   const board = deps.progress ?? new ProgressBoard();
+  const status = new StatusReader({ backupDir: deps.backupDir, store: deps.store, connected: () => deps.bus.connected?.() !== false, now: () => deps.clock.now().getTime() });
   /** The status page's session: reads only (runtime/gateway/page.ts). */
   const pageSession = (c: Context<Env>): boolean => sessions.valid(getCookie(c, PAGE_COOKIE), deps.clock.now().getTime());
   app.use('/v1/*', async (c, next) => {
@@ -461,6 +463,19 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       responses: { 200: { description: 'Runs in progress', schema: ProgressResponse } },
     },
     async (c) => c.json(await progressView(deps.store, board, deps.clock.now())),
+  );
+
+  route(
+    {
+      method: 'get',
+      path: '/v1/status',
+      tag: 'backups',
+      summary: 'Each VM at a glance: its last good backup, points kept, last verification and failure; the recent runs',
+      description:
+        'What the status page shows (runtime/status/vm-status.ts): backups from backup_dir (sets and chunk-store points, with damaged manifests named per VM), runs and their per-VM errors from the run store. With NATS down the VMs are still read from disk and `runStore.up` is false; with backup_dir unreadable `backupDirError` says so.',
+      responses: { 200: { description: 'Status', schema: StatusSnapshot } },
+    },
+    async (c) => c.json(await status.read()),
   );
 
   // --- health ---------------------------------------------------------------------------

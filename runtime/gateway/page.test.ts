@@ -3,6 +3,7 @@ import type { PhaseProgress } from '../events.js';
 import { progressSubject } from '../events.js';
 import { ProgressBoard } from '../run/progress.js';
 import type { JobState, RunHeader } from '../run/state.js';
+import type { StatusSnapshot } from '../status/vm-status.js';
 import { PAGE_COOKIE, PageSessions, followProgress } from './page.js';
 import { TOKEN, authJson, testGateway } from './test-helpers.js';
 
@@ -162,5 +163,27 @@ describe('GET /v1/progress', () => {
     (bus as unknown as { connected(): boolean }).connected = () => false;
     const res = await app.request('/v1/progress', { headers: authJson() });
     expect(res.status).toBe(503);
+  });
+});
+
+describe('GET /v1/status', () => {
+  it('needs a token or the page session', async () => {
+    const { app } = testGateway();
+    expect((await app.request('/v1/status')).status).toBe(401);
+    const cookie = cookieOf(await app.request(`/?token=${TOKEN}`));
+    expect((await app.request('/v1/status', { headers: { Cookie: cookie } })).status).toBe(200);
+  });
+
+  it('says when backup_dir cannot be read, and when NATS is down, instead of failing', async () => {
+    const { app, bus } = testGateway({ backupDir: '/nonexistent/vmbackup-exports' });
+    const up = (await (await app.request('/v1/status', { headers: authJson() })).json()) as StatusSnapshot;
+    expect(up.backupDirError).toMatch(/backup_dir \/nonexistent\/vmbackup-exports cannot be read \(ENOENT\): is the share mounted\?/);
+    expect(up.runStore).toEqual({ up: true });
+    (bus as unknown as { connected(): boolean }).connected = () => false;
+    const res = await app.request('/v1/status', { headers: authJson() });
+    expect(res.status).toBe(200);
+    const down = (await res.json()) as StatusSnapshot;
+    expect(down.runStore).toMatchObject({ up: false, error: expect.stringContaining('NATS is not reachable') });
+    expect(down.runs).toEqual([]);
   });
 });
