@@ -181,10 +181,14 @@ function renderRuns(status) {
   );
 }
 
+let statusAsked = 0;
 async function refreshStatus() {
   clearTimeout(statusTimer);
+  // Two reads may overlap (a run ended while one was under way): only the newest is shown.
+  const asked = ++statusAsked;
   try {
     const status = await get('/v1/status');
+    if (asked !== statusAsked) return;
     renderVms(status);
     renderRuns(status);
     banner('disk', status.backupDirError ? `backup_dir cannot be read: ${status.backupDirError}` : undefined);
@@ -194,7 +198,7 @@ async function refreshStatus() {
   } catch (error) {
     if (error.message !== 'session ended') banner('status', `Backups unknown: ${error.message}`);
   } finally {
-    statusTimer = setTimeout(refreshStatus, STATUS_MS);
+    if (asked === statusAsked) statusTimer = setTimeout(refreshStatus, STATUS_MS);
   }
 }
 
