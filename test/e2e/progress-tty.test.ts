@@ -1,10 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { httpsSim, vmbackup, vmbackupTty, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
+import { pool, startRig, vm } from '../nats/rig.js';
+import type { Rig } from '../nats/rig.js';
 import type { Simulator } from '../sim/server.js';
 
 /**
- * `vmbackup` on a terminal (a pseudo-terminal from util-linux's `script`) draws a live line
+ * `vmbackup` and `vmbackup run` on a terminal (a pseudo-terminal from `script`) draw a live line
  * per VM while it exports; without a terminal (cron) nothing of it is printed; --progress
  * and --no-progress override. The simulator slows web1's export so that there is something
  * to watch.
@@ -81,5 +83,28 @@ describe('live progress on a terminal', () => {
     const on = await vmbackup([...args(), '--progress']);
     expect(on.code, on.stderr).toBe(0);
     expect(on.stdout).toMatch(WEB1_LINE);
+  }, 120_000);
+});
+
+describe('live progress of vmbackup run (NATS, a worker) on a terminal', () => {
+  let rig: Rig;
+  beforeAll(async () => {
+    rig = await startRig(pool([vm('web1', 'Running', 4)]));
+    await rig.worker();
+  }, 60_000);
+  afterAll(async () => rig?.close());
+
+  it('shows the worker\'s export of web1 from its progress signals; nothing without a terminal', async () => {
+    rig.sim.faults.add({ http: 'export', vm: 'web1', action: { kind: 'slow', bytes_per_second: 1 << 20 } });
+    const r = await vmbackupTty(['run', ...rig.args('-e', 'web1')]);
+    expect(r.code, r.stdout).toBe(0);
+    expect(r.stdout).toMatch(WEB1_LINE);
+    const summaryAt = r.stdout.indexOf('VmBackup vm-export Summary - S:1 W:0 E:0');
+    expect(summaryAt).toBeGreaterThan(0);
+    expect(r.stdout.slice(summaryAt)).not.toMatch(ANY_BAR);
+    const plain = await vmbackup(['run', ...rig.args('-e', 'web1')]);
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(plain.stdout + plain.stderr).not.toContain(ESC);
+    expect(plain.stdout).not.toMatch(ANY_BAR);
   }, 120_000);
 });
