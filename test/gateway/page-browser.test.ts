@@ -1,8 +1,11 @@
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ChunkStore, PointWriter } from '../../runtime/chunkstore/chunkstore.js';
 import { ROOT } from '../helpers/cli.js';
 import { pool, startRig, vm } from '../nats/rig.js';
 import type { Rig } from '../nats/rig.js';
@@ -126,13 +129,31 @@ describe('status page in chromium: gateway, NATS, a worker, the simulator', () =
     await page.close();
   }, 180_000);
 
-  it('says so when NATS is down, and still shows the backups from disk', async () => {
+  it('shows chunk-store points as full or changes to their base; with NATS down says so and still shows the backups from disk', async () => {
+    // Two incremental points of web1 beside its XVA sets, written by the chunk store's own writer.
+    const store = await ChunkStore.open(rig.ws.exports, { chunkSize: 64 << 10 });
+    const web1 = { uuid: String(rig.sim.state.vms().find((v) => v.name_label === 'web1')!.uuid), name: 'web1' };
+    const disk = randomBytes(256 << 10);
+    const full = await PointWriter.begin(store, { vmFolder: 'web1', vm: web1, stamp: '20261201-080000' });
+    await full.addDisk('xvda', Readable.from([disk]));
+    await full.commit();
+    const changes = await PointWriter.begin(store, { vmFolder: 'web1', vm: web1, stamp: '20261202-080000' });
+    await changes.addDiskChanges('xvda', { vmFolder: 'web1', stamp: '20261201-080000' }, [{ offset: 0, length: 64 << 10 }], { size: disk.length, read: async (o, l) => randomBytes(l) });
+    await changes.commit();
+
     const page = await browser.newPage({ viewport: { width: 1100, height: 760 } });
     await signIn(page);
-    await page.waitForSelector('tr[data-vm="web1"]');
+    const points = page.locator('tr[data-vm="web1"] td[data-label="Points"]');
+    await expect.poll(() => points.locator('summary').textContent(), { timeout: 20_000 }).toBe('4');
+    await points.locator('summary').click();
+    const items = (await points.locator('li').allTextContents()).join('\n');
+    // A point's size is what it added to the store: the changed chunk alone for the second.
+    expect(items).toMatch(/point \(changes to 20261201-080000\) · 64 KiB/);
+    expect(items).toMatch(/point \(full\) · 256 KiB/);
+    expect(items.match(/· backup ·/g)).toHaveLength(2);
     await rig.nats.stop();
     await page.reload();
-    await expect.poll(() => page.textContent('#banner'), { timeout: 30_000 }).toMatch(/NATS is not reachable/);
+    await expect.poll(() => page.textContent('#banner'), { timeout: 30_000 }).toMatch(/^NATS is not reachable \(the connection is down\): runs and progress unknown; the backups on disk are shown$/);
     expect(await page.locator('tr[data-vm="web1"]').count()).toBe(1);
     await page.screenshot({ path: path.join(SHOTS, '4-nats-down.png'), fullPage: true });
     await page.close();

@@ -6,6 +6,8 @@
 const PROGRESS_MS = 1000;
 const STATUS_MS = 15000;
 let runningKey = '';
+/** The last status said the run store (NATS) does not answer. */
+let storeDown = false;
 let statusTimer;
 
 function el(tag, attrs, ...children) {
@@ -113,7 +115,7 @@ async function refreshProgress() {
     renderProgress(await get('/v1/progress'));
     banner('progress');
   } catch (error) {
-    if (error.message !== 'session ended') banner('progress', `Runs in progress unknown: ${error.message}`);
+    if (error.message !== 'session ended' && !storeDown) banner('progress', `Runs in progress unknown: ${error.message}`);
   } finally {
     setTimeout(refreshProgress, PROGRESS_MS);
   }
@@ -192,7 +194,10 @@ async function refreshStatus() {
     renderVms(status);
     renderRuns(status);
     banner('disk', status.backupDirError ? `backup_dir cannot be read: ${status.backupDirError}` : undefined);
-    banner('store', status.runStore && !status.runStore.up ? `NATS is not reachable (${status.runStore.error || 'no answer'}): runs unknown; backups from disk shown` : undefined);
+    storeDown = status.runStore !== undefined && !status.runStore.up;
+    // One line for NATS: the progress poll fails for the same reason.
+    if (storeDown) banner('progress');
+    banner('store', storeDown ? `${status.runStore.error || 'NATS is not reachable'}: runs and progress unknown; the backups on disk are shown` : undefined);
     banner('status');
     document.getElementById('updated').textContent = `updated ${new Date(status.at).toLocaleTimeString()}`;
   } catch (error) {
