@@ -24,6 +24,8 @@ export interface ServeDeps {
    * `hooksFromSettings(settings, …)` (runtime/hooks/settings.ts). Default: `noHooks`.
    */
   hooks?: HookRunner;
+  /** Told how each delivery ended and how long it took (`vmbackup worker --metrics-listen`). */
+  metrics?: { job(fn: string, outcome: 'done' | 'failed' | 'retry', ms: number): void };
 }
 
 export interface ServeOptions {
@@ -64,7 +66,12 @@ export async function serve(fns: readonly FunctionDef[], deps: ServeDeps, opts: 
       await deps.bus.work(
         jobSubject(fn.name),
         { concurrency: opts.concurrency(fn), maxDeliver: fn.retry.maxDeliver, ...(opts.ackWaitMs !== undefined ? { ackWaitMs: opts.ackWaitMs } : {}) },
-        (delivery) => handleDelivery(fn, delivery, deps, opts.shutdown ?? { mode: 'hand-back' }),
+        async (delivery) => {
+          const started = Date.now();
+          const settle = await handleDelivery(fn, delivery, deps, opts.shutdown ?? { mode: 'hand-back' });
+          deps.metrics?.job(fn.name, settle.kind === 'ack' ? 'done' : settle.kind === 'retry' ? 'retry' : 'failed', Date.now() - started);
+          return settle;
+        },
       ),
     );
   }

@@ -46,6 +46,7 @@ export const NEEDS: readonly Need[] = [
   command('openssl', 'openssl', "the simulator's and the NATS tests' TLS certificates"),
   command('script', 'bsdutils', 'a pseudo-terminal for the command, to test its live progress lines'),
   file('/usr/bin/chromium', 'chromium', 'the browser that playwright-core drives through the gateway\'s status page'),
+  command('promtool', 'prometheus', 'promtool check config / check rules / test rules on infra/prometheus and the series vmbackup writes'),
 ];
 
 /** What to do about the missing needs: nothing, install their packages, or stop and say how. */

@@ -18,6 +18,9 @@ import { hookConfigFromSettings, hooksFromConfig } from '../hooks/settings.js';
 import { runEmbedded } from '../run/embedded.js';
 import { newRunId } from '../run/start.js';
 import { formatSummary } from '../run/summary.js';
+import { reportTargets, sendReports } from '../report/report.js';
+import type { ReportTargets } from '../report/report.js';
+import { updateMetricsTextfile } from '../status/textfile.js';
 import type { RunSummary } from '../run/summary.js';
 import { acquireLock } from '../storage/lock.js';
 import type { Lock, LockInfo } from '../storage/lock.js';
@@ -43,12 +46,14 @@ import { connectXapi, xapiPassword } from './xapi.js';
  */
 export async function backupCommand(argv: readonly string[], io: Io): Promise<number> {
   let hookConfig: ReturnType<typeof hookConfigFromSettings> | undefined;
+  let reports: ReportTargets | undefined;
   const loaded = loadCommandSettings(argv, io, {
     help: () => helpText({ prog: 'vmbackup', version: VERSION }) + '\n',
     // Hook settings are settings: a bad one is reported as every config error is
     // (`vmbackup: <key> = <value> in <file> line N: <reason>`, exit 2), before anything runs.
     check: (l) => {
       if (!l.flags.preview) hookConfig = hookConfigFromSettings(l.settings, { hasBus: false, where: l.where });
+      if (!l.flags.preview) reports = reportTargets(l.settings);
     },
   });
   if (typeof loaded === 'number') return loaded;
@@ -101,10 +106,12 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     if (abort.signal.aborted) {
       // Stopped: exit 1, also when the signal came too late to stop anything (run-end hooks).
       report({ ...summary, exitCode: 1 }, settings, io, flags.json);
+      await runEnded({ ...summary, exitCode: 1 }, settings, reports!, log);
       log.error(`run ${runId} stopped by ${(abort.signal.reason as Error).message}: exit 1`);
       return 1;
     }
     report(summary, settings, io, flags.json);
+    await runEnded(summary, settings, reports!, log);
     return summary.exitCode;
   } catch (error) {
     display?.stop();
@@ -221,6 +228,15 @@ async function preview(loaded: LoadedSettings, io: Io): Promise<number> {
     await xapi?.close();
   }
   return refusal === undefined ? 0 : fail(io, refusal);
+}
+
+/**
+ * What follows a run's summary: the node_exporter textfile (metrics_textfile) and the run's
+ * reports (report_url, report_email). Neither changes the exit code; a failure is a warning.
+ */
+export async function runEnded(summary: RunSummary, settings: Settings, reports: ReportTargets, log: Logger): Promise<void> {
+  await updateMetricsTextfile(settings.metrics_textfile, summary, { backupDir: settings.backup_dir, maxAgeHours: settings.max_age_hours }, log);
+  await sendReports(summary, reports, log);
 }
 
 /** The summary as the backup command prints it: text per log_level, or JSON. */

@@ -40,7 +40,7 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
   if (typeof loaded === 'number') return loaded;
   const { settings } = loaded;
 
-  let secrets: { tokens: string[]; webhookSecret?: string };
+  let secrets: { tokens: string[]; webhookSecret?: string; metricsTokens: string[] };
   let at: { host: string; port: number };
   try {
     if (settings.nats_url === undefined) throw new ConfigError('the gateway needs NATS: give --nats URL (or nats_url in the config)', { key: 'nats_url' });
@@ -76,6 +76,8 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
       ready: () => natsReady(nc),
       version: VERSION,
       progress,
+      metricsTokens: secrets.metricsTokens,
+      maxAgeHours: settings.max_age_hours,
     });
     const gw = await listen(app, at);
     log.info(`vmbackup ${VERSION} gateway listening on ${gw.url} (NATS ${redactUrl(settings.nats_url!)}; ${secrets.tokens.length} token(s)${secrets.webhookSecret !== undefined ? ', signed webhooks on' : ''})`);
@@ -100,7 +102,7 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
 }
 
 /** Tokens and the webhook secret, from their files; errors name the file, never a secret. */
-export function readSecrets(settings: Settings, noAuth: boolean, host: string): { tokens: string[]; webhookSecret?: string } {
+export function readSecrets(settings: Settings, noAuth: boolean, host: string): { tokens: string[]; webhookSecret?: string; metricsTokens: string[] } {
   let tokens: string[] = [];
   if (settings.gateway_tokens_file !== undefined) {
     tokens = parseTokens(readSecretFile(settings.gateway_tokens_file, 'gateway_tokens_file'), settings.gateway_tokens_file);
@@ -124,10 +126,19 @@ export function readSecrets(settings: Settings, noAuth: boolean, host: string): 
       throw new ConfigError(`webhook_secret_file ${settings.webhook_secret_file}: the secret (first line) is shorter than ${MIN_SECRET_LENGTH} characters`, { key: 'webhook_secret_file', file: settings.webhook_secret_file });
     }
   }
-  return { tokens, ...(webhookSecret !== undefined ? { webhookSecret } : {}) };
+  return { tokens, ...(webhookSecret !== undefined ? { webhookSecret } : {}), metricsTokens: readMetricsTokens(settings) };
 }
 
-function readSecretFile(file: string, key: string): string {
+/** The tokens of metrics_tokens_file (none when unset); errors name the file, never a token. */
+export function readMetricsTokens(settings: Settings): string[] {
+  if (settings.metrics_tokens_file === undefined) return [];
+  const tokens = parseTokens(readSecretFile(settings.metrics_tokens_file, 'metrics_tokens_file'), settings.metrics_tokens_file);
+  if (tokens.length === 0) throw new ConfigError(`metrics_tokens_file ${settings.metrics_tokens_file} holds no token`, { key: 'metrics_tokens_file', file: settings.metrics_tokens_file });
+  return tokens;
+}
+
+/** A secret file's text; a ConfigError naming the key and the file (never its content) when it cannot be read. */
+export function readSecretFile(file: string, key: string): string {
   try {
     return readFileSync(file, 'utf8');
   } catch (error) {

@@ -15,7 +15,9 @@ import type { Bus } from '../bus/bus.js';
 import type { RunStore } from '../run/store.js';
 import { RunSummary, summarize } from '../run/summary.js';
 import { formatBytes, formatSeconds } from '../units.js';
-import { fatalExit, report, runOptions } from './backup.js';
+import { fatalExit, report, runEnded, runOptions } from './backup.js';
+import { reportTargets } from '../report/report.js';
+import type { ReportTargets } from '../report/report.js';
 import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
 import { TerminalProgress, progressWanted } from './progress-display.js';
@@ -50,7 +52,9 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   const { settings, flags } = loaded;
   let timeoutS: number | undefined;
   let waitTimeoutS: number;
+  let reports: ReportTargets;
   try {
+    reports = reportTargets(settings);
     timeoutS = seconds(extras.values['--timeout'], '--timeout');
     waitTimeoutS = seconds(extras.values['--wait-timeout'], '--wait-timeout') ?? DEFAULT_WAIT_TIMEOUT_S;
   } catch (error) {
@@ -96,6 +100,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
       return 2;
     }
     report(outcome.summary, settings, io, flags.json);
+    await runEnded(outcome.summary, settings, reports, log);
     return outcome.summary.exitCode;
   } catch (error) {
     display?.stop();

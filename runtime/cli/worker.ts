@@ -5,7 +5,12 @@ import { openNats, redactUrl } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
 import { commandHelp } from '../config/args.js';
 import type { Settings } from '../config/schema.js';
-import { UsageError } from '../errors.js';
+import { ConfigError, UsageError } from '../errors.js';
+import { parseTokens } from '../gateway/auth.js';
+import { isLoopback, listen, parseListen } from '../gateway/server.js';
+import { WorkerMetrics } from '../status/metrics.js';
+import { metricsApp } from '../status/serve-metrics.js';
+import { readMetricsTokens, readSecretFile } from './gateway.js';
 import type { FunctionDef } from '../function.js';
 import { localOrigin, systemClock } from '../function.js';
 import { startRunEndTrigger } from '../hooks/run-end.js';
@@ -65,8 +70,10 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
   let drainS: number;
   let coordinator: boolean;
   let replicas: number | undefined;
+  let metricsAt: { at: { host: string; port: number }; tokens: string[] } | undefined;
   try {
     fns = chosenFunctions(loaded.settings.worker_functions);
+    metricsAt = metricsListen(loaded.settings);
     ackWaitS = seconds(extras.values['--ack-wait'], '--ack-wait') ?? 30;
     drainS = seconds(extras.values['--drain-timeout'], '--drain-timeout') ?? 60;
     coordinator = extras.values['--no-coordinator'] !== true;
@@ -83,6 +90,7 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
   printWarnings(io, loaded.warnings);
 
   const origin = localOrigin();
+  const metrics = new WorkerMetrics();
   // A worker's lines name the run and the VM they are about: it serves many runs at once.
   const log = commandLogger(settings, io, { json: false, file: true, context: true });
   const restoreConsole = captureConsole(log);
@@ -114,14 +122,19 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
     const hooks = hooksFromConfig(hookConfig!, { log, env: io.env, bus: nats.bus });
     if (coordinator) {
       // Before serving: no phase event of ours may predate the coordinator's consumer.
-      closers.push(await startCoordinator(nats.store, nats.bus, systemClock, log));
+      closers.push(await startCoordinator(nats.store, nats.bus, systemClock, log, { onFinished: (summary) => metrics.run(summary.status) }));
       closers.push(await startRunEndTrigger(nats.bus, log));
     }
     // The gateway asks whether a request's entries match the pool before it starts a run.
     if (fns.some((f) => f.name === 'plan')) closers.push(await answerSelectionChecks(nats.bus, { xapi: xapi.get, log }));
+    if (metricsAt !== undefined) {
+      const served = await listen(metricsApp(metrics.registry, metricsAt.tokens), metricsAt.at);
+      closers.push({ close: () => served.close(1_000) });
+      log.info(`worker metrics on ${served.url}/metrics${metricsAt.tokens.length === 0 ? ' (no token: loopback only)' : ''}`);
+    }
     const serving = await serve(
       fns,
-      { bus: nats.bus, log, xapi: xapi.get, clock: systemClock, origin, signal: abort.signal, hooks },
+      { bus: nats.bus, log, xapi: xapi.get, clock: systemClock, origin, signal: abort.signal, hooks, metrics },
       { concurrency: (fn) => (PER_VM.has(fn.name) ? settings.concurrency : 2), ackWaitMs: ackWaitS * 1000 },
     );
     log.info(
@@ -151,6 +164,26 @@ export async function workerCommand(argv: readonly string[], io: Io): Promise<nu
     restoreConsole();
     log.flush();
   }
+}
+
+/**
+ * Where `--metrics-listen` / metrics_listen serves the worker's metrics, and the tokens it
+ * accepts (metrics_tokens_file and gateway_tokens_file); without any, only on loopback.
+ */
+function metricsListen(settings: Settings): { at: { host: string; port: number }; tokens: string[] } | undefined {
+  if (settings.metrics_listen === undefined) return undefined;
+  let at: { host: string; port: number };
+  try {
+    at = parseListen(settings.metrics_listen);
+  } catch {
+    throw new ConfigError(`metrics_listen = ${settings.metrics_listen}: must be HOST:PORT (e.g. 127.0.0.1:9464, [::1]:9464, :9464)`, { key: 'metrics_listen' });
+  }
+  const gatewayTokens = settings.gateway_tokens_file !== undefined ? parseTokens(readSecretFile(settings.gateway_tokens_file, 'gateway_tokens_file'), settings.gateway_tokens_file) : [];
+  const tokens = [...readMetricsTokens(settings), ...gatewayTokens];
+  if (tokens.length === 0 && !isLoopback(at.host)) {
+    throw new ConfigError(`metrics_listen = ${settings.metrics_listen} is not a loopback address: give metrics_tokens_file (or gateway_tokens_file) so that GET /metrics needs a token`, { key: 'metrics_listen' });
+  }
+  return { at, tokens };
 }
 
 /** The functions of `--functions` / `worker_functions` (comma lists), all when empty. */

@@ -43,7 +43,8 @@ export type ArgKey =
   | 'insecure'
   | 'nats_url'
   | 'worker_functions'
-  | 'gateway_listen';
+  | 'gateway_listen'
+  | 'metrics_listen';
 
 /** Options that are not settings. */
 export interface CliFlags {
@@ -155,6 +156,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { long: 'nats', metavar: 'URL', target: { kind: 'value', key: 'nats_url' }, group: 'nats', help: 'NATS server(s), e.g. nats://127.0.0.1:4222 (worker, run, status, invoke, gateway)' },
   { long: 'functions', metavar: 'LIST', target: { kind: 'value', key: 'worker_functions', repeat: true }, group: 'nats', help: 'Functions this worker serves, e.g. export,prune (Default: all)' },
   { long: 'listen', metavar: 'HOST:PORT', target: { kind: 'value', key: 'gateway_listen' }, group: 'nats', help: 'Where the gateway listens (Default: 127.0.0.1:8080)' },
+  { long: 'metrics-listen', metavar: 'HOST:PORT', target: { kind: 'value', key: 'metrics_listen' }, group: 'nats', help: "Where the worker serves GET /metrics: its jobs and their durations per function (Default: off)" },
 ];
 
 const BY_SHORT = new Map(OPTIONS.filter((o) => o.short).map((o) => [o.short!, o]));

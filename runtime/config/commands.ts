@@ -87,6 +87,7 @@ export const COMMAND_SPECS: readonly CommandSpec[] = [
     ],
     options: [
       'functions',
+      'metrics-listen',
       { long: 'no-coordinator', help: 'Do not run the run coordinator here (some worker must)' },
       { long: 'ack-wait', metavar: 'S', help: "A dead worker's job is taken over after S seconds (Default: 30)" },
       { long: 'drain-timeout', metavar: 'S', help: 'On SIGTERM, running jobs get S seconds to finish (Default: 60)' },

@@ -101,6 +101,9 @@ const PATH_KEYS = new Set<SettingKey>([
   'gateway_tokens_file',
   'webhook_secret_file',
   'hook_secret_file',
+  'metrics_tokens_file',
+  'metrics_textfile',
+  'report_url_file',
 ]);
 const SECRET_KEYS = new Set<SettingKey>(['password']);
 const TRUE = /^(1|yes|true|on)$/i;
@@ -614,7 +617,7 @@ function coerce(key: SettingKey, raw: string | boolean | string[], cwd: string):
 }
 
 /** Files that hold a secret besides password_file (which resolvePassword reads and checks). */
-const SECRET_FILE_KEYS = ['nats_token_file', 'nats_password_file', 'nats_creds_file', 'nats_tls_key_file', 'gateway_tokens_file', 'webhook_secret_file'] as const satisfies readonly SettingKey[];
+const SECRET_FILE_KEYS = ['nats_token_file', 'nats_password_file', 'nats_creds_file', 'nats_tls_key_file', 'gateway_tokens_file', 'webhook_secret_file', 'metrics_tokens_file', 'report_url_file'] as const satisfies readonly SettingKey[];
 
 /**
  * The ConfigError of one or more invalid values: the one sentence, or `N configuration

@@ -107,6 +107,26 @@ export const Settings = z.object({
   /** Alertmanager label that names the VM to back up. */
   alertmanager_label: z.string().min(1).default('vm'),
 
+  // --- what operators see: metrics and run reports ---
+  /** A VM whose newest restorable backup is older than this is overdue (vmbackup_max_age_seconds, infra/prometheus/alerts.yml). */
+  max_age_hours: z.number().min(1).max(100_000).default(26), // DEFAULT_MAX_AGE_HOURS
+  /** File of bearer tokens accepted by GET /metrics (gateway, worker) besides gateway_tokens_file, one per line. */
+  metrics_tokens_file: z.string().optional(),
+  /** HOST:PORT where `vmbackup worker` serves GET /metrics (its job counters and durations); off when unset. */
+  metrics_listen: z.string().optional(),
+  /** node_exporter textfile the `vmbackup` command rewrites (atomically) at the end of each run. */
+  metrics_textfile: z.string().optional(),
+  /** URL a run report is POSTed to as JSON (Slack, Mattermost, Teams: a `text` field). */
+  report_url: z.string().url().optional(),
+  /** File holding report_url (first line), for a URL that carries a token. */
+  report_url_file: z.string().optional(),
+  /** Addresses the run report is mailed to through the local sendmail, comma-separated. */
+  report_email: z.string().optional(),
+  /** When a report is sent: after every run, only after a failure, or after warnings and failures. */
+  report_on: z.enum(['always', 'failure', 'warning']).default('failure'),
+  /** Seconds a report (POST or sendmail) may take before it is given up with a warning. */
+  report_timeout: z.number().int().min(1).max(600).default(30),
+
   // --- hooks (runtime/hooks/README.md) ---
   /**
    * Commands run at each hook point: an absolute program path and its arguments, no shell
@@ -140,3 +160,6 @@ export const Settings = z.object({
   hooks_on_failure: z.enum(['continue', 'abort']).default('continue'),
 });
 export type Settings = z.infer<typeof Settings>;
+
+/** Default of max_age_hours: a daily backup, with two hours' slack. */
+export const DEFAULT_MAX_AGE_HOURS = 26;

@@ -25,8 +25,10 @@ import type { RunStore } from '../run/store.js';
 import { RunSummary, summarize } from '../run/summary.js';
 import { RunOutcome, listOutcomes, runOutcome } from '../run/outcome.js';
 import { formatStamp } from '../storage/naming.js';
+import { METRICS_CONTENT_TYPE, statusMetrics } from '../status/metrics.js';
+import { DEFAULT_MAX_AGE_HOURS } from '../config/schema.js';
 import { AlertmanagerPayload, deliveryKey, vmsToBackUp } from './alertmanager.js';
-import { checkBearer, tokenDigests } from './auth.js';
+import { checkBearer, refusal, tokenDigests } from './auth.js';
 import { BackupsResponse, listBackups } from './backups.js';
 import { HttpError, badInput, errorResponse, natsUnavailable, zodIssues } from './errors.js';
 import { getCookie } from 'hono/cookie';
@@ -89,6 +91,10 @@ export interface GatewayDeps {
   progress?: ProgressBoard;
   /** Sessions of the status page (default: a new key, so a restart ends them). */
   pageSessions?: PageSessions;
+  /** Tokens accepted by GET /metrics besides `tokens` (metrics_tokens_file). */
+  metricsTokens?: readonly string[];
+  /** max_age_hours, exported as vmbackup_max_age_seconds for the alert rules. Default 26. */
+  maxAgeHours?: number;
 }
 
 /**
@@ -213,7 +219,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
   app.use('*', async (c, next) => {
     const started = Date.now();
     await next();
-    const quiet = c.req.path === '/healthz' || c.req.path === '/readyz';
+    const quiet = c.req.path === '/healthz' || c.req.path === '/readyz' || c.req.path === '/metrics';
     log[quiet ? 'debug' : 'info']({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Date.now() - started }, `${c.req.method} ${c.req.path} ${c.res.status}`);
   });
 
@@ -235,10 +241,7 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     if (digests.length === 0 || publicPaths.has(c.req.path)) return next();
     if (c.req.header('Authorization') === undefined && (c.req.method === 'GET' || c.req.method === 'HEAD') && pageSession(c)) return next();
     const check = checkBearer(c.req.header('Authorization'), digests);
-    if (!check.ok) {
-      const challenge = check.status === 401 ? (check.error === 'malformed' ? 'Bearer realm="vmbackup", error="invalid_request"' : 'Bearer realm="vmbackup"') : undefined;
-      throw new HttpError(check.status, check.status === 401 ? 'UNAUTHORIZED' : 'FORBIDDEN', check.message, undefined, challenge !== undefined ? { 'WWW-Authenticate': challenge } : undefined);
-    }
+    if (!check.ok) throw refusal(check);
     return next();
   });
   app.use(
@@ -667,6 +670,29 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     async (c) => {
       const q = valid<z.infer<typeof BackupsQuery>>(c, 'query');
       return c.json(await listBackups(deps.backupDir, { now: deps.clock.now().getTime(), ...(q.vm !== undefined ? { vm: q.vm } : {}) }));
+    },
+  );
+
+  // --- metrics ---------------------------------------------------------------------------------
+
+  const metricsDigests = tokenDigests([...deps.tokens, ...(deps.metricsTokens ?? [])]);
+  route(
+    {
+      method: 'get',
+      path: '/metrics',
+      tag: 'metrics',
+      summary: 'Prometheus metrics: each VM\u2019s newest good backup, failure, size, duration, points kept, verification; vmbackup_up',
+      description:
+        'Prometheus text format (0.0.4), read from backup_dir and the run store (runtime/status/metrics.ts). Needs a token of gateway_tokens_file or of metrics_tokens_file. While NATS is down the per-VM series from backup_dir are still served and `vmbackup_up{component="run_store"}` is 0.',
+      responses: { 200: { description: 'The metrics, text/plain; version=0.0.4' } },
+    },
+    async (c) => {
+      if (metricsDigests.length > 0) {
+        const check = checkBearer(c.req.header('Authorization'), metricsDigests);
+        if (!check.ok) throw refusal(check);
+      }
+      const text = await statusMetrics(await status.read(), { maxAgeHours: deps.maxAgeHours ?? DEFAULT_MAX_AGE_HOURS }).metrics();
+      return c.body(text, 200, { 'Content-Type': METRICS_CONTENT_TYPE });
     },
   );
 

@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { ConfigError } from '../errors.js';
+import { HttpError } from './errors.js';
 
 /** Shortest token accepted from a tokens file: a bearer token is a password. */
 export const MIN_TOKEN_LENGTH = 16;
@@ -65,4 +66,10 @@ export function tokenDigests(tokens: readonly string[]): Buffer[] {
 
 function digest(token: string): Buffer {
   return createHash('sha256').update(token, 'utf8').digest();
+}
+
+/** The answer to a refused request (the API, the metrics): 401 with a challenge, or 403. */
+export function refusal(check: Exclude<BearerCheck, { ok: true }>): HttpError {
+  const challenge = check.status === 401 ? (check.error === 'malformed' ? 'Bearer realm="vmbackup", error="invalid_request"' : 'Bearer realm="vmbackup"') : undefined;
+  return new HttpError(check.status, check.status === 401 ? 'UNAUTHORIZED' : 'FORBIDDEN', check.message, undefined, challenge !== undefined ? { 'WWW-Authenticate': challenge } : undefined);
 }

@@ -48,8 +48,8 @@ describe('GET /v1/openapi.json', () => {
     }
   });
 
-  it('every route that needs NATS documents 503 UNAVAILABLE with Retry-After; health, the document, backups and status do not', () => {
-    const withoutNats = ['/healthz', '/readyz', '/v1/openapi.json', '/v1/backups', '/v1/status'];
+  it('every route that needs NATS documents 503 UNAVAILABLE with Retry-After; health, the document, backups, status and metrics do not', () => {
+    const withoutNats = ['/healthz', '/readyz', '/v1/openapi.json', '/v1/backups', '/v1/status', '/metrics'];
     for (const [p, ops] of Object.entries(doc.paths)) {
       for (const [m, op] of Object.entries(ops)) {
         const r503 = op.responses['503'] as { description: string; headers?: Record<string, unknown> } | undefined;

@@ -18,7 +18,7 @@ export const COORDINATOR = 'coordinator';
  * come before the commit and are idempotent (dedup ids), so a crash anywhere in between is
  * repaired by the event's redelivery.
  */
-export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clock: Clock, log: Logger): Promise<void> {
+export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clock: Clock, log: Logger, onFinished?: (summary: RunSummary) => void): Promise<void> {
   for (let attempt = 0; attempt < 10; attempt++) {
     const current = await store.header(event.runId);
     if (current === undefined) {
@@ -38,6 +38,7 @@ export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clo
     // A stop changes the header even when it ends no job.
     if (event.outcome !== 'stop' && t.jobs.length === 0 && t.enqueue.length === 0 && !t.finished) return;
     for (const e of t.enqueue) await bus.enqueue(jobSubject(e.fn), e.data, { id: e.id });
+    let finished: RunSummary | undefined;
     if (t.finished) {
       const stored = await store.allJobs(event.runId);
       const changed = new Map(t.jobs.map((j) => [j.jobId, j]));
@@ -46,9 +47,11 @@ export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clo
       // A retried run finishes again: its new summary needs its own dedup id.
       const finishedId = `${event.runId}:run:finished${t.header.retries !== undefined && t.header.retries > 0 ? `:${t.header.retries}` : ''}`;
       await bus.publish(eventSubject(event.runId, 'run', 'finished'), summary, { id: finishedId });
+      finished = summary;
     }
     if (await store.commit(event.runId, t.header, current.revision, t.jobs)) {
       logNewWarnings(log, current.header, t, jobs);
+      if (finished !== undefined) onFinished?.(finished);
       return;
     }
   }
@@ -94,12 +97,12 @@ function logNewWarnings(log: Logger, before: RunHeader, t: Transition, jobsBefor
 }
 
 /** Subscribes the coordinator to every run's phase events. */
-export async function startCoordinator(store: RunStore, bus: Bus, clock: Clock, log: Logger): Promise<Closer> {
+export async function startCoordinator(store: RunStore, bus: Bus, clock: Clock, log: Logger, opts: { onFinished?: (summary: RunSummary) => void } = {}): Promise<Closer> {
   return bus.subscribe(runEvents(), { durable: COORDINATOR }, async (_subject, data) => {
     const event = RunEvent.safeParse(data);
     if (!event.success) return; // run.finished and other events not for the coordinator
     try {
-      await coordinate(store, bus, event.data, clock, log);
+      await coordinate(store, bus, event.data, clock, log, opts.onFinished);
     } catch (error) {
       // Thrown back to the bus, which delivers the event again; said once here.
       log.error({ err: error, runId: event.data.runId, ...(event.data.outcome !== 'stop' ? { jobId: event.data.jobId } : {}) }, `coordinator: ${(error as Error).message}`);

@@ -331,16 +331,18 @@ export class StatusReader {
     this.now = opts.now ?? Date.now;
   }
 
-  async read(): Promise<StatusSnapshot> {
+  /** The status now; `extra.runs` adds runs the store does not hold (cron: the run that just ended). */
+  async read(extra: { runs?: readonly RunRecord[] } = {}): Promise<StatusSnapshot> {
     const now = this.now();
     const [disk, runs] = await Promise.all([this.readDisk(now), this.opts.store !== undefined ? this.readRuns(this.opts.store) : undefined]);
+    const all = [...(extra.runs ?? []), ...(runs?.runs ?? [])];
     return {
       at: new Date(now).toISOString(),
       backupDir: this.opts.backupDir,
       ...(disk.error !== undefined ? { backupDirError: disk.error } : {}),
-      vms: mergeStatus(disk.folders, runs?.runs ?? []),
+      vms: mergeStatus(disk.folders, all),
       ...(runs !== undefined ? { runStore: { up: runs.up, ...(runs.error !== undefined ? { error: runs.error } : {}) } } : {}),
-      runs: runs?.runs ?? [],
+      runs: all.sort((a, b) => b.startedAt.localeCompare(a.startedAt)),
     };
   }
 
@@ -365,7 +367,7 @@ export class StatusReader {
         out[i] = await this.folder(names[i]!, now);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(8, names.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(32, names.length) }, worker));
     return { folders: out.filter((f) => f.chain.length > 0 || f.problems.length > 0) };
   }
 
