@@ -234,7 +234,8 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
   const publicPaths = new Set(['/v1/openapi.json']);
   const sessions = deps.pageSessions ?? new PageSessions();
   const board = deps.progress ?? new ProgressBoard();
-  const status = new StatusReader({ backupDir: deps.backupDir, store: deps.store, connected: () => deps.bus.connected?.() !== false, now: () => deps.clock.now().getTime() });
+  // Real time, not deps.clock: whether a folder may be cached depends on its mtime, which is real.
+  const status = new StatusReader({ backupDir: deps.backupDir, store: deps.store, connected: () => deps.bus.connected?.() !== false });
   /** The status page's session: reads only (runtime/gateway/page.ts). */
   const pageSession = (c: Context<Env>): boolean => sessions.valid(getCookie(c, PAGE_COOKIE), deps.clock.now().getTime());
   app.use('/v1/*', async (c, next) => {

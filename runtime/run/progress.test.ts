@@ -156,7 +156,9 @@ describe('progress of a real export (simulator, in-process run)', () => {
     // The board made a rate and a time left of them while the export ran, and dropped the row after.
     const live = seenRows.flat().filter((r) => r.rateBps !== undefined);
     expect(live.length).toBeGreaterThan(0);
-    expect(live.every((r) => r.label === 'web1' && r.phase === 'export' && r.rateBps! > 0 && r.etaS !== undefined)).toBe(true);
+    // A time left while bytes remain (an XVA's header may take it past the disks' size at the end).
+    expect(live.every((r) => r.label === 'web1' && r.phase === 'export' && r.rateBps! > 0 && (r.etaS !== undefined || r.bytes! >= r.total!))).toBe(true);
+    expect(live.some((r) => r.etaS !== undefined)).toBe(true);
     expect(board.rows(Date.now())).toEqual([]);
   }, 60_000);
 });
