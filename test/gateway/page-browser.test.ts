@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, rename, writeFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -129,7 +129,7 @@ describe('status page in chromium: gateway, NATS, a worker, the simulator', () =
     await page.close();
   }, 180_000);
 
-  it('shows chunk-store points as full or changes to their base; with NATS down says so and still shows the backups from disk', async () => {
+  it('shows chunk-store points as full or changes to their base, a half-written manifest under its VM, and with NATS down says so and still shows the backups from disk', async () => {
     // Two incremental points of web1 beside its XVA sets, written by the chunk store's own writer.
     const store = await ChunkStore.open(rig.ws.exports, { chunkSize: 64 << 10 });
     const web1 = { uuid: String(rig.sim.state.vms().find((v) => v.name_label === 'web1')!.uuid), name: 'web1' };
@@ -141,8 +141,19 @@ describe('status page in chromium: gateway, NATS, a worker, the simulator', () =
     await changes.addDiskChanges('xvda', { vmFolder: 'web1', stamp: '20261201-080000' }, [{ offset: 0, length: 64 << 10 }], { size: disk.length, read: async (o, l) => randomBytes(l) });
     await changes.commit();
 
+    // app1's older manifest replaced by its first half, as a crash while another tool copied the folder leaves it.
+    const app1 = path.join(rig.ws.exports, 'app1');
+    const older = path.join(app1, (await readdir(app1)).filter((n) => n.endsWith('.json')).sort()[0]!);
+    const text = await readFile(older);
+    await writeFile(`${older}.copy`, text.subarray(0, Math.floor(text.length / 2)));
+    await rename(`${older}.copy`, older);
+
     const page = await browser.newPage({ viewport: { width: 1100, height: 760 } });
     await signIn(page);
+    // The page says so under app1, in red, and counts only the set that stands.
+    const problem = page.locator('tr[data-vm="app1"] .problem');
+    await expect.poll(() => problem.textContent(), { timeout: 20_000 }).toMatch(/^\d{8}-\d{6}: .*JSON/);
+    expect(await page.locator('tr[data-vm="app1"] td[data-label="Points"] summary').textContent()).toBe('1');
     const points = page.locator('tr[data-vm="web1"] td[data-label="Points"]');
     await expect.poll(() => points.locator('summary').textContent(), { timeout: 20_000 }).toBe('4');
     await points.locator('summary').click();
