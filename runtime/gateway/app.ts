@@ -477,9 +477,18 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
       summary: 'Each VM at a glance: its last good backup, points kept, last verification and failure; the recent runs',
       description:
         'What the status page shows (runtime/status/vm-status.ts): backups from backup_dir (sets and chunk-store points, with damaged manifests named per VM), runs and their per-VM errors from the run store. With NATS down the VMs are still read from disk and `runStore.up` is false; with backup_dir unreadable `backupDirError` says so.',
-      responses: { 200: { description: 'Status', schema: StatusSnapshot } },
+      headers: [{ name: 'If-None-Match', required: false, description: 'The ETag of an earlier answer: 304 while nothing but the time of reading changed.', schema: z.string() }],
+      responses: { 200: { description: 'Status', schema: StatusSnapshot, headers: { ETag: 'Changes when anything but `at` does' } }, 304: { description: 'Nothing changed since the answer with this ETag' } },
     },
-    async (c) => c.json(await status.read()),
+    async (c) => {
+      const snapshot = await status.read();
+      // A page polling a large backup_dir gets 304 while nothing changed (the body is some KiB a
+      // VM); the tag leaves out `at`, the time of reading, which changes every time.
+      const { at: _at, ...content } = snapshot;
+      const tag = `"${createHash('sha256').update(JSON.stringify(content)).digest('base64url')}"`;
+      if (c.req.header('If-None-Match') === tag) return c.body(null, 304, { ETag: tag });
+      return c.json(snapshot, 200, { ETag: tag });
+    },
   );
 
   // --- health ---------------------------------------------------------------------------

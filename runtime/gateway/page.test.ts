@@ -174,6 +174,20 @@ describe('GET /v1/status', () => {
     expect((await app.request('/v1/status', { headers: { Cookie: cookie } })).status).toBe(200);
   });
 
+  it('answers 304 to a page whose copy is current (ETag), and the body again once something changed', async () => {
+    const { app, store } = testGateway();
+    const first = await app.request('/v1/status', { headers: authJson() });
+    const tag = first.headers.get('ETag');
+    expect(tag).toMatch(/^"[A-Za-z0-9_-]{43}"$/);
+    const again = await app.request('/v1/status', { headers: { ...authJson(), 'If-None-Match': tag! } });
+    expect(again.status).toBe(304);
+    expect(await again.text()).toBe('');
+    await store.create({ runId: 'r2', status: 'planning', startedAt: '2026-11-26T09:00:00.000Z', concurrency: 1, vmRetries: 0, jobIds: [], pending: [], active: 0, remaining: 0, warnings: [], excludes: [], cleaned: [] });
+    const changed = await app.request('/v1/status', { headers: { ...authJson(), 'If-None-Match': tag! } });
+    expect(changed.status).toBe(200);
+    expect(((await changed.json()) as StatusSnapshot).runs.map((r) => r.runId)).toEqual(['r2']);
+  });
+
   it('says when backup_dir cannot be read, and when NATS is down, instead of failing', async () => {
     const { app, bus } = testGateway({ backupDir: '/nonexistent/vmbackup-exports' });
     const up = (await (await app.request('/v1/status', { headers: authJson() })).json()) as StatusSnapshot;

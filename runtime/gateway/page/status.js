@@ -199,7 +199,8 @@ async function refreshStatus() {
     if (storeDown) banner('progress');
     banner('store', storeDown ? `${status.runStore.error || 'NATS is not reachable'}: runs and progress unknown; the backups on disk are shown` : undefined);
     banner('status');
-    document.getElementById('updated').textContent = `updated ${new Date(status.at).toLocaleTimeString()}`;
+    // This poll's time: an unchanged answer (304) is the browser's copy, with the `at` of its first reading.
+    document.getElementById('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
     if (error.message !== 'session ended') banner('status', `Backups unknown: ${error.message}`);
   } finally {
