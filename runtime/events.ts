@@ -68,3 +68,37 @@ export type RunStop = z.infer<typeof RunStop>;
 /** What the coordinator reduces: the phases' events and stop requests. */
 export const RunEvent = z.discriminatedUnion('outcome', [PhaseStarted, PhaseDone, PhaseFailed, RunStop]);
 export type RunEvent = z.infer<typeof RunEvent>;
+
+/**
+ * Progress of a phase under way, on `vmbackup.progress.<runId>.<jobId>`: a passing signal
+ * (Bus.notify, core NATS, not stored), sent by the runtime at most about once a second per
+ * job while the phase moves data (the export: bytes written so far). `total` is what the
+ * phase expects to move when it can tell (the export: the disks' virtual size, an upper
+ * bound of an XVA). A lost signal costs nothing: the next one says it all again.
+ *
+ * @example
+ *   { "runId": "20261126-083000-7f3a", "jobId": "vm.5c1e…", "fn": "export", "try": 1,
+ *     "label": "web1", "bytes": 734003200, "total": 10737418240, "at": "2026-11-26T08:31:12.345Z" }
+ */
+export const PROGRESS_PREFIX = 'vmbackup.progress';
+
+export const PhaseProgress = z.object({
+  runId: z.string(),
+  jobId: z.string(),
+  fn: z.string(),
+  try: z.number().int(),
+  label: z.string().optional(),
+  bytes: z.number().min(0),
+  total: z.number().min(0).optional(),
+  at: z.string(),
+});
+export type PhaseProgress = z.infer<typeof PhaseProgress>;
+
+export function progressSubject(runId: string, jobId: string): string {
+  return `${PROGRESS_PREFIX}.${runId}.${jobId}`;
+}
+
+/** Progress signals of one run, or of every run with `*`. */
+export function runProgress(runId = '*'): string {
+  return `${PROGRESS_PREFIX}.${runId}.>`;
+}

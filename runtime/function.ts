@@ -56,6 +56,12 @@ export interface Ctx {
   signal: AbortSignal;
   /** Tells the runtime the job is alive (JetStream in-progress ack). Cheap: call it often. */
   heartbeat(): void;
+  /**
+   * How far the phase is: `bytes` moved so far, of `total` when it can tell. Cheap: call it
+   * as often as data moves; the runtime sends at most one progress signal a second
+   * (runtime/events.ts, PhaseProgress), for the status page and the terminal.
+   */
+  progress(bytes: number, total?: number): void;
   /** 1 for the first delivery of this message, 2 for the first redelivery, … */
   attempt: number;
   /** The operator's hooks (runtime/hooks/): `noHooks` when none is configured. */
@@ -75,6 +81,8 @@ export interface LocalCtxOptions {
   hooks?: HookRunner;
   /** Default: does nothing (no bus to tell). */
   heartbeat?: () => void;
+  /** Default: does nothing (nobody watches). */
+  progress?: (bytes: number, total?: number) => void;
 }
 
 /**
@@ -101,6 +109,7 @@ export function localCtx(opts: LocalCtxOptions): Ctx {
     origin: localOrigin(),
     signal: opts.signal ?? new AbortController().signal,
     heartbeat: opts.heartbeat ?? (() => {}),
+    progress: opts.progress ?? (() => {}),
     attempt: 1,
     hooks: opts.hooks ?? noHooks,
   };

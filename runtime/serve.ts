@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { Bus, Closer, Settle } from './bus/bus.js';
 import { PermanentError, RetryLaterError, StoppedError, errorInfo } from './errors.js';
-import { eventSubject, jobSubject } from './events.js';
-import type { PhaseDone, PhaseFailed, PhaseStarted } from './events.js';
+import { eventSubject, jobSubject, progressSubject } from './events.js';
+import type { PhaseDone, PhaseFailed, PhaseProgress, PhaseStarted } from './events.js';
 import type { Clock, Ctx, FunctionDef, Origin } from './function.js';
 import { noHooks } from './hooks/runner.js';
 import type { HookRunner } from './hooks/runner.js';
@@ -17,6 +17,8 @@ export interface ServeDeps {
   origin: Origin;
   /** Aborts running handlers when the process shuts down. */
   signal?: AbortSignal;
+  /** Least time between two progress signals of one job, in ms (default 1000). */
+  progressEveryMs?: number;
   /**
    * The operator's hooks: a process that runs hooks configured in its settings must pass
    * `hooksFromSettings(settings, …)` (runtime/hooks/settings.ts). Default: `noHooks`.
@@ -171,6 +173,7 @@ async function handleDelivery(
     origin: deps.origin,
     signal: abort.signal,
     heartbeat: () => delivery.working(),
+    progress: progressSignal(deps, { ...base(deps.clock.now()), ...(vmName !== undefined ? { label: vmName } : {}) }),
     attempt: delivery.attempt,
     hooks: deps.hooks ?? noHooks,
   };
@@ -210,4 +213,31 @@ async function handleDelivery(
   } finally {
     if (linked) deps.signal!.removeEventListener('abort', onShutdown);
   }
+}
+
+/**
+ * A job's `ctx.progress`: sends a PhaseProgress signal on the bus (Bus.notify) at most once
+ * per `deps.progressEveryMs`, the first at once, so that a phase may call it for every chunk
+ * it writes. Only the last figures count: a call within the interval is not queued.
+ */
+function progressSignal(deps: ServeDeps, ids: { runId: string; jobId: string; fn: string; try: number; label?: string }): (bytes: number, total?: number) => void {
+  const every = deps.progressEveryMs ?? 1_000;
+  const subject = progressSubject(ids.runId, ids.jobId);
+  let last = -Infinity;
+  return (bytes, total) => {
+    const now = Date.now();
+    if (now - last < every) return;
+    last = now;
+    const signal: PhaseProgress = {
+      runId: ids.runId,
+      jobId: ids.jobId,
+      fn: ids.fn,
+      try: ids.try,
+      ...(ids.label !== undefined ? { label: ids.label } : {}),
+      bytes,
+      ...(total !== undefined ? { total } : {}),
+      at: deps.clock.now().toISOString(),
+    };
+    deps.bus.notify(subject, signal);
+  };
 }

@@ -44,6 +44,8 @@ export const NEEDS: readonly Need[] = [
   command('xxhsum', 'xxhash', 'an independent XXH64 for XVA chunk checksums'),
   command('zstd', 'zstd', 'XAPI pipes exports through the zstd binary; the simulator and verify do too'),
   command('openssl', 'openssl', "the simulator's and the NATS tests' TLS certificates"),
+  command('script', 'bsdutils', 'a pseudo-terminal for the command, to test its live progress lines'),
+  file('/usr/bin/chromium', 'chromium', 'the browser that playwright-core drives through the gateway\'s status page'),
   command('promtool', 'prometheus', 'promtool check config / check rules / test rules on infra/prometheus and the series vmbackup writes'),
 ];
 

@@ -55,6 +55,10 @@ export const exportFn = defineFunction({
     const started = Date.now();
     const files: WrittenFile[] = [];
     const warnings = [...input.warnings];
+    // What the transfer may move: the disks' virtual size (an XVA holds less when sparse or compressed).
+    const total = input.snapshot.disks.reduce((n, d) => n + d.virtualSize, 0);
+    const moved = () => files.reduce((n, f) => n + f.size, 0);
+    const progress = (bytes: number) => ctx.progress(moved() + bytes, total > 0 ? total : undefined);
     let failure: unknown;
     try {
       // Stopped (or shutting down) before the transfer: only the clean-up below runs.
@@ -64,11 +68,11 @@ export const exportFn = defineFunction({
         const query: Record<string, string> = { uuid: input.snapshot.vmUuid! };
         if (input.compress === 'gzip') query.use_compression = 'true';
         if (input.compress === 'zstd') query.use_compression = 'zstd';
-        files.push(await transfer(xapi, ctx, input, '/export', query, path.join(dir, dataFileName(input.stamp, format)), format));
+        files.push(await transfer(xapi, ctx, input, '/export', query, path.join(dir, dataFileName(input.stamp, format)), format, progress));
       } else {
         for (const disk of input.snapshot.disks) {
           const name = dataFileName(input.stamp, input.format, disk.device);
-          const file = await transfer(xapi, ctx, input, '/export_raw_vdi', { vdi: disk.exportVdi, format: input.format }, path.join(dir, name), input.format);
+          const file = await transfer(xapi, ctx, input, '/export_raw_vdi', { vdi: disk.exportVdi, format: input.format }, path.join(dir, name), input.format, progress);
           files.push({ ...file, disk: disk.device });
         }
       }
@@ -98,13 +102,17 @@ async function transfer(
   query: Record<string, string>,
   target: string,
   format: BackupFormat,
+  progress: (bytes: number) => void,
 ): Promise<WrittenFile> {
   const download = await xapi.download(pathname, query, { signal: ctx.signal });
   try {
     const result = await writeStreamAtomic(target, download.body, {
       signal: ctx.signal,
       idleTimeoutMs: input.idleTimeoutS * 1000,
-      onProgress: () => ctx.heartbeat(),
+      onProgress: (bytes) => {
+        ctx.heartbeat();
+        progress(bytes);
+      },
       commit: async () => {
         await download.task;
       },

@@ -31,6 +31,19 @@ export interface Bus {
    */
   subscribe(pattern: string, opts: { durable?: string }, handler: EventHandler): Promise<Closer>;
 
+  /**
+   * Sends a passing signal on `subject` (`vmbackup.progress.…`): not stored, not repeated,
+   * seen only by the listeners there at that moment (NATS: a core publish, outside
+   * JetStream). For what may be lost without harm, such as the bytes an export has written
+   * so far. Never throws: a signal that cannot be sent is dropped.
+   *
+   * @example bus.notify('vmbackup.progress.20261126-083000-7f3a.vm.5c1e', { bytes: 1048576, … })
+   */
+  notify(subject: string, data: unknown): void;
+
+  /** Receives the signals of {@link notify} matching `pattern` from now on (NATS: a core subscription). */
+  listen(pattern: string, handler: (subject: string, data: unknown) => void): Promise<Closer>;
+
   /** Asks `subject` and gathers the replies that arrive within `timeoutMs` (hooks). */
   request(subject: string, data: unknown, opts: { timeoutMs: number; maxReplies?: number }): Promise<unknown[]>;
 

@@ -131,6 +131,26 @@ export function busContract(name: string, make: () => Promise<Bus>, opts: { retr
       expect(failures).toBe(3);
     });
 
+    it('passes signals to the listeners there when they are sent, and keeps none', async () => {
+      bus.notify(`vmbackup.progress.${prefix}.early`, { n: 0 });
+      const got: { subject: string; data: unknown }[] = [];
+      const sub = await bus.listen(`vmbackup.progress.${prefix}.>`, (subject, data) => void got.push({ subject, data }));
+      await bus.request(`vmbackup.hooks.${prefix}-flush`, {}, { timeoutMs: 100 });
+      bus.notify(`vmbackup.progress.${prefix}.a`, { n: 1 });
+      bus.notify(`vmbackup.progress.other.a`, { n: 2 });
+      bus.notify(`vmbackup.progress.${prefix}.b`, { n: 3 });
+      await waitFor(() => got.length >= 2);
+      await sleep(50);
+      expect(got).toEqual([
+        { subject: `vmbackup.progress.${prefix}.a`, data: { n: 1 } },
+        { subject: `vmbackup.progress.${prefix}.b`, data: { n: 3 } },
+      ]);
+      await sub.close();
+      bus.notify(`vmbackup.progress.${prefix}.c`, { n: 4 });
+      await sleep(50);
+      expect(got).toHaveLength(2);
+    });
+
     it('answers requests, and returns no reply when nobody listens', async () => {
       await bus.reply(`vmbackup.hooks.${prefix}`, async (data) => ({ echo: data }));
       expect(await bus.request(`vmbackup.hooks.${prefix}`, { x: 1 }, { timeoutMs: 2000 })).toEqual([{ echo: { x: 1 } }]);

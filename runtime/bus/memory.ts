@@ -34,6 +34,7 @@ export class MemoryBus implements Bus {
   private readonly queues = new Map<string, QueuedJob[]>();
   private readonly workers: Worker[] = [];
   private readonly subscriptions: Subscription[] = [];
+  private readonly listeners: { pattern: string; handler: (subject: string, data: unknown) => void }[] = [];
   private readonly repliers = new Map<string, (data: unknown) => Promise<unknown>>();
   private readonly seenJobIds = new Set<string>();
   private readonly seenEventIds = new Set<string>();
@@ -88,6 +89,30 @@ export class MemoryBus implements Bus {
     };
   }
 
+  notify(subject: string, data: unknown): void {
+    if (this.closed) return;
+    for (const l of [...this.listeners]) {
+      if (!subjectMatches(l.pattern, subject)) continue;
+      const copy = structuredClone(data);
+      // As a core NATS subscription: later, never inside the sender's call.
+      queueMicrotask(() => {
+        if (this.listeners.includes(l)) l.handler(subject, copy);
+      });
+    }
+  }
+
+  async listen(pattern: string, handler: (subject: string, data: unknown) => void): Promise<Closer> {
+    this.assertOpen();
+    const l = { pattern, handler };
+    this.listeners.push(l);
+    return {
+      close: async () => {
+        const at = this.listeners.indexOf(l);
+        if (at >= 0) this.listeners.splice(at, 1);
+      },
+    };
+  }
+
   async request(subject: string, data: unknown, opts: { timeoutMs: number; maxReplies?: number }): Promise<unknown[]> {
     this.assertOpen();
     const replier = this.repliers.get(subject);
@@ -120,6 +145,7 @@ export class MemoryBus implements Bus {
     this.timers.clear();
     this.workers.length = 0;
     this.subscriptions.length = 0;
+    this.listeners.length = 0;
   }
 
   private assertOpen(): void {

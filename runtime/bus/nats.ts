@@ -64,6 +64,7 @@ const JOBS_PREFIX = 'vmbackup.jobs.';
  * - `enqueue`/`publish` carry the id as `Nats-Msg-Id` (dedup within the stream's duplicate
  *   window) and are retried while the server is unreachable.
  * - `request`/`reply`: core NATS request-many / subscription, JSON payloads.
+ * - `notify`/`listen`: core NATS publish / subscription (progress signals): not stored.
  *
  * `close()` stops consuming, waits for running handlers to settle, and closes the connection.
  *
@@ -238,6 +239,34 @@ export class NatsBus implements Bus {
       throw error;
     }
     return replies;
+  }
+
+  notify(subject: string, data: unknown): void {
+    if (this.closed || this.nc.isClosed()) return;
+    try {
+      this.nc.publish(subject, encode(data));
+    } catch (error) {
+      this.opts.log?.debug({ err: error, subject }, `signal on ${subject} dropped: ${(error as Error).message}`);
+    }
+  }
+
+  async listen(pattern: string, handler: (subject: string, data: unknown) => void): Promise<Closer> {
+    this.assertOpen();
+    const sub = this.nc.subscribe(pattern, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        let data: unknown;
+        try {
+          data = decode(msg.data);
+        } catch {
+          return; // not ours: signals are JSON
+        }
+        handler(msg.subject, data);
+      },
+    });
+    const closer: Closer = { close: async () => sub.unsubscribe() };
+    this.closers.push(closer);
+    return closer;
   }
 
   async reply(subject: string, handler: (data: unknown) => Promise<unknown>): Promise<Closer> {

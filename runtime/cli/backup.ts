@@ -30,6 +30,7 @@ import { vmFolderName } from '../storage/naming.js';
 import type { XapiClient } from '../xapi/client.js';
 import type { Io } from './io.js';
 import { VERSION, fail, writeFatalJson } from './io.js';
+import { TerminalProgress, progressWanted } from './progress-display.js';
 import { commandLogger, loadCommandSettings } from './settings.js';
 import { connectXapi, xapiPassword } from './xapi.js';
 
@@ -64,7 +65,9 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
   const origin = localOrigin();
   const startedAt = systemClock.now();
   const runId = newRunId(startedAt);
-  const log = commandLogger(settings, io, { json: flags.json, file: true });
+  // A terminal gets a live line per VM; cron's output (not a terminal) stays as it was.
+  const display = !flags.json && progressWanted(flags.progress, io.stdout) ? new TerminalProgress(io) : undefined;
+  const log = commandLogger(settings, display?.io() ?? io, { json: flags.json, file: true });
   const restoreConsole = captureConsole(log);
   let lock: (Lock & { previous?: LockInfo }) | undefined;
   let xapi: XapiClient | undefined;
@@ -79,6 +82,7 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     }
     const code = 128 + (constants.signals[signal] ?? 15);
     log.error(`${signal} again: exiting at once (exit ${code}), leaving ${leftBehind({ runId, lock: lock?.file, xapi: xapi !== undefined })}`);
+    display?.stop();
     log.flush();
     restoreConsole();
     process.exit(code);
@@ -95,7 +99,11 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     if (lock.previous !== undefined) log.warn(`took over a stale lock of run ${lock.previous.runId} (pid ${lock.previous.pid} on ${lock.previous.hostname})`);
     log.info(`vmbackup ${VERSION} run ${runId}: backing up ${settings.xapi_url} to ${settings.backup_dir}`);
     xapi = await connectXapi(settings, log);
-    const summary = await runEmbedded({ runId, options: runOptions(settings, loaded), startedAt }, { xapi, log, clock: systemClock, origin, signal: abort.signal, hooks });
+    const summary = await runEmbedded(
+      { runId, options: runOptions(settings, loaded), startedAt },
+      { xapi, log, clock: systemClock, origin, signal: abort.signal, hooks, ...(display !== undefined ? { onEvent: (e) => display.event(e), onProgress: (p) => display.signal(p) } : {}) },
+    );
+    display?.stop();
     if (abort.signal.aborted) {
       // Stopped: exit 1, also when the signal came too late to stop anything (run-end hooks).
       report({ ...summary, exitCode: 1 }, settings, io, flags.json);
@@ -107,10 +115,12 @@ export async function backupCommand(argv: readonly string[], io: Io): Promise<nu
     await runEnded(summary, settings, reports!, log);
     return summary.exitCode;
   } catch (error) {
+    display?.stop();
     const code = fatalExit(error, log, io, { runId, json: flags.json });
     await runEnded(fatalSummary(runId, startedAt, error, settings), settings, reports!, log);
     return code;
   } finally {
+    display?.stop();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await xapi?.close();

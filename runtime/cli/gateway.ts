@@ -10,6 +10,8 @@ import { DEFAULT_WINDOWS, createGateway } from '../gateway/app.js';
 import { parseTokens } from '../gateway/auth.js';
 import { NatsTriggerLog } from '../gateway/nats-trigger-log.js';
 import { isLoopback, listen, parseListen } from '../gateway/server.js';
+import { followProgress } from '../gateway/page.js';
+import { ProgressBoard } from '../run/progress.js';
 import { createLogger } from '../log.js';
 import { runOptions } from './backup.js';
 import type { Io } from './io.js';
@@ -55,6 +57,9 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
     nats = await openNats(settings, log, { name: 'vmbackup gateway', bus: { publishRetryMs: 5_000 } });
     const { nc } = nats;
     const triggers = await NatsTriggerLog.open(nc, { clock: systemClock, maxTtlMs: Math.max(...Object.values(DEFAULT_WINDOWS)) });
+    // What the status page shows of the exports under way: the workers' progress signals.
+    const progress = new ProgressBoard();
+    await followProgress(nats.bus, progress, systemClock);
     const app = createGateway({
       bus: nats.bus,
       store: nats.store,
@@ -70,6 +75,7 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
       log,
       ready: () => natsReady(nc),
       version: VERSION,
+      progress,
       metricsTokens: secrets.metricsTokens,
       maxAgeHours: settings.max_age_hours,
     });

@@ -4,7 +4,7 @@ import type { NatsRuntime } from '../bus/nats-connect.js';
 import { redactUrl } from '../bus/nats-connect.js';
 import { commandHelp } from '../config/args.js';
 import { UsageError } from '../errors.js';
-import { PhaseEvent, eventSubject, runEvents } from '../events.js';
+import { PhaseEvent, PhaseProgress, eventSubject, runEvents, runProgress } from '../events.js';
 import { systemClock } from '../function.js';
 import { captureConsole } from '../log.js';
 import type { Logger } from '../log.js';
@@ -20,6 +20,7 @@ import { reportTargets } from '../report/report.js';
 import type { ReportTargets } from '../report/report.js';
 import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
+import { TerminalProgress, progressWanted } from './progress-display.js';
 import { commandLogger, loadCommandSettings } from './settings.js';
 
 /**
@@ -63,7 +64,9 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   const startedAt = systemClock.now();
   const runId = triggerId !== undefined ? runIdForTrigger(triggerId) : newRunId(startedAt);
   // Progress lines end with the run and the VM they are about (two VMs may share a name).
-  const log = commandLogger(settings, io, { json: flags.json, file: true, context: true });
+  // A terminal gets a live line per VM; cron's output (not a terminal) stays as it was.
+  const display = !flags.json && progressWanted(flags.progress, io.stdout) ? new TerminalProgress(io) : undefined;
+  const log = commandLogger(settings, display?.io() ?? io, { json: flags.json, file: true, context: true });
   const restoreConsole = captureConsole(log);
   let nats: NatsRuntime | undefined;
   const stop = new AbortController();
@@ -72,7 +75,10 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   process.once('SIGTERM', onSignal);
   try {
     nats = await openNats(settings, log, { name: 'vmbackup run' });
-    const follower = await followRun(nats, runId, log, { runEndMs: (settings.hook_timeout + 5) * 1000 });
+    const follower = await followRun(nats, runId, log, {
+      runEndMs: (settings.hook_timeout + 5) * 1000,
+      ...(display !== undefined ? { onEvent: (e: PhaseEvent) => display.event(e), onProgress: (p: PhaseProgress) => display.signal(p) } : {}),
+    });
     const options = runOptions(settings, loaded);
     const submitted = await startRun(nats.store, nats.bus, { runId, options, startedAt, trigger: 'cli' });
     if (submitted) log.info(`vmbackup ${VERSION} run ${runId}: submitted to NATS ${redactUrl(settings.nats_url!)} (backups to ${options.backupDir} on the workers)`);
@@ -86,6 +92,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     ]);
     watch.stop();
     await follower.close();
+    display?.stop();
     if ('stopped' in outcome) {
       if (outcome.code === 'NO_PROGRESS') log.error(`${outcome.stopped}: stopped waiting; run ${runId} stays queued and goes on when a worker takes it (vmbackup status ${runId})`);
       else log.warn(`${outcome.stopped}: stopped waiting; run ${runId} goes on on the workers (vmbackup status ${runId})`);
@@ -96,8 +103,10 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     await runEnded(outcome.summary, settings, reports, log);
     return outcome.summary.exitCode;
   } catch (error) {
+    display?.stop();
     return fatalExit(error, log, io, { runId, json: flags.json });
   } finally {
+    display?.stop();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await nats?.close().catch(() => {});
@@ -141,7 +150,15 @@ export async function followRun(
   nats: Pick<NatsRuntime, 'bus' | 'store'>,
   runId: string,
   log: Logger,
-  opts: { pollMs?: number; runEndPickupMs?: number; runEndMs?: number } = {},
+  opts: {
+    pollMs?: number;
+    runEndPickupMs?: number;
+    runEndMs?: number;
+    /** Sees each phase event of the run (the terminal's progress lines). */
+    onEvent?: (event: PhaseEvent) => void;
+    /** Sees the run's progress signals (bytes moved, about once a second per job). */
+    onProgress?: (progress: PhaseProgress) => void;
+  } = {},
 ): Promise<RunFollower> {
   let heard = false;
   let lastEventAt = 0;
@@ -190,8 +207,17 @@ export async function followRun(
       settleAfterRunEnd();
       return;
     }
+    opts.onEvent?.(event.data);
     progress(event.data, labels, log);
   });
+  const onProgress = opts.onProgress;
+  const signals =
+    onProgress !== undefined
+      ? await nats.bus.listen(runProgress(runId), (_s, data) => {
+          const p = PhaseProgress.safeParse(data);
+          if (p.success) onProgress(p.data);
+        })
+      : undefined;
   // For a finish this client did not see happen (a live one waits for its hooks above): the
   // state said finished twice in a row and still no run.finished event came.
   let finishedPolls = 0;
@@ -218,6 +244,7 @@ export async function followRun(
       clearInterval(poll);
       for (const t of timers) clearTimeout(t);
       await sub.close();
+      await signals?.close();
     },
   };
 }

@@ -53,6 +53,8 @@ export interface CliFlags {
   json: boolean;
   help: boolean;
   version: boolean;
+  /** `--progress` (true) / `--no-progress` (false), the last given; unset: only on a terminal. */
+  progress?: boolean;
 }
 
 export interface ParsedArgs {
@@ -75,7 +77,7 @@ export interface ParsedArgs {
 type Target =
   | { kind: 'value'; key: ArgKey | 'config'; repeat?: boolean }
   | { kind: 'switch'; key: ArgKey; value: boolean | string }
-  | { kind: 'flag'; name: keyof CliFlags };
+  | { kind: 'flag'; name: keyof CliFlags; value?: boolean };
 
 /** One option of the command line, as shown by `--help`. */
 export interface OptionSpec {
@@ -151,6 +153,8 @@ export const OPTIONS: readonly OptionSpec[] = [
   { long: 'insecure', target: { kind: 'switch', key: 'insecure', value: true }, group: 'extra', help: "Do not check the pool's TLS certificate" },
   { long: 'no-insecure', target: { kind: 'switch', key: 'insecure', value: false }, group: 'extra', help: "Check the pool's TLS certificate (overrides insecure)" },
   { long: 'json', target: { kind: 'flag', name: 'json' }, group: 'extra', help: 'Print JSON instead of text: the run summary (each VM\'s status, files, sizes, errors), or with --preview what would be backed up' },
+  { long: 'progress', target: { kind: 'flag', name: 'progress', value: true }, group: 'extra', help: 'Show a live line per running VM (phase, bytes, rate, ETA) even when stdout is not a terminal (Default: on a terminal only)' },
+  { long: 'no-progress', target: { kind: 'flag', name: 'progress', value: false }, group: 'extra', help: 'No live progress lines, even on a terminal' },
   { long: 'nats', metavar: 'URL', target: { kind: 'value', key: 'nats_url' }, group: 'nats', help: 'NATS server(s), e.g. nats://127.0.0.1:4222 (worker, run, status, invoke, gateway)' },
   { long: 'functions', metavar: 'LIST', target: { kind: 'value', key: 'worker_functions', repeat: true }, group: 'nats', help: 'Functions this worker serves, e.g. export,prune (Default: all)' },
   { long: 'listen', metavar: 'HOST:PORT', target: { kind: 'value', key: 'gateway_listen' }, group: 'nats', help: 'Where the gateway listens (Default: 127.0.0.1:8080)' },
@@ -177,7 +181,7 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
     result.given.set(option.long, spelled);
     const target = option.target;
     if (target.kind === 'flag') {
-      result.flags[target.name] = true;
+      result.flags[target.name] = target.value ?? true;
     } else if (target.kind === 'switch') {
       result.values[target.key] = target.value;
       result.spellings[target.key] = spelled;

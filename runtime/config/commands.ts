@@ -114,6 +114,8 @@ export const COMMAND_SPECS: readonly CommandSpec[] = [
         help: 'Stop waiting (exit 2) once the run has gone S seconds without progress: no event, no phase under way; a long export is progress (Default: 300). The run stays queued',
       },
       { long: 'json', help: 'Print the run summary as JSON instead of text' },
+      { long: 'progress', help: 'Show a live line per running VM (phase, bytes, rate, ETA) even when stdout is not a terminal (Default: on a terminal only)' },
+      { long: 'no-progress', help: 'No live progress lines, even on a terminal' },
     ],
     shared: [{ title: 'backup options (as for vmbackup)', options: RUN_OPTIONS }, NATS_CONNECTION],
     epilog: ['Exit codes: 0 all backed up (warnings allowed), 1 a backup failed, 2 the run could not start, made no progress within --wait-timeout, NATS is unreachable, or a usage or config error.'],

@@ -26,12 +26,15 @@ import { RunSummary, summarize } from '../run/summary.js';
 import { RunOutcome, listOutcomes, runOutcome } from '../run/outcome.js';
 import { formatStamp } from '../storage/naming.js';
 import { METRICS_CONTENT_TYPE, statusMetrics } from '../status/metrics.js';
-import { StatusReader } from '../status/vm-status.js';
 import { DEFAULT_MAX_AGE_HOURS } from '../config/schema.js';
 import { AlertmanagerPayload, deliveryKey, vmsToBackUp } from './alertmanager.js';
 import { checkBearer, refusal, tokenDigests } from './auth.js';
 import { BackupsResponse, listBackups } from './backups.js';
 import { HttpError, badInput, errorResponse, natsUnavailable, zodIssues } from './errors.js';
+import { getCookie } from 'hono/cookie';
+import { ProgressBoard } from '../run/progress.js';
+import { StatusReader, StatusSnapshot } from '../status/vm-status.js';
+import { PAGE_ASSETS, PAGE_COOKIE, PAGE_HEADERS, PageSessions, ProgressResponse, loginPage, progressView } from './page.js';
 import { buildOpenApi } from './openapi.js';
 import type { RouteDoc } from './openapi.js';
 import { RunRequest, exactNameEntry, runOptionsFrom } from './run-request.js';
@@ -81,6 +84,13 @@ export interface GatewayDeps {
   selectionCheckMs?: number;
   /** Shown in the OpenAPI document. */
   version?: string;
+  /**
+   * The progress signals heard (bytes, rate, time left per job), for `GET /v1/progress`:
+   * fed by `followProgress(bus, board)` (page.ts). Without it the page shows phases only.
+   */
+  progress?: ProgressBoard;
+  /** Sessions of the status page (default: a new key, so a restart ends them). */
+  pageSessions?: PageSessions;
   /** Tokens accepted by GET /metrics besides `tokens` (metrics_tokens_file). */
   metricsTokens?: readonly string[];
   /** max_age_hours, exported as vmbackup_max_age_seconds for the alert rules. Default 26. */
@@ -222,8 +232,15 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
   app.notFound((c) => c.json({ error: 'NOT_FOUND', message: `no route ${c.req.method} ${c.req.path} (see GET /v1/openapi.json)` }, 404));
 
   const publicPaths = new Set(['/v1/openapi.json']);
+  const sessions = deps.pageSessions ?? new PageSessions();
+  const board = deps.progress ?? new ProgressBoard();
+  // Real time, not deps.clock: whether a folder may be cached depends on its mtime, which is real.
+  const status = new StatusReader({ backupDir: deps.backupDir, store: deps.store, connected: () => deps.bus.connected?.() !== false });
+  /** The status page's session: reads only (runtime/gateway/page.ts). */
+  const pageSession = (c: Context<Env>): boolean => sessions.valid(getCookie(c, PAGE_COOKIE), deps.clock.now().getTime());
   app.use('/v1/*', async (c, next) => {
     if (digests.length === 0 || publicPaths.has(c.req.path)) return next();
+    if (c.req.header('Authorization') === undefined && (c.req.method === 'GET' || c.req.method === 'HEAD') && pageSession(c)) return next();
     const check = checkBearer(c.req.header('Authorization'), digests);
     if (!check.ok) throw refusal(check);
     return next();
@@ -403,6 +420,76 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     log.info({ runId, trigger }, `${trigger}: run ${runId} started${vms !== undefined ? ` for ${vms.join(', ')}` : ''}`);
     return c.json({ runId, ...(vms !== undefined ? { vms } : {}), ...(await noWorker(runId, options)) }, 202, { Location: `/v1/runs/${runId}` });
   }
+
+  // --- the status page (HTML; not part of the API document) ---------------------------------
+
+  for (const [path, file] of Object.entries(PAGE_ASSETS)) {
+    if (path === '/') continue;
+    app.get(path, (c) => c.body(file.body, 200, { 'Content-Type': file.type, 'X-Content-Type-Options': 'nosniff', 'Cache-Control': 'no-cache' }));
+  }
+  const page = PAGE_ASSETS['/']!;
+  const htmlAnswer = (c: Context<Env>, body: string, status: 200 | 401 | 403, extra: Record<string, string> = {}) =>
+    c.body(body, status, { 'Content-Type': 'text/html; charset=utf-8', ...PAGE_HEADERS, ...extra });
+  /** A token given once (query or form): a session cookie, then the page without the token in its URL. */
+  const openSession = (c: Context<Env>, token: string): Response => {
+    const check = checkBearer(`Bearer ${token}`, digests);
+    if (!check.ok) {
+      log.warn('status page: a token that is not accepted');
+      return htmlAnswer(c, loginPage('That token is not accepted.'), 403);
+    }
+    const secure = new URL(c.req.url).protocol === 'https:' || c.req.header('X-Forwarded-Proto') === 'https';
+    return c.body(null, 303, { Location: '/', 'Set-Cookie': sessions.cookie(sessions.issue(deps.clock.now().getTime()), secure), ...PAGE_HEADERS });
+  };
+  app.get('/', (c) => {
+    if (digests.length === 0) return htmlAnswer(c, page.body, 200);
+    const token = c.req.query('token');
+    if (token !== undefined) return openSession(c, token);
+    if (pageSession(c)) return htmlAnswer(c, page.body, 200);
+    return htmlAnswer(c, loginPage('A token is needed to see the backups.'), 401);
+  });
+  app.post('/login', async (c) => {
+    if (Number(c.req.header('Content-Length') ?? 0) > 4096) return htmlAnswer(c, loginPage('That form is too large.'), 403);
+    const form = await c.req.parseBody().catch(() => ({}) as Record<string, unknown>);
+    const token = typeof form.token === 'string' ? form.token.trim() : '';
+    if (digests.length === 0) return c.body(null, 303, { Location: '/' });
+    return openSession(c, token);
+  });
+
+  route(
+    {
+      method: 'get',
+      path: '/v1/progress',
+      tag: 'runs',
+      nats: true,
+      summary: 'Runs in progress: each job under way with its phase, bytes, rate and time left',
+      description:
+        'The phases come from the run store; bytes, rate (over the last 5 s) and time left from the progress signals the workers send about once a second while a phase moves data (`vmbackup.progress.<runId>.<jobId>`, core NATS). The status page polls it.',
+      responses: { 200: { description: 'Runs in progress', schema: ProgressResponse } },
+    },
+    async (c) => c.json(await progressView(deps.store, board, deps.clock.now())),
+  );
+
+  route(
+    {
+      method: 'get',
+      path: '/v1/status',
+      tag: 'backups',
+      summary: 'Each VM at a glance: its last good backup, points kept, last verification and failure; the recent runs',
+      description:
+        'What the status page shows (runtime/status/vm-status.ts): backups from backup_dir (sets and chunk-store points, with damaged manifests named per VM), runs and their per-VM errors from the run store. With NATS down the VMs are still read from disk and `runStore.up` is false; with backup_dir unreadable `backupDirError` says so.',
+      headers: [{ name: 'If-None-Match', required: false, description: 'The ETag of an earlier answer: 304 while nothing but the time of reading changed.', schema: z.string() }],
+      responses: { 200: { description: 'Status', schema: StatusSnapshot, headers: { ETag: 'Changes when anything but `at` does' } }, 304: { description: 'Nothing changed since the answer with this ETag' } },
+    },
+    async (c) => {
+      const snapshot = await status.read();
+      // A page polling a large backup_dir gets 304 while nothing changed (the body is some KiB a
+      // VM); the tag leaves out `at`, the time of reading, which changes every time.
+      const { at: _at, ...content } = snapshot;
+      const tag = `"${createHash('sha256').update(JSON.stringify(content)).digest('base64url')}"`;
+      if (c.req.header('If-None-Match') === tag) return c.body(null, 304, { ETag: tag });
+      return c.json(snapshot, 200, { ETag: tag });
+    },
+  );
 
   // --- health ---------------------------------------------------------------------------
 
@@ -598,7 +685,6 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
 
   // --- metrics ---------------------------------------------------------------------------------
 
-  const status = new StatusReader({ backupDir: deps.backupDir, store: deps.store, connected: () => deps.bus.connected?.() !== false });
   const metricsDigests = tokenDigests([...deps.tokens, ...(deps.metricsTokens ?? [])]);
   route(
     {

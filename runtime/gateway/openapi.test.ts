@@ -7,6 +7,7 @@ import { requestSchema } from './openapi.js';
 import { RunRequest } from './run-request.js';
 import { testGateway } from './test-helpers.js';
 import { GenericHook } from './webhook.js';
+import { isPagePath } from './page.js';
 
 const gw = testGateway();
 const doc = (await (await gw.app.request('/v1/openapi.json')).json()) as {
@@ -25,6 +26,7 @@ describe('GET /v1/openapi.json', () => {
   it('lists every route of the app, and only those', () => {
     const served = gatewayRoutes(gw.app)
       .filter((r) => r.path !== '/v1/functions/:name') // the catch-all answering 404 for unknown names
+      .filter((r) => !isPagePath(r.path)) // the status page: HTML, not the API (page.test.ts)
       .map((r) => `${r.method.toLowerCase()} ${r.path.replace(/:(\w+)/g, '{$1}')}`)
       .sort();
     const documented = Object.entries(doc.paths).flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m} ${p}`)).sort();
@@ -46,8 +48,8 @@ describe('GET /v1/openapi.json', () => {
     }
   });
 
-  it('every route that needs NATS documents 503 UNAVAILABLE with Retry-After; health, the document, backups and metrics do not', () => {
-    const withoutNats = ['/healthz', '/readyz', '/v1/openapi.json', '/v1/backups', '/metrics'];
+  it('every route that needs NATS documents 503 UNAVAILABLE with Retry-After; health, the document, backups, status and metrics do not', () => {
+    const withoutNats = ['/healthz', '/readyz', '/v1/openapi.json', '/v1/backups', '/v1/status', '/metrics'];
     for (const [p, ops] of Object.entries(doc.paths)) {
       for (const [m, op] of Object.entries(ops)) {
         const r503 = op.responses['503'] as { description: string; headers?: Record<string, unknown> } | undefined;

@@ -37,6 +37,12 @@ export class RecordingBus implements Bus {
   subscribe(pattern: string, opts: { durable?: string }, handler: EventHandler): Promise<Closer> {
     return this.inner.subscribe(pattern, opts, handler);
   }
+  notify(subject: string, data: unknown): void {
+    this.inner.notify(subject, data);
+  }
+  listen(pattern: string, handler: (subject: string, data: unknown) => void): Promise<Closer> {
+    return this.inner.listen(pattern, handler);
+  }
   request(subject: string, data: unknown, opts: { timeoutMs: number; maxReplies?: number }): Promise<unknown[]> {
     return this.inner.request(subject, data, opts);
   }

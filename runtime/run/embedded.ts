@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { functions } from '../../functions/index.js';
 import type { RunOptions } from '../../functions/plan/plan.js';
 import { MemoryBus } from '../bus/memory.js';
-import { PhaseEvent, eventSubject, runEvents } from '../events.js';
+import { PhaseEvent, PhaseProgress, eventSubject, runEvents, runProgress } from '../events.js';
 import type { RunStop } from '../events.js';
 import type { Clock, Origin } from '../function.js';
 import { noHooks } from '../hooks/runner.js';
@@ -38,6 +38,8 @@ export interface EmbeddedRunDeps {
   signal?: AbortSignal;
   /** Sees every phase event of the run (progress display). */
   onEvent?: (event: PhaseEvent) => void;
+  /** Sees the progress signals of the run's phases (bytes moved, about once a second per job). */
+  onProgress?: (progress: PhaseProgress) => void;
   /** The operator's hooks (hooksFromSettings); none by default. */
   hooks?: HookRunner;
 }
@@ -91,6 +93,13 @@ export async function runEmbedded(run: { runId: string; options: RunOptions; sta
       await bus.subscribe(runEvents(run.runId), {}, async (_s, data) => {
         const event = PhaseEvent.safeParse(data);
         if (event.success) onEvent(event.data);
+      });
+    }
+    if (deps.onProgress !== undefined) {
+      const onProgress = deps.onProgress;
+      await bus.listen(runProgress(run.runId), (_s, data) => {
+        const p = PhaseProgress.safeParse(data);
+        if (p.success) onProgress(p.data);
       });
     }
     await startCoordinator(store, bus, deps.clock, deps.log);

@@ -107,4 +107,30 @@ describe('NatsRunStore keys', () => {
       await nats.close();
     }
   });
+
+  it('lists each run once, also while its header is written meanwhile (the status page lists running runs)', async () => {
+    const nats = await openNats({ nats_url: server.url, concurrency: 2 }, silentLogger());
+    try {
+      const ids = Array.from({ length: 20 }, (_, i) => `r-list-${i}`);
+      for (const id of ids) await nats.store.create(newRunHeader(id, new Date(), { concurrency: 1, vmRetries: 0 }));
+      // A coordinator committing runs while a reader lists them.
+      let writing = true;
+      const writer = (async () => {
+        for (let n = 0; writing; n++) {
+          const id = ids[n % ids.length]!;
+          const current = (await nats.store.header(id))!;
+          await nats.store.commit(id, { ...current.header, active: n }, current.revision, []);
+        }
+      })();
+      for (let round = 0; round < 10; round++) {
+        const listed = (await nats.store.list(1000)).map((h) => h.runId).filter((id) => id.startsWith('r-list-'));
+        expect(new Set(listed).size).toBe(listed.length);
+        expect(listed.sort()).toEqual([...ids].sort());
+      }
+      writing = false;
+      await writer;
+    } finally {
+      await nats.close();
+    }
+  });
 });

@@ -115,10 +115,11 @@ export class NatsRunStore implements RunStore {
   }
 
   async list(limit = 50): Promise<RunHeader[]> {
-    const keys: string[] = [];
-    // Headers are the one-token keys; jobs have two.
-    for await (const key of await this.kv.keys('*')) keys.push(key);
-    const headers = await inChunks(keys, async (key) => {
+    // Headers are the one-token keys; jobs have two. A key written while they are listed comes
+    // again (the listing follows the bucket's updates): each once.
+    const keys = new Set<string>();
+    for await (const key of await this.kv.keys('*')) keys.add(key);
+    const headers = await inChunks([...keys], async (key) => {
       const entry = await this.get(key);
       if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
       return this.decode(entry.json()).catch(() => undefined);

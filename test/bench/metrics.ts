@@ -29,7 +29,7 @@ const ROUNDS = 7;
 const TOKEN = 'bench-metrics-token-0123456789';
 
 /** 1,000 VM folders of 30 complete sets each (xva, meta, manifest), as vmbackup writes them. */
-async function tree(backupDir: string): Promise<void> {
+export async function tree(backupDir: string): Promise<void> {
   const day = 86_400_000;
   for (let v = 0; v < VMS; v++) {
     const name = `vm-${String(v).padStart(4, '0')}`;
@@ -69,7 +69,7 @@ async function tree(backupDir: string): Promise<void> {
 }
 
 /** The least any status of the tree costs: listing it. */
-async function listTree(backupDir: string): Promise<number> {
+export async function listTree(backupDir: string): Promise<number> {
   let n = 0;
   for (const d of await readdir(backupDir, { withFileTypes: true })) {
     if (d.isDirectory()) n += (await readdir(path.join(backupDir, d.name), { withFileTypes: true })).length;

@@ -17,23 +17,35 @@ export interface CliResult {
 
 /** Runs the real `vmbackup` command in a child process, as cron would. */
 export function vmbackup(args: readonly string[], opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
+  return collect(process.execPath, [VMBACKUP, ...args], { cwd: opts.cwd ?? ROOT, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: opts.env?.HOME ?? os.tmpdir(), ...opts.env } }, opts.timeoutMs);
+}
+
+/** Runs a program to its end and gathers what it printed (killed after `timeoutMs`). */
+function collect(command: string, args: readonly string[], spawnOpts: { cwd: string; env: Record<string, string> }, timeoutMs = 120_000): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [VMBACKUP, ...args], {
-      cwd: opts.cwd ?? ROOT,
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: opts.env?.HOME ?? os.tmpdir(), ...opts.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(command, args, { ...spawnOpts, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
   });
+}
+
+/**
+ * Runs the real `vmbackup` command on a pseudo-terminal, as a person at a terminal would:
+ * util-linux's `script` gives it a pty for stdout and stderr (both end up in `stdout` here,
+ * escape sequences included); the exit code is the command's.
+ */
+export function vmbackupTty(args: readonly string[], opts: { env?: Record<string, string>; timeoutMs?: number } = {}): Promise<CliResult> {
+  const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
+  const line = [process.execPath, VMBACKUP, ...args].map(quote).join(' ');
+  return collect('script', ['-qfec', line, '/dev/null'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: opts.env?.HOME ?? os.tmpdir(), TERM: 'xterm', ...opts.env } }, opts.timeoutMs);
 }
 
 /** A backup base directory (`-b`) with exports/ and a 0600 password file. */
