@@ -147,6 +147,10 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
   }
   const nbdTls = await nbdNeedsTls(xapi);
   const point = await PointWriter.begin(store, { vmFolder: input.folder, vm: input.vm, stamp: input.stamp });
+  // Progress for the status page and the terminal: the position through the VM's disks (a
+  // read of changes walks the disk's chunks, reading only those that changed).
+  const total = input.snapshot.disks.reduce((n, d) => n + d.virtualSize, 0);
+  let passed = 0;
   try {
     for (const disk of input.snapshot.disks) {
       ctx.signal.throwIfAborted();
@@ -178,7 +182,10 @@ async function writePoint(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, o
       }
       if (plan.warn) warnings.push(`${name} read whole: ${plan.reason}`);
       else ctx.log.info(`${input.vm.name}: ${name}: ${plan.reason}`);
-      const r = await readDisk(xapi, ctx, input, point, { name, baseDisk: before?.name ?? name, baseRef: base?.$ref, snapRef, size: disk.virtualSize, vdi: disk.source, nbd: nbd[0], nbdTls, plan, ranges });
+      const progress = (bytes: number) => ctx.progress(passed + Math.min(bytes, disk.virtualSize), total);
+      const r = await readDisk(xapi, ctx, input, point, { name, baseDisk: before?.name ?? name, baseRef: base?.$ref, snapRef, size: disk.virtualSize, vdi: disk.source, nbd: nbd[0], nbdTls, plan, ranges }, progress);
+      passed += disk.virtualSize;
+      ctx.progress(passed, total);
       if (r.healedChunks > 0) warnings.push(`${name}: ${r.healedChunks} chunk(s) of point ${plan.base} were missing from the store: read again from the disk`);
       out.push({ disk: name, read: plan.read, ...(plan.base !== undefined ? { base: plan.base } : {}), reason: plan.reason, size: r.size, readBytes: r.readBytes, newBytes: r.newBytes, newChunks: r.newChunks, healedChunks: r.healedChunks });
     }
@@ -210,8 +217,16 @@ interface DiskRead {
 }
 
 /** One disk into the point: its changed chunks over NBD, or all of it (NBD or export_raw_vdi). */
-async function readDisk(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, point: PointWriter, d: DiskRead): Promise<PointDisk> {
-  const options = { vdi: d.vdi, baseDisk: d.baseDisk, signal: ctx.signal, onProgress: () => ctx.heartbeat() };
+async function readDisk(xapi: XapiClient, ctx: Ctx, input: DeltaExportInput, point: PointWriter, d: DiskRead, progress: (bytes: number) => void): Promise<PointDisk> {
+  const options = {
+    vdi: d.vdi,
+    baseDisk: d.baseDisk,
+    signal: ctx.signal,
+    onProgress: (bytes: number) => {
+      ctx.heartbeat();
+      progress(bytes);
+    },
+  };
   if (d.plan.via === 'vhd') return readVhdDifference(xapi, ctx, input, point, d, options);
   if (d.nbd !== undefined) {
     const info = d.nbd;

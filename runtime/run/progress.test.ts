@@ -161,4 +161,44 @@ describe('progress of a real export (simulator, in-process run)', () => {
     expect(live.some((r) => r.etaS !== undefined)).toBe(true);
     expect(board.rows(Date.now())).toEqual([]);
   }, 60_000);
+
+  it('a delta-export sends its position through the disks the same way, ending at their size', async () => {
+    // No NBD network in this pool: the first point reads /export_raw_vdi, slowed to four seconds.
+    sim.faults.clear();
+    sim.faults.add({ http: 'export_raw_vdi', vm: 'web1', action: { kind: 'slow', bytes_per_second: 768 * 1024 } });
+    const signals: PhaseProgress[] = [];
+    const summary = await runEmbedded(
+      {
+        runId: `${RUN}-delta`,
+        options: {
+          backupDir,
+          vmExports: [],
+          vdiExports: [],
+          deltaExports: ['web1'],
+          excludes: [],
+          maxBackups: 2,
+          compress: 'none',
+          format: 'raw',
+          poolBackup: false,
+          hostBackup: false,
+          spaceThreshold: 1,
+          concurrency: 1,
+          vmRetries: 0,
+          haltedWithoutSnapshot: false,
+          idleTimeoutS: 60,
+          leftoverAgeHours: 24,
+        },
+        startedAt: new Date(),
+      },
+      { xapi, log: silentLogger(), clock: systemClock, origin: localOrigin(), onProgress: (p) => signals.push(p) },
+    );
+    sim.faults.clear();
+    expect(summary.exitCode, JSON.stringify(summary)).toBe(0);
+    expect(signals.length).toBeGreaterThanOrEqual(2);
+    for (const s of signals) expect(s).toMatchObject({ fn: 'delta-export', label: 'web1', total: 3 * MiB });
+    const bytes = signals.map((s) => s.bytes);
+    expect(bytes).toEqual([...bytes].sort((a, b) => a - b));
+    expect(bytes[0]).toBeLessThan(3 * MiB);
+    expect(bytes.at(-1)).toBeLessThanOrEqual(3 * MiB);
+  }, 60_000);
 });

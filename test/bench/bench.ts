@@ -34,6 +34,9 @@
  *                 restore_<raw|vhd>_rss_growth_mib  peak RSS restoring 1 GiB − 128 MiB            < 32
  *   metrics       metrics_ms_1000              GET /metrics over 1,000 VMs × 30 sets, ms           < 200
  *                 metrics_vs_list_ratio        … / a bare listing of the same tree               ≤ 3
+ *   status        status_page_ms_1000          GET /v1/status (the page's data), 1,000 VMs × 30   < 200
+ *                 status_page_vs_list_ratio    … / a bare listing of the same tree               ≤ 3
+ *                 progress_ms_1000             GET /v1/progress
  *   thousand      run_1000_vms_nats_vs_embedded, coordinator_rss_1000_vs_100, job_overhead_ms:
  *                                              1,000 VMs on four workers (thousand.ts); with
  *                                              `thousand-cluster` on the three-node cluster.
@@ -548,6 +551,14 @@ server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:'
     async run(work) {
       const { metricsBench } = await import('./metrics.js');
       await metricsBench(work, (line) => console.log(line));
+    },
+  },
+  {
+    name: 'status',
+    lines: ['status_page_ms_1000', 'status_page_vs_list_ratio', 'progress_ms_1000'],
+    async run(work) {
+      const { statusPageBench } = await import('./status-page.js');
+      await statusPageBench(work, (line) => console.log(line));
     },
   },
   {
