@@ -26,8 +26,20 @@ export function isPagePath(path: string): boolean {
   return path === '/' || path === '/login' || path.startsWith('/page/');
 }
 
+/**
+ * The page's files live beside this source only: the compiled commands (dist/runtime/gateway/
+ * page.js) read them from the sources, which the package ships too, so there is one copy.
+ */
 function asset(name: string): string {
-  return readFileSync(new URL(`./page/${name}`, import.meta.url), 'utf8');
+  const places = [`./page/${name}`, `../../../runtime/gateway/page/${name}`];
+  for (const place of places) {
+    try {
+      return readFileSync(new URL(place, import.meta.url), 'utf8');
+    } catch (error) {
+      if ((error as { code?: string }).code !== 'ENOENT') throw error;
+    }
+  }
+  throw new Error(`the status page's ${name} is missing: looked in ${places.map((p) => new URL(p, import.meta.url).pathname).join(', ')}`);
 }
 
 /**
