@@ -543,6 +543,14 @@ server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:'
     },
   },
   {
+    name: 'delta',
+    lines: ['delta_bytes_ratio_1pct', 'delta_bytes_ratio_1pct_scattered', 'delta_time_ratio_1pct', 'dedup_ratio_clones'],
+    async run(work) {
+      const { deltaBench } = await import('./delta.js');
+      await deltaBench(work, (line) => console.error(line));
+    },
+  },
+  {
     name: 'metrics',
     lines: ['metrics_ms_1000', 'metrics_vs_list_ratio'],
     async run(work) {
