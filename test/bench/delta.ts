@@ -10,6 +10,8 @@
  *                                     (uniform scatter: ~15 % of the 1 MiB chunks touched)
  *   delta_time_ratio_1pct             wall time of that clustered delta backup / a full XVA
  *                                     export of the same VM (`vmbackup -e VM`)            ≤ 0.1
+ *                                     (its text also gives a delta run with nothing changed:
+ *                                     what a run costs whatever the disk)
  *   dedup_ratio_clones                10 VMs cloned from one 64 MiB template, each then with
  *                                     2 % of its own clustered writes, backed up as
  *                                     delta-exports into one store / the store of one    ≤ 1.5
@@ -120,12 +122,15 @@ export async function deltaBench(work: string, note: (line: string) => void): Pr
     const clustered: { ms: number; added: number }[] = [];
     const scattered: { ms: number; added: number }[] = [];
     const xvaMs: number[] = [];
+    const idle: number[] = [];
     const clones: { all: number; one: number }[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       await churn(sim, 'clustered', 1, 'clustered');
       await churn(sim, 'scattered', 1, 'scattered');
       const [d, x] = await alternate(r, () => deltaBackup(cb, 'clustered'), xva);
       const s = await deltaBackup(sb, 'scattered');
+      // What any delta run costs, nothing changed: a process, snapshot, changed blocks, point.
+      idle.push((await deltaBackup(cb, 'clustered')).ms);
       clustered.push(d);
       xvaMs.push(x);
       scattered.push(s);
@@ -140,7 +145,7 @@ export async function deltaBench(work: string, note: (line: string) => void): Pr
       await rm(path.dirname(all.exports), { recursive: true, force: true });
       await rm(path.dirname(one.exports), { recursive: true, force: true });
       note(
-        `  delta round ${r + 1}: 1 % clustered adds ${(d.added / MiB).toFixed(2)} MiB in ${(d.ms / 1000).toFixed(2)} s (XVA export ${(x / 1000).toFixed(2)} s); ` +
+        `  delta round ${r + 1}: 1 % clustered adds ${(d.added / MiB).toFixed(2)} MiB in ${(d.ms / 1000).toFixed(2)} s (XVA export ${(x / 1000).toFixed(2)} s, a delta with nothing changed ${(idle[r]! / 1000).toFixed(2)} s); ` +
           `1 % scattered adds ${(s.added / MiB).toFixed(2)} MiB; ${CLONES} clones ${(clones[r]!.all / MiB).toFixed(1)} MiB, one ${(clones[r]!.one / MiB).toFixed(1)} MiB`,
       );
     }
@@ -156,7 +161,7 @@ export async function deltaBench(work: string, note: (line: string) => void): Pr
       digits: 3,
     });
     benchLine('delta_time_ratio_1pct', clustered.map((d, i) => d.ms / xvaMs[i]!), {
-      figure: `vmbackup --delta-export after 1 % clustered churn ${(median(clustered.map((d) => d.ms)) / 1000).toFixed(2)} s`,
+      figure: `vmbackup --delta-export after 1 % clustered churn ${(median(clustered.map((d) => d.ms)) / 1000).toFixed(2)} s (with nothing changed ${(median(idle) / 1000).toFixed(2)} s)`,
       baseline: `vmbackup -e of the same 256 MiB VM (XVA) ${(median(xvaMs) / 1000).toFixed(2)} s`,
       digits: 3,
     });
