@@ -32,6 +32,13 @@
  *   restore       chunk_restore_vs_full_ratio  the newest of 8 points restored to a file / a raw
  *                                              copy of the same disk                              ≥ 0.8
  *                 restore_<raw|vhd>_rss_growth_mib  peak RSS restoring 1 GiB − 128 MiB            < 32
+ *   delta         delta_bytes_ratio_1pct       incremental backups (delta.ts beside this file): store
+ *                                              growth of a 1 % clustered-write delta / the full
+ *                                              point (256 MiB disk)                               ≤ 0.03
+ *                 delta_bytes_ratio_1pct_scattered  … with 1 % of 64 KiB blocks written anywhere
+ *                 delta_time_ratio_1pct        that delta backup's wall time / `vmbackup -e` (XVA) ≤ 0.1
+ *                 dedup_ratio_clones           store of 10 template clones (2 % own writes each)
+ *                                              / the store of one                                 ≤ 1.5
  *   metrics       metrics_ms_1000              GET /metrics over 1,000 VMs × 30 sets, ms           < 200
  *                 metrics_vs_list_ratio        … / a bare listing of the same tree               ≤ 3
  *   status        status_page_ms_1000          GET /v1/status (the page's data), 1,000 VMs × 30   < 200
@@ -543,6 +550,14 @@ server.listen(0, '127.0.0.1', () => console.log('listening on http://127.0.0.1:'
       const { restoreBench, restoreRssBench } = await import('./chunkstore.js');
       await restoreBench(work, (line) => console.error(line));
       await restoreRssBench(work, (line) => console.error(line));
+    },
+  },
+  {
+    name: 'delta',
+    lines: ['delta_bytes_ratio_1pct', 'delta_bytes_ratio_1pct_scattered', 'delta_time_ratio_1pct', 'dedup_ratio_clones'],
+    async run(work) {
+      const { deltaBench } = await import('./delta.js');
+      await deltaBench(work, (line) => console.error(line));
     },
   },
   {

@@ -39,10 +39,15 @@ export function diskBytes(sim: Simulator, vmName: string, device: string): Promi
   return readAll(sim.state.disk(vbd.VDI as string));
 }
 
-/** One `vmbackup --json` run, its summary parsed. Waits for the next second first: a run's stamp is its second. */
-export async function deltaRun(ws: Workspace, sim: Simulator, args: string[]): Promise<{ code: number | null; summary: RunSummary; stderr: string }> {
+/** Waits for the next second of the clock: a run's stamp is its second, so two runs need two. */
+export async function nextSecond(): Promise<void> {
   const second = Math.floor(Date.now() / 1000);
   while (Math.floor(Date.now() / 1000) === second) await delay(20);
+}
+
+/** One `vmbackup --json` run, its summary parsed. Waits for the next second first: a run's stamp is its second. */
+export async function deltaRun(ws: Workspace, sim: Simulator, args: string[]): Promise<{ code: number | null; summary: RunSummary; stderr: string }> {
+  await nextSecond();
   const r = await vmbackup([...ws.args(sim), '--json', ...args], { timeoutMs: 180_000 });
   let summary: RunSummary;
   try {

@@ -180,6 +180,47 @@ describe('guest writes and VDI.list_changed_blocks', () => {
   });
 });
 
+describe('clustered guest writes', () => {
+  it('rewrite whole 1 MiB-aligned runs of blocks, exactly the percent asked, the same on every simulator, and CBT lists them', async () => {
+    const spec = { ...cbtPool(), vms: [{ name_label: 'db', power_state: 'Halted' as const, disks: [{ device: 'xvda', size_mib: 16, fill: 'pattern' as const, cbt_enabled: true }] }] };
+    const one = await startSimulator({ pool: spec });
+    const two = await startSimulator({ pool: spec });
+    try {
+      const written: number[][] = [];
+      for (const s of [one, two]) {
+        const sid = await login(s.url);
+        const vdi = s.state.records('VBD').find((b) => b.VM === s.state.vm('db').ref)!.VDI as string;
+        const image = async () => Buffer.from(await (await fetch(`${s.url}/export_raw_vdi?session_id=${sid}&vdi=${vdi}&format=raw`)).arrayBuffer());
+        const base = (await xapi(s.url, 'VDI.snapshot', sid, vdi, {})) as string;
+        const before = await image();
+        // 10 % of 256 blocks: 26, a whole 1 MiB run and 10 blocks from the start of another.
+        const res = await fetch(`${s.url}/_sim/churn`, { method: 'POST', body: JSON.stringify({ vm: 'db', percent: 10, pattern: 'clustered' }) });
+        expect(res.status).toBe(200);
+        const blocks = ((await res.json()) as { written: Record<string, number[]> }).written[s.state.record('VDI', vdi)!.uuid as string]!;
+        expect(blocks).toHaveLength(26);
+        const runs = [...new Set(blocks.map((b) => Math.floor(b / 16)))];
+        expect(runs).toHaveLength(2);
+        expect(blocks).toEqual([...Array.from({ length: 16 }, (_, i) => runs[0]! * 16 + i), ...Array.from({ length: 10 }, (_, i) => runs[1]! * 16 + i)]);
+        expect(differingBlocks(before, await image())).toEqual(blocks);
+        const next = (await xapi(s.url, 'VDI.snapshot', sid, vdi, {})) as string;
+        expect(decodeBitmap((await xapi(s.url, 'VDI.list_changed_blocks', sid, base, next)) as string)).toEqual(blocks);
+        // The default stays scattered: 26 blocks in more than two runs (with this seed, many).
+        const scattered = [...s.state.churn('db', 10)[s.state.record('VDI', vdi)!.uuid as string]!];
+        expect(scattered).toHaveLength(26);
+        expect(new Set(scattered.map((b) => Math.floor(b / 16))).size).toBeGreaterThan(2);
+        written.push(blocks);
+      }
+      expect(written[1]).toEqual(written[0]);
+      const bad = await fetch(`${one.url}/_sim/churn`, { method: 'POST', body: JSON.stringify({ vm: 'db', percent: 1, pattern: 'bursty' }) });
+      expect(bad.status).toBe(400);
+      expect(((await bad.json()) as { error: string }).error).toContain('bursty');
+    } finally {
+      await one.close();
+      await two.close();
+    }
+  });
+});
+
 describe('VDI.data_destroy', () => {
   it('turns a CBT snapshot into cbt_metadata: no data, no exports, no copies, still comparable', async () => {
     const vdi = vdiOf('app');

@@ -411,6 +411,27 @@ export class GrownDisk implements SimDisk {
   }
 }
 
+/** How guest writes fall: `scattered` blocks anywhere, or `clustered` in runs of CLUSTER_BLOCKS. */
+export type ChurnPattern = 'scattered' | 'clustered';
+
+/** A clustered write's run: 16 blocks of 64 KiB, 1 MiB, aligned on 1 MiB. */
+export const CLUSTER_BLOCKS = 16;
+
+/**
+ * `count` distinct block indices in [0, total) as whole runs of `run` blocks aligned on `run`
+ * (the last run cut short to give exactly `count`), the runs chosen from `seed` alone, sorted:
+ * writes clustered as a guest's are (a file, a log, a database page range).
+ */
+export function pickRuns(total: number, count: number, run: number, seed: string): number[] {
+  const k = Math.max(0, Math.min(total, Math.round(count)));
+  const runs = Math.ceil(total / run);
+  // The disk's last run may be short: take one run more until the runs hold `count` blocks.
+  for (let n = Math.ceil(k / run); ; n++) {
+    const blocks = pickBlocks(runs, n, seed).flatMap((r) => Array.from({ length: Math.min(run, total - r * run) }, (_, i) => r * run + i));
+    if (blocks.length >= k) return blocks.slice(0, k);
+  }
+}
+
 /**
  * `count` distinct block indices in [0, total), chosen from `seed` alone (Floyd's sampling
  * over xorshift32), sorted.

@@ -5,6 +5,7 @@ import net, { type AddressInfo } from 'node:net';
 import type { BlockSource } from '../../runtime/formats/block-source.js';
 import { XmlRpcParseError, decodeMethodCall, encodeMethodResponse, escapeXml, type XmlRpcValue } from '../../runtime/formats/xmlrpc.js';
 import { CLASS_NAMES, type ClassName } from './datamodel.js';
+import type { ChurnPattern } from './disks.js';
 import { ApiError } from './errors.js';
 import { FaultSpec, Faults, type Fault, type FaultSpecInput, type FaultSubject } from './faults.js';
 import { handlerForPath, serveHttpHandler, type HttpEnv, type Transfer } from './http-handlers.js';
@@ -89,10 +90,10 @@ export interface SimInspector {
   update(cls: ClassName, refOrUuid: string, fields: Record<string, unknown>): void;
   /**
    * Guest writes: rewrites `percent` % of the 64 KiB blocks of each disk of the VM (name,
-   * uuid or ref) with new deterministic bytes, tracked by CBT. Returns the blocks written
-   * per VDI uuid.
+   * uuid or ref) with new deterministic bytes, tracked by CBT, `scattered` (default) or
+   * `clustered` in 1 MiB-aligned runs. Returns the blocks written per VDI uuid.
    */
-  churn(vm: string, percent: number): Record<string, number[]>;
+  churn(vm: string, percent: number, pattern?: ChurnPattern): Record<string, number[]>;
   /** NBD connections, oldest first. */
   nbdConnections(): NbdConnection[];
 }
@@ -303,9 +304,9 @@ export async function startSimulator(options: SimulatorOptions): Promise<Simulat
       }
       if (method === 'POST' && path === '/_sim/sessions/invalidate') return replyJson(res, 200, { invalidated: state.invalidateAllSessions() });
       if (method === 'POST' && path === '/_sim/churn') {
-        const body = JSON.parse((await readBody(req, 1 << 20)).toString('utf8')) as { vm?: unknown; percent?: unknown };
-        if (typeof body.vm !== 'string' || typeof body.percent !== 'number') throw new Error('give {"vm": name, uuid or ref, "percent": 0..100}');
-        return replyJson(res, 200, { written: inspector.churn(body.vm, body.percent) });
+        const body = JSON.parse((await readBody(req, 1 << 20)).toString('utf8')) as { vm?: unknown; percent?: unknown; pattern?: unknown };
+        if (typeof body.vm !== 'string' || typeof body.percent !== 'number') throw new Error('give {"vm": name, uuid or ref, "percent": 0..100, "pattern": "scattered" (default) or "clustered"}');
+        return replyJson(res, 200, { written: inspector.churn(body.vm, body.percent, body.pattern as ChurnPattern | undefined) });
       }
       replyJson(res, 404, { error: `no control endpoint ${method} ${path}` });
     } catch (error) {
@@ -451,9 +452,9 @@ function makeInspector(
         faults: faults.list(),
       };
     },
-    churn(key, percent) {
+    churn(key, percent, pattern) {
       const vm = inspector.vm(key);
-      const written = state.churn(vm.ref, percent);
+      const written = state.churn(vm.ref, percent, pattern);
       return Object.fromEntries([...written].map(([vdi, blocks]) => [db.field<string>('VDI', vdi, 'uuid'), blocks]));
     },
     nbdConnections: () => nbdConnections.map((c) => ({ ...c })),

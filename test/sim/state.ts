@@ -1,7 +1,7 @@
 import { CbtLogs } from './cbt.js';
 import type { ClassName } from './datamodel.js';
 import { Database, type Row } from './db.js';
-import { GrownDisk, MemoryDisk, WRITE_BLOCK, WrittenDisk, ZeroDisk, diskFor, pickBlocks, type SimDisk } from './disks.js';
+import { CLUSTER_BLOCKS, GrownDisk, MemoryDisk, WRITE_BLOCK, WrittenDisk, ZeroDisk, diskFor, pickBlocks, pickRuns, type ChurnPattern, type SimDisk } from './disks.js';
 import { allowedVbdDevices, possibleDevices, validDevice, xenDeviceName } from './devices.js';
 import { ApiError } from './errors.js';
 import { IdGenerator, NULL_REF, randomRef } from './ids.js';
@@ -743,14 +743,16 @@ export class SimState {
   /**
    * Guest writes between two backups: rewrites `percent` % of the 64 KiB blocks of each
    * disk of the VM (not of its snapshots) with new deterministic bytes; CBT records them.
-   * The same pool, VM and sequence of calls always write the same blocks and bytes.
-   * Returns, per VDI ref, the blocks written.
+   * `scattered` (the default) picks the blocks anywhere; `clustered` in 1 MiB-aligned runs of
+   * 16 contiguous blocks, as a guest's writes fall. The same pool, VM and sequence of calls
+   * always write the same blocks and bytes. Returns, per VDI ref, the blocks written.
    */
-  churn(vmRef: string, percent: number): Map<string, number[]> {
+  churn(vmRef: string, percent: number, pattern: ChurnPattern = 'scattered'): Map<string, number[]> {
     this.db.require('VM', vmRef);
     const vm = this.db.record('VM', vmRef);
     if (vm.is_a_snapshot === true || vm.is_control_domain === true) throw new ApiError('OPERATION_NOT_ALLOWED', ['guest writes need a plain VM']);
     if (!(percent >= 0 && percent <= 100)) throw new RangeError(`percent must be within 0..100, not ${percent}`);
+    if (pattern !== 'scattered' && pattern !== 'clustered') throw new RangeError(`pattern must be scattered or clustered, not ${JSON.stringify(pattern)}`);
     const written = new Map<string, number[]>();
     for (const vbd of vm.VBDs as string[]) {
       const b = this.db.require('VBD', vbd).fields;
@@ -762,7 +764,8 @@ export class SimState {
       const round = (this.writeRounds.get(vdi) ?? 0) + 1;
       this.writeRounds.set(vdi, round);
       const total = Math.ceil(content.size / WRITE_BLOCK);
-      const blocks = pickBlocks(total, (total * percent) / 100, `${this.spec.seed}/churn/${uuid}/${round}`);
+      const seed = `${this.spec.seed}/churn/${uuid}/${round}`;
+      const blocks = pattern === 'clustered' ? pickRuns(total, (total * percent) / 100, CLUSTER_BLOCKS, `${seed}/clustered`) : pickBlocks(total, (total * percent) / 100, seed);
       this.disks.set(vdi, WrittenDisk.write(content, `${this.spec.seed}/${uuid}`, blocks, round));
       for (const block of blocks) this.noteWrite(vdi, block * WRITE_BLOCK, WRITE_BLOCK);
       this.refreshVdiUsage(vdi);
