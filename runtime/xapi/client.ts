@@ -5,6 +5,9 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Agent, request } from 'undici';
 import { Xapi } from 'xen-api';
+// xen-api's own reading of a finished task (result parsed, failure as its XapiError), for
+// tasks it did not see end (taskResult).
+import getTaskResult from 'xen-api/_getTaskResult.mjs';
 import type { Logger } from 'pino';
 import { ConnectionError, PermanentError, RetryLaterError, VmbackupError } from '../errors.js';
 import { formatBytes } from '../units.js';
@@ -182,6 +185,9 @@ const UNREACHABLE_CODES = new Set([
   'EPROTO',
 ]);
 
+/** How often a task waited for is also asked after directly (see taskResult). */
+const TASK_POLL_MS = 5_000;
+
 /** Explains a failed login in the operator's terms: what failed, and what to do about it. */
 export function connectionError(error: unknown, url: string, user: string): ConnectionError {
   if (isXenApiError(error) && error.code === 'SESSION_AUTHENTICATION_FAILED') {
@@ -311,10 +317,51 @@ export class XapiClient {
   /** Calls `Async.<method>` and waits for its task; resolves with the task's result. */
   async callAsync<T = unknown>(method: string, ...args: unknown[]): Promise<T> {
     try {
-      return await this.xapi.callAsync<T>(method, ...args);
+      const taskRef = await this.xapi.call<string>(`Async.${method}`, ...args);
+      try {
+        return (await this.taskResult(taskRef)) as T;
+      } finally {
+        void this.xapi.call('task.destroy', taskRef).catch(() => {});
+      }
     } catch (error) {
       throw mapXapiError(error, method);
     }
+  }
+
+  /**
+   * A task's result, from xen-api's event loop or, should that miss the task's end, from
+   * asking XAPI every `TASK_POLL_MS`. The event loop can miss it: its re-login after a
+   * SESSION_INVALID (a toolstack restart) fetches the tasks again with a session that is
+   * being replaced, fails, and then only sees events from its new token on. A task that
+   * ended in between would be waited for forever.
+   */
+  private taskResult(taskRef: string): Promise<unknown> {
+    let timer: NodeJS.Timeout | undefined;
+    const polled = new Promise<unknown>((resolve, reject) => {
+      let asking = false;
+      timer = setInterval(() => {
+        if (asking) return;
+        asking = true;
+        this.xapi
+          .call<{ status: string }>('task.get_record', taskRef)
+          .then((task) => {
+            if (task.status === 'pending') return;
+            clearInterval(timer);
+            const result = getTaskResult(task) as Promise<unknown> | undefined;
+            if (result !== undefined) result.then(resolve, reject);
+          })
+          .catch((error: unknown) => {
+            // The task gone (destroyed by someone else): its outcome cannot be known.
+            if ((error as { code?: string }).code === 'HANDLE_INVALID') {
+              clearInterval(timer);
+              reject(error);
+            }
+          })
+          .finally(() => (asking = false));
+      }, TASK_POLL_MS);
+      timer.unref();
+    });
+    return Promise.race([this.xapi.watchTask(taskRef), polled]).finally(() => clearInterval(timer));
   }
 
   async getRecord<K extends RecordType>(type: K, ref: Ref): Promise<RecordTypes[K]> {
@@ -566,7 +613,7 @@ export class XapiClient {
       throw mapXapiError(error, 'task.create');
     }
     const destroy = () => void this.xapi.call('task.destroy', taskRef).catch(() => {});
-    const outcome = this.xapi.watchTask(taskRef).then(
+    const outcome = this.taskResult(taskRef).then(
       (result): TaskOutcome => {
         destroy();
         return { value: result as unknown };

@@ -56,3 +56,9 @@ declare module 'xen-api' {
 
   export function createClient(opts: XapiOptions): Xapi;
 }
+
+// xen-api's reading of a finished task record: its result (parsed), or a rejection with the
+// task's XapiError (or a Cancel); undefined while the task is pending.
+declare module 'xen-api/_getTaskResult.mjs' {
+  export default function getTaskResult(task: { status: string }): Promise<unknown> | undefined;
+}
