@@ -99,7 +99,7 @@ async function transfer(
   target: string,
   format: BackupFormat,
 ): Promise<WrittenFile> {
-  const download = await xapi.download(pathname, query, { signal: ctx.signal });
+  const download = await xapi.download(pathname, query, { signal: ctx.signal, direct: true });
   try {
     const result = await writeStreamAtomic(target, download.body, {
       signal: ctx.signal,
