@@ -104,7 +104,7 @@ async function transfer(
   format: BackupFormat,
   progress: (bytes: number) => void,
 ): Promise<WrittenFile> {
-  const download = await xapi.download(pathname, query, { signal: ctx.signal });
+  const download = await xapi.download(pathname, query, { signal: ctx.signal, direct: true });
   try {
     const result = await writeStreamAtomic(target, download.body, {
       signal: ctx.signal,

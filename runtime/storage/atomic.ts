@@ -8,6 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import { PermanentError, VmbackupError } from '../errors.js';
 import { loadXxh64 } from '../formats/xxh64.js';
 import type { Xxh64State } from '../formats/xxh64.js';
+import type { BodySource } from '../xapi/http-get.js';
 import { partialFileName } from './naming.js';
 import { keepFresh, newWriterTag } from './writer.js';
 
@@ -40,11 +41,12 @@ export interface StreamWriteOptions {
  * rename, fsync of the folder. Until the rename nothing at `target` changes; on any failure
  * the partial file is removed and the error says what happened (ENOSPC → a PermanentError
  * naming the file). Memory stays flat: one chunk at a time, backpressure from the disk.
+ * `source` is a stream, or the body of an `httpGet` (written from its read buffer, no copy).
  *
  * @example
  *   const { size, xxh64 } = await writeStreamAtomic('/b/web1/backup_20261126-083000.xva', body);
  */
-export async function writeStreamAtomic(target: string, source: Readable, opts: StreamWriteOptions = {}): Promise<WriteResult> {
+export async function writeStreamAtomic(target: string, source: Readable | BodySource, opts: StreamWriteOptions = {}): Promise<WriteResult> {
   const partial = path.join(path.dirname(target), partialFileName(path.basename(target), newWriterTag()));
   await mkdir(path.dirname(target), { recursive: true });
   const hasher = (await loadXxh64()).create();
@@ -62,16 +64,17 @@ export async function writeStreamAtomic(target: string, source: Readable, opts: 
     handle = await open(partial, 'wx');
     const open_ = handle;
     heartbeat = keepFresh((now) => open_.utimes(now, now));
-    const sink = new FileSink(handle, hasher, (bytes) => {
+    const writer = new FileWriter(handle, hasher, (bytes) => {
       idleTimer?.refresh();
       opts.onProgress?.(bytes);
     });
-    await pipeline(source, sink, { signal });
+    if ('pump' in source) await pumpInto(source, writer, signal);
+    else await pipeline(source, new FileSink(writer), { signal });
     await handle.sync();
     heartbeat.stop();
     await handle.close();
     handle = undefined;
-    result = { size: sink.bytes, xxh64: hasher.digest() };
+    result = { size: writer.bytes, xxh64: hasher.digest() };
     await opts.commit?.(result);
     await rename(partial, target);
     await syncDir(path.dirname(target));
@@ -94,9 +97,10 @@ export async function writeStreamAtomic(target: string, source: Readable, opts: 
  * pool hop per chunk) or gathering chunks into large buffers (copies that miss the cache)
  * reached half of it. A write blocks the event loop for tens of microseconds per 64 KiB.
  * Every SYNC_EVERY bytes an fdatasync runs in the background, so the fsync before the rename
- * has little left: the disk works alongside the network instead of after it.
+ * has little left: the disk works alongside the network instead of after it. `write` keeps no
+ * reference to its chunk, so a reused read buffer can be handed to it.
  */
-class FileSink extends Writable {
+class FileWriter {
   bytes = 0;
   private syncing: Promise<void> | undefined;
   private unsynced = 0;
@@ -106,35 +110,9 @@ class FileSink extends Writable {
     private readonly file: FileHandle,
     private readonly hasher: Xxh64State,
     private readonly progress: (bytes: number) => void,
-  ) {
-    super({ highWaterMark: 1 << 20 });
-  }
+  ) {}
 
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    try {
-      this.writeChunk(chunk);
-    } catch (error) {
-      callback(error as Error);
-      return;
-    }
-    callback();
-  }
-
-  override _writev(chunks: { chunk: Buffer }[], callback: (error?: Error | null) => void): void {
-    try {
-      for (const { chunk } of chunks) this.writeChunk(chunk);
-    } catch (error) {
-      callback(error as Error);
-      return;
-    }
-    callback();
-  }
-
-  override _final(callback: (error?: Error | null) => void): void {
-    Promise.resolve(this.syncing).then(() => callback(), callback);
-  }
-
-  private writeChunk(chunk: Buffer): void {
+  write(chunk: Buffer): void {
     this.hasher.update(chunk);
     let done = 0;
     while (done < chunk.length) done += writeSync(this.file.fd, chunk, done, chunk.length - done);
@@ -149,6 +127,55 @@ class FileSink extends Writable {
       this.lastProgress = now;
       this.progress(this.bytes);
     }
+  }
+
+  /** Waits for the background data sync under way, if any. */
+  async settled(): Promise<void> {
+    await this.syncing;
+  }
+}
+
+/** A FileWriter as the end of a stream pipeline. */
+class FileSink extends Writable {
+  constructor(readonly writer: FileWriter) {
+    super({ highWaterMark: 1 << 20 });
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    try {
+      this.writer.write(chunk);
+    } catch (error) {
+      callback(error as Error);
+      return;
+    }
+    callback();
+  }
+
+  override _writev(chunks: { chunk: Buffer }[], callback: (error?: Error | null) => void): void {
+    try {
+      for (const { chunk } of chunks) this.writer.write(chunk);
+    } catch (error) {
+      callback(error as Error);
+      return;
+    }
+    callback();
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.writer.settled().then(() => callback(), callback);
+  }
+}
+
+/** Reads a BodySource into `writer` until its end; `signal` destroys it. */
+async function pumpInto(source: BodySource, writer: FileWriter, signal: AbortSignal): Promise<void> {
+  const stop = () => source.destroy(signal.reason as Error);
+  if (signal.aborted) stop();
+  signal.addEventListener('abort', stop, { once: true });
+  try {
+    await source.pump((chunk) => writer.write(chunk));
+    await writer.settled();
+  } finally {
+    signal.removeEventListener('abort', stop);
   }
 }
 

@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import { ConnectionError, PermanentError, RetryLaterError, VmbackupError } from '../errors.js';
 import { formatBytes } from '../units.js';
 import { decodeChangedBlocks, type ChangedBlocks } from './cbt.js';
+import { httpGet, type BodySource } from './http-get.js';
 import type { HostRecord, NbdInfo, PoolRecord, RecordType, RecordTypes, Ref } from './records.js';
 
 /**
@@ -44,13 +45,24 @@ export interface NewVbd {
   otherConfig?: Record<string, string>;
 }
 
-/** A transfer from an XAPI HTTP handler: the body, and the task that completes with it. */
-export interface XapiDownload {
-  body: Readable;
+/**
+ * A transfer from an XAPI HTTP handler: the body (a stream, or with `direct` a BodySource
+ * read from one reused buffer), and the task that completes with it.
+ */
+export interface XapiDownload<B extends Readable | BodySource = Readable> {
+  body: B;
   /** Resolves when XAPI marks the transfer's task a success; rejects with its error. */
   task: Promise<unknown>;
   /** Stops the transfer and cancels its task. */
   abort(): void;
+}
+
+export interface DownloadOptions {
+  /** The host whose handler answers (default: the master). */
+  host?: HostRecord;
+  signal?: AbortSignal;
+  /** Read the body with httpGet (a BodySource) instead of a stream. */
+  direct?: boolean;
 }
 
 /** How a transfer's XAPI task ended: its result, or its error (mapped). */
@@ -70,6 +82,9 @@ interface TransferTask {
   /** Stops following the caller's signal. */
   release(): void;
 }
+
+/** Redirects a download follows (XAPI sends one, to the host that can reach the SR). */
+const MAX_REDIRECTS = 5;
 
 /** Socket-level idle timeout of every XAPI connection (RPC, events, transfers). */
 const CONNECTION_IDLE_MS = 10 * 60_000;
@@ -218,9 +233,11 @@ export function connectionError(error: unknown, url: string, user: string): Conn
  */
 class PoolXapi extends Xapi {
   readonly dispatcher: Agent;
+  readonly tls: { ca?: string; insecure: boolean };
 
   constructor(opts: ConstructorParameters<typeof Xapi>[0], tls: { ca?: string; insecure: boolean; idleTimeoutMs: number }) {
     super(opts);
+    this.tls = { ...(tls.ca !== undefined ? { ca: tls.ca } : {}), insecure: tls.insecure };
     this.dispatcher = new Agent({
       bodyTimeout: tls.idleTimeoutMs,
       headersTimeout: tls.idleTimeoutMs,
@@ -400,9 +417,13 @@ export class XapiClient {
   /**
    * GETs an HTTP handler of the master (`/export`, `/export_raw_vdi`, `/pool/xmldbdump`), or
    * of `host` when given (`/host_backup` is answered by the host that receives it), with a
-   * task XAPI completes at the end of the transfer.
+   * task XAPI completes at the end of the transfer. With `direct`, the body is read by
+   * `httpGet` into one reused buffer and handed to a synchronous consumer (`writeStreamAtomic`
+   * takes it), with no allocation or copy per chunk: for the large exports (docs/performance.md).
    */
-  async download(pathname: string, query: Record<string, string>, opts: { host?: HostRecord; signal?: AbortSignal } = {}): Promise<XapiDownload> {
+  async download(pathname: string, query: Record<string, string>, opts: DownloadOptions & { direct: true }): Promise<XapiDownload<BodySource>>;
+  async download(pathname: string, query: Record<string, string>, opts?: DownloadOptions): Promise<XapiDownload>;
+  async download(pathname: string, query: Record<string, string>, opts: DownloadOptions = {}): Promise<XapiDownload<Readable | BodySource>> {
     const what = `GET ${pathname}`;
     const transfer = await this.transferTask(what, pathname, query, opts.signal);
     const { taskRef, controller } = transfer;
@@ -417,42 +438,30 @@ export class XapiClient {
     };
     try {
       const isMaster = opts.host === undefined || opts.host.$ref === this.pool.master;
-      let statusCode: number;
-      let body: Readable;
-      if (isMaster) {
-        // The master's handlers go through xen-api's own getResource (it follows 302s).
-        try {
-          const response = await this.xapi.getResource(pathname, { query, task: taskRef });
-          statusCode = response.statusCode;
-          body = response.body;
-        } catch (error) {
-          const response = (error as { response?: { statusCode: number; body?: Readable } }).response;
-          if (response === undefined) throw error;
-          statusCode = response.statusCode;
-          body = response.body!;
-        }
-      } else {
-        // Another host's handler (e.g. /host_backup). xen-api would address it on the default
-        // port only; keep the port of the configured URL, which is XAPI's 443 in production.
-        const url = new URL(pathname, this.url);
-        url.hostname = opts.host!.address;
-        for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
-        url.searchParams.set('session_id', this.xapi.sessionId);
-        url.searchParams.set('task_id', taskRef);
-        const response = await request(url, { method: 'GET', dispatcher: this.xapi.dispatcher, signal: controller.signal, maxRedirections: 0 });
-        statusCode = response.statusCode;
-        body = response.body as unknown as Readable;
-      }
+      const { statusCode, body } = opts.direct === true ? await this.getDirect(pathname, query, taskRef, opts.host, isMaster) : await this.getStream(pathname, query, taskRef, opts.host, isMaster, controller.signal);
       controller.signal.addEventListener('abort', () => body.destroy(new VmbackupError('ABORTED', `${what} aborted`)), { once: true });
       if (statusCode !== 200) {
-        // Nobody reads this body: swallow its errors, or aborting it would crash the process.
-        body.on('error', () => {});
-        body.resume();
+        if ('pump' in body) body.destroy();
+        else {
+          // Nobody reads this body: swallow its errors, or aborting it would crash the process.
+          body.on('error', () => {});
+          body.resume();
+        }
         abort();
         const message = `${what} answered HTTP ${statusCode}`;
         if (statusCode === 401) throw new VmbackupError('HTTP_401', `${message}: session not accepted`, { status: 401 });
         if (statusCode === 404) throw new PermanentError('HTTP_404', message, { status: 404 });
         throw new VmbackupError(`HTTP_${statusCode}`, message, { status: statusCode });
+      }
+      if ('pump' in body) {
+        const direct: BodySource = {
+          pump: (onChunk) => body.pump(onChunk).finally(() => transfer.release()),
+          destroy: (error) => {
+            body.destroy(error);
+            transfer.release();
+          },
+        };
+        return { body: direct, task, abort };
       }
       body.once('close', () => transfer.release());
       return { body, task, abort };
@@ -461,6 +470,50 @@ export class XapiClient {
       abort();
       throw error instanceof VmbackupError ? error : mapXapiError(error, what);
     }
+  }
+
+  /** A download's request through undici; the body is a stream. */
+  private async getStream(pathname: string, query: Record<string, string>, taskRef: string, host: HostRecord | undefined, isMaster: boolean, signal: AbortSignal): Promise<{ statusCode: number; body: Readable }> {
+    if (isMaster) {
+      // The master's handlers go through xen-api's own getResource (it follows 302s).
+      try {
+        const response = await this.xapi.getResource(pathname, { query, task: taskRef });
+        return { statusCode: response.statusCode, body: response.body };
+      } catch (error) {
+        const response = (error as { response?: { statusCode: number; body?: Readable } }).response;
+        if (response === undefined) throw error;
+        return { statusCode: response.statusCode, body: response.body! };
+      }
+    }
+    const response = await request(this.handlerUrl(pathname, query, taskRef, host), { method: 'GET', dispatcher: this.xapi.dispatcher, signal, maxRedirections: 0 });
+    return { statusCode: response.statusCode, body: response.body as unknown as Readable };
+  }
+
+  /** A download's request through httpGet, following the master's redirects as getResource does. */
+  private async getDirect(pathname: string, query: Record<string, string>, taskRef: string, host: HostRecord | undefined, isMaster: boolean): Promise<{ statusCode: number; body: BodySource }> {
+    const tls = this.xapi.tls;
+    let url = this.handlerUrl(pathname, query, taskRef, isMaster ? undefined : host);
+    for (let redirects = 0; ; redirects++) {
+      const response = await httpGet(url, { ...tls, idleTimeoutMs: CONNECTION_IDLE_MS });
+      const location = response.headers.get('location');
+      if (!isMaster || response.statusCode !== 302 || location === undefined || redirects === MAX_REDIRECTS) return response;
+      response.body.destroy();
+      url = new URL(location, url);
+    }
+  }
+
+  /**
+   * The URL of an XAPI HTTP handler with the session and the task. Another host's handler
+   * keeps the port of the configured URL (xen-api would use the default one), which is XAPI's
+   * 443 in production.
+   */
+  private handlerUrl(pathname: string, query: Record<string, string>, taskRef: string, host?: HostRecord): URL {
+    const url = new URL(pathname, this.url);
+    if (host !== undefined) url.hostname = host.address;
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    url.searchParams.set('session_id', this.xapi.sessionId);
+    url.searchParams.set('task_id', taskRef);
+    return url;
   }
 
   /**

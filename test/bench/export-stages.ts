@@ -9,6 +9,8 @@
  *   + hash            … each chunk through xxh64
  *   + write           … and write(2) to a file (no fsync)
  *   export            writeStreamAtomic: hash, write, background datasyncs, fsync, rename
+ *   direct …          the same two through download's `direct` body (httpGet, one reused
+ *                     buffer), as the export function reads it
  *
  * Prints a table: GiB/s (median, min–max), and CPU seconds per GiB of the reader (this
  * process, or curl) and of the simulator (given its pid: /proc/PID/stat) — on a shared
@@ -43,6 +45,18 @@ async function body(f: (chunk: Buffer) => void): Promise<number> {
     bytes += chunk.length;
     if (chunkSizes.length < 100_000) chunkSizes.push(chunk.length);
   }
+  await download.task;
+  return bytes;
+}
+
+/** The body read by httpGet into one reused buffer (`direct`), as the export function reads it. */
+async function directBody(f: (chunk: Buffer) => void): Promise<number> {
+  const download = await xapi.download('/export', { uuid }, { direct: true });
+  let bytes = 0;
+  await download.body.pump((chunk) => {
+    f(chunk);
+    bytes += chunk.length;
+  });
   await download.task;
   return bytes;
 }
@@ -96,6 +110,12 @@ const STAGES: [string, () => Promise<number>][] = [
   }],
   ['export (writeStreamAtomic)', async () => {
     const download = await xapi.download('/export', { uuid });
+    const r = await writeStreamAtomic(file, download.body, { commit: async () => void (await download.task) });
+    return r.size;
+  }],
+  ['direct http (body dropped)', () => directBody(() => {})],
+  ['direct export', async () => {
+    const download = await xapi.download('/export', { uuid }, { direct: true });
     const r = await writeStreamAtomic(file, download.body, { commit: async () => void (await download.task) });
     return r.size;
   }],

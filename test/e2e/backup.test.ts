@@ -125,6 +125,24 @@ describe('vmbackup: a backup of a pool, end to end', () => {
     expect(execFileSync('vhdiinfo', [vhdPath]).toString()).toMatch(/Disk type\s*:\s*Dynamic/);
   });
 
+  it('vdi-exports a disk on a local SR of another host: the export follows XAPI’s 302 to that host', async () => {
+    const srs = [
+      { name_label: 'NFS', size_gib: 100, used_gib: 10 },
+      { name_label: 'Local xcp2', size_gib: 100, used_gib: 1, shared: false, host: 'xcp2' },
+    ];
+    const local = await httpsSim(pool([{ ...db1, disks: [{ device: 'xvda', size_mib: 3, fill: 'pattern' as const, sr: 'Local xcp2' }] }], { srs }));
+    try {
+      const ws = await workspace();
+      const r = await vmbackup([...ws.args(local), '-E', 'db1:-1:xvda']);
+      expect(r.code).toBe(0);
+      expect(local.state.transfers('export_raw_vdi').filter((t) => t.status === 'done').map((t) => t.host)).toEqual(['xcp2']);
+      const raw = (await files(path.join(ws.exports, 'db1'))).find((n) => n.endsWith('.raw'))!;
+      expect((await readFile(path.join(ws.exports, 'db1', raw))).equals(await diskBytes(local, 'db1', 'xvda'))).toBe(true);
+    } finally {
+      await local.close();
+    }
+  });
+
   it('a vdi-export of a disk the VM lacks: a warning when others exist, an error naming the disks when none does', async () => {
     const ws = await workspace();
     const some = await vmbackup([...ws.args(sim), '-E', 'web1:-1:xvdb;xvdz']);
