@@ -103,27 +103,29 @@ describe('progress of a real export (simulator, in-process run)', () => {
     await xapi?.close();
     await sim?.close();
   });
+  /** A run of web1 alone, one VM at a time, no retry, no pool DB or hosts. */
+  const web1Options = (selection: Pick<RunOptions, 'vmExports'> & Partial<RunOptions>): RunOptions => ({
+    backupDir,
+    vdiExports: [],
+    excludes: [],
+    maxBackups: 2,
+    compress: 'none',
+    format: 'raw',
+    poolBackup: false,
+    hostBackup: false,
+    spaceThreshold: 1,
+    concurrency: 1,
+    vmRetries: 0,
+    haltedWithoutSnapshot: false,
+    idleTimeoutS: 60,
+    leftoverAgeHours: 24,
+    ...selection,
+  });
 
   it('the export sends its bytes about once a second, never more than it wrote, with the disks as total', async () => {
     // 3 MiB at 768 KiB/s: four seconds of transfer.
     sim.faults.add({ http: 'export', vm: 'web1', action: { kind: 'slow', bytes_per_second: 768 * 1024 } });
-    const options: RunOptions = {
-      backupDir,
-      vmExports: ['web1'],
-      vdiExports: [],
-      excludes: [],
-      maxBackups: 2,
-      compress: 'none',
-      format: 'raw',
-      poolBackup: false,
-      hostBackup: false,
-      spaceThreshold: 1,
-      concurrency: 1,
-      vmRetries: 0,
-      haltedWithoutSnapshot: false,
-      idleTimeoutS: 60,
-      leftoverAgeHours: 24,
-    };
+    const options = web1Options({ vmExports: ['web1'] });
     const signals: PhaseProgress[] = [];
     const board = new ProgressBoard();
     const seenRows: ReturnType<ProgressBoard['rows']>[] = [];
@@ -170,24 +172,7 @@ describe('progress of a real export (simulator, in-process run)', () => {
     const summary = await runEmbedded(
       {
         runId: `${RUN}-delta`,
-        options: {
-          backupDir,
-          vmExports: [],
-          vdiExports: [],
-          deltaExports: ['web1'],
-          excludes: [],
-          maxBackups: 2,
-          compress: 'none',
-          format: 'raw',
-          poolBackup: false,
-          hostBackup: false,
-          spaceThreshold: 1,
-          concurrency: 1,
-          vmRetries: 0,
-          haltedWithoutSnapshot: false,
-          idleTimeoutS: 60,
-          leftoverAgeHours: 24,
-        },
+        options: web1Options({ vmExports: [], deltaExports: ['web1'] }),
         startedAt: new Date(),
       },
       { xapi, log: silentLogger(), clock: systemClock, origin: localOrigin(), onProgress: (p) => signals.push(p) },

@@ -79,15 +79,14 @@ export async function listTree(backupDir: string): Promise<number> {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-export async function metricsBench(work: string, print: (line: string) => void): Promise<void> {
-  const backupDir = path.join(work, 'metrics-exports');
-  await tree(backupDir);
-  const app = createGateway({
+/** A gateway over `backupDir` with no NATS behind it (an in-memory run store), for reading benches. */
+export function benchGateway(backupDir: string, token: string) {
+  return createGateway({
     bus: new RecordingBus(),
     store: new MemoryRunStore(),
     triggers: new MemoryTriggerLog(new TestClock()),
     backupDir,
-    tokens: [TOKEN],
+    tokens: [token],
     bodyLimit: 1 << 20,
     alertmanagerLabel: 'vm',
     runDefaults: defaultRunOptions(backupDir),
@@ -95,6 +94,12 @@ export async function metricsBench(work: string, print: (line: string) => void):
     log: silentLogger(),
     ready: async () => true,
   });
+}
+
+export async function metricsBench(work: string, print: (line: string) => void): Promise<void> {
+  const backupDir = path.join(work, 'metrics-exports');
+  await tree(backupDir);
+  const app = benchGateway(backupDir, TOKEN);
   const scrape = async (): Promise<number> => {
     const started = performance.now();
     const res = await app.request('/metrics', { headers: { Authorization: `Bearer ${TOKEN}` } });

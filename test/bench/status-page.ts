@@ -13,13 +13,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createGateway } from '../../runtime/gateway/app.js';
-import { RecordingBus, TestClock, defaultRunOptions } from '../../runtime/gateway/test-helpers.js';
-import { MemoryTriggerLog } from '../../runtime/gateway/trigger-log.js';
-import { silentLogger } from '../../runtime/log.js';
-import { MemoryRunStore } from '../../runtime/run/store.js';
 import type { StatusSnapshot } from '../../runtime/status/vm-status.js';
-import { listTree, tree } from './metrics.js';
+import { benchGateway, listTree, tree } from './metrics.js';
 
 const ROUNDS = 7;
 const TOKEN = 'bench-status-page-token-0123456789';
@@ -28,19 +23,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 export async function statusPageBench(work: string, print: (line: string) => void): Promise<void> {
   const backupDir = path.join(work, 'status-page-exports');
   await tree(backupDir);
-  const app = createGateway({
-    bus: new RecordingBus(),
-    store: new MemoryRunStore(),
-    triggers: new MemoryTriggerLog(new TestClock()),
-    backupDir,
-    tokens: [TOKEN],
-    bodyLimit: 1 << 20,
-    alertmanagerLabel: 'vm',
-    runDefaults: defaultRunOptions(backupDir),
-    clock: new TestClock(),
-    log: silentLogger(),
-    ready: async () => true,
-  });
+  const app = benchGateway(backupDir, TOKEN);
   const timed = async (url: string, check: (body: unknown) => boolean): Promise<number> => {
     const started = performance.now();
     const res = await app.request(url, { headers: { Authorization: `Bearer ${TOKEN}` } });
