@@ -11,6 +11,7 @@ import { httpsSim, vmbackup, workspace } from '../../test/helpers/cli.js';
 import type { Workspace } from '../../test/helpers/cli.js';
 import { StatusReader, mergeStatus, runRecordFromSummary } from './vm-status.js';
 import type { VmStatus } from './vm-status.js';
+import { pool, vm } from '../../test/nats/rig.js';
 
 /*
  * The per-VM status on real backups: `vmbackup` against the simulator writes the sets (one VM
@@ -29,15 +30,7 @@ describe('StatusReader: each VM from backup_dir and the runs', () => {
   };
 
   beforeAll(async () => {
-    sim = await httpsSim({
-      credentials: { user: 'root', password: 'secret' },
-      hosts: [{ name_label: 'xcp1' }],
-      srs: [{ name_label: 'NFS', size_gib: 10, used_gib: 1 }],
-      vms: [
-        { name_label: 'web1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 2, fill: 'pattern' }], vifs: [] },
-        { name_label: 'db1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' }], vifs: [] },
-      ],
-    });
+    sim = await httpsSim(pool([vm('web1', 'Halted'), vm('db1', 'Halted', 1)]));
     ws = await workspace();
     const first = await vmbackup([...ws.args(sim), '-e', 'web1', '-e', 'db1']);
     if (first.code !== 0) throw new Error(first.stderr);

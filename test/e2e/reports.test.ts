@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Simulator } from '../sim/server.js';
 import { httpsSim, vmbackup, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
+import { pool, vm } from '../nats/rig.js';
 
 /*
  * Run reports from the real command against the simulator: a JSON POST to a real local HTTP
@@ -63,15 +64,7 @@ describe('run reports: report_url and report_email', () => {
   let mailLog: string;
 
   beforeAll(async () => {
-    sim = await httpsSim({
-      credentials: { user: 'root', password: 'secret' },
-      hosts: [{ name_label: 'xcp1' }],
-      srs: [{ name_label: 'NFS', size_gib: 10, used_gib: 1 }],
-      vms: [
-        { name_label: 'web1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' }], vifs: [] },
-        { name_label: 'db1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' }], vifs: [] },
-      ],
-    });
+    sim = await httpsSim(pool([vm('web1', 'Halted', 1), vm('db1', 'Halted', 1)]));
     ws = await workspace();
     server = await reportServer();
     bin = await mkdtemp(path.join(os.tmpdir(), 'vmb-fake-sendmail-'));

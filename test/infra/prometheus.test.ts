@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT, httpsSim, vmbackup, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
 import type { Simulator } from '../sim/server.js';
+import { pool, vm } from '../nats/rig.js';
 
 /*
  * The node_exporter textfile of a cron install, written by the real command against the
@@ -27,15 +28,7 @@ describe('metrics_textfile and the Prometheus alert rules', () => {
   let last: string;
 
   beforeAll(async () => {
-    sim = await httpsSim({
-      credentials: { user: 'root', password: 'secret' },
-      hosts: [{ name_label: 'xcp1' }],
-      srs: [{ name_label: 'NFS', size_gib: 10, used_gib: 1 }],
-      vms: [
-        { name_label: 'web1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 2, fill: 'pattern' }], vifs: [] },
-        { name_label: 'db1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' }], vifs: [] },
-      ],
-    });
+    sim = await httpsSim(pool([vm('web1', 'Halted'), vm('db1', 'Halted', 1)]));
     ws = await workspace();
     textfile = path.join(await mkdtemp(path.join(os.tmpdir(), 'vmb-node-exporter-')), 'vmbackup.prom');
     const env = { VMBACKUP_METRICS_TEXTFILE: textfile, VMBACKUP_VM_RETRIES: '0' };
