@@ -11,6 +11,7 @@ import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { runEmbedded } from './embedded.js';
 import { ProgressBoard } from './progress.js';
+import { pool, vm } from '../../test/nats/rig.js';
 
 const T0 = Date.parse('2026-11-26T08:30:00Z');
 const at = (ms: number) => new Date(T0 + ms).toISOString();
@@ -89,12 +90,7 @@ describe('progress of a real export (simulator, in-process run)', () => {
   let backupDir: string;
   beforeAll(async () => {
     sim = await startSimulator({
-      pool: {
-        credentials: { user: 'root', password: 'secret' },
-        hosts: [{ name_label: 'xcp1' }],
-        srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 10 }],
-        vms: [{ name_label: 'web1', power_state: 'Running', disks: [{ device: 'xvda', size_mib: 3, fill: 'pattern' }], vifs: [] }],
-      },
+      pool: pool([vm('web1', 'Running', 3)]),
     });
     xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'secret', log: silentLogger() });
     backupDir = await mkdtemp(path.join(os.tmpdir(), 'vmb-progress-'));

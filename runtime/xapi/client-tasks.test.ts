@@ -4,6 +4,7 @@ import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { silentLogger } from '../log.js';
 import { XapiClient } from './client.js';
+import { pool, vm } from '../../test/nats/rig.js';
 
 /**
  * A task's end is not lost when xen-api's event loop stops seeing events (as after its
@@ -15,12 +16,7 @@ describe('tasks waited for while the event loop sees nothing', () => {
   let xapi: XapiClient;
   beforeAll(async () => {
     sim = await startSimulator({
-      pool: {
-        credentials: { user: 'root', password: 'secret' },
-        hosts: [{ name_label: 'xcp1' }],
-        srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 10 }],
-        vms: [{ name_label: 'web1', power_state: 'Running', disks: [{ device: 'xvda', size_mib: 1, fill: 'pattern' }], vifs: [] }],
-      },
+      pool: pool([vm('web1', 'Running', 1)]),
     });
     xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'secret', log: silentLogger() });
     // From now on every event.from fails: xen-api's loop waits and tries again, seeing no task end.
