@@ -4,6 +4,7 @@ import path from 'node:path';
 import { LockedError } from '../errors.js';
 import { writeError, writeFileAtomic } from '../storage/atomic.js';
 import { PARTIAL_SUFFIX } from '../storage/naming.js';
+import { pidAlive } from '../storage/writer.js';
 import { TRASH_SUFFIX, ZERO_DIGEST } from './chunks.js';
 import type { ChunkStore } from './chunks.js';
 import { INDEX_SUFFIX, IndexReader } from './index-file.js';
@@ -264,18 +265,9 @@ async function takeLock(file: string, now: number): Promise<number> {
 function deadOnThisHost(holder: string): boolean {
   try {
     const h = JSON.parse(holder) as { host?: unknown; pid?: unknown };
-    return h.host === os.hostname() && typeof h.pid === 'number' && !processRuns(h.pid);
+    return h.host === os.hostname() && typeof h.pid === 'number' && !pidAlive(h.pid);
   } catch {
     return false;
-  }
-}
-
-function processRuns(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as { code?: string }).code !== 'ESRCH';
   }
 }
 
@@ -291,7 +283,7 @@ async function removeDeadLockPartials(dir: string, now: number): Promise<void> {
     const [host, pid] = [m[1], Number(m[2])];
     const file = path.join(dir, name);
     const age = now - ((await stat(file).catch(() => undefined))?.mtimeMs ?? now);
-    const dead = host === os.hostname() ? pid !== process.pid && !processRuns(pid) : age > GC_LOCK_STALE_MS;
+    const dead = host === os.hostname() ? pid !== process.pid && !pidAlive(pid) : age > GC_LOCK_STALE_MS;
     if (dead) await rm(file, { force: true });
   }
 }

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { ConfigError, LockedError } from '../errors.js';
 import type { Origin } from '../function.js';
-import { keepFresh, newWriterTag, parseWriterTag, processStart, thisProcess, WRITER_STALE_MS, writerState } from './writer.js';
+import { keepFresh, newWriterTag, parseWriterTag, pidAlive, processStart, thisProcess, WRITER_STALE_MS, writerState } from './writer.js';
 
 /** Name of the lock file in backup_dir. */
 export const LOCK_FILE = '.vmbackup.lock';
@@ -34,15 +34,7 @@ export function isStale(info: LockInfo, now: Date, me: Origin, staleHours: numbe
   return now.getTime() - started > staleHours * 3_600_000;
 }
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: the process exists but belongs to someone else.
-    return (error as { code?: string }).code === 'EPERM';
-  }
-}
+export { pidAlive };
 
 /**
  * Takes the exclusive lock of a backup directory, so two runs never write or prune the same

@@ -71,7 +71,7 @@ export function processStart(pid: number): string | undefined {
   } catch (error) {
     if ((error as { code?: string }).code === 'ENOENT') {
       // No /proc at all (not Linux): fall back to asking the kernel whether the pid exists.
-      if (!procMounted()) return pidExists(pid) ? '0' : undefined;
+      if (!procMounted()) return pidAlive(pid) ? '0' : undefined;
       return undefined;
     }
     return '0';
@@ -87,7 +87,8 @@ function procMounted(): boolean {
   }
 }
 
-function pidExists(pid: number): boolean {
+/** Whether a process of this host runs (EPERM: it exists but belongs to someone else). */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
