@@ -34,7 +34,7 @@ import { HttpError, badInput, errorResponse, natsUnavailable, zodIssues } from '
 import { getCookie } from 'hono/cookie';
 import { ProgressBoard } from '../run/progress.js';
 import { StatusReader, StatusSnapshot } from '../status/vm-status.js';
-import { PAGE_ASSETS, PAGE_COOKIE, PAGE_HEADERS, PageSessions, ProgressResponse, loginPage, progressView } from './page.js';
+import { PAGE_COOKIE, PAGE_PATHS, PAGE_HEADERS, PageSessions, ProgressResponse, loginPage, pageAsset, progressView } from './page.js';
 import { buildOpenApi } from './openapi.js';
 import type { RouteDoc } from './openapi.js';
 import { RunRequest, exactNameEntry, runOptionsFrom } from './run-request.js';
@@ -423,11 +423,13 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
 
   // --- the status page (HTML; not part of the API document) ---------------------------------
 
-  for (const [path, file] of Object.entries(PAGE_ASSETS)) {
+  for (const path of PAGE_PATHS) {
     if (path === '/') continue;
-    app.get(path, (c) => c.body(file.body, 200, { 'Content-Type': file.type, 'X-Content-Type-Options': 'nosniff', 'Cache-Control': 'no-cache' }));
+    app.get(path, (c) => {
+      const file = pageAsset(path);
+      return c.body(file.body, 200, { 'Content-Type': file.type, 'X-Content-Type-Options': 'nosniff', 'Cache-Control': 'no-cache' });
+    });
   }
-  const page = PAGE_ASSETS['/']!;
   const htmlAnswer = (c: Context<Env>, body: string, status: 200 | 401 | 403, extra: Record<string, string> = {}) =>
     c.body(body, status, { 'Content-Type': 'text/html; charset=utf-8', ...PAGE_HEADERS, ...extra });
   /** A token given once (query or form): a session cookie, then the page without the token in its URL. */
@@ -441,10 +443,10 @@ export function createGateway(deps: GatewayDeps): Hono<Env> {
     return c.body(null, 303, { Location: '/', 'Set-Cookie': sessions.cookie(sessions.issue(deps.clock.now().getTime()), secure), ...PAGE_HEADERS });
   };
   app.get('/', (c) => {
-    if (digests.length === 0) return htmlAnswer(c, page.body, 200);
+    if (digests.length === 0) return htmlAnswer(c, pageAsset('/').body, 200);
     const token = c.req.query('token');
     if (token !== undefined) return openSession(c, token);
-    if (pageSession(c)) return htmlAnswer(c, page.body, 200);
+    if (pageSession(c)) return htmlAnswer(c, pageAsset('/').body, 200);
     return htmlAnswer(c, loginPage('A token is needed to see the backups.'), 401);
   });
   app.post('/login', async (c) => {

@@ -14,12 +14,29 @@ import type { RunStore } from '../run/store.js';
  * "Status page", says how an operator opens it.
  */
 
-/** The page's files, read once: served as they are. */
-export const PAGE_ASSETS: Readonly<Record<string, { type: string; body: string }>> = Object.freeze({
-  '/': { type: 'text/html; charset=utf-8', body: asset('index.html') },
-  '/page/status.js': { type: 'text/javascript; charset=utf-8', body: asset('status.js') },
-  '/page/status.css': { type: 'text/css; charset=utf-8', body: asset('status.css') },
+/** The page's files by path: served as they are. */
+const PAGE_FILES: Readonly<Record<string, { type: string; file: string }>> = Object.freeze({
+  '/': { type: 'text/html; charset=utf-8', file: 'index.html' },
+  '/page/status.js': { type: 'text/javascript; charset=utf-8', file: 'status.js' },
+  '/page/status.css': { type: 'text/css; charset=utf-8', file: 'status.css' },
 });
+export const PAGE_PATHS: readonly string[] = Object.keys(PAGE_FILES);
+const read = new Map<string, { type: string; body: string }>();
+
+/**
+ * A file of the page, read from disk the first time it is asked for and kept: importing this
+ * module (as every command that reads the gateway's settings does) costs no file reads.
+ */
+export function pageAsset(path: string): { type: string; body: string } {
+  let found = read.get(path);
+  if (found === undefined) {
+    const f = PAGE_FILES[path];
+    if (f === undefined) throw new Error(`the status page has no file ${path}`);
+    found = { type: f.type, body: asset(f.file) };
+    read.set(path, found);
+  }
+  return found;
+}
 
 /** The page's own paths (HTML, sign-in, files): outside the API and its document, with their own sign-in. */
 export function isPagePath(path: string): boolean {
