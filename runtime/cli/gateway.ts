@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import type { NatsConnection } from 'nats';
 import { openNats, redactUrl } from '../bus/nats-connect.js';
 import type { NatsRuntime } from '../bus/nats-connect.js';
@@ -7,7 +6,6 @@ import type { Settings } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import { systemClock } from '../function.js';
 import { DEFAULT_WINDOWS, createGateway } from '../gateway/app.js';
-import { parseTokens } from '../gateway/auth.js';
 import { NatsTriggerLog } from '../gateway/nats-trigger-log.js';
 import { isLoopback, listen, parseListen } from '../gateway/server.js';
 import { followProgress } from '../gateway/page.js';
@@ -16,6 +14,7 @@ import { createLogger } from '../log.js';
 import { runOptions } from './backup.js';
 import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
+import { readMetricsTokens, readSecretFile, readTokensFile } from './secrets.js';
 import { loadCommandSettings } from './settings.js';
 
 /** Gateway-only switch: serve without bearer tokens, on a loopback address only. */
@@ -105,7 +104,7 @@ export async function gatewayCommand(argv: readonly string[], io: Io): Promise<n
 export function readSecrets(settings: Settings, noAuth: boolean, host: string): { tokens: string[]; webhookSecret?: string; metricsTokens: string[] } {
   let tokens: string[] = [];
   if (settings.gateway_tokens_file !== undefined) {
-    tokens = parseTokens(readSecretFile(settings.gateway_tokens_file, 'gateway_tokens_file'), settings.gateway_tokens_file);
+    tokens = readTokensFile(settings.gateway_tokens_file, 'gateway_tokens_file');
   }
   if (tokens.length === 0 && !noAuth) {
     throw new ConfigError(
@@ -127,25 +126,6 @@ export function readSecrets(settings: Settings, noAuth: boolean, host: string): 
     }
   }
   return { tokens, ...(webhookSecret !== undefined ? { webhookSecret } : {}), metricsTokens: readMetricsTokens(settings) };
-}
-
-/** The tokens of metrics_tokens_file (none when unset); errors name the file, never a token. */
-export function readMetricsTokens(settings: Settings): string[] {
-  if (settings.metrics_tokens_file === undefined) return [];
-  const tokens = parseTokens(readSecretFile(settings.metrics_tokens_file, 'metrics_tokens_file'), settings.metrics_tokens_file);
-  if (tokens.length === 0) throw new ConfigError(`metrics_tokens_file ${settings.metrics_tokens_file} holds no token`, { key: 'metrics_tokens_file', file: settings.metrics_tokens_file });
-  return tokens;
-}
-
-/** A secret file's text; a ConfigError naming the key and the file (never its content) when it cannot be read. */
-export function readSecretFile(file: string, key: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch (error) {
-    const code = (error as { code?: string }).code;
-    const reason = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'permission denied' : (code ?? String(error));
-    throw new ConfigError(`${key} ${file} cannot be read (${reason})`, { key, file });
-  }
 }
 
 /** NATS answers a PING and JetStream its account info, each within 2 s. */

@@ -6,11 +6,9 @@ import type { NatsRuntime } from '../bus/nats-connect.js';
 import { commandHelp } from '../config/args.js';
 import type { Settings } from '../config/schema.js';
 import { ConfigError, UsageError } from '../errors.js';
-import { parseTokens } from '../gateway/auth.js';
 import { isLoopback, listen, parseListen } from '../gateway/server.js';
 import { WorkerMetrics } from '../status/metrics.js';
 import { metricsApp } from '../status/serve-metrics.js';
-import { readMetricsTokens, readSecretFile } from './gateway.js';
 import type { FunctionDef } from '../function.js';
 import { localOrigin, systemClock } from '../function.js';
 import { startRunEndTrigger } from '../hooks/run-end.js';
@@ -25,6 +23,7 @@ import type { Io } from './io.js';
 import { VERSION, fail } from './io.js';
 import { seconds, takeExtras } from './run.js';
 import type { Extras } from './run.js';
+import { readMetricsTokens, readTokensFile } from './secrets.js';
 import { commandLogger, loadCommandSettings, printWarnings } from './settings.js';
 import { xapiOptions, xapiPassword } from './xapi.js';
 
@@ -178,7 +177,7 @@ function metricsListen(settings: Settings): { at: { host: string; port: number }
   } catch {
     throw new ConfigError(`metrics_listen = ${settings.metrics_listen}: must be HOST:PORT (e.g. 127.0.0.1:9464, [::1]:9464, :9464)`, { key: 'metrics_listen' });
   }
-  const gatewayTokens = settings.gateway_tokens_file !== undefined ? parseTokens(readSecretFile(settings.gateway_tokens_file, 'gateway_tokens_file'), settings.gateway_tokens_file) : [];
+  const gatewayTokens = settings.gateway_tokens_file !== undefined ? readTokensFile(settings.gateway_tokens_file, 'gateway_tokens_file') : [];
   const tokens = [...readMetricsTokens(settings), ...gatewayTokens];
   if (tokens.length === 0 && !isLoopback(at.host)) {
     throw new ConfigError(`metrics_listen = ${settings.metrics_listen} is not a loopback address: give metrics_tokens_file (or gateway_tokens_file) so that GET /metrics needs a token`, { key: 'metrics_listen' });
