@@ -74,7 +74,7 @@ describe('test/provision.ts, run as npm runs it, with a PATH where tools are abs
     const put = hidden.map((cmd) => `  /bin/ln -s /bin/true '${bin}/${cmd}'`).join('\n');
     await writeFile(
       path.join(bin, 'apt-get'),
-      `#!/bin/sh\necho "uid=$(/usr/bin/id -u) DEBIAN_FRONTEND=$DEBIAN_FRONTEND $*" >> '${log}'\nif [ "$1" = install ]; then\n${put || '  :'}\nfi\nexit ${apt.exit ?? 0}\n`,
+      `#!/bin/sh\necho "uid=$(/usr/bin/id -u) DEBIAN_FRONTEND=$DEBIAN_FRONTEND $*" >> '${log}'\nif [ "$3" = install ]; then\n${put || '  :'}\nfi\nexit ${apt.exit ?? 0}\n`,
       { mode: 0o755 },
     );
     return { env: { PATH: bin, NATS_SERVER: path.join(bin, 'nats-server'), TMPDIR: tmp, HOME: tmp }, log };
@@ -118,8 +118,8 @@ describe('test/provision.ts, run as npm runs it, with a PATH where tools are abs
     expect(r.stderr).toBe('vmbackup tests: installing Debian packages nats-server libvhdi-utils xxhash (missing: nats-server, vhdiinfo, xxhsum)\n');
     expect(r.code).toBe(0);
     expect((await readFile(log, 'utf8')).split('\n')).toEqual([
-      'uid=0 DEBIAN_FRONTEND=noninteractive update',
-      'uid=0 DEBIAN_FRONTEND=noninteractive install -y nats-server libvhdi-utils xxhash',
+      'uid=0 DEBIAN_FRONTEND=noninteractive -o DPkg::Lock::Timeout=600 update',
+      'uid=0 DEBIAN_FRONTEND=noninteractive -o DPkg::Lock::Timeout=600 install -y nats-server libvhdi-utils xxhash',
       '',
     ]);
     // Installed: the next check finds everything.

@@ -83,6 +83,9 @@ export class ProvisionError extends Error {
   override name = 'ProvisionError';
 }
 
+/** How long apt-get waits for another apt-get's lock before it gives up, in seconds. */
+const APT_LOCK_WAIT_S = 600;
+
 /**
  * Makes sure the tests' tools are there. Nothing missing: silent. Missing and root: says which
  * packages it installs (one line), runs `apt-get update` and `apt-get install -y`
@@ -100,8 +103,11 @@ export function provision(env: NodeJS.ProcessEnv = process.env, say: (line: stri
     throw new ProvisionError(`the tests need ${plan.missing.join(', ')}, which are missing, and there is no apt-get to install Debian packages ${plan.packages.join(' ')}`);
   }
   const aptEnv = { ...env, DEBIAN_FRONTEND: 'noninteractive' };
+  // Two test runs started at once on a fresh machine both install: the second waits for the
+  // first's dpkg lock (then finds the packages there) instead of failing at once.
+  const wait = ['-o', `DPkg::Lock::Timeout=${APT_LOCK_WAIT_S}`];
   for (const args of [['update'], ['install', '-y', ...plan.packages]]) {
-    const r = spawnSync('apt-get', args, { env: aptEnv, stdio: ['ignore', 'inherit', 'inherit'] });
+    const r = spawnSync('apt-get', [...wait, ...args], { env: aptEnv, stdio: ['ignore', 'inherit', 'inherit'] });
     if (r.status !== 0) throw new ProvisionError(`apt-get ${args.join(' ')} failed (${r.error?.message ?? `exit ${r.status ?? r.signal}`})`);
   }
   const still = missingNeeds(env);
