@@ -95,9 +95,25 @@ class LaggingStore extends MemoryRunStore {
   }
 }
 
+/** A bus on which queueing the first `failures` jobs of `subject` fails, as a publish to a stream without a leader does. */
+class FailingEnqueueBus extends MemoryBus {
+  constructor(
+    private readonly failing: string,
+    public failures: number,
+  ) {
+    super();
+  }
+  override async enqueue(subject: string, data: unknown, opts: { id: string }): Promise<void> {
+    if (subject === this.failing && this.failures > 0) {
+      this.failures--;
+      throw new Error(`no leader for ${subject}`);
+    }
+    return super.enqueue(subject, data, opts);
+  }
+}
+
 /** A rig: stand-in functions that record their calls, the coordinator, and a stop like embedded.ts's. */
-async function rig(handlers: Record<string, Handler>, store: MemoryRunStore = new MemoryRunStore()) {
-  const bus = new MemoryBus();
+async function rig(handlers: Record<string, Handler>, store: MemoryRunStore = new MemoryRunStore(), bus: MemoryBus = new MemoryBus()) {
   const calls: string[] = [];
   const inputs = new Map<string, Record<string, unknown>>();
   const passThrough: Handler = async (input) => input;
@@ -241,5 +257,22 @@ describe('coordinator: a state read from a store that is behind', () => {
     expect(stateBehind(header, jobs, ev('pre-hook'))).toBeUndefined();
     expect(stateBehind(header, new Map([['vm.a', { ...job, status: 'success' }]]), ev('meta'))).toBeUndefined();
     expect(stateBehind(header, jobs, ev('export', 1, 'started'))).toBeUndefined();
+  });
+});
+
+describe('coordinator: the next phase is queued before the state that queued it is committed', () => {
+  it('a queueing that fails commits nothing: the event comes again, the phase is queued then, once, and the run ends as without the failure', async () => {
+    const store = new MemoryRunStore();
+    const bus = new FailingEnqueueBus(jobSubject('export'), 2);
+    const r = await rig({}, store, bus);
+    try {
+      const summary = await r.summary();
+      expect(bus.failures).toBe(0);
+      expect(summary).toMatchObject({ status: 'success', exitCode: 0 });
+      expect(summary.jobs.map((j) => [j.name, j.status, j.tries])).toEqual(expect.arrayContaining([['vm1', 'success', 1], ['vm2', 'success', 1], ['vm3', 'success', 1]]));
+      expect(r.calls.filter((c) => c.startsWith('export:'))).toEqual(['export:vm.u1:1', 'export:vm.u2:1', 'export:vm.u3:1']);
+    } finally {
+      await r.bus.close();
+    }
   });
 });

@@ -47,19 +47,25 @@ export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clo
     }
     // A stop changes the header even when it ends no job.
     if (event.outcome !== 'stop' && t.jobs.length === 0 && t.enqueue.length === 0 && !t.finished) return;
-    for (const e of t.enqueue) await bus.enqueue(jobSubject(e.fn), e.data, { id: e.id });
+    // What the new state queues goes out while its jobs are written (store.commit), and is
+    // out before the header, the commit point: a crash before it is repaired by the event's
+    // redelivery, and after it nothing is missing. The jobs queued at once are independent
+    // (dedup ids, one phase per job), so they are not published one after the other.
     let finished: RunSummary | undefined;
-    if (t.finished) {
+    const transition = t;
+    const queued = (async () => {
+      await Promise.all(transition.enqueue.map((e) => bus.enqueue(jobSubject(e.fn), e.data, { id: e.id })));
+      if (!transition.finished) return;
       const stored = await store.allJobs(event.runId);
-      const changed = new Map(t.jobs.map((j) => [j.jobId, j]));
-      const merged = t.header.jobIds.map((id) => changed.get(id) ?? stored.find((j) => j.jobId === id)).filter((j) => j !== undefined);
-      const summary: RunSummary = summarize(t.header, merged);
+      const changed = new Map(transition.jobs.map((j) => [j.jobId, j]));
+      const merged = transition.header.jobIds.map((id) => changed.get(id) ?? stored.find((j) => j.jobId === id)).filter((j) => j !== undefined);
+      const summary: RunSummary = summarize(transition.header, merged);
       // A retried run finishes again: its new summary needs its own dedup id.
-      const finishedId = `${event.runId}:run:finished${t.header.retries !== undefined && t.header.retries > 0 ? `:${t.header.retries}` : ''}`;
+      const finishedId = `${event.runId}:run:finished${transition.header.retries !== undefined && transition.header.retries > 0 ? `:${transition.header.retries}` : ''}`;
       await bus.publish(eventSubject(event.runId, 'run', 'finished'), summary, { id: finishedId });
       finished = summary;
-    }
-    if (await store.commit(event.runId, t.header, current.revision, t.jobs)) {
+    })();
+    if (await store.commit(event.runId, t.header, current.revision, t.jobs, queued)) {
       logNewWarnings(log, current.header, t, jobs);
       if (finished !== undefined) onFinished?.(finished);
       return;

@@ -38,8 +38,9 @@ type StoredHeader = z.infer<typeof StoredHeader>;
  *
  * - `create` is `kv.create` (compare-and-set against absent): a run id exists once, which is
  *   also how a trigger sent twice makes one run.
- * - `commit` checks the header's revision, writes the jobs, then `kv.update`s the header
- *   with that revision (CAS): the header write is the commit point. Job writes are not
+ * - `commit` checks the header's revision, writes the jobs (while the caller's `alongside`
+ *   queues the next phases), then `kv.update`s the header with that revision (CAS): the
+ *   header write is the commit point. Job writes are not
  *   undone when the header CAS loses a race; the coordinator's consumer (one event at a
  *   time) is what keeps two coordinators from racing in the first place.
  *
@@ -95,14 +96,26 @@ export class NatsRunStore implements RunStore {
     return this.getJobs(runId, current.header.jobIds);
   }
 
-  async commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[]): Promise<boolean> {
-    const value = await this.encode(RunHeader.parse(header));
-    if (jobs.length > 0) {
+  async commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[], alongside?: Promise<void>): Promise<boolean> {
+    // The jobs are written while `alongside` queues what the new state starts: on a cluster
+    // each waits for a second node, so one after the other they cost a round trip more per
+    // event. Both are done before the header, the commit point.
+    const written = (async (): Promise<string | undefined> => {
+      const value = await this.encode(RunHeader.parse(header));
+      if (jobs.length === 0) return value;
       // Do not write jobs for a state that is already stale.
       const current = await this.get(headerKey(runId));
-      if (current === null || current.revision !== revision) return false;
+      if (current === null || current.revision !== revision) return undefined;
       await inChunks(jobs, (job) => untilAnswered(`writing job ${job.jobId} of run ${runId}`, () => this.kv.put(jobKey(runId, job.jobId), JSON.stringify(JobState.parse(job))), RETRY));
-    }
+      return value;
+    })();
+    // Both settle before either's failure is thrown: nothing of this commit is still in flight
+    // when the coordinator tries again.
+    const [jobsWritten, queued] = await Promise.allSettled([written, alongside]);
+    if (jobsWritten.status === 'rejected') throw jobsWritten.reason;
+    if (queued.status === 'rejected') throw queued.reason;
+    const value = jobsWritten.value;
+    if (value === undefined) return false;
     try {
       // Sent again after a lost reply, an update that did land says "wrong revision": the
       // coordinator then reads the state again and finds its own commit.

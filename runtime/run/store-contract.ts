@@ -55,6 +55,27 @@ export function storeContract(name: string, make: () => Promise<{ store: RunStor
       expect((await store.jobs(runId, [a.jobId])).get(a.jobId)).toEqual(a);
     });
 
+    it('writes the header only once what the commit queues alongside is out; a failure there commits nothing', async () => {
+      const header = newRunHeader(runId, new Date(), { concurrency: 2, vmRetries: 1 });
+      await store.create(header);
+      const first = (await store.header(runId))!;
+      const a = job('vm.a', 'a');
+      let release!: () => void;
+      const queued = new Promise<void>((resolve) => (release = resolve));
+      const committing = store.commit(runId, { ...header, status: 'running', jobIds: [a.jobId], remaining: 1 }, first.revision, [a], queued);
+      // Its jobs may be written by now; its header is not, while the queueing is under way.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect((await store.header(runId))!).toEqual(first);
+      release();
+      expect(await committing).toBe(true);
+      expect((await store.header(runId))!.header.status).toBe('running');
+
+      const second = (await store.header(runId))!;
+      const failing = store.commit(runId, { ...second.header, remaining: 0 }, second.revision, [{ ...a, status: 'success' }], Promise.reject(new Error('the next phase was not queued')));
+      await expect(failing).rejects.toThrow('the next phase was not queued');
+      expect((await store.header(runId))!).toEqual(second);
+    });
+
     it('of two commits from the same revision, exactly one wins', async () => {
       const header = newRunHeader(runId, new Date(), { concurrency: 2, vmRetries: 1 });
       await store.create(header);

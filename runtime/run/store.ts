@@ -10,8 +10,14 @@ export interface RunStore {
   header(runId: string): Promise<{ header: RunHeader; revision: number } | undefined>;
   jobs(runId: string, jobIds: readonly string[]): Promise<Map<string, JobState>>;
   allJobs(runId: string): Promise<JobState[]>;
-  /** Writes the jobs, then the header if its revision is still `revision`; false on conflict. */
-  commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[]): Promise<boolean>;
+  /**
+   * Writes the jobs, then the header if its revision is still `revision`; false on conflict.
+   * `alongside` (the jobs and events the new state queues) runs while the jobs are written
+   * and has ended before the header is: the header write is the commit point, so what it
+   * queued is out once it is committed. Its failure fails the commit, and the header is not
+   * written.
+   */
+  commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[], alongside?: Promise<void>): Promise<boolean>;
   /** Headers of known runs, newest first. */
   list(limit?: number): Promise<RunHeader[]>;
 }
@@ -49,7 +55,8 @@ export class MemoryRunStore implements RunStore {
     return header.jobIds.map((id) => all.get(id)).filter((j): j is JobState => j !== undefined).map((j) => structuredClone(j));
   }
 
-  async commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[]): Promise<boolean> {
+  async commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[], alongside?: Promise<void>): Promise<boolean> {
+    await alongside;
     const current = this.headers.get(runId);
     if (current === undefined || current.revision !== revision) return false;
     const all = this.jobStates.get(runId)!;
