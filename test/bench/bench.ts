@@ -7,7 +7,10 @@
  *
  * (test/bench/report.ts). `npm run bench -- NAME…` runs the sections whose name, or one of
  * whose lines' names, is given: `npm run bench -- startup_ms export_raw`. The whole bench
- * takes a few minutes on two cores.
+ * must take under 5 minutes on two quiet cores (docs/performance.md, "The bench's own
+ * time"): a fixture several sections read is built once per process (the 1 GiB VM's
+ * simulator, the 1,000-VM tree), and a section's size is the least that keeps its line's
+ * meaning.
  *
  *   section       line                         what                                              target
  *   startup       startup_ms                   `vmbackup --version`, wall ms (against `node -e 0`) ≤ 250
@@ -20,17 +23,18 @@
  *                                              two `curl -o` + fsync side by side                 ≥ 0.9
  *   run           run_vs_curl_ratio            a whole `vmbackup -e big` run (1 GiB VM, embedded,
  *                                              a process) / `curl -o` + fsync of its export       ≥ 0.85
- *   rss           rss_growth_mib               peak RSS exporting a 4 GiB disk − a 512 MiB disk   < 32
+ *   rss           rss_growth_mib               peak RSS exporting a 2 GiB disk − a 256 MiB disk   < 32
  *   plan          plan_ms_5000                 plan over 5,000 VMs with 100 selection entries     < 1000
  *                 plan_vs_fetch_ratio          … / one bare VM.get_all_records of the same pool
- *   nats          nats_vs_embedded_ratio       200 VMs with 1 MiB disks: `vmbackup run` through
+ *   nats          nats_vs_embedded_ratio       100 VMs with 1 MiB disks: `vmbackup run` through
  *                                              NATS with two workers / the same run embedded     ≤ 1.5
  *   sim           sim_export_vs_plain_http_ratio  the simulator's 1 GiB XVA export to `curl -o
  *                                              /dev/null` / a bare node HTTP server               ≥ 0.3
  *                 sim_pattern_vs_copy_ratio    pattern disk reads / filling fresh buffers by copy ≥ 0.2
  *   chunks, gc    chunk_<n>mib_…, gc_…         chunk store (chunkstore.ts beside this file)
  *   restore       chunk_restore_vs_full_ratio  the newest of 8 points restored to a file / a raw
- *                                              copy of the same disk                              ≥ 0.8
+ *                                              copy of the same disk, each in a fresh process
+ *                                              after a sync, its input in the page cache          ≥ 0.8
  *                 restore_<raw|vhd>_rss_growth_mib  peak RSS restoring 1 GiB − 128 MiB            < 32
  *   delta         delta_bytes_ratio_1pct       incremental backups (delta.ts beside this file): store
  *                                              growth of a 1 % clustered-write delta / the full
