@@ -26,7 +26,7 @@
  *   rss           rss_growth_mib               peak RSS exporting a 2 GiB disk − a 256 MiB disk   < 32
  *   plan          plan_ms_5000                 plan over 5,000 VMs with 100 selection entries     < 1000
  *                 plan_vs_fetch_ratio          … / one bare VM.get_all_records of the same pool
- *   nats          nats_vs_embedded_ratio       100 VMs with 1 MiB disks: `vmbackup run` through
+ *   nats          nats_vs_embedded_ratio       50 VMs with 1 MiB disks: `vmbackup run` through
  *                                              NATS with two workers / the same run embedded     ≤ 1.5
  *   sim           sim_export_vs_plain_http_ratio  the simulator's 1 GiB XVA export to `curl -o
  *                                              /dev/null` / a bare node HTTP server               ≥ 0.3
@@ -78,7 +78,7 @@ const tsx = path.join(root, 'node_modules/.bin/tsx');
 const GiB = 1 << 30;
 const ROUNDS = 3;
 /** VMs of the `nats` section's pool (1 MiB disks each). */
-const NATS_VMS = 100;
+const NATS_VMS = 50;
 /** The `rss` section's disks: peak RSS must not grow with the disk (8× here). */
 const RSS_SMALL_MIB = 256;
 const RSS_LARGE_MIB = 2048;
@@ -448,9 +448,10 @@ const SECTIONS: Section[] = [
     name: 'nats',
     lines: ['nats_vs_embedded_ratio'],
     async run(work) {
-      // 100 VMs: a run's fixed cost (a process, a login, the plan) is still a small part of
-      // either side, so the ratio is the per-VM cost of going through NATS; 200 only doubled
-      // the section's time.
+      // 50 VMs: an embedded run takes ~0.15 s of wall per VM on two cores, so the run's fixed
+      // cost (a process start is ~0.2 s, then a login and the plan) stays a small part of
+      // either side and the ratio is still the per-VM cost of going through NATS; 200 VMs
+      // only made the section four times longer. The thousand section runs 1,000.
       const sim = await simulator(await pool(work, Array.from({ length: NATS_VMS }, (_, i) => ({ name: `vm-${String(i).padStart(3, '0')}`, mib: 1 }))));
       try {
         const { natsVsEmbedded } = await import('../nats/bench-nats.js');
