@@ -35,7 +35,7 @@
  *   restore       chunk_restore_vs_full_ratio  the newest of 8 points restored to a file / a raw
  *                                              copy of the same disk, each in a fresh process
  *                                              after a sync, its input in the page cache          ≥ 0.8
- *                 restore_<raw|vhd>_rss_growth_mib  peak RSS restoring 1 GiB − 128 MiB            < 32
+ *                 restore_<raw|vhd>_rss_growth_mib  peak RSS restoring 512 MiB − 64 MiB           < 32
  *   delta         delta_bytes_ratio_1pct       incremental backups (delta.ts beside this file): store
  *                                              growth of a 1 % clustered-write delta / the full
  *                                              point (256 MiB disk)                               ≤ 0.03

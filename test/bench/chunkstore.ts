@@ -14,8 +14,8 @@
  *                                     of that 256 MiB disk restored to a raw file: copying the
  *                                     disk's raw file (fsynced) / the restore, each in a fresh
  *                                     process after a sync, with its input in the page cache ≥ 0.8
- *   restore_<raw|vhd>_rss_growth_mib  peak RSS restoring a 1 GiB disk of a point to a file − a
- *                                     128 MiB one, each in its own process                   < 32
+ *   restore_<raw|vhd>_rss_growth_mib  peak RSS restoring a 512 MiB disk of a point to a file − a
+ *                                     64 MiB one (8×), each in its own process               < 32
  */
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -309,7 +309,7 @@ export async function restoreRssBench(work: string, note: (line: string) => void
   const dir = await mkdtemp(path.join(work, 'restore-rss-'));
   try {
     const store = await ChunkStore.open(dir, { sync: false });
-    for (const [stamp, mib] of [['small', 128], ['large', 1024]] as const) {
+    for (const [stamp, mib] of [['small', 64], ['large', 512]] as const) {
       const p = await PointWriter.begin(store, { vmFolder: 'vm', stamp, vm: { uuid: 'u', name: 'vm' } });
       await p.addDisk('xvda', Readable.from((function* () {
         for (let i = 0; i < mib; i++) yield randomBytes(MiB);
@@ -323,7 +323,7 @@ export async function restoreRssBench(work: string, note: (line: string) => void
         rss.push((await restoreOnce(path.join(dir, 'vm', `point_${stamp}`), to, format)).maxRssMiB);
         await rm(to, { force: true });
       }
-      note(`  peak RSS restoring to ${format}: 128 MiB disk ${rss[0]!.toFixed(1)} MiB, 1 GiB disk ${rss[1]!.toFixed(1)} MiB`);
+      note(`  peak RSS restoring to ${format}: 64 MiB disk ${rss[0]!.toFixed(1)} MiB, 512 MiB disk ${rss[1]!.toFixed(1)} MiB`);
       console.log(`restore_${format}_rss_growth_mib=${(rss[1]! - rss[0]!).toFixed(1)}`);
     }
   } finally {
