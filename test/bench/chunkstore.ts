@@ -23,7 +23,6 @@ import { createReadStream, mkdirSync, writeFileSync } from 'node:fs';
 import { compress } from 'zstd-napi';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { restorePointToFile } from '../../functions/restore/restore-point.js';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -241,13 +240,11 @@ export async function restoreBench(work: string, note: (line: string) => void): 
     const raw = path.join(dir, 'disk.raw');
     await writeStreamAtomic(raw, pieces(image));
     const expected = createHash('sha256').update(image).digest('hex');
-    // Both sides under the same conditions, whatever ran before them: each in a fresh process
-    // (not this one, whose heap carries what earlier sections left), after a sync (so that
-    // neither pays for flushing dirty pages of the other side or of an earlier section), with
-    // what it reads just read (both warm in the page cache: the disk's raw file for the copy,
-    // every file of the store for the restore). Inside the whole bench the restore used to run
-    // in the bench's own process and read from the page cache as earlier sections had left it,
-    // and came out well below what it gives alone.
+    // Both sides under the same conditions, whatever ran before them in the bench: each in a
+    // fresh process (not this one, whose heap carries what earlier sections left; the start is
+    // not timed), after a sync (so that neither pays for flushing dirty pages of the other side
+    // or of an earlier section), with what it reads just read (both warm in the page cache: the
+    // disk's raw file for the copy, every file of the store for the restore).
     const copy = async () => {
       await run('sync');
       await readAll(raw);
