@@ -45,9 +45,17 @@ async function base(work: string, name: string, sim: SimProcess, password: strin
   return { exports: path.join(dir, 'exports'), args: ['-b', dir, '--xapi', sim.url, '--user', 'root', '--password-file', password, '--no-pool-backup', '--no-host-backup', '-l', 'warning'] };
 }
 
-/** One `vmbackup` run, wall ms; its stamp is its second, so it starts on a fresh one. */
+/** The second each base directory's last run started in. */
+const lastStart = new Map<string, number>();
+
+/**
+ * One `vmbackup` run, wall ms. Its stamp is its second, so a run into a base directory whose
+ * last run started in the same second waits for the next one (runs into other bases need not).
+ */
 async function timed(args: string[]): Promise<number> {
-  await nextSecond();
+  const baseDir = args[args.indexOf('-b') + 1]!;
+  if (lastStart.get(baseDir) === Math.floor(Date.now() / 1000)) await nextSecond();
+  lastStart.set(baseDir, Math.floor(Date.now() / 1000));
   const t = performance.now();
   const r = await vmbackup(args, { timeoutMs: 300_000 });
   const ms = performance.now() - t;
@@ -128,19 +136,20 @@ export async function deltaBench(work: string, note: (line: string) => void): Pr
       await churn(sim, 'clustered', 1, 'clustered');
       await churn(sim, 'scattered', 1, 'scattered');
       const [d, x] = await alternate(r, () => deltaBackup(cb, 'clustered'), xva);
-      const s = await deltaBackup(sb, 'scattered');
       // What any delta run costs, nothing changed: a process, snapshot, changed blocks, point.
       idle.push((await deltaBackup(cb, 'clustered')).ms);
       clustered.push(d);
       xvaMs.push(x);
-      scattered.push(s);
 
+      // The lines below are bytes, not times: their runs go side by side, into bases of their own.
       // This round's 10 fresh clones, each with 2 % of its own writes: all in one store, one alone.
       for (let i = 0; i < CLONES; i++) await churn(sim, clone(r, i), 2, 'clustered');
       const all = await base(work, `clones${r}`, sim, password);
       const one = await base(work, `clone${r}`, sim, password);
-      await timed([...all.args, '--concurrency', '2', '--delta-export', `c${r}-.*`]);
+      // (The store of one backs up a VM of the ten: it must not run beside theirs.)
+      const [s] = await Promise.all([deltaBackup(sb, 'scattered'), timed([...all.args, '--concurrency', '2', '--delta-export', `c${r}-.*`])]);
       await timed([...one.args, '--delta-export', clone(r, 0)]);
+      scattered.push(s);
       clones.push({ all: await dirBytes(all.exports), one: await dirBytes(one.exports) });
       await rm(path.dirname(all.exports), { recursive: true, force: true });
       await rm(path.dirname(one.exports), { recursive: true, force: true });
