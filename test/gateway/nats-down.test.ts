@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { connect } from 'nats';
@@ -23,7 +23,7 @@ import type { GatewayCommand } from './gateway-command.js';
  * A nats-server this test stops and starts itself, on one port with one store: down for as
  * long as the test needs (test/helpers/nats-server.ts's `restart` only knows a fixed pause).
  */
-async function natsServer(): Promise<{ url: string; start(): Promise<void>; stop(): Promise<void>; pause(): void; resume(): void; dispose(): Promise<void> }> {
+async function natsServer(): Promise<{ url: string; start(): Promise<void>; stop(): Promise<void>; pause(): Promise<void>; resume(): void; dispose(): Promise<void> }> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vmb-gw-down-nats-'));
   const port = await freePort();
   const config = path.join(dir, 'nats-server.conf');
@@ -58,14 +58,36 @@ async function natsServer(): Promise<{ url: string; start(): Promise<void>; stop
       output = '';
     },
     stop,
-    /** Freezes the server: the connection stays open, nothing answers. */
-    pause: () => void child?.kill('SIGSTOP'),
+    /**
+     * Freezes the server: the connection stays open, nothing answers. Resolves once every
+     * thread of it is stopped: kill(2) only queues SIGSTOP, and the server's other threads go
+     * on serving until the one that takes it has run (on a loaded machine, or out of a disk
+     * wait, that is long enough to answer a whole request).
+     */
+    async pause() {
+      const c = child;
+      if (c?.pid === undefined) throw new Error('nats-server is not running');
+      c.kill('SIGSTOP');
+      await waitFor(() => allStopped(c.pid!), 10_000, `nats-server (pid ${c.pid}) to stop on SIGSTOP`);
+    },
     resume: () => void child?.kill('SIGCONT'),
     async dispose() {
       await stop();
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Whether every thread of process `pid` is stopped (state T in /proc/PID/task/TID/stat). */
+async function allStopped(pid: number): Promise<boolean> {
+  const states = await Promise.all(
+    (await readdir(`/proc/${pid}/task`)).map(async (tid) => {
+      // A thread that exited meanwhile runs nothing.
+      const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => undefined);
+      return stat === undefined ? 'T' : stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    }),
+  );
+  return states.every((s) => s === 'T' || s === 't');
 }
 
 const token = 'nats-down-token-0123456789';
@@ -176,8 +198,8 @@ describe('vmbackup gateway while NATS is down (a real nats-server, stopped and s
   });
 
   it('NATS hung (the connection open, nothing answering): the request timeout is a 503 too, not a 500', async () => {
-    nats.pause();
     try {
+      await nats.pause();
       // NATS never answers while paused: the answer, with the timeout's reason, proves the request timeout ends it.
       const res = await fetch(`${gw.url}/v1/runs`, { headers: auth });
       expect(res.status).toBe(503);
