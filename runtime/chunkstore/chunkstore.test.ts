@@ -95,6 +95,17 @@ async function backup(store: ChunkStore, vmFolder: string, stamp: string, disks:
   return { vmFolder, stamp };
 }
 
+/**
+ * Resolves once a file written in `dir` gets a time later than `t` (ms). File times come from
+ * the kernel's coarse clock, a tick (a few ms) at a time: two GCs within one tick read the
+ * same time, and "set aside before this GC started" cannot be told from "at its start".
+ */
+async function fsClockPast(dir: string, t: number): Promise<void> {
+  const probe = path.join(dir, 'clock-probe');
+  while ((await writeFile(probe, ''), await stat(probe)).mtimeMs <= t) await new Promise((resolve) => setTimeout(resolve, 1));
+  await rm(probe);
+}
+
 async function chunkFiles(store: ChunkStore): Promise<string[]> {
   const out: string[] = [];
   for (const prefix of await readdir(store.chunksDir)) for (const f of await readdir(path.join(store.chunksDir, prefix))) out.push(f);
@@ -332,6 +343,8 @@ describe('garbage collection', () => {
     const gc1 = await collectGarbage(store, { safetyMarginMs: 0 });
     expect(gc1).toMatchObject({ points: 1, chunksTrashed: 1, chunksRemoved: 0, missing: [] });
     expect(await chunkFiles(store)).toEqual(all.map((f) => (f === onlyA ? f + '.trash' : f)).sort());
+    // The next GC deletes what was set aside before it started; in the same clock tick it may not.
+    await fsClockPast(store.dir, (await stat(store.chunkPath(onlyA) + '.trash')).ctimeMs);
     const gc2 = await collectGarbage(store, { safetyMarginMs: 0 });
     expect(gc2).toMatchObject({ chunksTrashed: 0, chunksRemoved: 1 });
     expect(await chunkFiles(store)).toEqual(all.filter((f) => f !== onlyA));
@@ -443,14 +456,26 @@ describe('garbage collection', () => {
     await expect(collectGarbage(store)).rejects.toThrow(/another garbage collection holds .*other/);
   });
 
+  it('two GCs of one process at once (two prunes of one worker): one collects, the other is told GC_RUNNING', async () => {
+    const store = await storeAt();
+    const results = await Promise.allSettled([collectGarbage(store, { safetyMarginMs: 0 }), collectGarbage(store, { safetyMarginMs: 0 })]);
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+    const refused = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    expect(refused.reason).toMatchObject({ code: 'GC_RUNNING' });
+    expect(String(refused.reason.message)).toMatch(new RegExp(`another garbage collection holds .*"pid":${process.pid}`));
+    // Neither left its lock, whole or partial.
+    expect((await readdir(store.dir)).filter((n) => n.startsWith('gc.lock'))).toEqual([]);
+  });
+
   it("a GC killed before linking its lock leaves a partial lock that the next GC removes; a live writer's stays", async () => {
     const store = await storeAt();
     const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
-    const deadPartial = path.join(store.dir, `gc.lock.${os.hostname()}.${dead}.partial`);
+    const deadPartial = path.join(store.dir, `gc.lock.${os.hostname()}.${dead}-1.partial`);
+    const deadOldName = path.join(store.dir, `gc.lock.${os.hostname()}.${dead}.partial`);
     const livePartial = path.join(store.dir, `gc.lock.${os.hostname()}.${process.ppid}.partial`);
     const otherHostFresh = path.join(store.dir, 'gc.lock.elsewhere.42.partial');
     const otherHostOld = path.join(store.dir, 'gc.lock.gone.43.partial');
-    for (const f of [deadPartial, livePartial, otherHostFresh, otherHostOld]) await writeFile(f, '{}');
+    for (const f of [deadPartial, deadOldName, livePartial, otherHostFresh, otherHostOld]) await writeFile(f, '{}');
     const old = new Date(Date.now() - 2 * 60 * 60 * 1000);
     await utimes(otherHostOld, old, old);
     await collectGarbage(store, { safetyMarginMs: 0 });

@@ -17,8 +17,13 @@ export const GC_SAFETY_MARGIN_MS = (24 * 60 + 5) * 60 * 1000;
 export const GC_LOCK_STALE_MS = 60 * 60 * 1000;
 const LOCK_FILE = 'gc.lock';
 const REPORT_FILE = 'gc-last.json';
-/** `gc.lock.<host>.<pid>.partial`: a lock being written under its own name (takeLock). */
-const LOCK_PARTIAL = /^gc\.lock\.(.+)\.(\d+)\.partial$/;
+/**
+ * `gc.lock.<host>.<pid>-<n>.partial`: a lock being written under its own name (takeLock); `n`
+ * tells apart two GCs of one process (older versions wrote no `-<n>`).
+ */
+const LOCK_PARTIAL = /^gc\.lock\.(.+)\.(\d+)(?:-\d+)?\.partial$/;
+/** Lock attempts of this process so far: the `<n>` of its partial lock names. */
+let lockAttempts = 0;
 const HEX64 = /^[0-9a-f]{64}$/;
 
 export interface GcOptions {
@@ -227,7 +232,9 @@ async function takeLock(file: string, now: number): Promise<number> {
   // The lock appears whole or not at all: its content is written and synced under a name of
   // its own, then linked into place (link fails if the lock exists). A GC killed at any moment
   // never leaves an empty lock that would name no holder and block the next GC for an hour.
-  const mine = `${file}.${os.hostname()}.${process.pid}${PARTIAL_SUFFIX}`;
+  // Its own name per attempt: two GCs of one process (two prunes at once) must not write,
+  // link and remove the same file.
+  const mine = `${file}.${os.hostname()}.${process.pid}-${++lockAttempts}${PARTIAL_SUFFIX}`;
   const handle = await open(mine, 'w').catch((error: unknown) => {
     throw writeError(error, mine);
   });
@@ -273,7 +280,7 @@ function deadOnThisHost(holder: string): boolean {
 
 /**
  * A GC killed between writing its lock under its own name and linking it into place leaves
- * `gc.lock.<host>.<pid>.partial`. The GC that holds the lock removes those of dead processes
+ * `gc.lock.<host>.<pid>-<n>.partial`. The GC that holds the lock removes those of dead processes
  * on this host, and any other host's not touched for as long as a lock stays valid.
  */
 async function removeDeadLockPartials(dir: string, now: number): Promise<void> {
