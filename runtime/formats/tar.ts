@@ -289,6 +289,8 @@ export interface TarSink {
   data(view: Buffer): void;
   /** The current entry's data and padding are complete. */
   entryEnd(): void;
+  /** The end-of-archive marker was read (what may follow it is checked after). */
+  archiveEnd?(): void;
 }
 
 type ScanState = 'header' | 'data' | 'pad' | 'second-zero' | 'trailing' | 'done';
@@ -462,6 +464,7 @@ export class TarScanner {
       throw new TarError(TarErrorCode.BAD_END, `tar archive has a lone zero block at byte ${this.blockOffset - TAR_BLOCK_SIZE} followed by more data`, this.blockOffset - TAR_BLOCK_SIZE);
     }
     this.state = this.trailing === 'any' ? 'done' : 'trailing';
+    this.sink.archiveEnd?.();
   }
 }
 
