@@ -156,14 +156,15 @@ async function transfer(
 }
 
 /**
- * The export's own check of an XVA found a problem in the bytes XAPI sent: the same sentence
- * `vmbackup verify` would say of the file, which was not kept.
+ * The export's own check of an XVA found a problem in the bytes XAPI sent: the sentence
+ * `vmbackup verify` would say of the file, which was not kept. Corruption on the way may not
+ * happen again: the VM may be backed up again from a new snapshot (a RestartError).
  */
-function checkFailed(name: string, error: XvaError | TarError): PermanentError {
+function checkFailed(name: string, error: XvaError | TarError): RestartError {
   const problem = describeFailure(name, { kind: 'check', error }, false);
-  return new PermanentError(
+  return new RestartError(
     problem.code,
-    `${problem.message} (checked as it was written: the export is discarded)`,
+    `checked as written: ${problem.message}; the export was discarded`,
     { file: name, ...(problem.offset !== undefined ? { offset: problem.offset } : {}), ...(problem.entry !== undefined ? { entry: problem.entry } : {}), ...(problem.chunk !== undefined ? { chunk: problem.chunk } : {}) },
     { cause: error },
   );
