@@ -25,6 +25,11 @@ import { serializeManifest, VerifiedFile, VerifyProblem, verifySet } from './che
  * manifest's `verify` field (atomically; nothing else in it changes), so prune can tell a
  * set that failed verification (it no longer counts toward max_backups).
  *
+ * In the pipeline, a file the export checked as it wrote it (`checkedAsWritten` in `files`: an
+ * uncompressed XVA) is not read again: its size on disk and the manifest's XXH64 must be those
+ * of the bytes checked (check.ts `confirmChecked`); `verified.asWritten` says so. Without
+ * `files` (`vmbackup verify`) every file is read back.
+ *
  * A bad set is a result (`verified.ok: false`, naming the first bad file and the place in
  * it), not an error. Errors are for what is not the set's fault: a set that does not exist,
  * no `zstd` program, a shutdown.
