@@ -77,5 +77,11 @@ export const WrittenFile = z.object({
   xxh64: z.string().regex(/^[0-9A-F]{16}$/).optional(),
   /** Device of the disk, for vdi-exports. */
   disk: z.string().optional(),
+  /**
+   * The export ran the verify phase's format check on the bytes as it wrote them (an XVA with
+   * verify_after_backup), and they passed: what it found (`2 disk(s), … in 12 chunks, xxhash
+   * checksums`). `xxh64` is then the hash of the very bytes checked.
+   */
+  checkedAsWritten: z.object({ detail: z.string() }).optional(),
 });
 export type WrittenFile = z.infer<typeof WrittenFile>;

@@ -4,7 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readTar, tarEntry, tarPaddingLength } from '../../runtime/formats/tar.js';
-import { verifyXva } from '../../runtime/formats/xva.js';
+import { verifyXva, XvaChecker, XvaError } from '../../runtime/formats/xva.js';
+import { RestartError } from '../../runtime/errors.js';
+import { writeStreamAtomic } from '../../runtime/storage/atomic.js';
+import { Readable } from 'node:stream';
 import type { TarEntry } from '../../runtime/formats/tar.js';
 import { loadXxh64 } from '../../runtime/formats/xxh64.js';
 import { localCtx } from '../../runtime/function.js';
@@ -101,11 +104,20 @@ async function backup(
   return MetaOutput.parse(await meta.handle(exported, ctx));
 }
 
-/** A fresh copy of a set in its own backup dir: the pipeline input that points at it. */
+/**
+ * The pipeline input of a set as if its export had not checked it as written (a compressed
+ * XVA, a disk export): verify then reads every file back. The tests that damage a set at
+ * rest use it; a set the export checked is only confirmed (size, hash in the manifest).
+ */
+function readBack<T extends MetaOutput>(set: T): T {
+  return { ...set, files: set.files.map(({ checkedAsWritten: _checked, ...f }) => f) };
+}
+
+/** A fresh copy of a set in its own backup dir: the pipeline input that points at it (read back, see readBack). */
 async function copyOf(set: MetaOutput): Promise<MetaOutput & { dir: string }> {
   const backupDir = await mkdtemp(path.join(tmp, 'copy-'));
   await cp(path.join(set.backupDir, set.folder), path.join(backupDir, set.folder), { recursive: true });
-  return { ...set, backupDir, dir: path.join(backupDir, set.folder) };
+  return readBack({ ...set, backupDir, dir: path.join(backupDir, set.folder) });
 }
 
 async function run(input: unknown): Promise<VerifyOutput> {
@@ -280,7 +292,7 @@ describe('verify: XVA damage is caught and placed', () => {
 });
 
 describe('verify: reused read buffers', () => {
-  it('an ova.xml larger than the read pool: the pooled read fails, the confirming plain read passes', async () => {
+  it('an ova.xml larger than the read pool: the checker copies what it keeps, so the pooled read passes like the plain one', async () => {
     const set = await copyOf(sets.xva);
     const name = fileOf(set, 'xva');
     const file = path.join(set.dir, name);
@@ -294,13 +306,15 @@ describe('verify: reused read buffers', () => {
     const rebuilt = Buffer.concat([...tarEntry('ova.xml', big, 'xapi'), rest]);
     await writeFile(file, rebuilt);
 
-    // What the pool risks, shown: a 40 MiB read outgrows 8 × 4 MiB reused buffers.
-    expect((await scanFile(file, { check: (s) => verifyXva(s) })).failure).toBeDefined();
+    // A 40 MiB ova.xml outgrows 8 × 4 MiB reused buffers: the XVA checker copies it as it passes.
+    const pooled = await scanFile(file, { check: (s) => verifyXva(s) });
+    expect(pooled.failure).toBeUndefined();
     const plain = await scanFile(file, { check: (s) => verifyXva(s), pooled: false });
     expect(plain.failure).toBeUndefined();
     expect(plain.xxh64).toBe((await loadXxh64()).hash(rebuilt));
+    expect(pooled.xxh64).toBe(plain.xxh64);
 
-    // The handler confirms on the plain path, so the set passes.
+    // And the handler passes the set.
     const manifestFile = path.join(set.dir, set.manifest);
     const manifest = JSON.parse(await readFile(manifestFile, 'utf8')) as Manifest;
     const entry = manifest.files.find((f) => f.name === name)!;
@@ -547,7 +561,7 @@ describe('verify then prune: a set that failed verification does not count', () 
     const dir = path.join(backupDir, 'web1');
     const xva = path.join(dir, fileOf(newer, 'xva'));
     await flip(xva, (await tarEntries(xva)).find((e) => e.name.endsWith('/00000000'))!.dataOffset + 99);
-    const out = await run({ ...newer, maxBackups: 1 });
+    const out = await run({ ...readBack(newer), maxBackups: 1 });
     expect(out.verified!.ok).toBe(false);
 
     // The run's prune: this run's set is protected, the older good set is the newest complete one.
@@ -590,3 +604,83 @@ async function rewriteMeta(set: MetaOutput & { dir: string }, edit: (text: strin
   await writeFile(manifestFile, JSON.stringify(manifest, null, 2) + '\n');
   set.files = set.files.filter((f) => f.format !== 'manifest'); // the pipeline's record of the manifest no longer holds
 }
+
+describe('verify after an export that checked the XVA as written', () => {
+  it('a good export: checked as written, and verify confirms it without reading it back; the check equals the file check', async () => {
+    const set = sets.xva;
+    const name = fileOf(set, 'xva');
+    const written = set.files.find((f) => f.name === name)!;
+    expect(written.checkedAsWritten?.detail).toMatch(/^\d+ disk\(s\), \d+ bytes in \d+ chunks, xxhash checksums$/);
+    // The manifest the meta phase wrote carries the same hash and the check.
+    const manifest = Manifest.parse(JSON.parse(await readFile(path.join(set.backupDir, set.folder, set.manifest), 'utf8')));
+    expect(manifest.files.find((f) => f.name === name)).toMatchObject({ xxh64: written.xxh64, size: written.size, checkedAsWritten: written.checkedAsWritten });
+
+    const copy = await copyOf(set);
+    const v = await verified({ ...copy, files: set.files });
+    expect(v.ok).toBe(true);
+    expect(v.asWritten).toBe(true);
+    const file = v.files.find((f) => f.name === name)!;
+    expect(file).toMatchObject({ ok: true, asWritten: true, bytes: 0, xxh64: written.xxh64, checks: ['xva', 'size', 'xxh64'] });
+    // Only the .meta was read.
+    expect(v.bytes).toBe(v.files.filter((f) => f.format === 'meta').reduce((n, f) => n + f.bytes, 0));
+
+    // Read back from disk (as `vmbackup verify` does): the same findings and the same hash.
+    const back = await verified(copy);
+    const reread = back.files.find((f) => f.name === name)!;
+    expect(reread.asWritten).toBeUndefined();
+    expect(reread.bytes).toBe(written.size);
+    expect(reread.xxh64).toBe(written.xxh64);
+    expect(reread.detail).toBe(written.checkedAsWritten!.detail);
+    expect(file.detail).toBe(`${reread.detail}; checked as written`);
+  });
+
+  it('a file cut after it was checked: its size no longer matches, found without reading it', async () => {
+    const copy = await copyOf(sets.xva);
+    const name = fileOf(copy, 'xva');
+    const size = sets.xva.files.find((f) => f.name === name)!.size;
+    await truncate(path.join(copy.dir, name), size - 1024);
+    const v = await verified({ ...copy, files: sets.xva.files });
+    expect(v.ok).toBe(false);
+    expect(v.error).toMatchObject({ file: name, code: 'VERIFY_SIZE_MISMATCH', offset: size - 1024 });
+    expect(v.error!.message).toMatch(/truncated/);
+    expect(v.files.find((f) => f.name === name)!.bytes).toBe(0);
+  });
+
+  it('a corrupted chunk from XAPI fails the export, naming the chunk; nothing is left', async () => {
+    const backupDir = await mkdtemp(path.join(tmp, 'corrupt-'));
+    const fault = sim.faults.add({ http: 'export', vm: 'web1', action: { kind: 'corrupt', at_byte: (2 << 20) + 4096 } });
+    let error: unknown;
+    try {
+      await backup('vm', { backupDir });
+    } catch (e) {
+      error = e;
+    } finally {
+      sim.faults.remove(fault);
+    }
+    expect(error).toBeInstanceOf(RestartError);
+    expect(error).toMatchObject({ code: 'XVA_BAD_CHECKSUM', data: { file: expect.stringMatching(/\.xva$/), chunk: expect.stringMatching(/^Ref:\d+\/\d{8}$/) } });
+    expect((error as Error).message).toMatch(/^checked as written: backup_\d{8}-\d{6}\.xva: chunk Ref:\d+\/\d{8} fails its XXH64 checksum at byte \d+; the export was discarded$/);
+    expect(await readdir(path.join(backupDir, 'web1')).catch(() => [])).toEqual([]);
+  });
+
+  it('a stream that ends early but cleanly fails the write: no file, no .partial', async () => {
+    const bytes = await readFile(path.join(sets.xva.backupDir, sets.xva.folder, fileOf(sets.xva, 'xva')));
+    const dir = await mkdtemp(path.join(tmp, 'cut-'));
+    const target = path.join(dir, 'backup_20240101-000000.xva');
+    for (const cut of [bytes.length - 1024, (3 << 20) + 100, 700]) {
+      const checker = await XvaChecker.create();
+      const source = Readable.from((function* () {
+        for (let at = 0; at < cut; at += 65536) yield bytes.subarray(at, Math.min(cut, at + 65536));
+      })());
+      const write = writeStreamAtomic(target, source, { inspect: { push: (c) => checker.push(c), end: () => void checker.end() } });
+      await expect(write).rejects.toBeInstanceOf(XvaError);
+      await expect(write).rejects.toMatchObject({ code: expect.stringMatching(/^TAR_(NO_END|TRUNCATED)$/) });
+      expect(await readdir(dir)).toEqual([]);
+    }
+    // The whole stream passes, and the checker finds what verifyXva finds in the file.
+    const checker = await XvaChecker.create();
+    let report: unknown;
+    await writeStreamAtomic(target, Readable.from([bytes]), { inspect: { push: (c) => checker.push(c), end: () => (report = checker.end()) } });
+    expect(report).toEqual(await verifyXva(createReadStream(target)));
+  });
+});

@@ -25,6 +25,11 @@ import { serializeManifest, VerifiedFile, VerifyProblem, verifySet } from './che
  * manifest's `verify` field (atomically; nothing else in it changes), so prune can tell a
  * set that failed verification (it no longer counts toward max_backups).
  *
+ * In the pipeline, a file the export checked as it wrote it (`checkedAsWritten` in `files`: an
+ * uncompressed XVA) is not read again: its size on disk and the manifest's XXH64 must be those
+ * of the bytes checked (check.ts `confirmChecked`); `verified.asWritten` says so. Without
+ * `files` (`vmbackup verify`) every file is read back.
+ *
  * A bad set is a result (`verified.ok: false`, naming the first bad file and the place in
  * it), not an error. Errors are for what is not the set's fault: a set that does not exist,
  * no `zstd` program, a shutdown.
@@ -81,6 +86,8 @@ export const Verified = z.object({
   files: z.array(VerifiedFile),
   bytes: z.number().int().min(0),
   ms: z.number().min(0),
+  /** The set's data files were checked as the export wrote them, none read back (see VerifiedFile.asWritten). */
+  asWritten: z.boolean().optional(),
   warnings: z.array(z.string()),
   /** A point: its chunks checked, skipped (checked recently), and each bad one with every point that shares it. */
   point: z
@@ -115,8 +122,12 @@ export const verify = defineFunction({
     const stamp = stampOf(input);
     const dir = path.join(input.backupDir, input.folder);
     const listedManifest = input.files?.find((f) => f.format === 'manifest');
+    const checkedAsWritten = new Map(
+      (input.files ?? []).flatMap((f) => (f.checkedAsWritten !== undefined && f.xxh64 !== undefined ? [[f.name, { size: f.size, xxh64: f.xxh64, detail: f.checkedAsWritten.detail }] as const] : [])),
+    );
     const started = performance.now();
     const result = await verifySet(dir, stamp, {
+      ...(checkedAsWritten.size > 0 ? { checkedAsWritten } : {}),
       signal: ctx.signal,
       heartbeat: () => ctx.heartbeat(),
       ...(listedManifest !== undefined ? { expectedManifest: { size: listedManifest.size, xxh64: listedManifest.xxh64 } } : {}),
@@ -130,6 +141,8 @@ export const verify = defineFunction({
       else written = outcome.written;
     }
     const ms = Math.round(performance.now() - started);
+    const data = result.files.filter((f) => f.format !== 'meta');
+    const asWritten = data.length > 0 && data.every((f) => f.asWritten === true);
     const verified: Verified = {
       ok: result.ok,
       at,
@@ -141,10 +154,12 @@ export const verify = defineFunction({
       files: result.files,
       bytes: result.bytes,
       ms,
+      ...(asWritten ? { asWritten } : {}),
       warnings,
     };
     const speed = ms > 0 ? ` (${Math.round(result.bytes / 1048576 / (ms / 1000))} MiB/s)` : '';
-    if (result.ok) ctx.log.info(`${input.folder}: backup ${stamp} verified: ${result.files.length} files, ${formatBytes(result.bytes)} in ${formatSeconds(ms)}${speed}`);
+    if (result.ok && asWritten) ctx.log.info(`${input.folder}: backup ${stamp} verified: ${result.files.length} files, checked as written (not read back), confirmed in ${formatSeconds(ms)}`);
+    else if (result.ok) ctx.log.info(`${input.folder}: backup ${stamp} verified: ${result.files.length} files, ${formatBytes(result.bytes)} in ${formatSeconds(ms)}${speed}`);
     else ctx.log.warn({ code: result.error!.code, file: result.error!.file }, `${input.folder}: backup ${stamp} FAILED verification: ${result.error!.message}`);
     // The warnings are in the output: the run's coordinator (or the verify command) says them.
     // The manifest's own entry, when the pipeline lists it, now describes the rewritten file.

@@ -22,7 +22,6 @@
  *   for await (const entry of readTar(fs.createReadStream('vm.xva'))) console.log(entry.name, entry.size);
  */
 import { PermanentError } from '../errors.js';
-import { ByteReader } from './byte-reader.js';
 import { isAllZero, zeroSlice } from './zero.js';
 
 export const TAR_BLOCK_SIZE = 512;
@@ -274,80 +273,264 @@ export interface ReadTarOptions {
   trailing?: 'zeros' | 'none' | 'any';
 }
 
+/** An entry's header as the scanner reports it, before its data. */
+export interface TarEntryStart extends TarHeader {
+  /** Byte offset of the entry's header block in the archive. */
+  offset: number;
+  /** Byte offset of the entry's first data byte. */
+  dataOffset: number;
+}
+
+/** What a `TarScanner` reports, synchronously, as bytes are pushed. */
+export interface TarSink {
+  /** An entry begins (its header is valid). */
+  entry(start: TarEntryStart): void;
+  /** The next bytes of the current entry's data: a view valid only during the call. */
+  data(view: Buffer): void;
+  /** The current entry's data and padding are complete. */
+  entryEnd(): void;
+  /** The end-of-archive marker was read (what may follow it is checked after). */
+  archiveEnd?(): void;
+}
+
+type ScanState = 'header' | 'data' | 'pad' | 'second-zero' | 'trailing' | 'done';
+
 /**
- * Reads a tar archive entry by entry. Holds one entry plus one block in memory. Throws
- * `TarError` with the byte offset on a bad header checksum, a truncated entry, a missing
- * end-of-archive, or non-zero data after it.
+ * A push-based tar reader: `push` each piece of the archive in order, then `end()`. It reports
+ * entries to `sink` as they pass and keeps nothing across calls but a header block cut
+ * between two pieces (at most 511 bytes): data goes to the sink as views of the pushed
+ * pieces, so a producer may reuse its buffer once `push` returns. Throws `TarError` (from
+ * `push` or `end`) on the first problem, with its byte offset, as `readTar` describes.
+ *
+ * @example
+ *   const t = new TarScanner({ entry: (e) => console.log(e.name), data: () => {}, entryEnd: () => {} });
+ *   for (const piece of pieces) t.push(piece);
+ *   t.end();
+ */
+export class TarScanner {
+  /** Bytes pushed so far. */
+  position = 0;
+  private state: ScanState = 'header';
+  private readonly block = Buffer.alloc(TAR_BLOCK_SIZE);
+  private filled = 0;
+  /** Start of the block being gathered (header or second zero block). */
+  private blockOffset = 0;
+  private remaining = 0;
+  private entry: TarEntryStart | undefined;
+  private lastName: string | undefined;
+  private readonly maxEntrySize: number;
+  private readonly trailing: 'zeros' | 'none' | 'any';
+
+  constructor(
+    private readonly sink: TarSink,
+    options: ReadTarOptions = {},
+  ) {
+    this.maxEntrySize = options.maxEntrySize ?? 256 << 20;
+    this.trailing = options.trailing ?? 'zeros';
+  }
+
+  /** True once the end-of-archive marker was read (and, with `trailing: 'any'`, nothing more is looked at). */
+  get ended(): boolean {
+    return this.state === 'trailing' || this.state === 'done';
+  }
+
+  push(piece: Buffer): void {
+    let at = 0;
+    while (at < piece.length) {
+      const left = piece.length - at;
+      switch (this.state) {
+        case 'header':
+        case 'second-zero': {
+          let block: Buffer;
+          if (this.filled === 0 && left >= TAR_BLOCK_SIZE) {
+            block = piece.subarray(at, at + TAR_BLOCK_SIZE);
+            this.blockOffset = this.position;
+            at += TAR_BLOCK_SIZE;
+            this.position += TAR_BLOCK_SIZE;
+          } else {
+            if (this.filled === 0) this.blockOffset = this.position;
+            const take = Math.min(left, TAR_BLOCK_SIZE - this.filled);
+            piece.copy(this.block, this.filled, at, at + take);
+            this.filled += take;
+            at += take;
+            this.position += take;
+            if (this.filled < TAR_BLOCK_SIZE) return;
+            block = this.block;
+          }
+          this.filled = 0;
+          if (this.state === 'header') this.header(block);
+          else this.secondZero(block);
+          break;
+        }
+        case 'data': {
+          const take = Math.min(left, this.remaining);
+          this.sink.data(piece.subarray(at, at + take));
+          at += take;
+          this.position += take;
+          this.remaining -= take;
+          if (this.remaining === 0) this.afterData();
+          break;
+        }
+        case 'pad': {
+          const take = Math.min(left, this.remaining);
+          at += take;
+          this.position += take;
+          this.remaining -= take;
+          if (this.remaining === 0) this.closeEntry();
+          break;
+        }
+        case 'trailing': {
+          const rest = piece.subarray(at);
+          if (this.trailing === 'none' || !isAllZero(rest)) {
+            const firstNonZero = this.trailing === 'none' ? 0 : rest.findIndex((b) => b !== 0);
+            const where = this.position + firstNonZero;
+            throw new TarError(TarErrorCode.DATA_AFTER_END, `tar archive has data after the end-of-archive marker, at byte ${where}`, where);
+          }
+          this.position += rest.length;
+          return;
+        }
+        case 'done':
+          this.position += left;
+          return;
+      }
+    }
+  }
+
+  /** The archive ends here: throws `TarError` unless it ended properly. */
+  end(): void {
+    switch (this.state) {
+      case 'header':
+        if (this.filled === 0) {
+          throw new TarError(
+            TarErrorCode.NO_END,
+            `tar archive ends at byte ${this.position} without the end-of-archive marker (two zero blocks)${this.lastName === undefined ? '' : ` after entry ${this.lastName}`}`,
+            this.position,
+            this.lastName,
+          );
+        }
+        throw new TarError(TarErrorCode.TRUNCATED, `tar archive truncated inside a header block at byte ${this.blockOffset} (${this.filled} of 512 bytes)`, this.blockOffset, this.lastName);
+      case 'second-zero':
+        throw new TarError(
+          TarErrorCode.NO_END,
+          `tar archive ends at byte ${this.position} after a single zero block at byte ${this.blockOffset}: the end-of-archive marker needs two`,
+          this.blockOffset,
+        );
+      case 'data': {
+        const e = this.entry!;
+        throw new TarError(
+          TarErrorCode.TRUNCATED,
+          `tar entry ${e.name} truncated: ${e.size} bytes expected from byte ${e.dataOffset}, the archive ends after ${e.size - this.remaining}`,
+          this.position,
+          e.name,
+        );
+      }
+      case 'pad':
+        throw new TarError(TarErrorCode.TRUNCATED, `tar entry ${this.entry!.name} truncated inside its padding (archive ends at byte ${this.position})`, this.position, this.entry!.name);
+      default:
+    }
+  }
+
+  private header(block: Buffer): void {
+    const offset = this.blockOffset;
+    const header = decodeTarHeader(block, offset);
+    if (header === null) {
+      this.state = 'second-zero';
+      return;
+    }
+    if (header.size > this.maxEntrySize) {
+      throw new TarError(TarErrorCode.ENTRY_TOO_LARGE, `tar entry ${header.name} at byte ${offset} is ${header.size} bytes, more than the ${this.maxEntrySize} allowed`, offset, header.name);
+    }
+    this.entry = { ...header, offset, dataOffset: this.position };
+    this.sink.entry(this.entry);
+    this.remaining = header.size;
+    this.state = 'data';
+    if (this.remaining === 0) this.afterData();
+  }
+
+  private afterData(): void {
+    this.remaining = tarPaddingLength(this.entry!.size);
+    this.state = 'pad';
+    if (this.remaining === 0) this.closeEntry();
+  }
+
+  private closeEntry(): void {
+    this.lastName = this.entry!.name;
+    this.state = 'header';
+    this.sink.entryEnd();
+  }
+
+  private secondZero(block: Buffer): void {
+    if (!isAllZero(block)) {
+      throw new TarError(TarErrorCode.BAD_END, `tar archive has a lone zero block at byte ${this.blockOffset - TAR_BLOCK_SIZE} followed by more data`, this.blockOffset - TAR_BLOCK_SIZE);
+    }
+    this.state = this.trailing === 'any' ? 'done' : 'trailing';
+    this.sink.archiveEnd?.();
+  }
+}
+
+/**
+ * Feeds `input` to a push-based reader and yields what it queued, in order: the pull form of
+ * `TarScanner` and `XvaChecker`. Events queued before a problem are yielded before its error
+ * is thrown. `done()` true stops reading the input early.
+ */
+export async function* drivePush<E>(
+  input: AsyncIterable<Uint8Array | string>,
+  queue: E[],
+  push: (piece: Buffer) => void,
+  end: () => void,
+  done: () => boolean = () => false,
+): AsyncGenerator<E, void, undefined> {
+  let failure: unknown;
+  let failed = false;
+  for await (const value of input) {
+    const piece = typeof value === 'string' ? Buffer.from(value) : Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+    try {
+      push(piece);
+    } catch (error) {
+      failure = error;
+      failed = true;
+    }
+    while (queue.length > 0) yield queue.shift()!;
+    if (failed) throw failure;
+    if (done()) return;
+  }
+  try {
+    end();
+  } catch (error) {
+    failure = error;
+    failed = true;
+  }
+  while (queue.length > 0) yield queue.shift()!;
+  if (failed) throw failure;
+}
+
+/**
+ * Reads a tar archive entry by entry (a `TarScanner` that gathers each entry's data). Holds
+ * one entry plus one block in memory. Throws `TarError` with the byte offset on a bad header
+ * checksum, a truncated entry, a missing end-of-archive, or non-zero data after it.
  *
  * @example
  *   for await (const e of readTar(process.stdin)) console.log(e.name, e.size, e.offset);
  */
 export async function* readTar(input: AsyncIterable<Uint8Array | string>, options: ReadTarOptions = {}): AsyncGenerator<TarEntry, void, undefined> {
-  const maxEntrySize = options.maxEntrySize ?? 256 << 20;
-  const trailing = options.trailing ?? 'zeros';
-  const reader = new ByteReader(input);
-  let lastName: string | undefined;
-  try {
-    for (;;) {
-      const offset = reader.position;
-      const block = await reader.read(TAR_BLOCK_SIZE);
-      if (block.length === 0) {
-        throw new TarError(
-          TarErrorCode.NO_END,
-          `tar archive ends at byte ${offset} without the end-of-archive marker (two zero blocks)${lastName === undefined ? '' : ` after entry ${lastName}`}`,
-          offset,
-          lastName,
-        );
-      }
-      if (block.length < TAR_BLOCK_SIZE) {
-        throw new TarError(TarErrorCode.TRUNCATED, `tar archive truncated inside a header block at byte ${offset} (${block.length} of 512 bytes)`, offset, lastName);
-      }
-      const header = decodeTarHeader(block, offset);
-      if (header === null) {
-        const second = await reader.read(TAR_BLOCK_SIZE);
-        if (second.length < TAR_BLOCK_SIZE) {
-          throw new TarError(TarErrorCode.NO_END, `tar archive ends at byte ${reader.position} after a single zero block at byte ${offset}: the end-of-archive marker needs two`, offset);
-        }
-        if (!isAllZero(second)) {
-          throw new TarError(TarErrorCode.BAD_END, `tar archive has a lone zero block at byte ${offset} followed by more data`, offset);
-        }
-        await checkTrailing(reader, trailing);
-        return;
-      }
-      if (header.size > maxEntrySize) {
-        throw new TarError(TarErrorCode.ENTRY_TOO_LARGE, `tar entry ${header.name} at byte ${offset} is ${header.size} bytes, more than the ${maxEntrySize} allowed`, offset, header.name);
-      }
-      const dataOffset = reader.position;
-      const data = await reader.read(header.size);
-      if (data.length < header.size) {
-        throw new TarError(
-          TarErrorCode.TRUNCATED,
-          `tar entry ${header.name} truncated: ${header.size} bytes expected from byte ${dataOffset}, the archive ends after ${data.length}`,
-          reader.position,
-          header.name,
-        );
-      }
-      const pad = tarPaddingLength(header.size);
-      if ((await reader.skip(pad)) < pad) {
-        throw new TarError(TarErrorCode.TRUNCATED, `tar entry ${header.name} truncated inside its padding (archive ends at byte ${reader.position})`, reader.position, header.name);
-      }
-      lastName = header.name;
-      yield { ...header, offset, dataOffset, data };
-    }
-  } finally {
-    await reader.close();
-  }
-}
-
-async function checkTrailing(reader: ByteReader, trailing: 'zeros' | 'none' | 'any'): Promise<void> {
-  if (trailing === 'any') return;
-  for (;;) {
-    const at = reader.position;
-    const buf = await reader.read(64 << 10);
-    if (buf.length === 0) return;
-    if (trailing === 'none' || !isAllZero(buf)) {
-      const firstNonZero = trailing === 'none' ? 0 : buf.findIndex((b) => b !== 0);
-      throw new TarError(TarErrorCode.DATA_AFTER_END, `tar archive has data after the end-of-archive marker, at byte ${at + firstNonZero}`, at + firstNonZero);
-    }
-  }
+  const queue: TarEntry[] = [];
+  let current: TarEntryStart | undefined;
+  let data = Buffer.alloc(0);
+  let filled = 0;
+  const scanner = new TarScanner(
+    {
+      entry: (start) => {
+        current = start;
+        data = Buffer.allocUnsafe(start.size);
+        filled = 0;
+      },
+      data: (view) => {
+        view.copy(data, filled);
+        filled += view.length;
+      },
+      entryEnd: () => queue.push({ ...current!, data }),
+    },
+    options,
+  );
+  yield* drivePush(input, queue, (piece) => scanner.push(piece), () => scanner.end(), () => (options.trailing ?? 'zeros') === 'any' && scanner.ended);
 }

@@ -32,13 +32,13 @@
  *   const report = await verifyXva(fs.createReadStream('vm.xva'));
  *   for await (const w of xvaDiskWrites(fs.createReadStream('vm.xva'))) await fh[w.ref].write(w.data, 0, w.data.length, w.offset);
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { PermanentError } from '../errors.js';
 import { XVA_CHUNK_SIZE, type BlockSource } from './block-source.js';
-import { encodeTarHeader, readTar, tarPaddingLength, TarError, TarFormat, TAR_BLOCK_SIZE, TAR_END, type ReadTarOptions } from './tar.js';
+import { drivePush, encodeTarHeader, tarPaddingLength, TarError, TarFormat, TarScanner, TAR_BLOCK_SIZE, TAR_END, type ReadTarOptions, type TarEntryStart } from './tar.js';
 import { decodeValue, type XmlRpcValue } from './xmlrpc.js';
-import { loadXxh64 } from './xxh64.js';
+import { loadXxh64, type Xxh64, type Xxh64State } from './xxh64.js';
 import { isAllZero, zeroSlice } from './zero.js';
 
 /** Checksum entries an XVA may carry. */
@@ -305,174 +305,419 @@ interface DiskState {
   shortSeen: boolean;
 }
 
+/** An entry being read by `XvaChecker`. */
+type Current =
+  | { kind: 'ova'; data: Buffer; filled: number; offset: number }
+  | { kind: 'chunk'; chunk: PendingChunk }
+  | { kind: 'checksum'; chunk: PendingChunk; sum: XvaChecksum; data: Buffer; filled: number; where: { offset: number; entry: string } }
+  | { kind: 'failed'; error: unknown };
+
+interface PendingChunk {
+  name: string;
+  ref: string;
+  index: number;
+  /** Disk byte offset of the chunk. */
+  start: number;
+  size: number;
+  entryOffset: number;
+  xxh: Xxh64State | undefined;
+  sha1: Hash | undefined;
+  /** Kept only with `keepData`. */
+  data: Buffer | undefined;
+  filled: number;
+  /** The digests, once the chunk's data is complete. */
+  digests?: Partial<Record<XvaChecksum, string>>;
+}
+
+export interface XvaCheckerOptions extends ReadXvaOptions {
+  /**
+   * Keep each chunk's bytes for its `chunk` event (a restore needs them). Default false: a
+   * chunk is hashed as it passes and only its digest is kept; `chunk` events then carry
+   * empty `data`.
+   */
+  keepData?: boolean;
+  /** Called with each event, in order (see `readXva`). */
+  onEvent?: (event: XvaEvent) => void;
+}
+
+/**
+ * Checks an XVA pushed to it piece by piece, synchronously (the rules of the module comment:
+ * tar structure, ova.xml, chunk names, order and sizes, every chunk's checksum). Nothing is
+ * kept across `push` calls but what must be: a tar header cut between two pieces, ova.xml,
+ * a checksum entry (16 or 40 bytes) and the running hash of the chunk in progress — so a
+ * producer can hand it views of a buffer it reuses. `push` and `end` throw `XvaError` on the
+ * first problem (its byte offset and entry); `end` returns the summary.
+ *
+ * The one XVA check: `verifyXva` and `readXva` drive it from a stream, an export feeds it the
+ * bytes it writes.
+ *
+ * Checksums: a chunk is hashed with the kind the archive's earlier chunks used (both kinds
+ * until the first checksum entry, as the kind is only known after the data). XAPI uses one
+ * kind per archive; one that switches mid-way fails with XVA_BAD_CHECKSUM unless `keepData`.
+ *
+ * @example
+ *   const checker = await XvaChecker.create();
+ *   for (const view of views) checker.push(view);
+ *   const report = checker.end(); // or an XvaError: chunk Ref:3/00000012 at byte 12590592 …
+ */
+export class XvaChecker {
+  private readonly scanner: TarScanner;
+  private readonly sizes: Record<string, number> | undefined;
+  private ovaSizes: Map<string, number> | undefined;
+  private count = 0;
+  private ovaSeen = false;
+  private ovaXml = '';
+  private disk: DiskState | undefined;
+  private readonly done = new Set<string>();
+  private readonly reports = new Map<string, XvaDiskReport>();
+  private pending: PendingChunk | undefined;
+  private current: Current | undefined;
+  private endOffset = 0;
+  private readonly kinds = new Set<XvaChecksum>();
+  private finished = false;
+
+  /** Loads the XXH64 module (once per process) and returns a checker. */
+  static async create(options: XvaCheckerOptions = {}): Promise<XvaChecker> {
+    return new XvaChecker(await loadXxh64(), options);
+  }
+
+  constructor(
+    private readonly xxh: Xxh64,
+    private readonly options: XvaCheckerOptions = {},
+  ) {
+    this.sizes = options.diskSizes;
+    const maxEntrySize = Math.max(options.maxOvaSize ?? 256 << 20, XVA_CHUNK_SIZE);
+    this.scanner = new TarScanner(
+      {
+        entry: (e) => this.entry(e),
+        data: (view) => this.data(view),
+        entryEnd: () => this.entryEnd(),
+        archiveEnd: () => this.archiveEnd(),
+      },
+      { maxEntrySize, trailing: options.trailing ?? 'zeros' },
+    );
+  }
+
+  /** Bytes pushed so far. */
+  get position(): number {
+    return this.scanner.position;
+  }
+
+  /** True once the end-of-archive marker was read. */
+  get ended(): boolean {
+    return this.finished;
+  }
+
+  /** The next bytes of the archive; `piece` may be reused by the caller once this returns. */
+  push(piece: Buffer): void {
+    try {
+      this.scanner.push(piece);
+    } catch (error) {
+      throw asXvaError(error);
+    }
+  }
+
+  /** The archive ends: throws unless it was complete and valid; returns its summary. */
+  end(): XvaReport {
+    try {
+      this.scanner.end();
+    } catch (error) {
+      throw asXvaError(error);
+    }
+    if (!this.finished) this.archiveEnd();
+    return { ovaXml: this.ovaXml, disks: [...this.reports.values()], entries: this.count };
+  }
+
+  private sizeOf(ref: string): number | undefined {
+    return this.sizes ? this.sizes[ref] : this.ovaSizes?.get(ref);
+  }
+
+  private closeDisk(d: DiskState, offset: number): void {
+    this.done.add(d.ref);
+    const size = this.sizeOf(d.ref);
+    if (size !== undefined && d.end !== size) {
+      throw new XvaError(
+        XvaErrorCode.SIZE_MISMATCH,
+        `disk ${d.ref} ends at byte ${d.end} of its data but its size is ${size}${this.sizes ? '' : ' (virtual_size in ova.xml)'} (last chunk ${chunkName(d.ref, d.lastIndex)})`,
+        { offset, ref: d.ref, index: d.lastIndex },
+      );
+    }
+  }
+
+  /**
+   * An entry's header: its checks run now, but a problem is thrown once its data has passed,
+   * so that an archive cut short inside the entry reports the truncation first.
+   */
+  private entry(entry: TarEntryStart): void {
+    this.count += 1;
+    this.endOffset = entry.dataOffset + entry.size + tarPaddingLength(entry.size);
+    try {
+      this.current = this.start(entry);
+    } catch (error) {
+      this.current = { kind: 'failed', error };
+    }
+  }
+
+  private start(entry: TarEntryStart): Current {
+    const where = { offset: entry.offset, entry: entry.name };
+    if (entry.typeflag !== '0') {
+      throw new XvaError(XvaErrorCode.UNEXPECTED_ENTRY, `tar entry ${entry.name} at byte ${entry.offset} is not a regular file (type ${JSON.stringify(entry.typeflag)})`, where);
+    }
+    if (!this.ovaSeen) {
+      if (entry.name !== 'ova.xml') {
+        throw new XvaError(XvaErrorCode.OVA_NOT_FIRST, `the first entry must be ova.xml, found ${entry.name} at byte ${entry.offset}`, where);
+      }
+      this.ovaSeen = true;
+      return { kind: 'ova', data: Buffer.allocUnsafe(entry.size), filled: 0, offset: entry.offset };
+    }
+    if (this.pending) {
+      const chunk = this.pending;
+      this.pending = undefined;
+      const sum = entry.name === chunk.name + EXTENSION.xxhash ? XvaChecksum.xxhash : entry.name === chunk.name + EXTENSION.sha1 ? XvaChecksum.sha1 : undefined;
+      if (sum === undefined) {
+        throw new XvaError(
+          XvaErrorCode.MISSING_CHECKSUM,
+          `chunk ${chunk.name} (byte ${chunk.entryOffset}) is not followed by its checksum entry (${chunk.name}.xxhash or .checksum); found ${entry.name} at byte ${entry.offset}`,
+          { ...where, ref: chunk.ref, index: chunk.index },
+        );
+      }
+      // A checksum is 16 or 40 characters; a larger entry cannot match and is not kept whole.
+      return { kind: 'checksum', chunk, sum, data: Buffer.allocUnsafe(Math.min(entry.size, 64)), filled: 0, where };
+    }
+    if (entry.name === 'ova.xml') {
+      throw new XvaError(XvaErrorCode.UNEXPECTED_ENTRY, `a second ova.xml at byte ${entry.offset}`, where);
+    }
+    const match = CHUNK_NAME.exec(entry.name);
+    if (!match) {
+      if (CHECKSUM_NAME.test(entry.name)) {
+        throw new XvaError(XvaErrorCode.ORPHAN_CHECKSUM, `checksum entry ${entry.name} at byte ${entry.offset} does not follow its chunk`, where);
+      }
+      throw new XvaError(XvaErrorCode.UNEXPECTED_ENTRY, `unexpected tar entry ${entry.name} at byte ${entry.offset}`, where);
+    }
+    const ref = match[1]!;
+    const index = Number(match[2]);
+    const sizes = this.sizes;
+    let disk = this.disk;
+    if (disk?.ref !== ref) {
+      if (this.done.has(ref) || (disk && compareRefs(ref, disk.ref) < 0)) {
+        throw new XvaError(
+          XvaErrorCode.DISK_OUT_OF_ORDER,
+          `chunk ${entry.name} at byte ${entry.offset}: disk ${ref} comes after ${disk?.ref ?? 'another disk'}; disks must appear once each, in lexicographic order of their ref`,
+          { ...where, ref, index },
+        );
+      }
+      if (sizes && !(ref in sizes)) {
+        throw new XvaError(XvaErrorCode.UNEXPECTED_DISK, `chunk ${entry.name} at byte ${entry.offset} belongs to disk ${ref}, which is not expected`, { ...where, ref, index });
+      }
+      if (!sizes && this.ovaSizes && !this.ovaSizes.has(ref)) {
+        throw new XvaError(XvaErrorCode.UNEXPECTED_DISK, `chunk ${entry.name} at byte ${entry.offset} belongs to disk ${ref}, which is not a VDI of ova.xml`, { ...where, ref, index });
+      }
+      if (disk) this.closeDisk(disk, entry.offset);
+      disk = { ref, lastIndex: -1, chunkLength: undefined, end: 0, shortSeen: false };
+      this.disk = disk;
+    }
+    if (index <= disk.lastIndex) {
+      throw new XvaError(XvaErrorCode.CHUNK_OUT_OF_ORDER, `chunk ${entry.name} at byte ${entry.offset} is out of order: it follows chunk ${chunkName(ref, disk.lastIndex)}`, {
+        ...where,
+        ref,
+        index,
+      });
+    }
+    const length = entry.size;
+    if (disk.chunkLength === undefined) {
+      if (length === 0) {
+        throw new XvaError(XvaErrorCode.BAD_CHUNK_SIZE, `the first chunk of disk ${ref} (${entry.name} at byte ${entry.offset}) is empty`, { ...where, ref, index });
+      }
+      disk.chunkLength = length;
+    } else if (length > disk.chunkLength) {
+      throw new XvaError(XvaErrorCode.BAD_CHUNK_SIZE, `chunk ${entry.name} at byte ${entry.offset} is ${length} bytes, larger than the disk's first chunk (${disk.chunkLength})`, {
+        ...where,
+        ref,
+        index,
+      });
+    } else if (length > 0 && disk.shortSeen) {
+      throw new XvaError(
+        XvaErrorCode.BAD_CHUNK_SIZE,
+        `chunk ${entry.name} at byte ${entry.offset} follows a short chunk of disk ${ref}: only the last chunk may be shorter than ${disk.chunkLength} bytes`,
+        { ...where, ref, index },
+      );
+    }
+    if (length > 0 && length < disk.chunkLength) disk.shortSeen = true;
+    const start = disk.end + (index - disk.lastIndex - 1) * disk.chunkLength;
+    disk.end = start + length;
+    disk.lastIndex = index;
+    const size = this.sizeOf(ref);
+    if (size !== undefined && disk.end > size) {
+      throw new XvaError(XvaErrorCode.SIZE_MISMATCH, `chunk ${entry.name} at byte ${entry.offset} covers disk bytes ${start}–${disk.end}, past the disk's size ${size}`, {
+        ...where,
+        ref,
+        index,
+      });
+    }
+    const anyKind = this.kinds.size === 0;
+    return {
+      kind: 'chunk',
+      chunk: {
+        name: entry.name,
+        ref,
+        index,
+        start,
+        size: length,
+        entryOffset: entry.offset,
+        xxh: anyKind || this.kinds.has(XvaChecksum.xxhash) ? this.xxh.create() : undefined,
+        sha1: anyKind || this.kinds.has(XvaChecksum.sha1) ? createHash('sha1') : undefined,
+        data: this.options.keepData ? Buffer.allocUnsafe(length) : undefined,
+        filled: 0,
+      },
+    };
+  }
+
+  private data(view: Buffer): void {
+    const current = this.current!;
+    switch (current.kind) {
+      case 'ova':
+        view.copy(current.data, current.filled);
+        current.filled += view.length;
+        break;
+      case 'chunk': {
+        const chunk = current.chunk;
+        chunk.xxh?.update(view);
+        chunk.sha1?.update(view);
+        if (chunk.data) view.copy(chunk.data, chunk.filled);
+        chunk.filled += view.length;
+        break;
+      }
+      case 'checksum':
+        if (current.filled < current.data.length) current.filled += view.copy(current.data, current.filled);
+        break;
+      default:
+    }
+  }
+
+  private entryEnd(): void {
+    const current = this.current!;
+    this.current = undefined;
+    switch (current.kind) {
+      case 'failed':
+        throw current.error;
+      case 'ova': {
+        const xml = current.data.toString('utf8');
+        if (this.options.checkOva ?? true) this.ovaSizes = vdiSizesOfOva(xml, current.offset);
+        this.ovaXml = xml;
+        this.options.onEvent?.({ type: 'ova', xml, offset: current.offset });
+        break;
+      }
+      case 'chunk': {
+        const chunk = current.chunk;
+        chunk.digests = {
+          ...(chunk.xxh ? { xxhash: chunk.xxh.digest() } : {}),
+          ...(chunk.sha1 ? { sha1: chunk.sha1.digest('hex') } : {}),
+        };
+        this.pending = chunk;
+        break;
+      }
+      case 'checksum':
+        this.checksum(current.chunk, current.sum, current.data.toString('latin1', 0, current.filled));
+        break;
+    }
+  }
+
+  private checksum(chunk: PendingChunk, kind: XvaChecksum, stored: string): void {
+    let computed = chunk.digests?.[kind];
+    if (computed === undefined && chunk.data) computed = kind === XvaChecksum.xxhash ? this.xxh.hash(chunk.data) : createHash('sha1').update(chunk.data).digest('hex');
+    const where = { offset: chunk.entryOffset, entry: chunk.name, ref: chunk.ref, index: chunk.index };
+    if (computed === undefined) {
+      throw new XvaError(
+        XvaErrorCode.BAD_CHECKSUM,
+        `chunk ${chunk.name} (tar entry at byte ${chunk.entryOffset}) has a ${kind} checksum where the archive's earlier chunks have ${[...this.kinds].join('+')}: not checked`,
+        where,
+      );
+    }
+    if (stored !== computed) {
+      throw new XvaError(
+        XvaErrorCode.BAD_CHECKSUM,
+        `bad checksum for chunk ${chunk.name} (disk ${chunk.ref} bytes ${chunk.start}–${chunk.start + chunk.size}, tar entry at byte ${chunk.entryOffset}): ${kind} stored ${JSON.stringify(stored)}, computed ${computed}`,
+        where,
+      );
+    }
+    this.kinds.add(kind);
+    let report = this.reports.get(chunk.ref);
+    if (!report) {
+      report = { ref: chunk.ref, chunks: 0, keepalives: 0, lastIndex: -1, bytes: 0, dataBytes: 0, checksums: [] };
+      this.reports.set(chunk.ref, report);
+    }
+    report.chunks += 1;
+    if (chunk.size === 0) report.keepalives += 1;
+    report.lastIndex = chunk.index;
+    report.bytes = chunk.start + chunk.size;
+    report.dataBytes += chunk.size;
+    if (!report.checksums.includes(kind)) report.checksums.push(kind);
+    this.options.onEvent?.({
+      type: 'chunk',
+      ref: chunk.ref,
+      index: chunk.index,
+      offset: chunk.start,
+      data: chunk.data ?? EMPTY,
+      name: chunk.name,
+      entryOffset: chunk.entryOffset,
+      checksum: kind,
+    });
+  }
+
+  /** The end-of-archive marker: the checks of the whole archive. */
+  private archiveEnd(): void {
+    this.finished = true;
+    if (!this.ovaSeen) throw new XvaError(XvaErrorCode.NO_OVA, 'the archive holds no entry: ova.xml is missing', { offset: 0 });
+    const pending = this.pending;
+    if (pending) {
+      throw new XvaError(XvaErrorCode.MISSING_CHECKSUM, `chunk ${pending.name} (byte ${pending.entryOffset}) is the last entry: its checksum entry is missing`, {
+        offset: this.endOffset,
+        entry: pending.name,
+        ref: pending.ref,
+        index: pending.index,
+      });
+    }
+    if (this.disk) this.closeDisk(this.disk, this.endOffset);
+    const sizes = this.sizes;
+    if (sizes) {
+      for (const ref of Object.keys(sizes).sort(compareRefs)) {
+        if (!this.done.has(ref) && sizes[ref] !== 0) {
+          throw new XvaError(XvaErrorCode.MISSING_DISK, `disk ${ref} (${sizes[ref]} bytes) has no chunk in the archive`, { offset: this.endOffset, ref });
+        }
+      }
+    }
+    this.options.onEvent?.({ type: 'end', entries: this.count, bytes: this.endOffset });
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function asXvaError(error: unknown): unknown {
+  if (error instanceof TarError) {
+    return new XvaError(error.code, `invalid XVA: ${error.message}`, { offset: error.offset, ...(error.entry === undefined ? {} : { entry: error.entry }) }, { cause: error });
+  }
+  return error;
+}
+
 /**
  * Reads and validates an XVA as a stream of events: `ova` first, then one `chunk` per chunk
  * entry (yielded only after its checksum entry matched), then `end`. Throws `XvaError` on
- * the first problem. Memory: one chunk plus its checksum entry.
+ * the first problem. Memory: one chunk plus its checksum entry. (An `XvaChecker` keeping
+ * each chunk's data.)
  *
  * @example
  *   for await (const ev of readXva(fs.createReadStream(file))) if (ev.type === 'chunk') …
  */
 export async function* readXva(input: AsyncIterable<Uint8Array | string>, options: ReadXvaOptions = {}): AsyncGenerator<XvaEvent, void, undefined> {
-  const xxh = await loadXxh64();
-  const sizes = options.diskSizes;
-  const maxEntrySize = Math.max(options.maxOvaSize ?? 256 << 20, XVA_CHUNK_SIZE);
-  const entries = readTar(input, { maxEntrySize, trailing: options.trailing ?? 'zeros' });
-  let count = 0;
-  let ovaSeen = false;
-  let disk: DiskState | undefined;
-  const done = new Set<string>();
-  let pending: { name: string; ref: string; index: number; start: number; data: Buffer; entryOffset: number } | undefined;
-  let endOffset = 0;
-  let ovaSizes: Map<string, number> | undefined;
-  const sizeOf = (ref: string): number | undefined => (sizes ? sizes[ref] : ovaSizes?.get(ref));
-
-  const closeDisk = (d: DiskState, offset: number): void => {
-    done.add(d.ref);
-    const size = sizeOf(d.ref);
-    if (size !== undefined && d.end !== size) {
-      throw new XvaError(
-        XvaErrorCode.SIZE_MISMATCH,
-        `disk ${d.ref} ends at byte ${d.end} of its data but its size is ${size}${sizes ? '' : ' (virtual_size in ova.xml)'} (last chunk ${chunkName(d.ref, d.lastIndex)})`,
-        { offset, ref: d.ref, index: d.lastIndex },
-      );
-    }
-  };
-
-  try {
-    for await (const entry of entries) {
-      count += 1;
-      endOffset = entry.dataOffset + entry.size + tarPaddingLength(entry.size);
-      const where = { offset: entry.offset, entry: entry.name };
-      if (entry.typeflag !== '0') {
-        throw new XvaError(XvaErrorCode.UNEXPECTED_ENTRY, `tar entry ${entry.name} at byte ${entry.offset} is not a regular file (type ${JSON.stringify(entry.typeflag)})`, where);
-      }
-      if (!ovaSeen) {
-        if (entry.name !== 'ova.xml') {
-          throw new XvaError(XvaErrorCode.OVA_NOT_FIRST, `the first entry must be ova.xml, found ${entry.name} at byte ${entry.offset}`, where);
-        }
-        ovaSeen = true;
-        const xml = entry.data.toString('utf8');
-        if (options.checkOva ?? true) ovaSizes = vdiSizesOfOva(xml, entry.offset);
-        yield { type: 'ova', xml, offset: entry.offset };
-        continue;
-      }
-      if (pending) {
-        const chunk = pending;
-        pending = undefined;
-        const kind = entry.name === chunk.name + EXTENSION.xxhash ? XvaChecksum.xxhash : entry.name === chunk.name + EXTENSION.sha1 ? XvaChecksum.sha1 : undefined;
-        if (kind === undefined) {
-          throw new XvaError(
-            XvaErrorCode.MISSING_CHECKSUM,
-            `chunk ${chunk.name} (byte ${chunk.entryOffset}) is not followed by its checksum entry (${chunk.name}.xxhash or .checksum); found ${entry.name} at byte ${entry.offset}`,
-            { ...where, ref: chunk.ref, index: chunk.index },
-          );
-        }
-        const stored = entry.data.toString('latin1');
-        const computed = kind === XvaChecksum.xxhash ? xxh.hash(chunk.data) : createHash('sha1').update(chunk.data).digest('hex');
-        if (stored !== computed) {
-          throw new XvaError(
-            XvaErrorCode.BAD_CHECKSUM,
-            `bad checksum for chunk ${chunk.name} (disk ${chunk.ref} bytes ${chunk.start}–${chunk.start + chunk.data.length}, tar entry at byte ${chunk.entryOffset}): ${kind} stored ${JSON.stringify(stored)}, computed ${computed}`,
-            { offset: chunk.entryOffset, entry: chunk.name, ref: chunk.ref, index: chunk.index },
-          );
-        }
-        yield { type: 'chunk', ref: chunk.ref, index: chunk.index, offset: chunk.start, data: chunk.data, name: chunk.name, entryOffset: chunk.entryOffset, checksum: kind };
-        continue;
-      }
-      if (entry.name === 'ova.xml') {
-        throw new XvaError(XvaErrorCode.UNEXPECTED_ENTRY, `a second ova.xml at byte ${entry.offset}`, where);
-      }
-      const match = CHUNK_NAME.exec(entry.name);
-      if (!match) {
-        if (CHECKSUM_NAME.test(entry.name)) {
-          throw new XvaError(XvaErrorCode.ORPHAN_CHECKSUM, `checksum entry ${entry.name} at byte ${entry.offset} does not follow its chunk`, where);
-        }
-        throw new XvaError(XvaErrorCode.UNEXPECTED_ENTRY, `unexpected tar entry ${entry.name} at byte ${entry.offset}`, where);
-      }
-      const ref = match[1]!;
-      const index = Number(match[2]);
-      if (disk?.ref !== ref) {
-        if (done.has(ref) || (disk && compareRefs(ref, disk.ref) < 0)) {
-          throw new XvaError(
-            XvaErrorCode.DISK_OUT_OF_ORDER,
-            `chunk ${entry.name} at byte ${entry.offset}: disk ${ref} comes after ${disk?.ref ?? 'another disk'}; disks must appear once each, in lexicographic order of their ref`,
-            { ...where, ref, index },
-          );
-        }
-        if (sizes && !(ref in sizes)) {
-          throw new XvaError(XvaErrorCode.UNEXPECTED_DISK, `chunk ${entry.name} at byte ${entry.offset} belongs to disk ${ref}, which is not expected`, { ...where, ref, index });
-        }
-        if (!sizes && ovaSizes && !ovaSizes.has(ref)) {
-          throw new XvaError(XvaErrorCode.UNEXPECTED_DISK, `chunk ${entry.name} at byte ${entry.offset} belongs to disk ${ref}, which is not a VDI of ova.xml`, { ...where, ref, index });
-        }
-        if (disk) closeDisk(disk, entry.offset);
-        disk = { ref, lastIndex: -1, chunkLength: undefined, end: 0, shortSeen: false };
-      }
-      if (index <= disk.lastIndex) {
-        throw new XvaError(
-          XvaErrorCode.CHUNK_OUT_OF_ORDER,
-          `chunk ${entry.name} at byte ${entry.offset} is out of order: it follows chunk ${chunkName(ref, disk.lastIndex)}`,
-          { ...where, ref, index },
-        );
-      }
-      const length = entry.size;
-      if (disk.chunkLength === undefined) {
-        if (length === 0) {
-          throw new XvaError(XvaErrorCode.BAD_CHUNK_SIZE, `the first chunk of disk ${ref} (${entry.name} at byte ${entry.offset}) is empty`, { ...where, ref, index });
-        }
-        disk.chunkLength = length;
-      } else if (length > disk.chunkLength) {
-        throw new XvaError(
-          XvaErrorCode.BAD_CHUNK_SIZE,
-          `chunk ${entry.name} at byte ${entry.offset} is ${length} bytes, larger than the disk's first chunk (${disk.chunkLength})`,
-          { ...where, ref, index },
-        );
-      } else if (length > 0 && disk.shortSeen) {
-        throw new XvaError(
-          XvaErrorCode.BAD_CHUNK_SIZE,
-          `chunk ${entry.name} at byte ${entry.offset} follows a short chunk of disk ${ref}: only the last chunk may be shorter than ${disk.chunkLength} bytes`,
-          { ...where, ref, index },
-        );
-      }
-      if (length > 0 && length < disk.chunkLength) disk.shortSeen = true;
-      const start = disk.end + (index - disk.lastIndex - 1) * disk.chunkLength;
-      disk.end = start + length;
-      disk.lastIndex = index;
-      const size = sizeOf(ref);
-      if (size !== undefined && disk.end > size) {
-        throw new XvaError(
-          XvaErrorCode.SIZE_MISMATCH,
-          `chunk ${entry.name} at byte ${entry.offset} covers disk bytes ${start}–${disk.end}, past the disk's size ${size}`,
-          { ...where, ref, index },
-        );
-      }
-      pending = { name: entry.name, ref, index, start, data: entry.data, entryOffset: entry.offset };
-    }
-  } catch (error) {
-    if (error instanceof TarError) {
-      throw new XvaError(error.code, `invalid XVA: ${error.message}`, { offset: error.offset, ...(error.entry === undefined ? {} : { entry: error.entry }) }, { cause: error });
-    }
-    throw error;
-  }
-  if (!ovaSeen) throw new XvaError(XvaErrorCode.NO_OVA, 'the archive holds no entry: ova.xml is missing', { offset: 0 });
-  if (pending) {
-    throw new XvaError(XvaErrorCode.MISSING_CHECKSUM, `chunk ${pending.name} (byte ${pending.entryOffset}) is the last entry: its checksum entry is missing`, {
-      offset: endOffset,
-      entry: pending.name,
-      ref: pending.ref,
-      index: pending.index,
-    });
-  }
-  if (disk) closeDisk(disk, endOffset);
-  if (sizes) {
-    for (const ref of Object.keys(sizes).sort(compareRefs)) {
-      if (!done.has(ref) && sizes[ref] !== 0) {
-        throw new XvaError(XvaErrorCode.MISSING_DISK, `disk ${ref} (${sizes[ref]} bytes) has no chunk in the archive`, { offset: endOffset, ref });
-      }
-    }
-  }
-  yield { type: 'end', entries: count, bytes: endOffset };
+  const queue: XvaEvent[] = [];
+  const checker = await XvaChecker.create({ ...options, keepData: true, onEvent: (event) => queue.push(event) });
+  yield* drivePush(
+    input,
+    queue,
+    (piece) => checker.push(piece),
+    () => checker.end(),
+    () => (options.trailing ?? 'zeros') === 'any' && checker.ended,
+  );
 }
 
 function isStruct(value: XmlRpcValue | undefined): value is { [key: string]: XmlRpcValue } {
@@ -534,27 +779,9 @@ export interface XvaReport {
  *   const { disks } = await verifyXva(fs.createReadStream(file), { diskSizes: { 'Ref:4': 10 << 30 } });
  */
 export async function verifyXva(input: AsyncIterable<Uint8Array | string>, options: ReadXvaOptions = {}): Promise<XvaReport> {
-  let ovaXml = '';
-  let entries = 0;
-  const disks = new Map<string, XvaDiskReport>();
-  for await (const event of readXva(input, options)) {
-    if (event.type === 'ova') ovaXml = event.xml;
-    else if (event.type === 'end') entries = event.entries;
-    else {
-      let report = disks.get(event.ref);
-      if (!report) {
-        report = { ref: event.ref, chunks: 0, keepalives: 0, lastIndex: -1, bytes: 0, dataBytes: 0, checksums: [] };
-        disks.set(event.ref, report);
-      }
-      report.chunks += 1;
-      if (event.data.length === 0) report.keepalives += 1;
-      report.lastIndex = event.index;
-      report.bytes = event.offset + event.data.length;
-      report.dataBytes += event.data.length;
-      if (!report.checksums.includes(event.checksum)) report.checksums.push(event.checksum);
-    }
-  }
-  return { ovaXml, disks: [...disks.values()], entries };
+  const checker = await XvaChecker.create(options);
+  for await (const value of input) checker.push(typeof value === 'string' ? Buffer.from(value) : Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength));
+  return checker.end();
 }
 
 /** A piece of disk to write during a restore. */

@@ -131,9 +131,15 @@ export function reduce(view: RunView, event: RunEvent, now: Date): Transition {
     if (event.fn === VERIFY) {
       // verify_after_backup: a set that fails its check is a failed backup (it does not count
       // toward max_backups either); a new snapshot rewrites the same stamp.
-      const verified = (event.output as { verified?: { ok: boolean; bytes?: number; ms?: number; error?: { code?: string; message?: string } } | null }).verified;
+      const verified = (event.output as { verified?: { ok: boolean; bytes?: number; ms?: number; asWritten?: boolean; error?: { code?: string; message?: string } } | null }).verified;
       if (verified !== undefined && verified !== null) {
-        job.verified = { ok: verified.ok, bytes: verified.bytes ?? 0, ms: verified.ms ?? 0, ...(verified.error?.message !== undefined ? { error: verified.error.message } : {}) };
+        job.verified = {
+          ok: verified.ok,
+          bytes: verified.bytes ?? 0,
+          ms: verified.ms ?? 0,
+          ...(verified.asWritten === true ? { asWritten: true } : {}),
+          ...(verified.error?.message !== undefined ? { error: verified.error.message } : {}),
+        };
         if (!verified.ok) {
           const error: ErrorInfo = {
             name: 'VerifyFailed',

@@ -76,6 +76,6 @@ export const JobState = z.object({
   finishedAt: z.string().optional(),
   phaseMs: z.record(z.string(), z.number()),
   /** verify_after_backup: the check of the set just written (absent when off). */
-  verified: z.object({ ok: z.boolean(), bytes: z.number(), ms: z.number(), error: z.string().optional() }).optional(),
+  verified: z.object({ ok: z.boolean(), bytes: z.number(), ms: z.number(), asWritten: z.boolean().optional(), error: z.string().optional() }).optional(),
 });
 export type JobState = z.infer<typeof JobState>;

@@ -31,7 +31,7 @@ export const JobSummary = z.object({
   warnings: z.array(z.string()),
   error: ErrorInfoSchema.optional(),
   /** verify_after_backup: the check of the set just written (absent when off). */
-  verified: z.object({ ok: z.boolean(), bytes: z.number(), ms: z.number(), error: z.string().optional() }).optional(),
+  verified: z.object({ ok: z.boolean(), bytes: z.number(), ms: z.number(), asWritten: z.boolean().optional(), error: z.string().optional() }).optional(),
   /** Status `skipped`: a pre-vm hook aborted, no snapshot was taken. */
   skipped: z.object({ reason: z.string() }).optional(),
 });
@@ -189,7 +189,10 @@ export function formatSummary(summary: RunSummary): string {
   if (verified.length > 0) {
     const ok = verified.filter((j) => j.verified!.ok);
     const bytes = ok.reduce((n, j) => n + j.verified!.bytes, 0);
-    lines.push(`verified after backup: ${ok.length} of ${verified.length} sets OK (${(bytes / 2 ** 30).toFixed(2)} GiB read back)`);
+    // A set the export checked as it wrote it was not read back: say so rather than "0 GiB read back".
+    const asWritten = ok.filter((j) => j.verified!.asWritten === true).length;
+    const how = asWritten === ok.length && ok.length > 0 ? 'checked as written' : `${asWritten > 0 ? `${asWritten} checked as written, ` : ''}${(bytes / 2 ** 30).toFixed(2)} GiB read back`;
+    lines.push(`verified after backup: ${ok.length} of ${verified.length} sets OK (${how})`);
   }
   for (const [category, counts] of Object.entries(summary.categories)) {
     lines.push(`VmBackup ${TITLES[category] ?? category} Summary - S:${counts.S} W:${counts.W} E:${counts.E}`);

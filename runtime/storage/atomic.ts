@@ -33,6 +33,13 @@ export interface StreamWriteOptions {
    * close). A throw leaves nothing at `target`.
    */
   commit?: (result: WriteResult) => Promise<void>;
+  /**
+   * Sees every byte written, in order, synchronously (a view valid only during the call), and
+   * then `end()` once the source ended, before the fsync: a throw from either fails the write
+   * like a failed write(2) (nothing at `target`, the error passed on). For a check of the
+   * file's format as it is written (runtime/formats/xva.ts `XvaChecker`).
+   */
+  inspect?: { push(chunk: Buffer): void; end(): void };
 }
 
 /**
@@ -64,12 +71,18 @@ export async function writeStreamAtomic(target: string, source: Readable | BodyS
     handle = await open(partial, 'wx');
     const open_ = handle;
     heartbeat = keepFresh((now) => open_.utimes(now, now));
-    const writer = new FileWriter(handle, hasher, (bytes) => {
-      idleTimer?.refresh();
-      opts.onProgress?.(bytes);
-    });
+    const writer = new FileWriter(
+      handle,
+      hasher,
+      (bytes) => {
+        idleTimer?.refresh();
+        opts.onProgress?.(bytes);
+      },
+      opts.inspect,
+    );
     if ('pump' in source) await pumpInto(source, writer, signal);
     else await pipeline(source, new FileSink(writer), { signal });
+    opts.inspect?.end();
     await handle.sync();
     heartbeat.stop();
     await handle.close();
@@ -110,10 +123,12 @@ class FileWriter {
     private readonly file: FileHandle,
     private readonly hasher: Xxh64State,
     private readonly progress: (bytes: number) => void,
+    private readonly inspect?: { push(chunk: Buffer): void },
   ) {}
 
   write(chunk: Buffer): void {
     this.hasher.update(chunk);
+    this.inspect?.push(chunk);
     let done = 0;
     while (done < chunk.length) done += writeSync(this.file.fd, chunk, done, chunk.length - done);
     this.bytes += chunk.length;

@@ -38,6 +38,8 @@ const snaps = await Promise.all(
       spaceThreshold: 1,
       haltedWithoutSnapshot: true,
       idleTimeoutS: 300,
+      // verify_after_backup's default (on for XVA exports): an uncompressed XVA is checked as it is written.
+      verify: mode === 'vm',
     };
     return snapshot.output.parse(await snapshot.handle(input, ctx));
   }),
