@@ -124,7 +124,7 @@ describe('once a worker serves export too', () => {
         const s = await runState(runId);
         return s.run.status === 'finished' ? s : undefined;
       }, 90_000, `run ${runId} to finish`);
-      expect(done.outcome).toBe('success');
+      expect(done.outcome, JSON.stringify(done)).toBe('success');
     }
     const r = await postRun({ vm_exports: ['web1'] });
     expect(r.code).toBe(202);
