@@ -93,7 +93,12 @@ export const snapshot = defineFunction({
       const disks = await chosenDisks(xapi, vm, input, warnings);
       const reason = blockReason(input.runId, ctx.origin, ctx.clock.now());
       for (const op of ['start', 'start_on']) {
-        if (vm.blocked_operations[op] === undefined) await xapi.call('VM.add_to_blocked_operations', vm.$ref, op, reason);
+        if (vm.blocked_operations[op] !== undefined) continue;
+        // Another run's snapshot phase of this VM may block it between our read and this call:
+        // XAPI then answers MAP_DUPLICATE_KEY, and the VM is blocked all the same.
+        await xapi.call('VM.add_to_blocked_operations', vm.$ref, op, reason).catch((error: unknown) => {
+          if ((error as { code?: string }).code !== 'MAP_DUPLICATE_KEY') throw error;
+        });
       }
       // The VM may have been started between our read and the block: then snapshot instead.
       const after = await xapi.getRecord('VM', vm.$ref);

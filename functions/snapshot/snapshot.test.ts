@@ -1,0 +1,70 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { localCtx } from '../../runtime/function.js';
+import { silentLogger } from '../../runtime/log.js';
+import { formatStamp } from '../../runtime/storage/naming.js';
+import { XapiClient } from '../../runtime/xapi/client.js';
+import { startSimulator } from '../../test/sim/server.js';
+import type { Simulator } from '../../test/sim/server.js';
+import { snapshot, SnapshotOutput } from './snapshot.js';
+import type { SnapshotInput } from './snapshot.js';
+
+let sim: Simulator;
+let xapi: XapiClient;
+let tmp: string;
+
+beforeAll(async () => {
+  tmp = await mkdtemp(path.join(os.tmpdir(), 'vmb-snapshot-'));
+  sim = await startSimulator({
+    pool: {
+      credentials: { user: 'root', password: 'secret' },
+      hosts: [{ name_label: 'xcp1' }],
+      srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 1 }],
+      vms: [{ name_label: 'web1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 2, fill: 'pattern' }], vifs: [] }],
+    },
+  });
+  xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'secret' });
+});
+
+afterAll(async () => {
+  await xapi?.close();
+  await sim?.close();
+  if (tmp) await rm(tmp, { recursive: true, force: true });
+});
+
+function input(runId: string): SnapshotInput {
+  const vm = sim.state.vm('web1');
+  return {
+    runId,
+    jobId: `vm.${String(vm.uuid)}`,
+    try: 1,
+    vm: { uuid: String(vm.uuid), name: 'web1' },
+    mode: 'vm',
+    disks: [],
+    backupDir: tmp,
+    folder: 'web1',
+    stamp: formatStamp(new Date()),
+    maxBackups: 2,
+    compress: 'none',
+    format: 'raw',
+    spaceThreshold: 1,
+    haltedWithoutSnapshot: true,
+    idleTimeoutS: 60,
+    verify: false,
+  };
+}
+
+describe('snapshot of a halted VM', () => {
+  it('two runs at once: both export it directly with its start blocked, neither fails on the other’s block', async () => {
+    const ctx = localCtx({ log: silentLogger(), xapi });
+    const [a, b] = await Promise.all([snapshot.handle(input('run-a'), ctx), snapshot.handle(input('run-b'), ctx)]);
+    for (const out of [SnapshotOutput.parse(a), SnapshotOutput.parse(b)]) {
+      expect(out.snapshot).toMatchObject({ kind: 'direct', startBlocked: true });
+      expect(out.warnings).toEqual([]);
+    }
+    const vm = await xapi.getRecord('VM', await xapi.call<string>('VM.get_by_uuid', String(sim.state.vm('web1').uuid)));
+    expect(Object.keys(vm.blocked_operations).sort()).toEqual(['start', 'start_on']);
+  });
+});
