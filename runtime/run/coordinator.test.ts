@@ -276,3 +276,39 @@ describe('coordinator: the next phase is queued before the state that queued it 
     }
   });
 });
+
+/** Counts how the coordinator writes: whole commits (header and jobs) and single-job steps. */
+class CountingStore extends MemoryRunStore {
+  commits = 0;
+  steps: string[] = [];
+  override async commit(...args: Parameters<MemoryRunStore['commit']>): Promise<boolean> {
+    this.commits++;
+    return super.commit(...args);
+  }
+  override async advance(runId: string, job: JobState, from: JobState, alongside?: Promise<void>): Promise<boolean> {
+    const ok = await super.advance(runId, job, from, alongside);
+    if (ok) this.steps.push(`${job.jobId}:${from.phase}>${job.phase}`);
+    return ok;
+  }
+}
+
+describe('coordinator: a phase that only moves its job on writes that job alone', () => {
+  it('each VM goes through its pipeline by single-job steps; the header is written when jobs start and end', async () => {
+    const store = new CountingStore();
+    const r = await rig({}, store);
+    try {
+      const summary = await r.summary();
+      expect(summary).toMatchObject({ status: 'success', exitCode: 0 });
+      const pipeline = ['pre-hook', 'snapshot', 'export', 'meta', 'verify', 'prune', 'post-hook'];
+      for (const vm of ['vm.u1', 'vm.u2', 'vm.u3']) {
+        expect(store.steps.filter((s) => s.startsWith(`${vm}:`))).toEqual(pipeline.slice(1).map((to, i) => `${vm}:${pipeline[i]}>${to}`));
+      }
+      // The plan, then one commit as each of the 3 VMs and 3 other jobs ends (a VM's end
+      // also starts the next one), the last one finishing the run: never one per phase.
+      expect(store.commits).toBeLessThanOrEqual(1 + 6);
+      expect(store.steps).toHaveLength(18);
+    } finally {
+      await r.bus.close();
+    }
+  });
+});

@@ -65,7 +65,12 @@ export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clo
       await bus.publish(eventSubject(event.runId, 'run', 'finished'), summary, { id: finishedId });
       finished = summary;
     })();
-    if (await store.commit(event.runId, t.header, current.revision, t.jobs, queued)) {
+    // Most events only move their job to its next phase: the header stays as it was, and the
+    // job alone is written, if it is still as read (store.advance).
+    const eventJob = event.outcome !== 'stop' ? event.jobId : undefined;
+    const from = eventJob !== undefined ? jobs.get(eventJob) : undefined;
+    const step = !t.finished && from !== undefined && t.jobs.length === 1 && t.jobs[0]!.jobId === eventJob && JSON.stringify(t.header) === JSON.stringify(current.header);
+    if (step ? await store.advance(event.runId, t.jobs[0]!, from, queued) : await store.commit(event.runId, t.header, current.revision, t.jobs, queued)) {
       logNewWarnings(log, current.header, t, jobs);
       if (finished !== undefined) onFinished?.(finished);
       return;

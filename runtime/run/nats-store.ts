@@ -51,6 +51,8 @@ type StoredHeader = z.infer<typeof StoredHeader>;
 export class NatsRunStore implements RunStore {
   /** Id lists by key: immutable (the key names its content's hash), so safe to keep. */
   private readonly idLists = new Map<string, string[]>();
+  /** The revision each job this store returned was read at (for `advance`'s compare-and-set). */
+  private readonly readAt = new WeakMap<JobState, number>();
 
   private constructor(readonly kv: KV) {}
 
@@ -127,6 +129,22 @@ export class NatsRunStore implements RunStore {
     }
   }
 
+  async advance(runId: string, job: JobState, from: JobState, alongside?: Promise<void>): Promise<boolean> {
+    const revision = this.readAt.get(from);
+    if (revision === undefined) throw new Error(`run ${runId}: job ${job.jobId} to advance was not read from this store`);
+    // Written once what it queues is out, as a commit's header: a failure there writes nothing.
+    await alongside;
+    try {
+      // Sent again after a lost reply, an update that did land says "wrong revision": the
+      // coordinator then reads the job again and finds its own step.
+      await untilAnswered(`writing job ${job.jobId} of run ${runId}`, () => this.kv.update(jobKey(runId, job.jobId), JSON.stringify(JobState.parse(job)), revision), RETRY);
+      return true;
+    } catch (error) {
+      if (isWrongLastSequence(error)) return false;
+      throw error;
+    }
+  }
+
   async list(limit = 50): Promise<RunHeader[]> {
     // Headers are the one-token keys; jobs have two. A key written while they are listed comes
     // again (the listing follows the bucket's updates): each once.
@@ -191,7 +209,9 @@ export class NatsRunStore implements RunStore {
     const jobs = await inChunks(jobIds, async (id) => {
       const entry = await this.get(jobKey(runId, id));
       if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return undefined;
-      return JobState.parse(entry.json());
+      const job = JobState.parse(entry.json());
+      this.readAt.set(job, entry.revision);
+      return job;
     });
     return jobs.filter((j): j is JobState => j !== undefined);
   }

@@ -76,6 +76,43 @@ export function storeContract(name: string, make: () => Promise<{ store: RunStor
       expect((await store.header(runId))!).toEqual(second);
     });
 
+    it('advances one job as read, header untouched; a job changed since its read is not written', async () => {
+      const header = newRunHeader(runId, new Date(), { concurrency: 2, vmRetries: 1 });
+      await store.create(header);
+      const a = job('vm.a', 'a');
+      const next: RunHeader = { ...header, status: 'running', jobIds: [a.jobId], remaining: 1, active: 1 };
+      expect(await store.commit(runId, next, (await store.header(runId))!.revision, [a])).toBe(true);
+      const before = (await store.header(runId))!;
+
+      const read = (await store.jobs(runId, [a.jobId])).get(a.jobId)!;
+      const exporting: JobState = { ...read, phase: 'export', phaseMs: { snapshot: 40 } };
+      let release!: () => void;
+      const queued = new Promise<void>((resolve) => (release = resolve));
+      const advancing = store.advance(runId, exporting, read, queued);
+      // Written only once what it queues is out.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect((await store.jobs(runId, [a.jobId])).get(a.jobId)).toEqual(a);
+      release();
+      expect(await advancing).toBe(true);
+      expect((await store.jobs(runId, [a.jobId])).get(a.jobId)).toEqual(exporting);
+      // The header, and its revision, are as they were.
+      expect((await store.header(runId))!).toEqual(before);
+
+      // A second step from the same (now old) read loses and writes nothing.
+      expect(await store.advance(runId, { ...read, phase: 'meta' }, read)).toBe(false);
+      expect((await store.jobs(runId, [a.jobId])).get(a.jobId)).toEqual(exporting);
+      // A queueing that fails writes nothing.
+      const again = (await store.jobs(runId, [a.jobId])).get(a.jobId)!;
+      await expect(store.advance(runId, { ...again, phase: 'meta' }, again, Promise.reject(new Error('the next phase was not queued')))).rejects.toThrow('the next phase was not queued');
+      expect((await store.jobs(runId, [a.jobId])).get(a.jobId)).toEqual(exporting);
+      // A commit made after the read (a stop ending the job) wins over a step from that read.
+      const current = (await store.header(runId))!;
+      const stopped: JobState = { ...again, status: 'failed' };
+      expect(await store.commit(runId, { ...current.header, active: 0, remaining: 0 }, current.revision, [stopped])).toBe(true);
+      expect(await store.advance(runId, { ...again, phase: 'meta' }, again)).toBe(false);
+      expect((await store.jobs(runId, [a.jobId])).get(a.jobId)).toEqual(stopped);
+    });
+
     it('of two commits from the same revision, exactly one wins', async () => {
       const header = newRunHeader(runId, new Date(), { concurrency: 2, vmRetries: 1 });
       await store.create(header);
