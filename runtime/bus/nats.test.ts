@@ -11,6 +11,8 @@ import type { Settle } from './bus.js';
 import { busContract, deferred, sleep, waitFor } from './contract.js';
 import type { NatsRuntime } from './nats-connect.js';
 import { openNats } from './nats-connect.js';
+import { JOBS_STREAM, jobConsumerName } from '../../infra/nats/jetstream.js';
+import { waitFor as waitUntil } from '../../test/sim/test-helpers.js';
 
 let server: NatsServer;
 beforeAll(async () => {
@@ -66,6 +68,42 @@ describe('NatsBus beyond the contract', () => {
       await waitFor(() => attempts.length === 1);
       await sleep(3_000);
       expect(attempts).toEqual([1]);
+    } finally {
+      await nats.close();
+    }
+  });
+
+  it('an idle worker keeps one pull request out per subject, whatever its concurrency; a burst still runs all its slots at once', async () => {
+    const nats = await open();
+    const subject = `vmbackup.jobs.t${Math.random().toString(36).slice(2, 8)}`;
+    try {
+      let running = 0;
+      let peak = 0;
+      let finished = 0;
+      const release = deferred();
+      await nats.bus.work(subject, { concurrency: 4 }, async () => {
+        running++;
+        peak = Math.max(peak, running);
+        await release.promise;
+        running--;
+        finished++;
+        return { kind: 'ack' };
+      });
+      const jsm = await nats.nc.jetstreamManager();
+      const waiting = async () => (await jsm.consumers.info(JOBS_STREAM, jobConsumerName(subject))).num_waiting;
+      // Four free slots, one request on the consumer's leader (it was four, each renewed every 5 s).
+      await waitUntil(async () => (await waiting()) === 1, 10_000, 'one pull request waiting');
+      await sleep(300);
+      expect(await waiting()).toBe(1);
+      for (let i = 0; i < 4; i++) await nats.bus.enqueue(subject, { i }, { id: `${subject}-${i}` });
+      await waitFor(() => running === 4);
+      expect(peak).toBe(4);
+      // Every slot busy: nothing is pulled that could not be run.
+      await sleep(300);
+      expect(await waiting()).toBe(0);
+      release.resolve();
+      await waitFor(() => finished === 4);
+      await waitUntil(async () => (await waiting()) === 1, 10_000, 'one pull request waiting');
     } finally {
       await nats.close();
     }

@@ -34,6 +34,14 @@ interface Worker {
   ackWaitMs: number;
   closed: boolean;
   fetches: Set<ConsumerMessages>;
+  /**
+   * Held by the one slot whose pull request is out. The other free slots wait here instead of
+   * each keeping a request of its own on the consumer's leader: an idle worker then renews one
+   * request per subject every `expires`, not `concurrency` of them (with their heartbeats, a
+   * fifth of a cluster's messages). When a job arrives the slot that pulled it lets the next
+   * free slot pull: a burst of jobs is taken one round trip apart.
+   */
+  pulling: Promise<void>;
 }
 
 interface Subscription {
@@ -177,7 +185,7 @@ export class NatsBus implements Bus {
     });
     await untilAnswered(`consumer ${decl.durable_name}`, () => applyConsumer(this.jsm, JOBS_STREAM, decl), { log: this.opts.log });
     const consumer = await untilAnswered(`consumer ${decl.durable_name}`, () => this.js.consumers.get(JOBS_STREAM, decl.durable_name), { log: this.opts.log });
-    const worker: Worker = { subject, consumer, handler, maxDeliver: opts.maxDeliver, ackWaitMs, closed: false, fetches: new Set() };
+    const worker: Worker = { subject, consumer, handler, maxDeliver: opts.maxDeliver, ackWaitMs, closed: false, fetches: new Set(), pulling: Promise.resolve() };
     const loops: Promise<void>[] = [];
     for (let i = 0; i < Math.max(1, opts.concurrency); i++) loops.push(this.track(this.pullLoop(worker, decl)));
     const closer: Closer = {
@@ -313,7 +321,13 @@ export class NatsBus implements Bus {
     let failures = 0;
     while (!worker.closed && !this.nc.isClosed()) {
       let job: JsMsg | undefined;
+      // Wait for the slot whose request is out, then take the turn.
+      const previous = worker.pulling;
+      let done!: () => void;
+      worker.pulling = new Promise<void>((resolve) => (done = resolve));
+      await previous;
       try {
+        if (worker.closed || this.nc.isClosed()) break;
         const batch = await worker.consumer.fetch({ max_messages: 1, expires });
         worker.fetches.add(batch);
         try {
@@ -332,6 +346,8 @@ export class NatsBus implements Bus {
         }
         await sleep(Math.min(100 * 2 ** failures, 2_000));
         continue;
+      } finally {
+        done();
       }
       if (job === undefined) continue;
       if (worker.closed) {
