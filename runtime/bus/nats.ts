@@ -128,9 +128,9 @@ export class NatsBus implements Bus {
    * Who consumes each job subject and durable subscription, from JetStream's consumer info.
    * What nats-server 2.9 (Debian's) tells reliably, checked against it:
    *
-   * - `num_waiting`: pull requests waiting for a message. Every idle slot of a worker keeps
-   *   one (it pulls again as soon as one expires, every 5 s), and the server drops a
-   *   client's requests the moment its connection goes: > 0 means a live worker waits.
+   * - `num_waiting`: pull requests waiting for a message. A worker with a free slot keeps
+   *   one per subject (pulled again as soon as it expires, every 5 s), and the server drops
+   *   a client's requests the moment its connection goes: > 0 means a live worker waits.
    * - `num_ack_pending`: deliveries not yet acked. A worker whose every slot is busy has no
    *   request waiting but holds jobs: counted as consumed. It cannot be told from a worker
    *   that died holding a job (the count stays after ack_wait until someone pulls): that
