@@ -225,8 +225,9 @@ export async function checkBackupDir(dir: string, spaceThreshold: number): Promi
 
 /**
  * Destroys snapshots (VMs and VDIs) left by crashed runs and lifts start blocks they left on
- * halted VMs. Only objects carrying vmbackup's tags are considered, and only those whose
- * owner is gone (isLeftover); a VM *named* like a snapshot is never touched.
+ * halted VMs that no live run holds (cleanStartBlock). Only objects carrying vmbackup's tags
+ * are considered, and only those whose owner is gone (isLeftover); a VM *named* like a
+ * snapshot is never touched.
  */
 async function cleanLeftovers(xapi: XapiClient, vms: VmRecord[], vdis: VdiRecord[], input: PlanInput, ctx: Ctx): Promise<string[]> {
   const cleaned: string[] = [];

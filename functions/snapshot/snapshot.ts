@@ -19,7 +19,9 @@ import { JobBase, VmJob } from '../job.js';
  * gives a VM), tagged with the run and the source VM on itself and its disks.
  * vdi-export: `VDI.snapshot` of each chosen disk, tagged likewise.
  * A halted VM (with `haltedWithoutSnapshot`) is not snapshotted: its start is blocked while
- * its disks are exported directly; the export phase lifts the block.
+ * its disks are exported directly, the block held by this job's own key (other runs exporting
+ * the VM at once share it); the export phase gives up the hold, and lifts the block if no run
+ * holds it any more.
  *
  * Safe under redelivery: a snapshot already made for this job attempt (found by its tag) is
  * reused, never duplicated. Also records what the `.meta` file needs from the source VM.
