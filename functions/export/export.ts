@@ -193,10 +193,13 @@ async function cleanUp(xapi: XapiClient, ctx: Ctx, input: ExportInput): Promise<
   }
   if (snap.startBlocked) {
     try {
-      await unblockStart(xapi, await xapi.call<string>('VM.get_by_uuid', snap.vmUuid));
+      await unblockStart(xapi, await xapi.call<string>('VM.get_by_uuid', snap.vmUuid), snap.blockHolder);
     } catch (error) {
       ctx.log.debug({ err: error }, `${input.vm.name}: lifting the start block`);
-      warnings.push(`could not lift the start block (${errorInfo(error).message}); remove it with xe vm-param-remove param-name=blocked-operations param-key=start uuid=${snap.vmUuid}`);
+      const hold = snap.blockHolder !== undefined ? `param-name=other-config param-key=${snap.blockHolder}, then ` : '';
+      warnings.push(
+        `could not lift the start block (${errorInfo(error).message}); the next run lifts it once no run holds it, or remove it with xe vm-param-remove uuid=${snap.vmUuid} ${hold}param-name=blocked-operations param-key=start (and start_on)`,
+      );
     }
   }
   return warnings;

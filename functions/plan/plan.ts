@@ -11,7 +11,7 @@ import { formatStamp, vmFolderName } from '../../runtime/storage/naming.js';
 import { freeSpace } from '../../runtime/storage/space.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
 import type { VdiRecord, VmRecord } from '../../runtime/xapi/records.js';
-import { TAG, destroySnapshotVdi, destroySnapshotVm, isLeftover, parseBlockReason } from '../../runtime/xapi/snapshots.js';
+import { BLOCK_HOLDER_PREFIX, START_OPS, TAG, blockHolders, destroySnapshotVdi, destroySnapshotVm, isLeftover, liftStartBlock, parseBlockReason } from '../../runtime/xapi/snapshots.js';
 import { HostBackupInput } from '../host-backup/host-backup.js';
 import { runStartHooks } from './run-start.js';
 import { JobBase, VmRef } from '../job.js';
@@ -225,8 +225,9 @@ export async function checkBackupDir(dir: string, spaceThreshold: number): Promi
 
 /**
  * Destroys snapshots (VMs and VDIs) left by crashed runs and lifts start blocks they left on
- * halted VMs. Only objects carrying vmbackup's tags are considered, and only those whose
- * owner is gone (isLeftover); a VM *named* like a snapshot is never touched.
+ * halted VMs that no live run holds (cleanStartBlock). Only objects carrying vmbackup's tags
+ * are considered, and only those whose owner is gone (isLeftover); a VM *named* like a
+ * snapshot is never touched.
  */
 async function cleanLeftovers(xapi: XapiClient, vms: VmRecord[], vdis: VdiRecord[], input: PlanInput, ctx: Ctx): Promise<string[]> {
   const cleaned: string[] = [];
@@ -241,14 +242,7 @@ async function cleanLeftovers(xapi: XapiClient, vms: VmRecord[], vdis: VdiRecord
         ctx.log.warn({ err: error }, `could not destroy leftover snapshot ${vm.uuid}: ${(error as Error).message}`);
       }
     }
-    if (!vm.is_a_snapshot && !vm.is_a_template) {
-      for (const op of ['start', 'start_on']) {
-        const tags = parseBlockReason(vm.blocked_operations[op] ?? '');
-        if (tags === undefined || !isLeftover(tags, rule)) continue;
-        await xapi.call('VM.remove_from_blocked_operations', vm.$ref, op);
-        cleaned.push(`lifted the ${op} block left on "${vm.name_label}" by run ${tags[TAG.run]}`);
-      }
-    }
+    if (!vm.is_a_snapshot && !vm.is_a_template) cleaned.push(...(await cleanStartBlock(xapi, vm, rule)));
   }
   for (const vdi of vdis) {
     if (!vdi.is_a_snapshot || destroyedVdis.has(vdi.uuid) || !isLeftover(vdi.other_config, rule)) continue;
@@ -262,5 +256,40 @@ async function cleanLeftovers(xapi: XapiClient, vms: VmRecord[], vdis: VdiRecord
     }
   }
   for (const line of cleaned) ctx.log.info(line);
+  return cleaned;
+}
+
+/**
+ * The start block left on a halted VM by exports whose runs are gone. Each run exporting it
+ * holds the block by a key in `other_config` (blockHolders): the keys of runs that are gone
+ * are removed, and the block is lifted only when no live run holds it. A block with no holder
+ * key at all (left by a version before holders) goes when the run named in its reason is gone.
+ */
+async function cleanStartBlock(xapi: XapiClient, vm: VmRecord, rule: Parameters<typeof isLeftover>[1]): Promise<string[]> {
+  const cleaned: string[] = [];
+  const holders = blockHolders(vm.other_config);
+  if (holders.length === 0) {
+    for (const op of START_OPS) {
+      const tags = parseBlockReason(vm.blocked_operations[op] ?? '');
+      if (tags === undefined || !isLeftover(tags, rule)) continue;
+      await xapi.call('VM.remove_from_blocked_operations', vm.$ref, op);
+      cleaned.push(`lifted the ${op} block left on "${vm.name_label}" by run ${tags[TAG.run]}`);
+    }
+    return cleaned;
+  }
+  let live = 0;
+  for (const [key, reason] of holders) {
+    const tags = parseBlockReason(reason);
+    // A value that is no block reason of ours cannot be judged: nothing could ever lift it.
+    if (tags !== undefined && !isLeftover(tags, rule)) {
+      live += 1;
+      continue;
+    }
+    await xapi.call('VM.remove_from_other_config', vm.$ref, key);
+    cleaned.push(`dropped the hold of run ${tags?.[TAG.run] ?? key.slice(BLOCK_HOLDER_PREFIX.length)} on the start block of "${vm.name_label}"`);
+  }
+  if (live > 0) return cleaned;
+  const ops = await liftStartBlock(xapi, vm.$ref);
+  if (ops.length > 0) cleaned.push(`lifted the ${ops.join(', ')} block left on "${vm.name_label}" once no run held it`);
   return cleaned;
 }

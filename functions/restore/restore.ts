@@ -16,7 +16,7 @@ import { formatBytes, formatSeconds } from '../../runtime/units.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
 import { NULL_REF } from '../../runtime/xapi/records.js';
 import type { Ref, SrRecord, VdiRecord, VmRecord } from '../../runtime/xapi/records.js';
-import { BLOCK_REASON_PREFIX, TAG, jobKey } from '../../runtime/xapi/snapshots.js';
+import { BLOCK_REASON_PREFIX, TAG, blockHolders, jobKey } from '../../runtime/xapi/snapshots.js';
 import { JobBase } from '../job.js';
 import { parseMeta } from '../meta/meta-format.js';
 import { manifestCheck } from '../prune/retention.js';
@@ -643,10 +643,11 @@ async function vmDisks(xapi: XapiClient, vmRef: Ref): Promise<Ref[]> {
 
 /**
  * Replaces the snapshot tags the backup carried (the export was of a tagged snapshot) with
- * the restore's: a restored VM or disk must never look like a leftover snapshot of ours.
+ * the restore's: a restored VM or disk must never look like a leftover snapshot of ours. The
+ * holds on a halted VM's start block it carried go too (the block itself: liftExportBlock).
  */
 async function retag(xapi: XapiClient, cls: 'VM' | 'VDI', ref: Ref, otherConfig: Record<string, string>, tags: Record<string, string>): Promise<void> {
-  for (const key of [...Object.values(TAG), ...Object.keys(tags)]) {
+  for (const key of [...Object.values(TAG), ...blockHolders(otherConfig).map(([holder]) => holder), ...Object.keys(tags)]) {
     if (key in otherConfig) await xapi.call(`${cls}.remove_from_other_config`, ref, key);
   }
   for (const [key, value] of Object.entries(tags)) await xapi.call(`${cls}.add_to_other_config`, ref, key, value);

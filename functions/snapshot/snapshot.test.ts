@@ -60,11 +60,19 @@ describe('snapshot of a halted VM', () => {
   it('two runs at once: both export it directly with its start blocked, neither fails on the other’s block', async () => {
     const ctx = localCtx({ log: silentLogger(), xapi });
     const [a, b] = await Promise.all([snapshot.handle(input('run-a'), ctx), snapshot.handle(input('run-b'), ctx)]);
+    const holders: string[] = [];
     for (const out of [SnapshotOutput.parse(a), SnapshotOutput.parse(b)]) {
       expect(out.snapshot).toMatchObject({ kind: 'direct', startBlocked: true });
       expect(out.warnings).toEqual([]);
+      holders.push(out.snapshot.blockHolder!);
     }
     const vm = await xapi.getRecord('VM', await xapi.call<string>('VM.get_by_uuid', String(sim.state.vm('web1').uuid)));
     expect(Object.keys(vm.blocked_operations).sort()).toEqual(['start', 'start_on']);
+    // Each run holds the block by its own key, so the first to finish does not lift it under the other.
+    const job = `vm.${vm.uuid}/1`;
+    expect(holders).toEqual([`vmbackup:start-block:run-a/${job}`, `vmbackup:start-block:run-b/${job}`]);
+    for (const [i, run] of ['run-a', 'run-b'].entries()) {
+      expect(vm.other_config[holders[i]!]).toMatch(new RegExp(`^vmbackup: export in progress \\(run ${run} by \\S+:${process.pid} at \\S+\\)$`));
+    }
   });
 });

@@ -8,7 +8,7 @@ import { formatSeconds } from '../../runtime/units.js';
 import type { XapiClient } from '../../runtime/xapi/client.js';
 import { NULL_REF } from '../../runtime/xapi/records.js';
 import type { VbdRecord, VdiRecord, VmRecord } from '../../runtime/xapi/records.js';
-import { TAG, blockReason, jobKey, snapshotTags, tagObject } from '../../runtime/xapi/snapshots.js';
+import { TAG, blockHolderKey, blockReason, blockStart, jobKey, snapshotTags, tagObject, unblockStart } from '../../runtime/xapi/snapshots.js';
 import { MetaRecords } from '../meta/meta-format.js';
 import { JobBase, VmJob } from '../job.js';
 
@@ -19,7 +19,9 @@ import { JobBase, VmJob } from '../job.js';
  * gives a VM), tagged with the run and the source VM on itself and its disks.
  * vdi-export: `VDI.snapshot` of each chosen disk, tagged likewise.
  * A halted VM (with `haltedWithoutSnapshot`) is not snapshotted: its start is blocked while
- * its disks are exported directly; the export phase lifts the block.
+ * its disks are exported directly, the block held by this job's own key (other runs exporting
+ * the VM at once share it); the export phase gives up the hold, and lifts the block if no run
+ * holds it any more.
  *
  * Safe under redelivery: a snapshot already made for this job attempt (found by its tag) is
  * reused, never duplicated. Also records what the `.meta` file needs from the source VM.
@@ -47,6 +49,12 @@ export const SnapshotTaken = z.object({
   disks: z.array(ExportDisk),
   /** Start of the source VM blocked by us (kind `direct`): the export phase lifts it. */
   startBlocked: z.boolean(),
+  /**
+   * The `other_config` key by which this job holds the block (blockHolderKey): the export phase
+   * removes it and lifts the block only if no other run holds it. Absent in a job from before
+   * holders were recorded: the block is lifted unless a run holds it.
+   */
+  blockHolder: z.string().optional(),
   /**
    * delta-export with `cbt`: devices whose changed-block tracking was off and was turned on
    * just before this snapshot (their changes since the previous point are unknown).
@@ -91,29 +99,28 @@ export const snapshot = defineFunction({
 
     if (vm.power_state === 'Halted' && input.haltedWithoutSnapshot) {
       const disks = await chosenDisks(xapi, vm, input, warnings);
-      const reason = blockReason(input.runId, ctx.origin, ctx.clock.now());
-      for (const op of ['start', 'start_on']) {
-        if (vm.blocked_operations[op] !== undefined) continue;
-        // Another run's snapshot phase of this VM may block it between our read and this call:
-        // XAPI then answers MAP_DUPLICATE_KEY, and the VM is blocked all the same.
-        await xapi.call('VM.add_to_blocked_operations', vm.$ref, op, reason).catch((error: unknown) => {
-          if ((error as { code?: string }).code !== 'MAP_DUPLICATE_KEY') throw error;
-        });
-      }
+      // Another run may export this VM at once: the block is shared, each run holds it by its own key.
+      const holder = blockHolderKey(input);
+      await blockStart(xapi, vm.$ref, holder, blockReason(input.runId, ctx.origin, ctx.clock.now()));
       // The VM may have been started between our read and the block: then snapshot instead.
       const after = await xapi.getRecord('VM', vm.$ref);
       if (after.power_state === 'Halted') {
         ctx.log.info(`${input.vm.name}: halted, exporting without a snapshot (start blocked meanwhile)`);
         return {
           ...input,
-          snapshot: { kind: 'direct' as const, vmUuid: vm.uuid, disks: disks.map(({ vbd, vdi }) => exportDisk(vbd, vdi.uuid, vdi)), startBlocked: true, at },
+          snapshot: {
+            kind: 'direct' as const,
+            vmUuid: vm.uuid,
+            disks: disks.map(({ vbd, vdi }) => exportDisk(vbd, vdi.uuid, vdi)),
+            startBlocked: true,
+            blockHolder: holder,
+            at,
+          },
           records,
           warnings,
         };
       }
-      for (const op of ['start', 'start_on']) {
-        if (after.blocked_operations[op] === reason) await xapi.call('VM.remove_from_blocked_operations', vm.$ref, op);
-      }
+      await unblockStart(xapi, vm.$ref, holder);
     }
 
     if (input.mode !== 'vdi') {

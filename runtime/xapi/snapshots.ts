@@ -38,6 +38,28 @@ export function parseBlockReason(reason: string): Record<string, string> | undef
   return { [TAG.run]: m[1]!, [TAG.origin]: m[2]!, [TAG.created]: m[3]! };
 }
 
+/**
+ * Prefix of the `other_config` keys on a halted VM that name who holds its start block: one key
+ * per job attempt exporting it, `vmbackup:start-block:<runId>/<jobId>/<try>`, its value that
+ * job's block reason. Two runs may export one halted VM at once and share the one block; each
+ * adds and removes only its own key (distinct keys: no update of one run is lost to the
+ * other's), and the block is lifted when no key is left.
+ */
+export const BLOCK_HOLDER_PREFIX = 'vmbackup:start-block:';
+
+/** The operations blocked while a halted VM is exported without a snapshot. */
+export const START_OPS = ['start', 'start_on'] as const;
+
+/** The `other_config` key by which a job attempt holds a halted VM's start block. */
+export function blockHolderKey(job: { runId: string; jobId: string; try: number }): string {
+  return `${BLOCK_HOLDER_PREFIX}${jobKey(job)}`;
+}
+
+/** The holders of a VM's start block: `[key, block reason]` for each holder key in `other_config`. */
+export function blockHolders(otherConfig: Record<string, string>): [string, string][] {
+  return Object.entries(otherConfig).filter(([key]) => key.startsWith(BLOCK_HOLDER_PREFIX));
+}
+
 /** The key that identifies one attempt of one job: `<runId>/<jobId>/<try>`. */
 export function jobKey(job: { runId: string; jobId: string; try: number }): string {
   return `${job.runId}/${job.jobId}/${job.try}`;
@@ -144,13 +166,49 @@ async function ignoreGone(p: Promise<unknown>): Promise<void> {
   }
 }
 
-/** Lifts the start block vmbackup put on a halted VM, if it is still ours. */
-export async function unblockStart(xapi: XapiClient, vmRef: Ref): Promise<void> {
-  const vm = await xapi.getRecord('VM', vmRef);
-  for (const op of ['start', 'start_on']) {
-    const reason = vm.blocked_operations[op];
-    if (reason !== undefined && reason.startsWith(BLOCK_REASON_PREFIX)) {
-      await xapi.call('VM.remove_from_blocked_operations', vmRef, op);
-    }
+/** Runs an `add_to_…` call; an existing key (MAP_DUPLICATE_KEY) is fine. */
+async function addIfAbsent(p: Promise<unknown>): Promise<void> {
+  try {
+    await p;
+  } catch (error) {
+    if ((error as { code?: string }).code !== 'MAP_DUPLICATE_KEY') throw error;
   }
+}
+
+/**
+ * Blocks the start of a halted VM for an export without a snapshot, held by `holder` (its
+ * blockHolderKey). The holder key goes first, so a run lifting its own hold meanwhile sees it.
+ * The block itself may be there already (another run's, or an operator's under its own
+ * reason): XAPI answers MAP_DUPLICATE_KEY, and the VM is blocked all the same.
+ */
+export async function blockStart(xapi: XapiClient, vmRef: Ref, holder: string, reason: string): Promise<void> {
+  await addIfAbsent(xapi.call('VM.add_to_other_config', vmRef, holder, reason));
+  for (const op of START_OPS) await addIfAbsent(xapi.call('VM.add_to_blocked_operations', vmRef, op, reason));
+}
+
+/**
+ * Gives up `holder`'s hold on a halted VM's start block and lifts the block if no other run
+ * holds it. `holder` undefined (a job from before holders were recorded) gives up nothing and
+ * lifts as before, unless a run holds the block. Returns the operations unblocked.
+ */
+export async function unblockStart(xapi: XapiClient, vmRef: Ref, holder: string | undefined): Promise<string[]> {
+  if (holder !== undefined) await xapi.call('VM.remove_from_other_config', vmRef, holder);
+  return liftStartBlock(xapi, vmRef);
+}
+
+/**
+ * Lifts vmbackup's start block (only `start`, `start_on` with vmbackup's reason) unless a run
+ * holds it. A run may take hold between our read and the lift, having found the block there:
+ * read again after, and if one did, put the block back. Returns the operations unblocked.
+ */
+export async function liftStartBlock(xapi: XapiClient, vmRef: Ref): Promise<string[]> {
+  const vm = await xapi.getRecord('VM', vmRef);
+  if (blockHolders(vm.other_config).length > 0) return [];
+  const ops = START_OPS.filter((op) => vm.blocked_operations[op]?.startsWith(BLOCK_REASON_PREFIX) === true);
+  if (ops.length === 0) return [];
+  for (const op of ops) await xapi.call('VM.remove_from_blocked_operations', vmRef, op);
+  const holder = blockHolders((await xapi.getRecord('VM', vmRef)).other_config)[0];
+  if (holder === undefined) return ops;
+  for (const op of START_OPS) await addIfAbsent(xapi.call('VM.add_to_blocked_operations', vmRef, op, holder[1]));
+  return [];
 }

@@ -340,6 +340,8 @@ describe('vmbackup restore: the backup of a halted VM (exported with its start b
       expect(result.stdout).toMatch(/^ {6}start: lifted the block vmbackup's export of the halted VM had saved in the backup$/m);
       const restored = sim.state.record('VM', uuid!) as SimRecord;
       expect(restored.blocked_operations).toEqual({ start_on: 'maintenance', suspend: 'maintenance' });
+      // The export's hold on that block, saved with it, is gone too.
+      expect(Object.keys(restored.other_config as Record<string, string>).filter((k) => k.startsWith('vmbackup:start-block:'))).toEqual([]);
       await xapi.call('VM.start', restored.ref, false, false);
       expect(sim.state.record('VM', uuid!)).toMatchObject({ power_state: 'Running' });
 

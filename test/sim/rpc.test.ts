@@ -137,6 +137,9 @@ describe('fields, setters and map editors', () => {
     await xapi(url, 'VM.remove_from_other_config', session, db1, 'k');
     await xapi(url, 'VM.remove_from_other_config', session, db1, 'absent');
     await xapi(url, 'VM.add_to_blocked_operations', session, db1, 'start', 'maintenance');
+    // Two vmbackup runs block one halted VM at once: the second meets the first's block so.
+    expect(await xapiError(url, 'VM.add_to_blocked_operations', session, db1, 'start', 'other')).toEqual(['MAP_DUPLICATE_KEY', 'VM', 'blocked_operations', db1, 'start']);
+    await xapi(url, 'VM.remove_from_blocked_operations', session, db1, 'start_on');
     expect(await xapiError(url, 'VM.start', session, db1, false, false)).toEqual(['OPERATION_BLOCKED', db1, 'maintenance']);
     await xapi(url, 'VM.set_blocked_operations', session, db1, {});
     await xapi(url, 'VM.add_tags', session, db1, 'a');
