@@ -21,7 +21,7 @@ async function drainDuringExport(drainTimeout: string): Promise<{ summary: RunSu
   rig.sim.faults.add({ http: 'export', vm: 'd1', always: true, action: { kind: 'slow', bytes_per_second: 2 << 20 } });
   const workers = await Promise.all([rig.worker('--drain-timeout', drainTimeout), rig.worker('--drain-timeout', drainTimeout)]);
   const run = vmbackup(['run', ...rig.args('--json')]);
-  const drained = await waitFor(() => (rig!.sim.state.transfers('export').some((t) => t.vm?.startsWith('d1') === true && t.bytes > 1 << 20) ? xvaWriter(workers) : undefined), 30_000, 'd1 exporting');
+  const drained = await waitFor(() => (rig!.sim.state.transfers('export').some((t) => t.vm?.startsWith('d1') === true && t.bytes > 1 << 20) ? xvaWriter(workers, 'd1') : undefined), 30_000, 'd1 exporting');
   drained.kill('SIGTERM');
   const code = await drained.exited;
   const r = await run;

@@ -25,10 +25,10 @@ describe('NATS faults', () => {
     rig = await startRig(pool([vm('big', 'Running', 6), vm('a'), vm('b', 'Halted')]));
     rig.sim.faults.add({ http: 'export', vm: 'big', always: true, action: { kind: 'slow', bytes_per_second: 2 << 20 } });
     const workers = await Promise.all([rig.worker('--ack-wait', '2'), rig.worker('--ack-wait', '2')]);
-    const run = vmbackup(['run', ...rig.args('--json')]);
+    const run = vmbackup(['run', ...rig.args('--json')], { timeoutMs: 45_000 });
     // The worker writing big's export right now, once a good part of it is there.
     const victim = await waitFor(
-      () => (rig!.sim.state.transfers('export').some((t) => t.vm?.startsWith('big') === true && t.bytes > 1 << 20) ? xvaWriter(workers) : undefined),
+      () => (rig!.sim.state.transfers('export').some((t) => t.vm?.startsWith('big') === true && t.bytes > 1 << 20) ? xvaWriter(workers, 'big') : undefined),
       30_000,
       'a worker exporting big',
     );
@@ -36,13 +36,14 @@ describe('NATS faults', () => {
     expect(await victim.exited).toBe('SIGKILL');
     const survivor = workers.find((w) => w !== victim)!;
     const r = await run;
-    expect(r.code).toBe(0);
+    expect(r.code, `vmbackup run:\n${r.stderr}\nthe survivor:\n${survivor.output()}\nthe worker killed:\n${victim.output()}`).toBe(0);
     const summary = JSON.parse(r.stdout) as RunSummary;
-    expect(summary.categories['vm-export']).toEqual({ S: 3, W: 0, E: 0 });
+    // A warning's text says which phase it came from: shown whole when there is one.
+    expect({ counts: summary.categories['vm-export'], warnings: summary.jobs.filter((j) => j.category === 'vm-export').flatMap((j) => j.warnings.map((w) => `${j.name}: ${w}`)) }).toEqual({ counts: { S: 3, W: 0, E: 0 }, warnings: [] });
     // big's export: the first transfer cut by the kill, the second (the redelivery) whole.
     const bigExports = rig.sim.state.transfers('export').filter((t) => t.vm?.startsWith('big') === true);
     expect(bigExports.map((t) => t.status)).toEqual(['aborted', 'done']);
-    expect(survivor.output()).toMatch(/^big: exported 6\.\d MiB/m);
+    expect(survivor.output(), `the survivor's output:\n${survivor.output()}`).toMatch(/^big: exported 6\.\d MiB/m);
     // One backup set per VM, no partial file, no snapshot left.
     const big = (await readdir(path.join(rig.ws.exports, 'big'))).sort();
     expect(big).toHaveLength(3);

@@ -71,15 +71,18 @@ export function startWorker(args: readonly string[], opts: { env?: Record<string
 }
 
 /**
- * The worker that has an XVA export's partial file open (Linux: /proc/<pid>/fd): the one
- * exporting right now. Partials are `<file>.xva.<writer tag>.partial` (runtime/storage/writer.ts).
+ * The worker that has the partial file of `folder`'s XVA export open (Linux: /proc/<pid>/fd):
+ * the one exporting that VM right now. Partials are `<folder>/<file>.xva.<writer tag>.partial`
+ * (runtime/storage/writer.ts). The folder matters: another worker may be writing another VM's
+ * XVA at the same moment, and killing it would not cut the export a test is after.
  */
-export function xvaWriter(workers: readonly WorkerProcess[]): WorkerProcess | undefined {
+export function xvaWriter(workers: readonly WorkerProcess[], folder: string): WorkerProcess | undefined {
+  const partial = new RegExp(`/${folder.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/[^/]+\\.xva\\.(?:[^/]+\\.)?partial$`);
   return workers.find((w) => {
     try {
       return readdirSync(`/proc/${w.pid}/fd`).some((fd) => {
         try {
-          return /\.xva\.(?:[^/]+\.)?partial$/.test(readlinkSync(`/proc/${w.pid}/fd/${fd}`));
+          return partial.test(readlinkSync(`/proc/${w.pid}/fd/${fd}`));
         } catch {
           return false;
         }
