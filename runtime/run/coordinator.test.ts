@@ -11,7 +11,7 @@ import { silentLogger } from '../log.js';
 import { serve } from '../serve.js';
 import { waitFor } from '../../test/sim/test-helpers.js';
 import { startCoordinator, stateBehind } from './coordinator.js';
-import type { JobState } from './state.js';
+import type { JobState, RunHeader } from './state.js';
 import { startRun } from './start.js';
 import { MemoryRunStore } from './store.js';
 import { RunSummary } from './summary.js';
@@ -307,6 +307,38 @@ describe('coordinator: a phase that only moves its job on writes that job alone'
       // also starts the next one), the last one finishing the run: never one per phase.
       expect(store.commits).toBeLessThanOrEqual(1 + 6);
       expect(store.steps).toHaveLength(18);
+    } finally {
+      await r.bus.close();
+    }
+  });
+});
+
+/** Dies once in the middle of the commit that ends vm.u1: its jobs are written, its header is not. */
+class DyingStore extends MemoryRunStore {
+  died = false;
+  override async commit(runId: string, header: RunHeader, revision: number, jobs: readonly JobState[], alongside?: Promise<void>): Promise<boolean> {
+    if (!this.died && jobs.some((j) => j.jobId === 'vm.u1' && j.status === 'success')) {
+      this.died = true;
+      await alongside;
+      const stored = (this as unknown as { jobStates: Map<string, Map<string, JobState>> }).jobStates.get(runId)!;
+      for (const job of jobs) stored.set(job.jobId, structuredClone(job));
+      throw new Error('the coordinator died between its jobs and its header');
+    }
+    return super.commit(runId, header, revision, jobs, alongside);
+  }
+}
+
+describe('coordinator: a commit cut between its jobs and its header', () => {
+  it('the event comes again, finds its job ended, and the header is set from the jobs: the run ends instead of waiting for ever', async () => {
+    const store = new DyingStore();
+    const r = await rig({}, store);
+    try {
+      const summary = await r.summary();
+      expect(store.died).toBe(true);
+      expect(summary).toMatchObject({ status: 'success', exitCode: 0 });
+      expect(summary.jobs.map((j) => [j.name, j.status, j.tries])).toEqual(expect.arrayContaining([['vm1', 'success', 1], ['vm2', 'success', 1], ['vm3', 'success', 1]]));
+      // vm2 was started by the commit that was cut: its first phase ran once.
+      expect(r.calls.filter((c) => c.startsWith('pre-hook:vm.u2'))).toEqual(['pre-hook:vm.u2:1']);
     } finally {
       await r.bus.close();
     }

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { Bus, Closer } from '../bus/bus.js';
 import { RunEvent, eventSubject, jobSubject, runEvents } from '../events.js';
 import type { Clock } from '../function.js';
-import { reduce } from './reduce.js';
+import { reduce, repair } from './reduce.js';
 import type { Transition } from './reduce.js';
 import type { JobState, RunHeader } from './state.js';
 import type { RunStore } from './store.js';
@@ -46,7 +46,18 @@ export async function coordinate(store: RunStore, bus: Bus, event: RunEvent, clo
       t = reduce({ header: current.header, jobs }, event, now);
     }
     // A stop changes the header even when it ends no job.
-    if (event.outcome !== 'stop' && t.jobs.length === 0 && t.enqueue.length === 0 && !t.finished) return;
+    if (event.outcome !== 'stop' && t.jobs.length === 0 && t.enqueue.length === 0 && !t.finished) {
+      // An event that finds its job already ended comes again after a coordinator died: if
+      // that one died between its commit's jobs and header, the header is set from the jobs.
+      const job = jobs.get(event.jobId);
+      if (job === undefined || job.status === 'pending' || job.status === 'running' || current.header.status !== 'running') return;
+      const all = new Map((await store.allJobs(event.runId)).map((j) => [j.jobId, j]));
+      const repaired = repair(current.header, all, now);
+      if (repaired === undefined) return;
+      log.warn({ runId: event.runId }, `run ${event.runId}: its state counted ${current.header.remaining} job(s) to go, its jobs ${repaired.header.remaining} (a coordinator stopped in the middle of a commit): set from the jobs`);
+      t = repaired;
+      jobs = all;
+    }
     // What the new state queues goes out while its jobs are written (store.commit), and is
     // out before the header, the commit point: a crash before it is repaired by the event's
     // redelivery, and after it nothing is missing. The jobs queued at once are independent

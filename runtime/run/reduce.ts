@@ -408,6 +408,37 @@ function finish(out: Transition, now: Date): Transition {
   return out;
 }
 
+/**
+ * The header set again from the jobs, when it does not count what they say; undefined when it
+ * does. A commit writes its jobs, then its header (RunStore.commit): a coordinator that dies
+ * in between leaves a job ended (or started) that the header still counts as running (or
+ * pending). The event comes again, finds its job already past it and changes nothing, so
+ * without this the run would wait for ever. `all` must hold every job of the run.
+ *
+ * Jobs the lost commit started get their first phase queued again under the id it had (a
+ * copy is dropped by the stream's deduplication); the pending jobs start while slots are
+ * free; a run with no job left finishes.
+ */
+export function repair(header: RunHeader, all: ReadonlyMap<string, JobState>, now: Date): Transition | undefined {
+  if (header.status !== 'running') return undefined;
+  const jobs = header.jobIds.map((id) => all.get(id));
+  if (jobs.some((j) => j === undefined)) return undefined;
+  const open = (j: JobState) => j.status === 'pending' || j.status === 'running';
+  const remaining = jobs.filter((j) => open(j!)).length;
+  const active = jobs.filter((j) => j!.kind === 'vm' && j!.status === 'running').length;
+  const pending = header.pending.filter((id) => all.get(id)!.status === 'pending');
+  if (remaining === header.remaining && active === header.active && pending.length === header.pending.length) return undefined;
+  const out: Transition = { header: { ...header, remaining, active, pending }, jobs: [], enqueue: [], finished: false };
+  for (const id of header.pending) {
+    const job = all.get(id)!;
+    if (job.status === 'running' && job.phase === job.pipeline[0]) {
+      out.enqueue.push({ fn: job.phase, data: { ...(job.input as object), try: job.try }, id: enqueueId(header.runId, job.jobId, job.try, job.phase) });
+    }
+  }
+  startPending(out, all, now);
+  return out.header.remaining === 0 ? finish(out, now) : out;
+}
+
 /** A new run's header, written when the run is submitted (before the plan runs). */
 export function newRunHeader(runId: string, startedAt: Date, opts: { concurrency: number; vmRetries: number; trigger?: string }): RunHeader {
   return {
