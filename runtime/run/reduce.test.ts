@@ -4,7 +4,7 @@ import type { SnapshotInput } from '../../functions/snapshot/snapshot.js';
 import type { ErrorInfo } from '../errors.js';
 import type { PhaseEvent, RunEvent } from '../events.js';
 import { pipelines } from '../../functions/index.js';
-import { newRunHeader, reduce } from './reduce.js';
+import { newRunHeader, reduce, repair } from './reduce.js';
 import type { Transition } from './reduce.js';
 import type { JobState, RunHeader } from './state.js';
 import { RunSummary, formatSummary, summarize } from './summary.js';
@@ -528,5 +528,36 @@ describe('reduce: a delta-export VM', () => {
     run.take();
     run.apply(done('post-hook', 'vm.u2'));
     expect(run.jobs.get('vm.u2')).toMatchObject({ status: 'success', warnings: ['the run was stopped by SIGTERM: the set is complete, but prune did not run'] });
+  });
+});
+
+describe('repair: a header cut from its commit', () => {
+  it('finds nothing to set in any state a run goes through, to its stop', () => {
+    const run = started(3);
+    const check = () => expect(repair(run.header, run.jobs, now)).toBeUndefined();
+    check();
+    for (const fn of pipelines.vm) {
+      run.apply(done(fn, 'vm.u1', outputOf(fn, 1, 1)));
+      check();
+    }
+    run.apply(failed('snapshot', 'vm.u2', { retryable: true, permanent: false }));
+    check();
+    run.apply({ outcome: 'stop', runId: RUN, reason: 'SIGTERM', at: now.toISOString() });
+    check();
+  });
+
+  it('sets it as the commit would have: the ended job no longer counted, the next one started and queued again', () => {
+    const run = started(3);
+    doneUpTo(run, 1, 'post-hook');
+    const before = structuredClone(run.header);
+    const t = run.apply(done('post-hook', 'vm.u1', outputOf('post-hook', 1, 1)));
+    expect(t.header.remaining).toBe(before.remaining - 1);
+    // The jobs landed, the header did not: the event comes again and changes nothing.
+    const again = reduce({ header: before, jobs: new Map([['vm.u1', run.jobs.get('vm.u1')!]]) }, done('post-hook', 'vm.u1', {}), now);
+    expect(again.jobs).toEqual([]);
+    const r = repair(before, run.jobs, now)!;
+    expect(r.header).toEqual(t.header);
+    expect(r.enqueue.map((e) => e.id)).toEqual(t.enqueue.map((e) => e.id));
+    expect(r.finished).toBe(false);
   });
 });
