@@ -42,7 +42,9 @@ type StoredHeader = z.infer<typeof StoredHeader>;
  *   queues the next phases), then `kv.update`s the header with that revision (CAS): the
  *   header write is the commit point. Job writes are not
  *   undone when the header CAS loses a race; the coordinator's consumer (one event at a
- *   time) is what keeps two coordinators from racing in the first place.
+ *   time) is what keeps two coordinators from racing in the first place, and a coordinator
+ *   that dies between the jobs and the header is repaired from the jobs (reduce.ts, `repair`).
+ * - `advance` writes one job with a compare-and-set on the revision it was read at.
  *
  * @example
  *   const store = await NatsRunStore.open(nc.jetstream());
