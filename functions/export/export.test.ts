@@ -7,6 +7,7 @@ import type { Ctx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { formatStamp } from '../../runtime/storage/naming.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
+import { blockHolders } from '../../runtime/xapi/snapshots.js';
 import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { snapshot } from '../snapshot/snapshot.js';
@@ -48,8 +49,8 @@ function web1() {
 }
 
 function holders(): string[] {
-  return Object.keys(web1().other_config)
-    .filter((k) => k.startsWith('vmbackup:start-block:'))
+  return blockHolders(web1().other_config)
+    .map(([key]) => key)
     .sort();
 }
 

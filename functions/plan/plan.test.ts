@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
-import { blockReason } from '../../runtime/xapi/snapshots.js';
+import { blockHolders, blockReason } from '../../runtime/xapi/snapshots.js';
 import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { plan } from './plan.js';
@@ -77,7 +77,7 @@ function options(): RunOptions {
 
 function vm(name: string) {
   const record = sim.state.vm(name);
-  const holders = Object.keys(record.other_config as Record<string, string>).filter((k) => k.startsWith('vmbackup:start-block:'));
+  const holders = blockHolders(record.other_config as Record<string, string>).map(([key]) => key);
   return { blocked_operations: record.blocked_operations as Record<string, string>, holders };
 }
 

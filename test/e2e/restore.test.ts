@@ -7,6 +7,7 @@ import { splitRestoreArgs } from '../../runtime/cli/restore.js';
 import { readAll } from '../../runtime/formats/test-sources.js';
 import { Manifest } from '../../runtime/storage/manifest.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
+import { blockHolders } from '../../runtime/xapi/snapshots.js';
 import type { FaultAction } from '../sim/faults.js';
 import type { Simulator } from '../sim/server.js';
 import type { PoolSpecInput } from '../sim/pool-spec.js';
@@ -341,7 +342,7 @@ describe('vmbackup restore: the backup of a halted VM (exported with its start b
       const restored = sim.state.record('VM', uuid!) as SimRecord;
       expect(restored.blocked_operations).toEqual({ start_on: 'maintenance', suspend: 'maintenance' });
       // The export's hold on that block, saved with it, is gone too.
-      expect(Object.keys(restored.other_config as Record<string, string>).filter((k) => k.startsWith('vmbackup:start-block:'))).toEqual([]);
+      expect(blockHolders(restored.other_config as Record<string, string>)).toEqual([]);
       await xapi.call('VM.start', restored.ref, false, false);
       expect(sim.state.record('VM', uuid!)).toMatchObject({ power_state: 'Running' });
 
