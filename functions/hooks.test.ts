@@ -9,12 +9,12 @@ import { createHookRunner } from '../runtime/hooks/runner.js';
 import { silentLogger } from '../runtime/log.js';
 import type { RunSummary } from '../runtime/run/summary.js';
 import { PruneOutput } from './prune/prune.js';
-import type { SnapshotInput } from './snapshot/snapshot.js';
 import { SnapshotJob } from './snapshot/snapshot.js';
 import { PostHookInput, postHook, postVmEvent } from './post-hook/post-hook.js';
 import { PreHookOutput, preHook } from './pre-hook/pre-hook.js';
 import { runEnd } from './run-end/run-end.js';
 import { runStartHooks } from './plan/run-start.js';
+import { vmJob } from '../test/helpers/jobs.js';
 
 const now = new Date('2026-11-26T08:30:05Z');
 let bus: MemoryBus;
@@ -49,23 +49,7 @@ function ctx(): Ctx {
   });
 }
 
-const job: SnapshotInput = {
-  runId: 'r1',
-  jobId: 'vm.u1',
-  try: 2,
-  vm: { uuid: 'u1', name: 'db1' },
-  mode: 'vdi',
-  disks: ['xvda'],
-  backupDir: '/b',
-  folder: 'db1',
-  stamp: '20261126-083000',
-  maxBackups: 4,
-  compress: 'none',
-  format: 'raw',
-  spaceThreshold: 20,
-  haltedWithoutSnapshot: true,
-  idleTimeoutS: 300,
-};
+const job = vmJob({ runId: 'r1', vm: { uuid: 'u1', name: 'db1' }, backupDir: '/b', try: 2, mode: 'vdi', disks: ['xvda'], stamp: '20261126-083000', maxBackups: 4 });
 
 describe('pre-hook', () => {
   it('asks the pre-vm hooks about the VM and passes the job on to the snapshot', async () => {

@@ -5,9 +5,10 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { localCtx } from '../../runtime/function.js';
 import type { Ctx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
-import { formatStamp } from '../../runtime/storage/naming.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
 import { blockHolders } from '../../runtime/xapi/snapshots.js';
+import { vmJob } from '../../test/helpers/jobs.js';
+import { pool, vm } from '../../test/sim/fixtures.js';
 import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { snapshot } from '../snapshot/snapshot.js';
@@ -21,14 +22,7 @@ let tmp: string;
 
 beforeAll(async () => {
   tmp = await mkdtemp(path.join(os.tmpdir(), 'vmb-export-'));
-  sim = await startSimulator({
-    pool: {
-      credentials: { user: 'root', password: 'secret' },
-      hosts: [{ name_label: 'xcp1' }],
-      srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 1 }],
-      vms: [{ name_label: 'web1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 2, fill: 'pattern' }], vifs: [] }],
-    },
-  });
+  sim = await startSimulator({ pool: pool([vm('web1', 'Halted')]) });
   xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'secret' });
   ctx = localCtx({ log: silentLogger(), xapi });
 });
@@ -57,24 +51,7 @@ function holders(): string[] {
 /** A vm-export job of the halted web1 for `runId`, into its own folder. */
 function job(runId: string): SnapshotInput {
   const { uuid } = web1();
-  return {
-    runId,
-    jobId: `vm.${uuid}`,
-    try: 1,
-    vm: { uuid, name: 'web1' },
-    mode: 'vm',
-    disks: [],
-    backupDir: tmp,
-    folder: runId,
-    stamp: formatStamp(new Date()),
-    maxBackups: 2,
-    compress: 'none',
-    format: 'raw',
-    spaceThreshold: 1,
-    haltedWithoutSnapshot: true,
-    idleTimeoutS: 60,
-    verify: false,
-  };
+  return vmJob({ runId, vm: { uuid, name: 'web1' }, backupDir: tmp, folder: runId });
 }
 
 async function snap(runId: string): Promise<ExportInput> {

@@ -6,10 +6,11 @@ import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
 import { blockHolders, blockReason } from '../../runtime/xapi/snapshots.js';
+import { runOptions } from '../../test/helpers/jobs.js';
+import { pool } from '../../test/sim/fixtures.js';
 import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { plan } from './plan.js';
-import type { RunOptions } from './plan.js';
 
 let sim: Simulator;
 let xapi: XapiClient;
@@ -34,17 +35,12 @@ function halted(name: string, blocked: Record<string, string>, holders: { run: s
 beforeAll(async () => {
   tmp = await mkdtemp(path.join(os.tmpdir(), 'vmb-plan-'));
   sim = await startSimulator({
-    pool: {
-      credentials: { user: 'root', password: 'secret' },
-      hosts: [{ name_label: 'xcp1' }],
-      srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 1 }],
-      vms: [
-        halted('shared', { start: dead.reason, start_on: dead.reason }, [dead, live]),
-        halted('orphaned', { start: dead.reason, start_on: 'maintenance' }, [dead]),
-        halted('unheld-dead', { start: dead.reason, start_on: dead.reason }, []),
-        halted('unheld-live', { start: live.reason, start_on: live.reason }, []),
-      ],
-    },
+    pool: pool([
+      halted('shared', { start: dead.reason, start_on: dead.reason }, [dead, live]),
+      halted('orphaned', { start: dead.reason, start_on: 'maintenance' }, [dead]),
+      halted('unheld-dead', { start: dead.reason, start_on: dead.reason }, []),
+      halted('unheld-live', { start: live.reason, start_on: live.reason }, []),
+    ]),
   });
   xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'secret' });
 });
@@ -55,25 +51,6 @@ afterAll(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-function options(): RunOptions {
-  return {
-    backupDir: tmp,
-    vmExports: ['.*'],
-    vdiExports: [],
-    excludes: [],
-    maxBackups: 2,
-    compress: 'none',
-    format: 'raw',
-    poolBackup: false,
-    hostBackup: false,
-    spaceThreshold: 1,
-    concurrency: 1,
-    vmRetries: 0,
-    haltedWithoutSnapshot: true,
-    idleTimeoutS: 60,
-    leftoverAgeHours: 24,
-  };
-}
 
 function vm(name: string) {
   const record = sim.state.vm(name);
@@ -84,7 +61,7 @@ function vm(name: string) {
 describe('plan: start blocks left on halted VMs', () => {
   it('drops the holds of runs that are gone, keeps a block a live run holds, lifts one nobody holds; a block without holders as before', async () => {
     const ctx = localCtx({ log: silentLogger(), xapi });
-    const out = await plan.handle({ runId: 'run-next', jobId: 'plan', try: 1, options: options(), startedAt: now.toISOString() }, ctx);
+    const out = await plan.handle({ runId: 'run-next', jobId: 'plan', try: 1, options: runOptions({ backupDir: tmp }), startedAt: now.toISOString() }, ctx);
 
     // Held by a dead run and a live one: the dead one's hold goes, the live one's block stays.
     expect(vm('shared')).toEqual({ blocked_operations: { start: dead.reason, start_on: dead.reason }, holders: [holder(live.run, 'shared')] });

@@ -4,8 +4,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
-import { formatStamp } from '../../runtime/storage/naming.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
+import { vmJob } from '../../test/helpers/jobs.js';
+import { pool, vm } from '../../test/sim/fixtures.js';
 import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { snapshot, SnapshotOutput } from './snapshot.js';
@@ -17,14 +18,7 @@ let tmp: string;
 
 beforeAll(async () => {
   tmp = await mkdtemp(path.join(os.tmpdir(), 'vmb-snapshot-'));
-  sim = await startSimulator({
-    pool: {
-      credentials: { user: 'root', password: 'secret' },
-      hosts: [{ name_label: 'xcp1' }],
-      srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 1 }],
-      vms: [{ name_label: 'web1', power_state: 'Halted', disks: [{ device: 'xvda', size_mib: 2, fill: 'pattern' }], vifs: [] }],
-    },
-  });
+  sim = await startSimulator({ pool: pool([vm('web1', 'Halted')]) });
   xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'secret' });
 });
 
@@ -35,25 +29,8 @@ afterAll(async () => {
 });
 
 function input(runId: string): SnapshotInput {
-  const vm = sim.state.vm('web1');
-  return {
-    runId,
-    jobId: `vm.${String(vm.uuid)}`,
-    try: 1,
-    vm: { uuid: String(vm.uuid), name: 'web1' },
-    mode: 'vm',
-    disks: [],
-    backupDir: tmp,
-    folder: 'web1',
-    stamp: formatStamp(new Date()),
-    maxBackups: 2,
-    compress: 'none',
-    format: 'raw',
-    spaceThreshold: 1,
-    haltedWithoutSnapshot: true,
-    idleTimeoutS: 60,
-    verify: false,
-  };
+  const { uuid } = sim.state.vm('web1');
+  return vmJob({ runId, vm: { uuid: String(uuid), name: 'web1' }, backupDir: tmp });
 }
 
 describe('snapshot of a halted VM', () => {
@@ -66,13 +43,13 @@ describe('snapshot of a halted VM', () => {
       expect(out.warnings).toEqual([]);
       holders.push(out.snapshot.blockHolder!);
     }
-    const vm = await xapi.getRecord('VM', await xapi.call<string>('VM.get_by_uuid', String(sim.state.vm('web1').uuid)));
-    expect(Object.keys(vm.blocked_operations).sort()).toEqual(['start', 'start_on']);
+    const web1 = await xapi.getRecord('VM', await xapi.call<string>('VM.get_by_uuid', String(sim.state.vm('web1').uuid)));
+    expect(Object.keys(web1.blocked_operations).sort()).toEqual(['start', 'start_on']);
     // Each run holds the block by its own key, so the first to finish does not lift it under the other.
-    const job = `vm.${vm.uuid}/1`;
+    const job = `vm.${web1.uuid}/1`;
     expect(holders).toEqual([`vmbackup:start-block:run-a/${job}`, `vmbackup:start-block:run-b/${job}`]);
     for (const [i, run] of ['run-a', 'run-b'].entries()) {
-      expect(vm.other_config[holders[i]!]).toMatch(new RegExp(`^vmbackup: export in progress \\(run ${run} by \\S+:${process.pid} at \\S+\\)$`));
+      expect(web1.other_config[holders[i]!]).toMatch(new RegExp(`^vmbackup: export in progress \\(run ${run} by \\S+:${process.pid} at \\S+\\)$`));
     }
   });
 });

@@ -16,13 +16,14 @@ import { silentLogger } from '../../runtime/log.js';
 import { checkManifest, Manifest } from '../../runtime/storage/manifest.js';
 import { formatLegacyStamp, formatStamp } from '../../runtime/storage/naming.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
+import { vmJob } from '../../test/helpers/jobs.js';
+import { pool } from '../../test/sim/fixtures.js';
 import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { ExportOutput, exportFn } from '../export/export.js';
 import { meta, MetaOutput } from '../meta/meta.js';
 import { prune, PruneInput, PruneOutput } from '../prune/prune.js';
 import { snapshot, SnapshotOutput } from '../snapshot/snapshot.js';
-import type { SnapshotInput } from '../snapshot/snapshot.js';
 import { scanFile } from './scan.js';
 import { verify, VerifyOutput } from './verify.js';
 import type { Verified } from './verify.js';
@@ -42,22 +43,17 @@ let tmp: string;
 beforeAll(async () => {
   tmp = await mkdtemp(path.join(os.tmpdir(), 'vmb-verify-'));
   sim = await startSimulator({
-    pool: {
-      credentials: { user: 'root', password: 'secret' },
-      hosts: [{ name_label: 'xcp1' }],
-      srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 1 }],
-      vms: [
-        {
-          name_label: 'web1',
-          power_state: 'Running',
-          disks: [
-            { device: 'xvda', size_mib: 3, fill: 'pattern' },
-            { device: 'xvdb', size_mib: 5, fill: 'sparse' },
-          ],
-          vifs: [{ network: 'eth0', mac: 'aa:bb:cc:dd:ee:01' }],
-        },
-      ],
-    },
+    pool: pool([
+      {
+        name_label: 'web1',
+        power_state: 'Running',
+        disks: [
+          { device: 'xvda', size_mib: 3, fill: 'pattern' },
+          { device: 'xvdb', size_mib: 5, fill: 'sparse' },
+        ],
+        vifs: [{ network: 'eth0', mac: 'aa:bb:cc:dd:ee:01' }],
+      },
+    ]),
   });
   xapi = await XapiClient.connect({ url: sim.url, user: 'root', password: 'secret' });
   ctx = localCtx({ log: silentLogger(), xapi });
@@ -80,25 +76,18 @@ async function backup(
 ): Promise<MetaOutput> {
   const vm = sim.state.vm('web1');
   const backupDir = opts.backupDir ?? (await mkdtemp(path.join(tmp, 'src-')));
-  const input: SnapshotInput = {
+  const input = vmJob({
     runId: 'test-run',
-    jobId: `vm.${String(vm.uuid)}`,
-    try: 1,
     vm: { uuid: String(vm.uuid), name: 'web1' },
+    backupDir,
     mode,
     disks: mode === 'vdi' ? ['xvda', 'xvdb'] : [],
-    backupDir,
-    folder: 'web1',
     stamp: opts.stamp ?? formatStamp(new Date()),
-    maxBackups: 2,
     compress: opts.compress ?? 'none',
     format: opts.format ?? 'raw',
-    spaceThreshold: 1,
-    haltedWithoutSnapshot: true,
-    idleTimeoutS: 60,
     // verify_after_backup on: meta passes it on, so verify checks the set.
     verify: true,
-  };
+  });
   const snap = SnapshotOutput.parse(await snapshot.handle(input, ctx));
   const exported = ExportOutput.parse(await exportFn.handle(snap, ctx));
   return MetaOutput.parse(await meta.handle(exported, ctx));

@@ -8,6 +8,7 @@ import { MemoryRunStore } from '../run/store.js';
 import { createGateway } from './app.js';
 import type { GatewayDeps } from './app.js';
 import { MemoryTriggerLog } from './trigger-log.js';
+import { runOptions } from '../../test/helpers/jobs.js';
 
 /**
  * For tests: a bus that records what was queued and published, passing everything on. Like
@@ -77,24 +78,17 @@ export const OTHER_TOKEN = 'other-token-0123456789abcdef';
 export const SECRET = 'webhook-secret-0123456789';
 
 export function defaultRunOptions(backupDir = '/backups'): RunOptions {
-  return {
+  return runOptions({
     backupDir,
-    vmExports: ['.*'],
-    vdiExports: [],
     excludes: ['PRD-print$'],
     maxBackups: 4,
-    compress: 'none',
-    format: 'raw',
     poolBackup: true,
-    hostBackup: false,
     spaceThreshold: 20,
     concurrency: 2,
     vmRetries: 1,
-    haltedWithoutSnapshot: true,
     idleTimeoutS: 300,
-    leftoverAgeHours: 24,
     selection: { requested: [], config: [], maxBackups: 'default' },
-  };
+  });
 }
 
 /** The `selection` of run options whose vm_exports, vdi_exports and delta_exports (and `excludes` when asked) came with the request. */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import type { PlanOutput, RunOptions } from '../../functions/plan/plan.js';
+import type { PlanOutput } from '../../functions/plan/plan.js';
 import type { SnapshotInput } from '../../functions/snapshot/snapshot.js';
 import { MemoryBus } from '../bus/memory.js';
 import { eventSubject, jobSubject } from '../events.js';
@@ -15,6 +15,7 @@ import type { JobState, RunHeader } from './state.js';
 import { startRun } from './start.js';
 import { MemoryRunStore } from './store.js';
 import { RunSummary } from './summary.js';
+import { runOptions, vmJob as testVmJob } from '../../test/helpers/jobs.js';
 
 /**
  * The coordinator and the runtime together on the in-process bus, as the embedded run wires
@@ -24,27 +25,10 @@ import { RunSummary } from './summary.js';
 const RUN = '20261126-083000-stop';
 const STAMP = '20261126-083000';
 
-const options: RunOptions = {
-  backupDir: '/b',
-  vmExports: [],
-  vdiExports: [],
-  excludes: [],
-  maxBackups: 4,
-  compress: 'none',
-  format: 'raw',
-  poolBackup: true,
-  hostBackup: true,
-  spaceThreshold: 20,
-  concurrency: 1,
-  vmRetries: 1,
-  haltedWithoutSnapshot: true,
-  idleTimeoutS: 300,
-  leftoverAgeHours: 24,
-};
+const options = runOptions({ backupDir: '/b', vmExports: [], maxBackups: 4, poolBackup: true, hostBackup: true, vmRetries: 1, idleTimeoutS: 300 });
 
 function vmJob(n: number): SnapshotInput {
-  const vm = { uuid: `u${n}`, name: `vm${n}` };
-  return { runId: RUN, jobId: `vm.u${n}`, try: 1, vm, mode: 'vm', disks: [], backupDir: '/b', folder: vm.name, stamp: STAMP, maxBackups: 4, compress: 'none', format: 'raw', spaceThreshold: 20, haltedWithoutSnapshot: true, idleTimeoutS: 300 };
+  return testVmJob({ runId: RUN, vm: { uuid: `u${n}`, name: `vm${n}` }, backupDir: '/b', stamp: STAMP, maxBackups: 4, idleTimeoutS: 300 });
 }
 
 const planOutput: PlanOutput = {

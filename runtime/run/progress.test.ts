@@ -11,7 +11,8 @@ import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { runEmbedded } from './embedded.js';
 import { ProgressBoard } from './progress.js';
-import { pool, vm } from '../../test/nats/rig.js';
+import { runOptions } from '../../test/helpers/jobs.js';
+import { pool, vm } from '../../test/sim/fixtures.js';
 
 const T0 = Date.parse('2026-11-26T08:30:00Z');
 const at = (ms: number) => new Date(T0 + ms).toISOString();
@@ -100,23 +101,8 @@ describe('progress of a real export (simulator, in-process run)', () => {
     await sim?.close();
   });
   /** A run of web1 alone, one VM at a time, no retry, no pool DB or hosts. */
-  const web1Options = (selection: Pick<RunOptions, 'vmExports'> & Partial<RunOptions>): RunOptions => ({
-    backupDir,
-    vdiExports: [],
-    excludes: [],
-    maxBackups: 2,
-    compress: 'none',
-    format: 'raw',
-    poolBackup: false,
-    hostBackup: false,
-    spaceThreshold: 1,
-    concurrency: 1,
-    vmRetries: 0,
-    haltedWithoutSnapshot: false,
-    idleTimeoutS: 60,
-    leftoverAgeHours: 24,
-    ...selection,
-  });
+  const web1Options = (selection: Pick<RunOptions, 'vmExports'> & Partial<RunOptions>): RunOptions =>
+    runOptions({ backupDir, haltedWithoutSnapshot: false, ...selection });
 
   it('the export sends its bytes about once a second, never more than it wrote, with the disks as total', async () => {
     // 3 MiB at 768 KiB/s: four seconds of transfer.

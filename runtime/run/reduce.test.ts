@@ -8,28 +8,15 @@ import { newRunHeader, reduce, repair } from './reduce.js';
 import type { Transition } from './reduce.js';
 import type { JobState, RunHeader } from './state.js';
 import { RunSummary, formatSummary, summarize } from './summary.js';
+import { vmJob as testVmJob } from '../../test/helpers/jobs.js';
 
 const RUN = 'r1';
 const now = new Date('2026-11-26T08:30:00Z');
 
+/** VM n's job; vm3 is a vdi-export of its xvda. */
 function vmJob(n: number): SnapshotInput {
-  return {
-    runId: RUN,
-    jobId: `vm.u${n}`,
-    try: 1,
-    vm: { uuid: `u${n}`, name: `vm${n}` },
-    mode: n === 3 ? 'vdi' : 'vm',
-    disks: n === 3 ? ['xvda'] : [],
-    backupDir: '/b',
-    folder: `vm${n}`,
-    stamp: '20261126-083000',
-    maxBackups: 4,
-    compress: 'none',
-    format: 'raw',
-    spaceThreshold: 20,
-    haltedWithoutSnapshot: true,
-    idleTimeoutS: 300,
-  };
+  const vdi = n === 3;
+  return testVmJob({ runId: RUN, vm: { uuid: `u${n}`, name: `vm${n}` }, backupDir: '/b', stamp: '20261126-083000', maxBackups: 4, mode: vdi ? 'vdi' : 'vm', disks: vdi ? ['xvda'] : [] });
 }
 
 function plan(vms: number, extra: Partial<PlanOutput> = {}): PlanOutput {

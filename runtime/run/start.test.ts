@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { RunOptions } from '../../functions/plan/plan.js';
+import { runOptions } from '../../test/helpers/jobs.js';
 import type { Bus } from '../bus/bus.js';
 import { MemoryBus } from '../bus/memory.js';
 import { RequestConflictError } from '../errors.js';
@@ -8,23 +8,7 @@ import { newRunHeader } from './reduce.js';
 import { startRun } from './start.js';
 import { MemoryRunStore } from './store.js';
 
-const options: RunOptions = {
-  backupDir: '/b',
-  vmExports: ['.*'],
-  vdiExports: [],
-  excludes: [],
-  maxBackups: 4,
-  compress: 'none',
-  format: 'raw',
-  poolBackup: false,
-  hostBackup: false,
-  spaceThreshold: 20,
-  concurrency: 2,
-  vmRetries: 1,
-  haltedWithoutSnapshot: true,
-  idleTimeoutS: 300,
-  leftoverAgeHours: 24,
-};
+const options = runOptions({ backupDir: '/b', maxBackups: 4, concurrency: 2, vmRetries: 1 });
 
 /** A bus that records what is queued (through the real in-process bus's dedup). */
 function recording(): { bus: Bus; plans: unknown[] } {

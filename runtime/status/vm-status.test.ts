@@ -11,7 +11,7 @@ import { httpsSim, vmbackup, workspace } from '../../test/helpers/cli.js';
 import type { Workspace } from '../../test/helpers/cli.js';
 import { StatusReader, mergeStatus, runRecordFromSummary } from './vm-status.js';
 import type { VmStatus } from './vm-status.js';
-import { pool, vm } from '../../test/nats/rig.js';
+import { pool, vm } from '../../test/sim/fixtures.js';
 
 /*
  * The per-VM status on real backups: `vmbackup` against the simulator writes the sets (one VM

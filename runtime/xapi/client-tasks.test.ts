@@ -4,7 +4,7 @@ import { startSimulator } from '../../test/sim/server.js';
 import type { Simulator } from '../../test/sim/server.js';
 import { silentLogger } from '../log.js';
 import { XapiClient } from './client.js';
-import { pool, vm } from '../../test/nats/rig.js';
+import { pool, vm } from '../../test/sim/fixtures.js';
 
 /**
  * A task's end is not lost when xen-api's event loop stops seeing events (as after its

@@ -71,6 +71,7 @@ import { vmbackup } from '../helpers/cli.js';
 import { simulatorProcess } from '../helpers/sim-process.js';
 import type { SimProcess } from '../helpers/sim-process.js';
 import { alternate, benchLine, median, rate } from './report.js';
+import { runOptions } from '../helpers/jobs.js';
 
 const run = promisify(execFile);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -396,23 +397,16 @@ const SECTIONS: Section[] = [
           jobId: 'plan',
           try: 1,
           startedAt: new Date().toISOString(),
-          options: {
+          options: runOptions({
             backupDir: work,
             excludes: names.slice(0, 10),
             vdiExports: [...names.slice(10, 30), ...regexes.slice(0, 20)],
             vmExports: [...names.slice(30), ...regexes.slice(20)],
             maxBackups: 4,
-            compress: 'none' as const,
-            format: 'raw' as const,
-            poolBackup: false,
-            hostBackup: false,
-            spaceThreshold: 1,
             concurrency: 2,
             vmRetries: 1,
-            haltedWithoutSnapshot: true,
             idleTimeoutS: 300,
-            leftoverAgeHours: 24,
-          },
+          }),
         };
         const planMs: number[] = [];
         const fetchMs: number[] = [];

@@ -9,11 +9,10 @@
  */
 import { exportFn } from '../../functions/export/export.js';
 import { snapshot } from '../../functions/snapshot/snapshot.js';
-import type { SnapshotInput } from '../../functions/snapshot/snapshot.js';
 import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
-import { formatStamp } from '../../runtime/storage/naming.js';
 import { XapiClient } from '../../runtime/xapi/client.js';
+import { vmJob } from '../helpers/jobs.js';
 
 const [url, user, password, dir, compress, kind, ...vms] = process.argv.slice(2) as [string, string, string, string, 'none' | 'gzip' | 'zstd', string, ...string[]];
 const [mode, format] = kind.split(':') as ['vm' | 'vdi', 'raw' | 'vhd' | undefined];
@@ -22,25 +21,20 @@ const ctx = localCtx({ log: silentLogger(), xapi });
 const snaps = await Promise.all(
   vms.map(async (vm) => {
     const [uuid, name] = vm.split(':') as [string, string];
-    const input: SnapshotInput = {
+    const input = vmJob({
       runId: 'bench',
-      jobId: `vm.${uuid}`,
-      try: 1,
       vm: { uuid, name },
+      backupDir: dir,
       mode,
       disks: mode === 'vdi' ? ['xvda'] : [],
-      backupDir: dir,
       folder: `bench-${name}`,
-      stamp: formatStamp(new Date()),
       maxBackups: 1,
       compress,
       format: format ?? 'raw',
-      spaceThreshold: 1,
-      haltedWithoutSnapshot: true,
       idleTimeoutS: 300,
       // verify_after_backup's default (on for XVA exports): an uncompressed XVA is checked as it is written.
       verify: mode === 'vm',
-    };
+    });
     return snapshot.output.parse(await snapshot.handle(input, ctx));
   }),
 );

@@ -5,7 +5,7 @@ import type { RunSummary } from '../../runtime/run/summary.js';
 import { simulatorProcess } from '../helpers/sim-process.js';
 import type { SimProcess } from '../helpers/sim-process.js';
 import { median, natsVsEmbedded } from '../nats/bench-nats.js';
-import { smallVmsPool } from '../nats/rig.js';
+import { smallVmsPool } from '../sim/fixtures.js';
 
 /**
  * The `thousand` and `thousand-cluster` sections of `npm run bench` (`npm run bench --

@@ -8,16 +8,7 @@ import type { Simulator } from '../sim/server.js';
 import { startSimulator } from '../sim/server.js';
 import { httpsSim, vmbackup, workspace } from '../helpers/cli.js';
 import { waitFor } from '../sim/test-helpers.js';
-
-function pool(vms: PoolSpecInput['vms']): PoolSpecInput {
-  return { credentials: { user: 'root', password: 'secret' }, hosts: [{ name_label: 'xcp1' }], srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 10 }], vms };
-}
-const vm = (name: string, power: 'Running' | 'Halted' = 'Running', mib = 2) => ({
-  name_label: name,
-  power_state: power,
-  disks: [{ device: 'xvda', size_mib: mib, fill: 'pattern' as const }],
-  vifs: [],
-});
+import { pool, vm } from '../sim/fixtures.js';
 
 let sims: Simulator[] = [];
 async function sim(spec: PoolSpecInput, https = true): Promise<Simulator> {

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { httpsSim, vmbackup, vmbackupTty, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
-import { pool, startRig, vm } from '../nats/rig.js';
+import { startRig } from '../nats/rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 import type { Rig } from '../nats/rig.js';
 import type { Simulator } from '../sim/server.js';
 

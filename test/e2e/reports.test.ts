@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Simulator } from '../sim/server.js';
 import { httpsSim, vmbackup, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
-import { pool, vm } from '../nats/rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 
 /*
  * Run reports from the real command against the simulator: a JSON POST to a real local HTTP

@@ -10,7 +10,7 @@ import { localCtx } from '../../runtime/function.js';
 import { silentLogger } from '../../runtime/log.js';
 import { Manifest } from '../../runtime/storage/manifest.js';
 import type { Simulator } from '../sim/server.js';
-import type { PoolSpecInput } from '../sim/pool-spec.js';
+import { pool } from '../sim/fixtures.js';
 import { httpsSim, vmbackup, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
 
@@ -19,10 +19,6 @@ import type { Workspace } from '../helpers/cli.js';
  * passes untouched, one flipped byte fails it with the file and the place named, the manifest
  * records the outcome, and the exit code says it.
  */
-
-function pool(vms: PoolSpecInput['vms']): PoolSpecInput {
-  return { credentials: { user: 'root', password: 'secret' }, hosts: [{ name_label: 'xcp1' }], srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 1 }], vms };
-}
 
 const web1 = {
   name_label: 'web1',

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT, httpsSim, vmbackup, workspace } from '../helpers/cli.js';
 import type { Workspace } from '../helpers/cli.js';
 import type { Simulator } from '../sim/server.js';
-import { pool, vm } from '../nats/rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 
 /*
  * The node_exporter textfile of a cron install, written by the real command against the

@@ -18,7 +18,7 @@ import type { NatsOperator } from '../helpers/nats-operator.js';
 import { startNatsServer } from '../helpers/nats-server.js';
 import type { NatsServer } from '../helpers/nats-server.js';
 import type { Simulator } from '../sim/server.js';
-import { pool, vm } from './rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 import { startWorker } from './workers.js';
 import type { WorkerProcess } from './workers.js';
 

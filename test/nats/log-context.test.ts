@@ -2,7 +2,8 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vmbackup } from '../helpers/cli.js';
-import { pool, startRig, vm } from './rig.js';
+import { startRig } from './rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 import type { Rig } from './rig.js';
 
 /**

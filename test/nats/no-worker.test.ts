@@ -4,7 +4,8 @@ import { startGatewayCommand } from '../gateway/gateway-command.js';
 import type { GatewayCommand } from '../gateway/gateway-command.js';
 import { vmbackup } from '../helpers/cli.js';
 import { waitFor } from '../sim/test-helpers.js';
-import { pool, startRig, vm } from './rig.js';
+import { startRig } from './rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 import type { Rig } from './rig.js';
 
 /**

@@ -6,7 +6,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { waitFor } from '../sim/test-helpers.js';
 import { holdFolderLocks } from '../helpers/held-lock.js';
 import { VMBACKUP } from '../helpers/cli.js';
-import { pool, startRig } from './rig.js';
+import { startRig } from './rig.js';
+import { pool } from '../sim/fixtures.js';
 import type { Rig } from './rig.js';
 
 /*

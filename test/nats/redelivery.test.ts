@@ -4,7 +4,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { PhaseEvent } from '../../runtime/events.js';
 import { vmbackup } from '../helpers/cli.js';
 import { waitFor } from '../sim/test-helpers.js';
-import { events, jobsSettled, pool, publishJob, startRig, vm } from './rig.js';
+import { events, jobsSettled, publishJob, startRig } from './rig.js';
+import { vmJob } from '../helpers/jobs.js';
+import { pool, vm } from '../sim/fixtures.js';
 import type { Rig } from './rig.js';
 
 /**
@@ -25,23 +27,7 @@ describe('handlers under redelivery', () => {
     const nc = await rig.client();
     const uuid = String(rig.sim.state.vm('r1').uuid);
     const runId = 'redelivery-1';
-    const job = {
-      runId,
-      jobId: `vm.${uuid}`,
-      try: 1,
-      vm: { uuid, name: 'r1' },
-      mode: 'vm',
-      disks: [],
-      backupDir: rig.ws.exports,
-      folder: 'r1',
-      stamp: '20261126-083000',
-      maxBackups: 2,
-      compress: 'none',
-      format: 'raw',
-      spaceThreshold: 1,
-      haltedWithoutSnapshot: true,
-      idleTimeoutS: 60,
-    };
+    const job = vmJob({ runId, vm: { uuid, name: 'r1' }, backupDir: rig.ws.exports, stamp: '20261126-083000' });
     // Snapshot: the same message twice (its first ack lost, say): one snapshot.
     await publishJob(nc, 'snapshot', job, 'snap-1');
     await jobsSettled(nc, 'snapshot');

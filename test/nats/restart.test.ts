@@ -4,7 +4,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { RunSummary } from '../../runtime/run/summary.js';
 import { vmbackup } from '../helpers/cli.js';
 import { waitFor } from '../sim/test-helpers.js';
-import { pool, startRig, vm } from './rig.js';
+import { startRig } from './rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 import type { Rig } from './rig.js';
 
 /** A fault row of issue 3: nats-server restarted (same port, same store) in the middle of a run. */

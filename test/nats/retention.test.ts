@@ -1,12 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { JetStreamManager, NatsConnection } from 'nats';
-import type { RunOptions } from '../../functions/plan/plan.js';
 import { EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET, RUNS_BUCKET_STREAM, RUN_FOOTPRINT, retainedBound, streams } from '../../infra/nats/jetstream.js';
 import { NatsBus } from '../../runtime/bus/nats.js';
 import { NatsRunStore } from '../../runtime/run/nats-store.js';
 import { newRunId, startRun } from '../../runtime/run/start.js';
+import { runOptions } from '../helpers/jobs.js';
 import { waitFor } from '../sim/test-helpers.js';
-import { pool, startRig, vm } from './rig.js';
+import { startRig } from './rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 import type { Rig } from './rig.js';
 
 /**
@@ -58,23 +59,7 @@ describe('JetStream after fifty nightly runs', () => {
   it('keeps a week of events and a month of run state, each run within its footprint, and nothing queued', async () => {
     const bus = await NatsBus.create(nc);
     const store = await NatsRunStore.open(nc.jetstream());
-    const options: RunOptions = {
-      backupDir: rig.ws.exports,
-      vmExports: [],
-      vdiExports: [],
-      excludes: [],
-      maxBackups: 2,
-      compress: 'none',
-      format: 'raw',
-      poolBackup: false,
-      hostBackup: false,
-      spaceThreshold: 1,
-      concurrency: 2,
-      vmRetries: 0,
-      haltedWithoutSnapshot: true,
-      idleTimeoutS: 60,
-      leftoverAgeHours: 24,
-    };
+    const options = runOptions({ backupDir: rig.ws.exports, vmExports: [], concurrency: 2 });
     const nights: Night[] = [];
     const first = new Date('2026-01-01T01:00:00Z');
     const clockStart = Date.now();

@@ -61,22 +61,6 @@ export async function startRig(pool: PoolSpecInput): Promise<Rig> {
   };
 }
 
-export function pool(vms: PoolSpecInput['vms']): PoolSpecInput {
-  return { credentials: { user: 'root', password: 'secret' }, hosts: [{ name_label: 'xcp1' }], srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 10 }], vms };
-}
-
-export const vm = (name: string, power: 'Running' | 'Halted' = 'Running', mib = 2) => ({
-  name_label: name,
-  power_state: power,
-  disks: [{ device: 'xvda', size_mib: mib, fill: 'pattern' as const }],
-  vifs: [],
-});
-
-/** `count` VMs of one 1 MiB disk, `vm-0001` …, every other one running (it gets a snapshot). */
-export function smallVmsPool(count: number): PoolSpecInput {
-  return pool(Array.from({ length: count }, (_, i) => vm(`vm-${String(i + 1).padStart(4, '0')}`, i % 2 === 0 ? 'Running' : 'Halted', 1)));
-}
-
 /** Publishes a job straight onto the work queue (a redelivery, as NATS would make one). */
 export async function publishJob(nc: NatsConnection, fn: string, data: unknown, id: string): Promise<void> {
   await nc.jetstream().publish(`vmbackup.jobs.${fn}`, JSON.stringify(data), { msgID: id });

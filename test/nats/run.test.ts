@@ -9,7 +9,8 @@ import { JobState } from '../../runtime/run/state.js';
 import type { RunHeader } from '../../runtime/run/state.js';
 import type { RunSummary } from '../../runtime/run/summary.js';
 import { vmbackup } from '../helpers/cli.js';
-import { pool, startRig, vm } from './rig.js';
+import { startRig } from './rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 import type { Rig } from './rig.js';
 
 /**

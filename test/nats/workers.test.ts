@@ -3,7 +3,8 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { functions, pipelines } from '../../functions/index.js';
 import { vmbackup } from '../helpers/cli.js';
-import { events, exportOverlap, pool, startRig, vm } from './rig.js';
+import { events, exportOverlap, startRig } from './rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 import type { Rig } from './rig.js';
 
 let rig: Rig | undefined;

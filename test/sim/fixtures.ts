@@ -1,6 +1,29 @@
 import type { PoolSpecInput } from './pool-spec.js';
 
 /**
+ * A pool of one host and one shared SR holding `vms`: the pool of a test about its VMs.
+ *
+ * @example
+ *   const sim = await startSimulator({ pool: pool([vm('web1', 'Halted')]) });
+ */
+export function pool(vms: PoolSpecInput['vms']): PoolSpecInput {
+  return { credentials: { user: 'root', password: 'secret' }, hosts: [{ name_label: 'xcp1' }], srs: [{ name_label: 'NFS', size_gib: 100, used_gib: 10 }], vms };
+}
+
+/** A VM of one patterned disk of `mib` MiB, `xvda`, and no network. */
+export const vm = (name: string, power: 'Running' | 'Halted' = 'Running', mib = 2) => ({
+  name_label: name,
+  power_state: power,
+  disks: [{ device: 'xvda', size_mib: mib, fill: 'pattern' as const }],
+  vifs: [],
+});
+
+/** `count` VMs of one 1 MiB disk, `vm-0001` …, every other one running (it gets a snapshot). */
+export function smallVmsPool(count: number): PoolSpecInput {
+  return pool(Array.from({ length: count }, (_, i) => vm(`vm-${String(i + 1).padStart(4, '0')}`, i % 2 === 0 ? 'Running' : 'Halted', 1)));
+}
+
+/**
  * Small pools for tests: two hosts, a shared SR and a local SR on the second host, and VMs
  * covering the cases a backup meets (running, halted, several disks of each fill, a CD, a
  * blocked export, an existing snapshot, a duplicate name, a non-ASCII name).

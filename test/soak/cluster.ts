@@ -9,7 +9,7 @@ import { EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET_STREAM } from '../../infra/nats
 import { ROOT, VMBACKUP, httpsSim, workspace } from '../helpers/cli.js';
 import { startCluster } from '../nats/cluster-rig.js';
 import type { Cluster } from '../nats/cluster-rig.js';
-import { pool, vm } from '../nats/rig.js';
+import { pool, vm } from '../sim/fixtures.js';
 import { startWorker } from '../nats/workers.js';
 import type { WorkerProcess } from '../nats/workers.js';
 import type { Simulator } from '../sim/server.js';

@@ -5,7 +5,7 @@ import type { RunSummary } from '../../runtime/run/summary.js';
 import { httpsSim, vmbackup, workspace } from '../helpers/cli.js';
 import { startNatsServer } from '../helpers/nats-server.js';
 import { startCluster } from '../nats/cluster-rig.js';
-import { smallVmsPool } from '../nats/rig.js';
+import { smallVmsPool } from '../sim/fixtures.js';
 import { startWorker } from '../nats/workers.js';
 import type { WorkerProcess } from '../nats/workers.js';
 import { leftoversOf } from './cluster.js';
