@@ -3,9 +3,9 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { connect } from 'nats';
-import type { NatsConnection } from 'nats';
+import type { JetStreamManager, NatsConnection } from 'nats';
 import { COORDINATOR } from '../../runtime/run/coordinator.js';
-import { EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET_STREAM } from '../../infra/nats/jetstream.js';
+import { EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET_STREAM, jobConsumerName } from '../../infra/nats/jetstream.js';
 import { ROOT, VMBACKUP, httpsSim, workspace } from '../helpers/cli.js';
 import { startCluster } from '../nats/cluster-rig.js';
 import type { Cluster } from '../nats/cluster-rig.js';
@@ -231,7 +231,8 @@ async function rolesOf(cluster: Cluster, node: string): Promise<Role[]> {
 
 /** Waits until every stream has a leader and two current replicas, and no node is down. */
 async function healthy(nc: NatsConnection, cluster: Cluster, ms = 60_000): Promise<void> {
-  const jsm = await nc.jetstreamManager({ timeout: 2_000 });
+  // No API check on creation: right after a restart it can time out, and the loop retries.
+  const jsm = await nc.jetstreamManager({ timeout: 2_000, checkAPI: false });
   const until = Date.now() + ms;
   let last = '';
   for (;;) {
@@ -263,7 +264,7 @@ export async function leftoversOf(nc: NatsConnection, sim: Simulator, exports: s
   const snapVdis = sim.state.vdis().filter((v) => v.is_a_snapshot === true);
   if (snapVdis.length > 0) out.push(`snapshot disks on the pool: ${snapVdis.length}`);
   // A job redelivered after a lost ack settles within one ack wait (and its handling).
-  const jsm = await nc.jetstreamManager({ timeout: 5_000 });
+  const jsm = await nc.jetstreamManager({ timeout: 5_000, checkAPI: false });
   const until = Date.now() + (ackWaitS + 30) * 1000;
   let left = '';
   for (;;) {
@@ -273,7 +274,9 @@ export async function leftoversOf(nc: NatsConnection, sim: Simulator, exports: s
         left = '';
         break;
       }
-      left = `jobs not acked: ${JSON.stringify(info.state.subjects ?? info.state.messages)}`;
+      const subjects = info.state.subjects ?? {};
+      left = `jobs not acked: ${JSON.stringify(Object.keys(subjects).length > 0 ? subjects : info.state.messages)}`;
+      if (Date.now() > until) left += await whyQueued(jsm, Object.keys(subjects));
     } catch (error) {
       left = `jobs stream: ${(error as Error).message}`;
     }
@@ -284,8 +287,29 @@ export async function leftoversOf(nc: NatsConnection, sim: Simulator, exports: s
   return out;
 }
 
+/**
+ * Why jobs are still on the work queue, from their consumers: still to be delivered or
+ * acked, or acked and left on the stream by the server (its consumer's ack floor is past
+ * them: nats-server before 2.10 can leave such a message on a replicated work-queue stream
+ * when a leader changes, and never delivers it again).
+ */
+async function whyQueued(jsm: JetStreamManager, subjects: string[]): Promise<string> {
+  const parts: string[] = [];
+  for (const subject of subjects) {
+    try {
+      const { seq } = await jsm.streams.getMessage(JOBS_STREAM, { last_by_subj: subject });
+      const c = await jsm.consumers.info(JOBS_STREAM, jobConsumerName(subject));
+      const state = `${c.name}: ack floor ${c.ack_floor.stream_seq}, ${c.num_pending} pending, ${c.num_ack_pending} unacked, ${c.num_redelivered} redelivered`;
+      parts.push(c.ack_floor.stream_seq >= seq ? `${subject} #${seq} acked but not removed (${state})` : `${subject} #${seq} (${state})`);
+    } catch (error) {
+      parts.push(`${subject}: ${(error as Error).message}`);
+    }
+  }
+  return parts.length > 0 ? `; ${parts.join('; ')}` : '';
+}
+
 async function purgeJobs(nc: NatsConnection): Promise<void> {
-  const jsm = await nc.jetstreamManager({ timeout: 5_000 });
+  const jsm = await nc.jetstreamManager({ timeout: 5_000, checkAPI: false });
   await jsm.streams.purge(JOBS_STREAM).catch(() => {});
 }
 
