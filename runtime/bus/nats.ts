@@ -188,8 +188,20 @@ export class NatsBus implements Bus {
     const worker: Worker = { subject, consumer, handler, maxDeliver: opts.maxDeliver, ackWaitMs, closed: false, fetches: new Set(), pulling: Promise.resolve() };
     const loops: Promise<void>[] = [];
     for (let i = 0; i < Math.max(1, opts.concurrency); i++) loops.push(this.track(this.pullLoop(worker, decl)));
+    // Jobs acked but left on the stream by the server go within an ack wait (removeSpent).
+    const sweep = async () => {
+      try {
+        await this.removeSpent(subject);
+      } catch (error) {
+        this.opts.log?.debug({ err: error, subject }, `spent jobs of ${subject} not looked at: ${(error as Error).message}`);
+      }
+    };
+    void sweep();
+    const sweeper = setInterval(() => void sweep(), ackWaitMs);
+    sweeper.unref();
     const closer: Closer = {
       close: async () => {
+        clearInterval(sweeper);
         worker.closed = true;
         for (const f of worker.fetches) f.stop();
         await Promise.all(loops);
@@ -197,6 +209,38 @@ export class NatsBus implements Bus {
     };
     this.closers.push(closer);
     return closer;
+  }
+
+  /**
+   * Deletes the jobs of `subject` that its consumer has acked but the stream still holds: those
+   * at or below the consumer's ack floor, which it never delivers again. nats-server before
+   * 2.10 leaves such jobs on a replicated work queue: all of them once a stream was raised from
+   * one replica to three (nats-server#3953; `--replicas 3` on a server that had one), and now
+   * and then one acked as a leader changed (what nats-server#5270 cleans up). Left there, they
+   * count as queued until `max_age`, and a consumer made anew would deliver them again: old
+   * jobs would run a second time. Returns how many it deleted.
+   */
+  async removeSpent(subject: string): Promise<number> {
+    this.assertOpen();
+    const { state } = await this.jsm.streams.info(JOBS_STREAM, { subjects_filter: subject });
+    if ((state.subjects?.[subject] ?? 0) === 0) return 0;
+    const floor = (await this.jsm.consumers.info(JOBS_STREAM, jobConsumerName(subject))).ack_floor.stream_seq;
+    let removed = 0;
+    for (let seq = state.first_seq; seq <= floor; ) {
+      // The next job of this subject from `seq` on (STREAM.MSG.GET's next_by_subj, nats-server ≥ 2.9).
+      const next = await this.jsm.streams.getMessage(JOBS_STREAM, { seq, next_by_subj: subject } as unknown as { seq: number }).catch((error: unknown) => {
+        if (/no message found/i.test((error as Error).message)) return undefined;
+        throw error;
+      });
+      if (next === undefined || next.seq > floor) break;
+      // Another worker may have deleted it first.
+      if (await this.jsm.streams.deleteMessage(JOBS_STREAM, next.seq, false).catch(() => false)) removed++;
+      seq = next.seq + 1;
+    }
+    if (removed > 0) {
+      this.opts.log?.warn({ subject, removed, ackFloor: floor }, `removed ${removed} job(s) of ${subject} that were acked but left on the stream by nats-server`);
+    }
+    return removed;
   }
 
   async subscribe(pattern: string, opts: { durable?: string }, handler: EventHandler): Promise<Closer> {

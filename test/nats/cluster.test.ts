@@ -20,6 +20,38 @@ afterAll(async () => {
 });
 
 describe('the three-node cluster example', () => {
+  // First, while every node is up: the streams go from one replica to three here.
+  it('removes the jobs nats-server 2.9 leaves on the work queue once acked, after the streams went from one replica to three', async () => {
+    const settings = { nats_url: cluster!.url, concurrency: 2 };
+    const subject = 'vmbackup.jobs.spent';
+    // A worker of a single-server set-up: the streams and its consumer have one replica.
+    const one = await waitFor(async () => openNats(settings, silentLogger(), { bus: { ackWaitMs: 1_000 } }).catch(() => undefined), 30_000, 'JetStream cluster');
+    let three: Awaited<ReturnType<typeof openNats>> | undefined;
+    try {
+      const jsm = await one.nc.jetstreamManager();
+      expect((await jsm.streams.info(JOBS_STREAM)).config.num_replicas).toBe(1);
+      const seen: number[] = [];
+      await one.bus.work(subject, { concurrency: 1 }, async (job) => {
+        seen.push((job.data as { n: number }).n);
+        return { kind: 'ack' };
+      });
+      // The operator moves to the cluster: a worker started with --replicas 3.
+      three = await openNats(settings, silentLogger(), { replicas: 3 });
+      expect(three.applied[`stream ${JOBS_STREAM}`]).toBe('updated');
+      for (const n of [1, 2, 3]) await one.bus.enqueue(subject, { n }, { id: `spent-${n}` });
+      await waitFor(() => seen.length === 3, 15_000, 'three jobs handled');
+      // The server keeps them (its consumer has acked them); the worker deletes them within an ack wait.
+      const held = async () => (await jsm.streams.info(JOBS_STREAM, { subjects_filter: subject })).state.subjects?.[subject] ?? 0;
+      await waitFor(async () => (await held()) === 0, 5_000, `the acked jobs of ${subject} gone from ${JOBS_STREAM}`);
+      expect((await jsm.consumers.info(JOBS_STREAM, 'jobs-spent')).ack_floor.stream_seq).toBeGreaterThanOrEqual(3);
+      expect(seen).toEqual([1, 2, 3]);
+      expect(await one.bus.removeSpent(subject)).toBe(0);
+    } finally {
+      await three?.close();
+      await one.close();
+    }
+  });
+
   it('holds vmbackup streams with three replicas, and keeps serving with one node down', async () => {
     const settings = { nats_url: cluster!.url, concurrency: 2 };
     // JetStream elects its meta leader once the routes are up.
