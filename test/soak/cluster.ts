@@ -48,6 +48,8 @@ export interface TryResult {
   hang: boolean;
   /** Anything the try left: partial files, snapshots on the pool, jobs not acked. */
   leftovers: string[];
+  /** The run's warnings (a VM backed up again after a failed attempt, say). */
+  warnings: string[];
   /** Why the run did not end with exit 0 and every VM backed up. */
   failure?: string;
 }
@@ -123,16 +125,19 @@ export async function soakCluster(opts: SoakOptions): Promise<SoakResult> {
       const finishS = (Date.now() - started) / 1000;
       const hang = r.code === null;
       let failure: string | undefined;
+      let warnings: string[] = [];
       if (hang) failure = `no end within ${hangS.toFixed(0)} s`;
       else if (r.code !== 0) failure = `exit ${r.code}: ${lastLines(r.stderr, 5)}`;
       else {
-        const summary = JSON.parse(r.stdout) as { categories?: Record<string, { S: number; W: number; E: number }> };
+        const summary = JSON.parse(r.stdout) as { categories?: Record<string, { S: number; W: number; E: number }>; jobs?: { name?: string; warnings?: string[] }[] };
+        warnings = (summary.jobs ?? []).flatMap((j) => (j.warnings ?? []).map((w) => `${j.name ?? '?'}: ${w}`));
+        // S counts the VMs backed up, those with a warning (W) among them: every VM, no error.
         const s = summary.categories?.['vm-export'];
-        if (s === undefined || s.S + s.W !== VMS.length) failure = `summary: ${JSON.stringify(summary.categories)}`;
+        if (s === undefined || s.S !== VMS.length || s.E !== 0) failure = `summary: ${JSON.stringify(summary.categories)}`;
       }
       await healthy(nc, cluster).catch((error: unknown) => print(`  cluster not healthy again: ${(error as Error).message}`));
       const leftovers = await leftoversOf(nc, sim, ws.exports, ackWaitS);
-      const result: TryResult = { n, role, node, roles, killAtS, finishS, exitCode: r.code, hang, leftovers, ...(failure !== undefined ? { failure } : {}) };
+      const result: TryResult = { n, role, node, roles, killAtS, finishS, exitCode: r.code, hang, leftovers, warnings, ...(failure !== undefined ? { failure } : {}) };
       tries.push(result);
       print(tryLine(result, opts.tries));
       if (failure !== undefined || leftovers.length > 0) {
@@ -331,7 +336,8 @@ function tryLine(t: TryResult, of: number): string {
   const who = t.node === undefined ? 'nobody killed (the run ended first)' : `killed ${t.node} (${t.roles.join(', ') || t.role}) at ${t.killAtS.toFixed(1)} s`;
   const end = t.hang ? 'HANG' : `finished in ${t.finishS.toFixed(1)} s (exit ${t.exitCode})`;
   const left = t.leftovers.length === 0 ? 'nothing left over' : `LEFT OVER: ${t.leftovers.join('; ')}`;
-  return `try ${t.n}/${of} [${t.role}] ${who}; ${end}; ${left}${t.failure !== undefined ? `; FAILED: ${t.failure}` : ''}`;
+  const warned = t.warnings.length > 0 ? `; warnings: ${t.warnings.join('; ')}` : '';
+  return `try ${t.n}/${of} [${t.role}] ${who}; ${end}; ${left}${warned}${t.failure !== undefined ? `; FAILED: ${t.failure}` : ''}`;
 }
 
 /** The tally of a soak: hangs, failures, leftovers, min / median / max time to finish. */
