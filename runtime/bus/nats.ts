@@ -82,6 +82,9 @@ const JOBS_PREFIX = 'vmbackup.jobs.';
 export class NatsBus implements Bus {
   private readonly loops = new Set<Promise<void>>();
   private readonly closers: Closer[] = [];
+  /** The subjects this bus works, whose spent jobs its sweeper deletes. */
+  private readonly spentSubjects = new Set<string>();
+  private sweeper: ReturnType<typeof setInterval> | undefined;
   private closed = false;
   /** False between a `disconnect` status of the connection and the next `reconnect`. */
   private linked = true;
@@ -188,20 +191,10 @@ export class NatsBus implements Bus {
     const worker: Worker = { subject, consumer, handler, maxDeliver: opts.maxDeliver, ackWaitMs, closed: false, fetches: new Set(), pulling: Promise.resolve() };
     const loops: Promise<void>[] = [];
     for (let i = 0; i < Math.max(1, opts.concurrency); i++) loops.push(this.track(this.pullLoop(worker, decl)));
-    // Jobs acked but left on the stream by the server go within an ack wait (removeSpent).
-    const sweep = async () => {
-      try {
-        await this.removeSpent(subject);
-      } catch (error) {
-        this.opts.log?.debug({ err: error, subject }, `spent jobs of ${subject} not looked at: ${(error as Error).message}`);
-      }
-    };
-    void sweep();
-    const sweeper = setInterval(() => void sweep(), ackWaitMs);
-    sweeper.unref();
+    this.sweepSpent(subject);
     const closer: Closer = {
       close: async () => {
-        clearInterval(sweeper);
+        this.spentSubjects.delete(subject);
         worker.closed = true;
         for (const f of worker.fetches) f.stop();
         await Promise.all(loops);
@@ -218,29 +211,50 @@ export class NatsBus implements Bus {
    * one replica to three (nats-server#3953; `--replicas 3` on a server that had one), and now
    * and then one acked as a leader changed (what nats-server#5270 cleans up). Left there, they
    * count as queued until `max_age`, and a consumer made anew would deliver them again: old
-   * jobs would run a second time. Returns how many it deleted.
+   * jobs would run a second time. Returns how many it deleted, of every subject given.
    */
-  async removeSpent(subject: string): Promise<number> {
+  async removeSpent(subjects: readonly string[]): Promise<number> {
     this.assertOpen();
-    const { state } = await this.jsm.streams.info(JOBS_STREAM, { subjects_filter: subject });
-    if ((state.subjects?.[subject] ?? 0) === 0) return 0;
-    const floor = (await this.jsm.consumers.info(JOBS_STREAM, jobConsumerName(subject))).ack_floor.stream_seq;
+    if (subjects.length === 0) return 0;
+    // One look at the stream for every subject: an idle queue costs this request alone.
+    const { state } = await this.jsm.streams.info(JOBS_STREAM, { subjects_filter: `${JOBS_PREFIX}>` });
     let removed = 0;
-    for (let seq = state.first_seq; seq <= floor; ) {
-      // The next job of this subject from `seq` on (STREAM.MSG.GET's next_by_subj, nats-server ≥ 2.9).
-      const next = await this.jsm.streams.getMessage(JOBS_STREAM, { seq, next_by_subj: subject } as unknown as { seq: number }).catch((error: unknown) => {
-        if (/no message found/i.test((error as Error).message)) return undefined;
-        throw error;
-      });
-      if (next === undefined || next.seq > floor) break;
-      // Another worker may have deleted it first.
-      if (await this.jsm.streams.deleteMessage(JOBS_STREAM, next.seq, false).catch(() => false)) removed++;
-      seq = next.seq + 1;
-    }
-    if (removed > 0) {
-      this.opts.log?.warn({ subject, removed, ackFloor: floor }, `removed ${removed} job(s) of ${subject} that were acked but left on the stream by nats-server`);
+    for (const subject of subjects) {
+      if ((state.subjects?.[subject] ?? 0) === 0) continue;
+      const floor = (await this.jsm.consumers.info(JOBS_STREAM, jobConsumerName(subject))).ack_floor.stream_seq;
+      let deleted = 0;
+      for (let seq = state.first_seq; seq <= floor; ) {
+        // The next job of this subject from `seq` on (STREAM.MSG.GET's next_by_subj, nats-server ≥ 2.9).
+        const next = await this.jsm.streams.getMessage(JOBS_STREAM, { seq, next_by_subj: subject } as unknown as { seq: number }).catch((error: unknown) => {
+          if (/no message found/i.test((error as Error).message)) return undefined;
+          throw error;
+        });
+        if (next === undefined || next.seq > floor) break;
+        // Another worker may have deleted it first.
+        if (await this.jsm.streams.deleteMessage(JOBS_STREAM, next.seq, false).catch(() => false)) deleted++;
+        seq = next.seq + 1;
+      }
+      if (deleted > 0) {
+        this.opts.log?.warn({ subject, removed: deleted, ackFloor: floor }, `removed ${deleted} job(s) of ${subject} that were acked but left on the stream by nats-server`);
+      }
+      removed += deleted;
     }
     return removed;
+  }
+
+  /**
+   * Adds `subject` to the worked subjects whose spent jobs go (removeSpent): one sweep for the
+   * whole bus, every ack wait, from the first `work` on.
+   */
+  private sweepSpent(subject: string): void {
+    this.spentSubjects.add(subject);
+    if (this.sweeper !== undefined) return;
+    this.sweeper = setInterval(() => {
+      this.removeSpent([...this.spentSubjects]).catch((error: unknown) => {
+        this.opts.log?.debug({ err: error }, `spent jobs not looked at: ${(error as Error).message}`);
+      });
+    }, this.opts.ackWaitMs ?? 30_000);
+    this.sweeper.unref();
   }
 
   async subscribe(pattern: string, opts: { durable?: string }, handler: EventHandler): Promise<Closer> {
@@ -341,6 +355,7 @@ export class NatsBus implements Bus {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.sweeper);
     await Promise.all(this.closers.map((c) => c.close().catch(() => {})));
     await Promise.all([...this.loops]);
     if (!this.nc.isClosed()) {

@@ -45,7 +45,7 @@ describe('the three-node cluster example', () => {
       await waitFor(async () => (await held()) === 0, 5_000, `the acked jobs of ${subject} gone from ${JOBS_STREAM}`);
       expect((await jsm.consumers.info(JOBS_STREAM, 'jobs-spent')).ack_floor.stream_seq).toBeGreaterThanOrEqual(3);
       expect(seen).toEqual([1, 2, 3]);
-      expect(await one.bus.removeSpent(subject)).toBe(0);
+      expect(await one.bus.removeSpent([subject])).toBe(0);
     } finally {
       await three?.close();
       await one.close();
