@@ -156,7 +156,9 @@ async function handleDelivery(
     return { kind: 'term' };
   }
   const startedEvent: PhaseStarted = { ...base(deps.clock.now()), outcome: 'started', ...(vmName !== undefined ? { label: vmName } : {}) };
-  await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'started'), startedEvent);
+  // Its id names the attempt: a delivery again is started again, a publish repeated after a
+  // lost acknowledgement is not stored twice.
+  await deps.bus.publish(eventSubject(ids2.runId, fn.name, 'started'), startedEvent, { id: `${eventId('started')}:${delivery.attempt}` });
 
   const abort = new AbortController();
   const onShutdown = () => abort.abort(deps.signal?.reason);

@@ -169,6 +169,46 @@ describe('NatsBus beyond the contract', () => {
     }
   });
 
+  it('serve() stores a phase event once per delivery, however often its publish is repeated (a PubAck lost)', async () => {
+    const name = `t${Math.random().toString(36).slice(2, 8)}`;
+    const runId = `r-${name}`;
+    const worker = await open();
+    const watcher = await open();
+    // What jsPublish does when a PubAck is lost: the same publish again.
+    const publishTwice: NatsRuntime['bus']['publish'] = async (subject, data, opts) => {
+      await worker.bus.publish(subject, data, opts);
+      await worker.bus.publish(subject, data, opts);
+    };
+    const twice = new Proxy(worker.bus, {
+      get: (bus, key) => (key === 'publish' ? publishTwice : typeof Reflect.get(bus, key) === 'function' ? (Reflect.get(bus, key) as Function).bind(bus) : Reflect.get(bus, key)),
+    });
+    let calls = 0;
+    const fn = defineFunction({
+      name,
+      description: 'test',
+      subject: subjectOf(`vmbackup.jobs.${name}`, JobBase),
+      output: z.object({}),
+      retry: { maxDeliver: 3, backoffMs: [10] },
+      handle: async () => {
+        if (++calls === 1) throw new Error('transient');
+        return {};
+      },
+    });
+    try {
+      await serve([fn], { bus: twice, log: silentLogger(), xapi: () => Promise.reject(new Error('no XAPI here')), clock: systemClock, origin: { hostname: 'test', pid: 1 } }, { concurrency: () => 1 });
+      await worker.bus.enqueue(`vmbackup.jobs.${name}`, { runId, jobId: 'j1' }, { id: `${name}-1` });
+      const jsm = await worker.nc.jetstreamManager();
+      const stored = (): Promise<string[]> =>
+        jsm.streams.info('VMBACKUP_EVENTS', { subjects_filter: `vmbackup.events.${runId}.>` }).then((i) => Object.entries(i.state.subjects ?? {}).flatMap(([s, n]) => Array<string>(n).fill(s.split('.').pop()!)));
+      await waitUntil(async () => ((await stored()).includes('done') ? true : undefined), 10_000, 'the phase done');
+      // Started by each of its two deliveries (the first failed and was retried), done once.
+      expect((await stored()).sort()).toEqual(['done', 'started', 'started']);
+      expect(calls).toBe(2);
+    } finally {
+      await Promise.all([worker.close(), watcher.close()]);
+    }
+  });
+
   it('a durable subscription keeps what was published while nobody listened, and several subscribers share it in order', async () => {
     const prefix = `t${Math.random().toString(36).slice(2, 8)}`;
     const first = await open();
