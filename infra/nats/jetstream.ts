@@ -21,6 +21,7 @@ const SECOND = 1000;
 const MINUTE = 60 * SECOND;
 const HOUR = 60 * MINUTE;
 const DAY = 24 * HOUR;
+const KiB = 1 << 10;
 const MiB = 1 << 20;
 const GiB = 1 << 30;
 
@@ -29,6 +30,8 @@ export const EVENTS_STREAM = 'VMBACKUP_EVENTS';
 export const RUNS_BUCKET = 'vmbackup-runs';
 /** The stream behind the runs bucket (JetStream's KV convention: `KV_<bucket>`). */
 export const RUNS_BUCKET_STREAM = `KV_${RUNS_BUCKET}`;
+export const CLAIMS_BUCKET = 'vmbackup-claims';
+export const CLAIMS_BUCKET_STREAM = `KV_${CLAIMS_BUCKET}`;
 
 /** A stream as declared: the fields we decide; the server fills in the rest. */
 export type StreamDecl = Partial<StreamConfig> & Pick<StreamConfig, 'name' | 'subjects'>;
@@ -51,7 +54,7 @@ export const jobsStream: StreamDecl = {
   // A run queues at most `concurrency` VM jobs at a time, plus pool-db and hosts: 100,000
   // leaves room for many pools and for jobs waiting on a function no worker serves yet.
   max_msgs: 100_000,
-  // JetStream reserves max_bytes of its file store per stream: the three take 2.25 GiB.
+  // JetStream reserves max_bytes of its file store per stream: the four take 2.31 GiB.
   max_bytes: 256 * MiB,
   // A phase's input is a few KiB; the run-end job carries the run's summary (~400 bytes per
   // VM), so the limit is the events' one.
@@ -122,8 +125,36 @@ export const runsBucket: StreamDecl = {
   num_replicas: 1,
 };
 
+/**
+ * Claims: which delivery of a job runs it, one at a time across workers
+ * (runtime/bus/nats-claims.ts): a key per job delivered, `job.<stream seq>.<timestamp>`,
+ * holding the delivery that runs it and, at the end, how it settled.
+ */
+export const claimsBucket: StreamDecl = {
+  name: CLAIMS_BUCKET_STREAM,
+  description: 'vmbackup job claims (one delivery of a job runs it at a time)',
+  subjects: [`$KV.${CLAIMS_BUCKET}.>`],
+  retention: RetentionPolicy.Limits,
+  storage: StorageType.File,
+  max_msgs_per_subject: 1,
+  // A claim matters while its job may be delivered again: a running job rewrites its key
+  // every third of its lease, a settled one is not delivered past the jobs' duplicate window
+  // and ack waits. A day, for the settled claim of a job a buggy server left queued.
+  max_age: nanos(1 * DAY),
+  // ~150 bytes a key: 64 MiB is some 400,000 jobs a day.
+  max_bytes: 64 * MiB,
+  max_msg_size: 4 * KiB,
+  discard: DiscardPolicy.Old,
+  allow_rollup_hdrs: true,
+  deny_delete: true,
+  deny_purge: false,
+  allow_direct: true,
+  duplicate_window: nanos(2 * MINUTE),
+  num_replicas: 1,
+};
+
 /** Every stream (and bucket) vmbackup needs, in the order they are applied. */
-export const streams: readonly StreamDecl[] = [jobsStream, eventsStream, runsBucket];
+export const streams: readonly StreamDecl[] = [jobsStream, eventsStream, runsBucket, claimsBucket];
 
 /** The durable consumer name of a job subject: `vmbackup.jobs.export` → `jobs-export`. */
 export function jobConsumerName(subject: string): string {
@@ -192,7 +223,6 @@ export function eventConsumer(durable: string, filter: string, opts: { ackWaitMs
   };
 }
 
-const KiB = 1 << 10;
 const nsToDays = (ns: number | undefined) => (ns ?? 0) / (DAY * 1e6);
 
 /**

@@ -1,7 +1,7 @@
 import { connect, nanos } from 'nats';
 import type { NatsConnection } from 'nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET_STREAM, eventConsumer, eventsStream, jobConsumer, jobsStream, runsBucket } from '../../infra/nats/jetstream.js';
+import { CLAIMS_BUCKET_STREAM, EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET_STREAM, claimsBucket, eventConsumer, eventsStream, jobConsumer, jobsStream, runsBucket } from '../../infra/nats/jetstream.js';
 import { startNatsServer } from '../../test/helpers/nats-server.js';
 import type { NatsServer } from '../../test/helpers/nats-server.js';
 import { silentLogger } from '../log.js';
@@ -20,16 +20,16 @@ afterAll(async () => {
 });
 
 describe('JetStream declarations (infra/nats/jetstream.ts) applied at start-up', () => {
-  it('creates the streams and the runs bucket on the first start; a second start changes nothing', async () => {
+  it('creates the streams and the buckets on the first start; a second start changes nothing', async () => {
     const first = await openNats({ nats_url: server.url, concurrency: 2 }, silentLogger());
     await first.close();
-    expect(first.applied).toEqual({ [`stream ${JOBS_STREAM}`]: 'created', [`stream ${EVENTS_STREAM}`]: 'created', [`stream ${RUNS_BUCKET_STREAM}`]: 'created' });
+    expect(first.applied).toEqual({ [`stream ${JOBS_STREAM}`]: 'created', [`stream ${EVENTS_STREAM}`]: 'created', [`stream ${RUNS_BUCKET_STREAM}`]: 'created', [`stream ${CLAIMS_BUCKET_STREAM}`]: 'created' });
     const jsm = await nc.jetstreamManager();
-    const before = await Promise.all([JOBS_STREAM, EVENTS_STREAM, RUNS_BUCKET_STREAM].map(async (s) => (await jsm.streams.info(s)).created));
+    const before = await Promise.all([JOBS_STREAM, EVENTS_STREAM, RUNS_BUCKET_STREAM, CLAIMS_BUCKET_STREAM].map(async (s) => (await jsm.streams.info(s)).created));
     const second = await openNats({ nats_url: server.url, concurrency: 2 }, silentLogger());
     await second.close();
-    expect(Object.values(second.applied)).toEqual(['unchanged', 'unchanged', 'unchanged']);
-    expect(await Promise.all([JOBS_STREAM, EVENTS_STREAM, RUNS_BUCKET_STREAM].map(async (s) => (await jsm.streams.info(s)).created))).toEqual(before);
+    expect(Object.values(second.applied)).toEqual(['unchanged', 'unchanged', 'unchanged', 'unchanged']);
+    expect(await Promise.all([JOBS_STREAM, EVENTS_STREAM, RUNS_BUCKET_STREAM, CLAIMS_BUCKET_STREAM].map(async (s) => (await jsm.streams.info(s)).created))).toEqual(before);
 
     const jobs = (await jsm.streams.info(JOBS_STREAM)).config;
     expect(jobs).toMatchObject({ retention: 'workqueue', discard: 'new', subjects: ['vmbackup.jobs.>'], duplicate_window: jobsStream.duplicate_window });
@@ -37,6 +37,8 @@ describe('JetStream declarations (infra/nats/jetstream.ts) applied at start-up',
     expect(events).toMatchObject({ retention: 'limits', subjects: ['vmbackup.events.>'], max_age: eventsStream.max_age });
     const runs = (await jsm.streams.info(RUNS_BUCKET_STREAM)).config;
     expect(runs).toMatchObject({ max_msgs_per_subject: 1, allow_rollup_hdrs: true, max_age: runsBucket.max_age });
+    const claims = (await jsm.streams.info(CLAIMS_BUCKET_STREAM)).config;
+    expect(claims).toMatchObject({ max_msgs_per_subject: 1, allow_rollup_hdrs: true, max_age: claimsBucket.max_age });
   });
 
   it('puts back the declared limits of a stream changed by hand', async () => {

@@ -54,6 +54,45 @@ describe('NatsBus beyond the contract', () => {
     }
   });
 
+  it('runs a job delivered again while its first delivery still runs only once: the copy stands by, then is dropped', async () => {
+    // A consumer's new leader may not know of a delivery made just before the old one died,
+    // and delivers the job again at once. Deleting the consumer and making it anew does the same
+    // on one server: the job, not acked, goes to the next worker while the first still runs it.
+    const a = await open({ bus: { ackWaitMs: 1_000 } });
+    const b = await open({ bus: { ackWaitMs: 1_000 } });
+    const subject = `vmbackup.jobs.t${Math.random().toString(36).slice(2, 8)}`;
+    const jsm = await a.nc.jetstreamManager();
+    try {
+      const ran: string[] = [];
+      const startedA = deferred();
+      const releaseA = deferred();
+      await a.bus.work(subject, { concurrency: 1, maxDeliver: 3, ackWaitMs: 1_000 }, async () => {
+        ran.push('a');
+        startedA.resolve();
+        await releaseA.promise;
+        return { kind: 'ack' };
+      });
+      await a.bus.enqueue(subject, { n: 1 }, { id: `${subject}-1` });
+      await startedA.promise;
+      await jsm.consumers.delete(JOBS_STREAM, jobConsumerName(subject));
+      await b.bus.work(subject, { concurrency: 1, maxDeliver: 3, ackWaitMs: 1_000 }, async () => {
+        ran.push('b');
+        return { kind: 'ack' };
+      });
+      // The copy is out, to b, and held there: three leases pass and only a runs it.
+      await waitUntil(async () => ((await jsm.consumers.info(JOBS_STREAM, jobConsumerName(subject))).num_ack_pending === 1 ? true : undefined), 10_000, 'the job delivered again');
+      await sleep(3_000);
+      expect(ran).toEqual(['a']);
+      releaseA.resolve();
+      // a settles it; the copy is dropped, not run; the queue is empty.
+      await waitUntil(async () => ((await jsm.streams.info(JOBS_STREAM, { subjects_filter: subject })).state.subjects?.[subject] === undefined ? true : undefined), 10_000, 'the job gone from the queue');
+      await waitUntil(async () => ((await jsm.consumers.info(JOBS_STREAM, jobConsumerName(subject))).num_ack_pending === 0 ? true : undefined), 10_000, 'no delivery outstanding');
+      expect(ran).toEqual(['a']);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
   it('keeps a running job leased past ack_wait: a slow live worker is not duplicated', async () => {
     const nats = await open();
     const subject = `vmbackup.jobs.t${Math.random().toString(36).slice(2, 8)}`;

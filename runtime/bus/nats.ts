@@ -5,6 +5,7 @@ import { DEFAULT_MAX_ACK_PENDING, EVENTS_STREAM, JOBS_STREAM, eventConsumer, job
 import type { Bus, Closer, Consumption, Delivery, EventHandler, JobHandler, Settle, WorkOptions } from './bus.js';
 import { ConnectionError } from '../errors.js';
 import { applyConsumer } from './nats-infra.js';
+import { JobClaims } from './nats-claims.js';
 
 export interface NatsBusOptions {
   log?: Logger;
@@ -85,6 +86,8 @@ export class NatsBus implements Bus {
   /** The subjects this bus works, whose spent jobs its sweeper deletes. */
   private readonly spentSubjects = new Set<string>();
   private sweeper: ReturnType<typeof setInterval> | undefined;
+  /** One delivery of a job at a time, across workers (runtime/bus/nats-claims.ts). */
+  private readonly claims: JobClaims;
   private closed = false;
   /** False between a `disconnect` status of the connection and the next `reconnect`. */
   private linked = true;
@@ -94,7 +97,9 @@ export class NatsBus implements Bus {
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     private readonly opts: NatsBusOptions,
-  ) {}
+  ) {
+    this.claims = new JobClaims(js, opts.log);
+  }
 
   /** A bus on a connection whose streams exist already (openNats applies them). */
   static async create(nc: NatsConnection, opts: NatsBusOptions = {}): Promise<NatsBus> {
@@ -420,6 +425,25 @@ export class NatsBus implements Bus {
   private async deliver(worker: Worker, m: JsMsg): Promise<void> {
     const attempt = m.info.deliveryCount;
     const leaseMs = worker.ackWaitMs;
+    const seq = m.info.streamSequence;
+    const acquired = await this.claims.acquire(JobClaims.key(seq, m.info.timestampNanos), {
+      leaseMs,
+      keepDelivery: () => quietly(() => m.working()),
+      stillQueued: () =>
+        this.jsm.streams.getMessage(JOBS_STREAM, { seq }).then(
+          () => true,
+          (error: Error) => (/no message found/i.test(error.message) ? false : Promise.reject(error)),
+        ),
+      what: `${m.subject} #${seq}`,
+    });
+    if (acquired.kind === 'settled') {
+      // Another delivery ran it: this one is a stale copy, settled alike without running it.
+      const { settle } = acquired;
+      this.opts.log?.info(`${m.subject} #${seq}: ${settle.kind === 'retry' ? 'retried' : settle.kind === 'ack' ? 'done' : 'ended'} by ${acquired.by}; this delivery dropped`);
+      quietly(() => (settle.kind === 'ack' ? m.ack() : settle.kind === 'term' ? m.term() : m.nak(settle.delayMs)));
+      return;
+    }
+    const { claim } = acquired;
     let lastProgress = Date.now();
     const throttleMs = Math.max(50, Math.min(1_000, leaseMs / 4));
     const delivery: Delivery = {
@@ -438,6 +462,7 @@ export class NatsBus implements Bus {
     const keepalive = setInterval(() => {
       lastProgress = Date.now();
       quietly(() => m.working());
+      claim.renew();
     }, Math.max(50, Math.floor(leaseMs / 3)));
     let settle: Settle;
     try {
@@ -450,6 +475,8 @@ export class NatsBus implements Bus {
     } finally {
       clearInterval(keepalive);
     }
+    // Said before it is done: a delivery standing by then never runs what was acked.
+    await claim.settle(settle);
     // An ack or term is confirmed by the consumer's leader, and sent again until it is: one
     // lost in a leader election would hold the job (and, for export, a slot of the global
     // limit) for a whole ack_wait, then run it a second time. A nak may be lost: the job

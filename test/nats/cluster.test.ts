@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET_STREAM } from '../../infra/nats/jetstream.js';
+import { CLAIMS_BUCKET_STREAM, EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET_STREAM } from '../../infra/nats/jetstream.js';
 import { openNats } from '../../runtime/bus/nats-connect.js';
 import { silentLogger } from '../../runtime/log.js';
 import { newRunHeader } from '../../runtime/run/reduce.js';
@@ -58,14 +58,14 @@ describe('the three-node cluster example', () => {
     const nats = await waitFor(async () => openNats(settings, silentLogger(), { replicas: 3 }).catch(() => undefined), 30_000, 'JetStream cluster');
     try {
       const jsm = await nats.nc.jetstreamManager();
-      for (const stream of [JOBS_STREAM, EVENTS_STREAM, RUNS_BUCKET_STREAM]) {
+      for (const stream of [JOBS_STREAM, EVENTS_STREAM, RUNS_BUCKET_STREAM, CLAIMS_BUCKET_STREAM]) {
         const info = await jsm.streams.info(stream);
         expect(info.config.num_replicas).toBe(3);
         expect(info.cluster?.replicas).toHaveLength(2);
       }
       // A later start with the default keeps the three replicas.
       const again = await openNats(settings, silentLogger());
-      expect(Object.values(again.applied)).toEqual(['unchanged', 'unchanged', 'unchanged']);
+      expect(Object.values(again.applied)).toEqual(['unchanged', 'unchanged', 'unchanged', 'unchanged']);
       await again.close();
 
       await nats.store.create(newRunHeader('cluster-run', new Date(), { concurrency: 1, vmRetries: 0 }));

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createAccount } from '@nats-io/jwt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET } from '../../infra/nats/jetstream.js';
+import { CLAIMS_BUCKET, EVENTS_STREAM, JOBS_STREAM, RUNS_BUCKET } from '../../infra/nats/jetstream.js';
 import { openNats } from '../../runtime/bus/nats-connect.js';
 import type { NatsSettings } from '../../runtime/bus/nats-connect.js';
 import { ConfigError, ConnectionError } from '../../runtime/errors.js';
@@ -109,10 +109,10 @@ describe('nats_creds_file against nats-server in operator mode', () => {
 
     const first = await openNats(settings({ nats_creds_file: creds }), silentLogger(), { reconnectForever: false, name: 'creds test' });
     try {
-      expect(first.applied).toEqual({ [`stream ${JOBS_STREAM}`]: 'created', [`stream ${EVENTS_STREAM}`]: 'created', [`stream KV_${RUNS_BUCKET}`]: 'created' });
+      expect(first.applied).toEqual({ [`stream ${JOBS_STREAM}`]: 'created', [`stream ${EVENTS_STREAM}`]: 'created', [`stream KV_${RUNS_BUCKET}`]: 'created', [`stream KV_${CLAIMS_BUCKET}`]: 'created' });
       expect(first.nc.info?.auth_required).toBe(true);
       const account = await (await first.nc.jetstreamManager()).getAccountInfo();
-      expect(account.streams).toBe(3);
+      expect(account.streams).toBe(4);
     } finally {
       await first.close();
     }
@@ -120,7 +120,7 @@ describe('nats_creds_file against nats-server in operator mode', () => {
     const other = await writeCreds(path.join(dir, 'other.creds'), await op.creds('vmbackup', 'vmbackup-cli'));
     const second = await openNats(settings({ nats_creds_file: other }), silentLogger(), { reconnectForever: false });
     try {
-      expect(Object.values(second.applied)).toEqual(['unchanged', 'unchanged', 'unchanged']);
+      expect(Object.values(second.applied)).toEqual(['unchanged', 'unchanged', 'unchanged', 'unchanged']);
     } finally {
       await second.close();
     }
