@@ -50,6 +50,8 @@ export interface TryResult {
   leftovers: string[];
   /** The run's warnings (a VM backed up again after a failed attempt, say). */
   warnings: string[];
+  /** Jobs delivered again while their first delivery ran, held back by their claim (runtime/bus/nats-claims.ts). */
+  copiesHeld: number;
   /** Why the run did not end with exit 0 and every VM backed up. */
   failure?: string;
 }
@@ -137,7 +139,8 @@ export async function soakCluster(opts: SoakOptions): Promise<SoakResult> {
       }
       await healthy(nc, cluster).catch((error: unknown) => print(`  cluster not healthy again: ${(error as Error).message}`));
       const leftovers = await leftoversOf(nc, sim, ws.exports, ackWaitS);
-      const result: TryResult = { n, role, node, roles, killAtS, finishS, exitCode: r.code, hang, leftovers, warnings, ...(failure !== undefined ? { failure } : {}) };
+      const copiesHeld = workers.reduce((sum, w, i) => sum + (w.output().slice(marks[i]).match(/standing by until it settles/g)?.length ?? 0), 0);
+      const result: TryResult = { n, role, node, roles, killAtS, finishS, exitCode: r.code, hang, leftovers, warnings, copiesHeld, ...(failure !== undefined ? { failure } : {}) };
       tries.push(result);
       print(tryLine(result, opts.tries));
       if (failure !== undefined || leftovers.length > 0) {
@@ -337,7 +340,8 @@ function tryLine(t: TryResult, of: number): string {
   const end = t.hang ? 'HANG' : `finished in ${t.finishS.toFixed(1)} s (exit ${t.exitCode})`;
   const left = t.leftovers.length === 0 ? 'nothing left over' : `LEFT OVER: ${t.leftovers.join('; ')}`;
   const warned = t.warnings.length > 0 ? `; warnings: ${t.warnings.join('; ')}` : '';
-  return `try ${t.n}/${of} [${t.role}] ${who}; ${end}; ${left}${warned}${t.failure !== undefined ? `; FAILED: ${t.failure}` : ''}`;
+  const held = t.copiesHeld > 0 ? `; ${t.copiesHeld} job${t.copiesHeld === 1 ? '' : 's'} delivered again while running, held by the claim` : '';
+  return `try ${t.n}/${of} [${t.role}] ${who}; ${end}; ${left}${warned}${held}${t.failure !== undefined ? `; FAILED: ${t.failure}` : ''}`;
 }
 
 /** The tally of a soak: hangs, failures, leftovers, min / median / max time to finish. */
@@ -348,6 +352,7 @@ export function tally(r: SoakResult): string {
   for (const t of r.tries) by.set(t.role, [...(by.get(t.role) ?? []), t.finishS]);
   return [
     `${r.tries.length} tries: ${r.tries.filter((t) => t.hang).length} hangs, ${r.tries.filter((t) => t.failure !== undefined && !t.hang).length} failed runs, ${r.tries.filter((t) => t.leftovers.length > 0).length} with leftovers`,
+    `jobs delivered again while running, held by their claim: ${r.tries.reduce((n, t) => n + t.copiesHeld, 0)}`,
     `time to finish: min ${times[0]?.toFixed(1)} s, median ${median.toFixed(1)} s, max ${times.at(-1)?.toFixed(1)} s (baseline without a kill ${r.baselineS.toFixed(1)} s)`,
     ...[...by].map(([role, ts]) => `  ${role}: ${ts.length} tries, max ${Math.max(...ts).toFixed(1)} s`),
   ].join('\n');
