@@ -16,15 +16,16 @@ import { untilAnswered } from './nats.js';
  * destroys what the winner exports from; two snapshots of one VM leave one behind.
  *
  * So a delivery first claims its job in the `vmbackup-claims` bucket, under the job's
- * stream sequence and timestamp (unique to the message). Whoever created the key runs the
- * job and rewrites the key while it runs (every third of the lease, as it renews its lease);
- * when it is done it writes how it settled, then acks. A delivery that finds the key held
- * stands by: it keeps its own delivery leased and watches the key, and
- * - when the holder wrote that it acked or terminated the job, drops its delivery;
+ * stream sequence and timestamp (unique to the message): one write, a create that fails
+ * when the key exists. Whoever created the key runs the job, and rewrites the key while it
+ * runs (every third of the lease, as it renews its lease). A delivery that finds the key
+ * held stands by: it keeps its own delivery leased and looks again every half second, and
+ * - when the job is gone from the work queue (the holder acked or terminated it), drops
+ *   its delivery;
  * - when the holder asked for a retry, it deleted the key: this delivery claims it and runs;
- * - when the key has not changed for a whole lease, the holder is dead: if the job is
- *   still queued, this delivery takes the key over (compare-and-set on its revision) and runs
- *   it; if the job is gone (acked by a holder that died before it could write so), drops it.
+ * - when the key has not changed for a whole lease, the holder is dead: this delivery takes
+ *   the key over (compare-and-set on its revision) and runs the job.
+ * Nothing is written when a job ends well: the queue itself says it is done.
  *
  * Whatever cannot be decided because the bucket does not answer runs the job as before,
  * with a warning: a claim is a guard against running a job twice at once, never a reason
@@ -32,15 +33,13 @@ import { untilAnswered } from './nats.js';
  */
 export interface ClaimValue {
   holder: string;
-  /** How the holder settled the job, once it has: ack or term (a retry deletes the key). */
-  settled?: Settle;
 }
 
 export type Acquired =
   /** This delivery runs the job: renew the claim while it runs, then say how it settled. */
   | { kind: 'run'; claim: Claim }
-  /** Another delivery acked or ended the job (or it is gone from the queue): settle this one alike, without running it. */
-  | { kind: 'settled'; settle: Settle; by: string };
+  /** Another delivery ran the job, and it is gone from the queue: drop this one. */
+  | { kind: 'gone'; by: string };
 
 export interface Claim {
   renew(): void;
@@ -117,14 +116,13 @@ export class JobClaims {
       } catch (error) {
         return this.failOpen(error, opts.what);
       }
-      if (entry === null || entry.operation !== 'PUT') continue; // gone meanwhile: create again
+      if (entry === null || entry.operation !== 'PUT') continue; // released meanwhile: create again
       const value = decode(entry.value);
-      if (value.settled !== undefined) return { kind: 'settled', settle: value.settled, by: value.holder };
+      if (!(await opts.stillQueued().catch(() => true))) return { kind: 'gone', by: value.holder };
       const now = Date.now();
       if (seen === undefined || seen.revision !== entry.revision) seen = { revision: entry.revision, since: now };
       else if (now - seen.since >= opts.leaseMs) {
         // Unchanged for a whole lease: its holder is dead.
-        if (!(await opts.stillQueued().catch(() => true))) return { kind: 'settled', settle: { kind: 'ack' }, by: value.holder };
         try {
           const revision = await kv.update(key, encode({ holder }), entry.revision);
           this.log?.warn(`${opts.what}: taken over from ${value.holder}, which stopped renewing its claim ${Math.round((now - seen.since) / 1000)} s ago`);
@@ -170,10 +168,9 @@ export class JobClaims {
       },
       settle: async (settled) => {
         await renewing;
-        if (lost) return;
-        if (settled.kind !== 'retry') return write({ holder, settled });
         // Tried again later: the next delivery runs it, so the key goes (a delete marker).
-        await kv.delete(key, { previousSeq: revision }).catch(() => {});
+        // Acked or terminated: the job leaves the queue, which is what a copy looks at.
+        if (settled.kind === 'retry' && !lost) await kv.delete(key, { previousSeq: revision }).catch(() => {});
       },
     };
   }

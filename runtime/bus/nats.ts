@@ -436,11 +436,10 @@ export class NatsBus implements Bus {
         ),
       what: `${m.subject} #${seq}`,
     });
-    if (acquired.kind === 'settled') {
-      // Another delivery ran it: this one is a stale copy, settled alike without running it.
-      const { settle } = acquired;
-      this.opts.log?.info(`${m.subject} #${seq}: ${settle.kind === 'retry' ? 'retried' : settle.kind === 'ack' ? 'done' : 'ended'} by ${acquired.by}; this delivery dropped`);
-      quietly(() => (settle.kind === 'ack' ? m.ack() : settle.kind === 'term' ? m.term() : m.nak(settle.delayMs)));
+    if (acquired.kind === 'gone') {
+      // Another delivery ran it, and it is done: this one was a copy, dropped unrun.
+      this.opts.log?.info(`${m.subject} #${seq}: run by ${acquired.by}, which settled it; this copy is dropped`);
+      quietly(() => m.ack());
       return;
     }
     const { claim } = acquired;
@@ -475,7 +474,7 @@ export class NatsBus implements Bus {
     } finally {
       clearInterval(keepalive);
     }
-    // Said before it is done: a delivery standing by then never runs what was acked.
+    // A retry releases the claim before the job goes back: a copy standing by may take it.
     await claim.settle(settle);
     // An ack or term is confirmed by the consumer's leader, and sent again until it is: one
     // lost in a leader election would hold the job (and, for export, a slot of the global
