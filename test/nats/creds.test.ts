@@ -101,7 +101,7 @@ describe('nats_creds_file against nats-server in operator mode', () => {
     expect((await stat(creds)).mode & 0o777).toBe(0o600);
   });
 
-  it('openNats connects with nats_creds_file and creates the streams and the bucket in the account; a second start changes nothing', async () => {
+  it('openNats connects with nats_creds_file and creates the streams and the buckets in the account; a second start changes nothing', async () => {
     // The server really is in operator mode: without credentials it refuses.
     const anonymous = await openNats(settings(), silentLogger(), { reconnectForever: false }).catch((e: unknown) => e);
     expect(anonymous).toBeInstanceOf(ConnectionError);
