@@ -267,7 +267,10 @@ describe('fault matrix', () => {
     const before = await earlierBackup(s, ws, 'web1');
     const slow = s.faults.add({ http: 'export', vm: 'web1', always: true, action: { kind: 'slow', bytes_per_second: 2 << 20 } });
     const child = spawn(process.execPath, [VMBACKUP, ...ws.args(s), '-x', 'bystander'], { stdio: 'ignore', env: { PATH: process.env.PATH ?? '', HOME: os.tmpdir() } });
-    await waitFor(() => s.state.transfers('export').some((t) => t.status === 'running' && t.bytes > 1 << 20), 20_000, 'export under way');
+    // Under way on both ends: the simulator has sent a MiB (the socket's buffers can hold
+    // that before the command reads a byte) and the command has its .partial open.
+    const partialThere = async () => (await readdir(path.join(ws.exports, 'web1')).catch(() => [] as string[])).some((n) => n.endsWith('.partial'));
+    await waitFor(async () => s.state.transfers('export').some((t) => t.status === 'running' && t.bytes > 1 << 20) && (await partialThere()), 20_000, 'export under way');
     child.kill('SIGKILL');
     await new Promise((resolve) => child.once('exit', resolve));
     // What the crash left: a tagged snapshot, a stale lock, a .partial — none of it counts.
