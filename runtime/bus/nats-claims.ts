@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import type { JetStreamClient, KV } from 'nats';
+import type { JetStreamClient, KV, NatsConnection, Subscription } from 'nats';
 import type { Logger } from 'pino';
 import { CLAIMS_BUCKET } from '../../infra/nats/jetstream.js';
 import type { Settle } from './bus.js';
@@ -17,15 +17,17 @@ import { untilAnswered } from './nats.js';
  *
  * So a delivery first claims its job in the `vmbackup-claims` bucket, under the job's
  * stream sequence and timestamp (unique to the message): one write, a create that fails
- * when the key exists. Whoever created the key runs the job, and rewrites the key while it
- * runs (every third of the lease, as it renews its lease). A delivery that finds the key
- * held stands by: it keeps its own delivery leased and looks again every half second, and
- * - when the job is gone from the work queue (the holder acked or terminated it), drops
- *   its delivery;
- * - when the holder asked for a retry, it deleted the key: this delivery claims it and runs;
- * - when the key has not changed for a whole lease, the holder is dead: this delivery takes
- *   the key over (compare-and-set on its revision) and runs the job.
- * Nothing is written when a job ends well: the queue itself says it is done.
+ * when the key exists. Whoever created the key runs the job; the key names the holder and
+ * a core NATS subject on which its process answers whether it still runs the job. A
+ * delivery that finds the key held stands by: it keeps its own delivery leased and, every
+ * half second,
+ * - drops its delivery once the job is gone from the work queue (the holder acked or
+ *   terminated it);
+ * - claims the job and runs it when the holder asked for a retry (it deleted the key);
+ * - takes the key over (compare-and-set on its revision) and runs the job when the holder
+ *   says it no longer runs it, or has not answered for `max(5 s, lease / 3)` (its process
+ *   is gone; a live one cut from NATS reconnects within a second or two).
+ * Nothing is written while a job runs or when it ends well: the queue says it is done.
  *
  * Whatever cannot be decided because the bucket does not answer runs the job as before,
  * with a warning: a claim is a guard against running a job twice at once, never a reason
@@ -33,6 +35,8 @@ import { untilAnswered } from './nats.js';
  */
 export interface ClaimValue {
   holder: string;
+  /** Where the holder's process answers `1` while it runs the job (the key as the payload). */
+  ping?: string;
 }
 
 export type Acquired =
@@ -42,12 +46,12 @@ export type Acquired =
   | { kind: 'gone'; by: string };
 
 export interface Claim {
-  renew(): void;
+  /** How the delivery settled: a retry releases the key; every outcome ends the holding. */
   settle(settle: Settle): Promise<void>;
 }
 
 /** A claim that guards nothing: when the bucket is missing or does not answer. */
-const UNGUARDED: Claim = { renew: () => {}, settle: async () => {} };
+const UNGUARDED: Claim = { settle: async () => {} };
 
 export interface AcquireOptions {
   /** The job's lease (ack_wait): a holder whose key stays unchanged this long is dead. */
@@ -68,13 +72,44 @@ export class JobClaims {
   private warned = false;
   /** This process, in every holder it writes. */
   private readonly self = `${hostname()}:${process.pid}`;
+  /** Where this process answers for the keys it holds. */
+  private readonly pingSubject = `vmbackup.claims.ping.${randomBytes(8).toString('hex')}`;
+  private pings: Subscription | undefined;
+  /** The keys this process's deliveries hold now. */
+  private readonly holding = new Set<string>();
 
   constructor(
+    private readonly nc: NatsConnection,
     private readonly js: JetStreamClient,
     private readonly log: Logger | undefined,
-    /** How often a standing-by delivery looks at the key. */
+    /** How often a standing-by delivery looks again. */
     private readonly pollMs = 500,
   ) {}
+
+  /** Stops answering for held keys (the bus is closing). */
+  close(): void {
+    this.pings?.unsubscribe();
+  }
+
+  private answerPings(): void {
+    if (this.pings !== undefined) return;
+    this.pings = this.nc.subscribe(this.pingSubject, {
+      callback: (_error, msg) => {
+        if (msg.reply) msg.respond(encoder.encode(this.holding.has(decoder.decode(msg.data)) ? '1' : '0'));
+      },
+    });
+  }
+
+  /** Whether the holder of `value` runs the job of `key`: yes, no, or no answer. */
+  private async holderAnswers(value: ClaimValue, key: string): Promise<'yes' | 'no' | 'silent'> {
+    if (value.ping === undefined) return 'silent';
+    try {
+      const reply = await this.nc.request(value.ping, encoder.encode(key), { timeout: 1_000 });
+      return decoder.decode(reply.data) === '1' ? 'yes' : 'no';
+    } catch {
+      return 'silent'; // no responders (its connection is gone) or no answer in time
+    }
+  }
 
   /** The key of a job: its stream sequence and its timestamp (a stream made anew reuses sequences). */
   static key(seq: number, timestampNanos: number): string {
@@ -96,17 +131,20 @@ export class JobClaims {
     this.log?.warn(`jobs run without a claim: ${why}; a job delivered twice at once (a JetStream leader lost) may then run twice`);
   }
 
-  /** Waits until this delivery may run the job, or another has settled it. */
+  /** Waits until this delivery may run the job, or another has run it. */
   async acquire(key: string, opts: AcquireOptions): Promise<Acquired> {
     const kv = await this.bucket();
     if (kv === undefined) return { kind: 'run', claim: UNGUARDED };
+    this.answerPings();
     const holder = `${this.self}:${randomBytes(4).toString('hex')}`;
-    const mine = (revision: number): Acquired => ({ kind: 'run', claim: this.held(kv, key, holder, revision, opts.what) });
-    let seen: { revision: number; since: number } | undefined;
+    const value = encode({ holder, ping: this.pingSubject });
+    const mine = (revision: number): Acquired => ({ kind: 'run', claim: this.held(kv, key, revision) });
+    const silentMs = Math.max(5_000, opts.leaseMs / 3);
+    let lastHeard = Date.now();
     let said = false;
     for (;;) {
       try {
-        return mine(await untilAnswered(`claiming ${opts.what}`, () => kv.create(key, encode({ holder })), { withinMs: opts.leaseMs }));
+        return mine(await untilAnswered(`claiming ${opts.what}`, () => kv.create(key, value), { withinMs: opts.leaseMs }));
       } catch (error) {
         if (!isTaken(error)) return this.failOpen(error, opts.what);
       }
@@ -117,24 +155,25 @@ export class JobClaims {
         return this.failOpen(error, opts.what);
       }
       if (entry === null || entry.operation !== 'PUT') continue; // released meanwhile: create again
-      const value = decode(entry.value);
-      if (!(await opts.stillQueued().catch(() => true))) return { kind: 'gone', by: value.holder };
+      const other = decode(entry.value);
+      if (!(await opts.stillQueued().catch(() => true))) return { kind: 'gone', by: other.holder };
+      const answer = await this.holderAnswers(other, key);
       const now = Date.now();
-      if (seen === undefined || seen.revision !== entry.revision) seen = { revision: entry.revision, since: now };
-      else if (now - seen.since >= opts.leaseMs) {
-        // Unchanged for a whole lease: its holder is dead.
+      if (answer === 'yes') lastHeard = now;
+      else if (answer === 'no' || now - lastHeard >= silentMs) {
         try {
-          const revision = await kv.update(key, encode({ holder }), entry.revision);
-          this.log?.warn(`${opts.what}: taken over from ${value.holder}, which stopped renewing its claim ${Math.round((now - seen.since) / 1000)} s ago`);
+          const revision = await kv.update(key, value, entry.revision);
+          const why = answer === 'no' ? 'which no longer runs it' : `whose process has not answered for ${Math.round((now - lastHeard) / 1000)} s`;
+          this.log?.warn(`${opts.what}: taken over from ${other.holder}, ${why}`);
           return mine(revision);
         } catch (error) {
           if (!isTaken(error)) return this.failOpen(error, opts.what);
-          continue; // someone else took it, or the holder came back: look again
+          continue; // someone else took it: look again
         }
       }
       if (!said) {
         said = true;
-        this.log?.info(`${opts.what}: delivered again while ${value.holder} runs it; standing by until it settles`);
+        this.log?.info(`${opts.what}: delivered again while ${other.holder} runs it; standing by until it settles`);
       }
       opts.keepDelivery();
       await new Promise((r) => setTimeout(r, this.pollMs));
@@ -146,31 +185,14 @@ export class JobClaims {
     return { kind: 'run', claim: UNGUARDED };
   }
 
-  private held(kv: KV, key: string, holder: string, first: number, what: string): Claim {
-    let revision = first;
-    let renewing: Promise<void> | undefined;
-    let lost = false;
-    const write = async (value: ClaimValue): Promise<void> => {
-      try {
-        revision = await kv.update(key, encode(value), revision);
-      } catch (error) {
-        if (isTaken(error) && !lost) {
-          lost = true;
-          this.log?.warn(`${what}: another delivery took this job's claim over (this worker was taken for dead); it may run twice`);
-        }
-        // Otherwise the bucket did not answer: the next renewal tries again.
-      }
-    };
+  private held(kv: KV, key: string, revision: number): Claim {
+    this.holding.add(key);
     return {
-      renew: () => {
-        if (lost || renewing !== undefined) return;
-        renewing = write({ holder }).finally(() => (renewing = undefined));
-      },
       settle: async (settled) => {
-        await renewing;
+        this.holding.delete(key);
         // Tried again later: the next delivery runs it, so the key goes (a delete marker).
         // Acked or terminated: the job leaves the queue, which is what a copy looks at.
-        if (settled.kind === 'retry' && !lost) await kv.delete(key, { previousSeq: revision }).catch(() => {});
+        if (settled.kind === 'retry') await kv.delete(key, { previousSeq: revision }).catch(() => {});
       },
     };
   }

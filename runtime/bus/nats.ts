@@ -98,7 +98,7 @@ export class NatsBus implements Bus {
     private readonly jsm: JetStreamManager,
     private readonly opts: NatsBusOptions,
   ) {
-    this.claims = new JobClaims(js, opts.log);
+    this.claims = new JobClaims(nc, js, opts.log);
   }
 
   /** A bus on a connection whose streams exist already (openNats applies them). */
@@ -363,6 +363,7 @@ export class NatsBus implements Bus {
     clearInterval(this.sweeper);
     await Promise.all(this.closers.map((c) => c.close().catch(() => {})));
     await Promise.all([...this.loops]);
+    this.claims.close();
     if (!this.nc.isClosed()) {
       await this.nc.flush().catch(() => {});
       await this.nc.close().catch(() => {});
@@ -461,7 +462,6 @@ export class NatsBus implements Bus {
     const keepalive = setInterval(() => {
       lastProgress = Date.now();
       quietly(() => m.working());
-      claim.renew();
     }, Math.max(50, Math.floor(leaseMs / 3)));
     let settle: Settle;
     try {
