@@ -31,6 +31,7 @@ export const RUNS_BUCKET = 'vmbackup-runs';
 /** The stream behind the runs bucket (JetStream's KV convention: `KV_<bucket>`). */
 export const RUNS_BUCKET_STREAM = `KV_${RUNS_BUCKET}`;
 export const CLAIMS_BUCKET = 'vmbackup-claims';
+/** The stream behind the claims bucket. */
 export const CLAIMS_BUCKET_STREAM = `KV_${CLAIMS_BUCKET}`;
 
 /** A stream as declared: the fields we decide; the server fills in the rest. */
@@ -96,62 +97,58 @@ export const eventsStream: StreamDecl = {
 };
 
 /**
- * Run state: the header of each run under `<runId>`, each job under `<runId>.<jobId>`
- * (runtime/run/nats-store.ts). A KV bucket is a stream with these conventions.
+ * A KV bucket as a stream: JetStream's conventions for `bucket` (what nats.js and the nats
+ * CLI set: history 1, so a key holds its current value and writes can compare revisions;
+ * rollups and delete markers; direct gets), with the limits given. When full, the oldest
+ * keys go first.
  */
-export const runsBucket: StreamDecl = {
-  name: RUNS_BUCKET_STREAM,
+function kvBucket(bucket: string, decl: Pick<StreamConfig, 'description' | 'max_age' | 'max_bytes' | 'max_msg_size'>): StreamDecl {
+  return {
+    name: `KV_${bucket}`,
+    subjects: [`$KV.${bucket}.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    max_msgs_per_subject: 1,
+    discard: DiscardPolicy.Old,
+    allow_rollup_hdrs: true,
+    deny_delete: true,
+    deny_purge: false,
+    allow_direct: true,
+    duplicate_window: nanos(2 * MINUTE),
+    num_replicas: 1,
+    ...decl,
+  };
+}
+
+/**
+ * Run state: the header of each run under `<runId>`, each job under `<runId>.<jobId>`
+ * (runtime/run/nats-store.ts). When full, the oldest runs' state goes first: better than
+ * refusing the commits of a running run (which would stall it).
+ */
+export const runsBucket: StreamDecl = kvBucket(RUNS_BUCKET, {
   description: 'vmbackup run state (headers and jobs of each run)',
-  subjects: [`$KV.${RUNS_BUCKET}.>`],
-  retention: RetentionPolicy.Limits,
-  storage: StorageType.File,
-  // history 1: only the current state of a key is kept; commits compare revisions.
-  max_msgs_per_subject: 1,
   // `vmbackup status` shows a month of runs; older state expires (the backups stay on disk).
   max_age: nanos(30 * DAY),
   // A job's state is 2-3 KiB: a month of daily 5,000-VM runs is ~450 MiB.
   max_bytes: 1 * GiB,
   // A header lists every job id twice (jobIds, pending): ~80 bytes per VM.
   max_msg_size: 8 * MiB,
-  // When full, the oldest runs' state goes first: better than refusing the commits of a
-  // running run (which would stall it).
-  discard: DiscardPolicy.Old,
-  // KV conventions (what nats.js / the nats CLI set for a bucket).
-  allow_rollup_hdrs: true,
-  deny_delete: true,
-  deny_purge: false,
-  allow_direct: true,
-  duplicate_window: nanos(2 * MINUTE),
-  num_replicas: 1,
-};
+});
 
 /**
  * Claims: which delivery of a job runs it, one at a time across workers
  * (runtime/bus/nats-claims.ts): a key per job delivered, `job.<stream seq>.<timestamp>`,
- * holding the delivery that runs it and, at the end, how it settled.
+ * naming the delivery that runs it and where its process answers for it.
  */
-export const claimsBucket: StreamDecl = {
-  name: CLAIMS_BUCKET_STREAM,
+export const claimsBucket: StreamDecl = kvBucket(CLAIMS_BUCKET, {
   description: 'vmbackup job claims (one delivery of a job runs it at a time)',
-  subjects: [`$KV.${CLAIMS_BUCKET}.>`],
-  retention: RetentionPolicy.Limits,
-  storage: StorageType.File,
-  max_msgs_per_subject: 1,
-  // A claim matters while its job may be delivered again: a running job rewrites its key
-  // every third of its lease, a settled one is not delivered past the jobs' duplicate window
-  // and ack waits. A day, for the settled claim of a job a buggy server left queued.
+  // A claim matters while its job may be delivered again: while it runs, and until it
+  // leaves the queue. A day, for a job a buggy server left queued after its ack.
   max_age: nanos(1 * DAY),
   // ~150 bytes a key: 64 MiB is some 400,000 jobs a day.
   max_bytes: 64 * MiB,
   max_msg_size: 4 * KiB,
-  discard: DiscardPolicy.Old,
-  allow_rollup_hdrs: true,
-  deny_delete: true,
-  deny_purge: false,
-  allow_direct: true,
-  duplicate_window: nanos(2 * MINUTE),
-  num_replicas: 1,
-};
+});
 
 /** Every stream (and bucket) vmbackup needs, in the order they are applied. */
 export const streams: readonly StreamDecl[] = [jobsStream, eventsStream, runsBucket, claimsBucket];

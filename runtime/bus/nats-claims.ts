@@ -40,7 +40,7 @@ export interface ClaimValue {
 }
 
 export type Acquired =
-  /** This delivery runs the job: renew the claim while it runs, then say how it settled. */
+  /** This delivery runs the job, then says how it settled. */
   | { kind: 'run'; claim: Claim }
   /** Another delivery ran the job, and it is gone from the queue: drop this one. */
   | { kind: 'gone'; by: string };
@@ -54,7 +54,7 @@ export interface Claim {
 const UNGUARDED: Claim = { settle: async () => {} };
 
 export interface AcquireOptions {
-  /** The job's lease (ack_wait): a holder whose key stays unchanged this long is dead. */
+  /** The job's lease (ack_wait): how long the bucket may take to answer; a holder silent for a third of it (5 s at least) is dead. */
   leaseMs: number;
   /** Keeps this delivery's own lease while it stands by. */
   keepDelivery(): void;

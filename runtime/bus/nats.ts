@@ -1,5 +1,5 @@
 import { DeliverPolicy, Events, RequestStrategy } from 'nats';
-import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection } from 'nats';
+import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection, StoredMsg } from 'nats';
 import type { Logger } from 'pino';
 import { DEFAULT_MAX_ACK_PENDING, EVENTS_STREAM, JOBS_STREAM, eventConsumer, jobConsumer, jobConsumerName } from '../../infra/nats/jetstream.js';
 import type { Bus, Closer, Consumption, Delivery, EventHandler, JobHandler, Settle, WorkOptions } from './bus.js';
@@ -230,10 +230,7 @@ export class NatsBus implements Bus {
       let deleted = 0;
       for (let seq = state.first_seq; seq <= floor; ) {
         // The next job of this subject from `seq` on (STREAM.MSG.GET's next_by_subj, nats-server ≥ 2.9).
-        const next = await this.jsm.streams.getMessage(JOBS_STREAM, { seq, next_by_subj: subject } as unknown as { seq: number }).catch((error: unknown) => {
-          if (/no message found/i.test((error as Error).message)) return undefined;
-          throw error;
-        });
+        const next = await this.jobAt({ seq, next_by_subj: subject } as unknown as { seq: number });
         if (next === undefined || next.seq > floor) break;
         // Another worker may have deleted it first.
         if (await this.jsm.streams.deleteMessage(JOBS_STREAM, next.seq, false).catch(() => false)) deleted++;
@@ -245,6 +242,14 @@ export class NatsBus implements Bus {
       removed += deleted;
     }
     return removed;
+  }
+
+  /** The job the query finds on the work queue, or undefined when there is none (acked, or never there). */
+  private async jobAt(query: { seq: number }): Promise<StoredMsg | undefined> {
+    return this.jsm.streams.getMessage(JOBS_STREAM, query).catch((error: unknown) => {
+      if (/no message found/i.test((error as Error).message)) return undefined;
+      throw error;
+    });
   }
 
   /**
@@ -430,11 +435,7 @@ export class NatsBus implements Bus {
     const acquired = await this.claims.acquire(JobClaims.key(seq, m.info.timestampNanos), {
       leaseMs,
       keepDelivery: () => quietly(() => m.working()),
-      stillQueued: () =>
-        this.jsm.streams.getMessage(JOBS_STREAM, { seq }).then(
-          () => true,
-          (error: Error) => (/no message found/i.test(error.message) ? false : Promise.reject(error)),
-        ),
+      stillQueued: async () => (await this.jobAt({ seq })) !== undefined,
       what: `${m.subject} #${seq}`,
     });
     if (acquired.kind === 'gone') {
